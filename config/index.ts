@@ -1,0 +1,212 @@
+import { join, resolve } from "node:path";
+import { ConfigError, EnvReader, type Env } from "./env.js";
+
+export { ConfigError } from "./env.js";
+
+export interface S3Settings {
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  endpointUrl?: string;
+  bucketName?: string;
+  region?: string;
+}
+
+export interface Config {
+  /** The routed port: the Vast router's signed envelope. */
+  worker: { host: string; port: number; publicUrl: string; useSsl: boolean; sslCert: string; sslKey: string };
+  /** The local API port: bare `{input}` and /docs, for interactive use over an SSH tunnel. */
+  api: { host: string; port: number; enabled: boolean };
+  comfyui: {
+    url: string;
+    /** ComfyUI's own folders on this machine; outputs are moved from there, inputs written there. */
+    inputDir: string;
+    outputDir: string;
+    startupTimeoutMs: number;
+    requestTimeoutMs: number;
+    /** How often the history is polled when the WebSocket is quiet. */
+    historyPollMs: number;
+  };
+  /** Where finished outputs are kept: `<outputDir>/<request_id>/`. */
+  outputDir: string;
+  jobs: {
+    timeoutMs: number;
+    /** Prompts kept submitted to ComfyUI at once (the one running plus those queued behind it). */
+    maxInFlightPrompts: number;
+    resultRetentionMs: number;
+  };
+  inputs: {
+    allowPrivate: boolean;
+    maxBytes: number;
+    timeoutMs: number;
+    cacheMaxBytes: number;
+  };
+  limits: { maxBodyBytes: number; maxWorkflowNodes: number };
+  s3: S3Settings & { presignExpirySeconds: number; forcePathStyle: boolean; partSizeBytes: number };
+  webhook: {
+    url?: string;
+    timeoutMs: number;
+    maxAttempts: number;
+    secret?: string;
+    signingKey?: string;
+  };
+  autoscaler: {
+    unsecured: boolean;
+    reportAddrs: string[];
+    masterToken: string;
+    containerId: number;
+    legacySignatures: boolean;
+    replayWindow: number;
+    maxQueueTimeS: number;
+    reportIntervalMs: number;
+    heartbeatIntervalMs: number;
+  };
+  benchmark: {
+    jsonPath?: string;
+    defaultJsonPath: string;
+    promptsPath: string;
+    width: number;
+    height: number;
+    steps: number;
+    cacheFile: string;
+    maxRounds: number;
+    minRounds: number;
+    tolerance: number;
+    skip: boolean;
+    gpuKey: string;
+  };
+  log: { level: string; pretty: boolean };
+}
+
+type DeepReadonly<T> = { readonly [K in keyof T]: T[K] extends object ? DeepReadonly<T[K]> : T[K] };
+export type FrozenConfig = DeepReadonly<Config>;
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object") {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/**
+ * Parses the environment once into a typed, validated, frozen config. Throws ConfigError naming the variable.
+ * `root` is the worker's installation folder (for misc/ files and the benchmark cache).
+ */
+export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig {
+  const e = new EnvReader(env);
+  const workerPort = e.int("WORKER_PORT", 3000, { min: 0, max: 65535 });
+  const useSsl = e.bool("USE_SSL", false);
+  const publicIp = e.optional("PUBLIC_IPADDR") ?? "127.0.0.1";
+  const publicPort = e.optional(`VAST_TCP_PORT_${workerPort}`) ?? String(workerPort);
+  const comfyBase = e.optional("COMFYUI_BASE_DIR");
+  const comfyInput = e.optional("COMFYUI_INPUT_DIR") ?? (comfyBase ? join(comfyBase, "input") : undefined);
+  const comfyOutput = e.optional("COMFYUI_OUTPUT_DIR") ?? (comfyBase ? join(comfyBase, "output") : undefined);
+  if (comfyInput === undefined) throw new ConfigError("COMFYUI_INPUT_DIR", "set it, or COMFYUI_BASE_DIR");
+  if (comfyOutput === undefined) throw new ConfigError("COMFYUI_OUTPUT_DIR", "set it, or COMFYUI_BASE_DIR");
+  const webhookSecret = e.optional("WEBHOOK_SECRET");
+  const webhookSigningKey = e.optional("WEBHOOK_SIGNING_KEY");
+
+  const config: Config = {
+    worker: {
+      host: e.string("WORKER_HOST", "0.0.0.0"),
+      port: workerPort,
+      publicUrl: `${useSsl ? "https" : "http"}://${publicIp}:${publicPort}`,
+      useSsl,
+      sslCert: e.string("SSL_CERT_FILE", "/etc/instance.crt"),
+      sslKey: e.string("SSL_KEY_FILE", "/etc/instance.key"),
+    },
+    api: {
+      host: e.string("API_HOST", "127.0.0.1"),
+      port: e.int("API_PORT", 18288, { min: 0, max: 65535 }),
+      enabled: e.bool("API_ENABLED", true),
+    },
+    comfyui: {
+      url: e.url("COMFYUI_URL", "http://127.0.0.1:18188")!,
+      inputDir: resolve(comfyInput),
+      outputDir: resolve(comfyOutput),
+      startupTimeoutMs: e.int("COMFYUI_STARTUP_TIMEOUT_MS", 300_000, { min: 0 }),
+      requestTimeoutMs: e.int("COMFYUI_REQUEST_TIMEOUT_MS", 30_000, { min: 100 }),
+      historyPollMs: e.int("COMFYUI_HISTORY_POLL_MS", 1_000, { min: 10 }),
+    },
+    outputDir: resolve(e.optional("OUTPUT_DIR") ?? comfyOutput),
+    jobs: {
+      timeoutMs: e.int("JOB_TIMEOUT_MS", 600_000, { min: 1 }),
+      maxInFlightPrompts: e.int("MAX_INFLIGHT_PROMPTS", 2, { min: 1, max: 64 }),
+      resultRetentionMs: e.int("RESULT_RETENTION_MS", 3_600_000, { min: 0 }),
+    },
+    inputs: {
+      allowPrivate: e.bool("INPUT_URL_ALLOW_PRIVATE", false),
+      maxBytes: e.int("INPUT_URL_MAX_BYTES", 256 * 1024 * 1024, { min: 1 }),
+      timeoutMs: e.int("INPUT_URL_TIMEOUT_MS", 120_000, { min: 1 }),
+      cacheMaxBytes: e.int("INPUT_CACHE_MAX_BYTES", 2 * 1024 * 1024 * 1024, { min: 0 }),
+    },
+    limits: {
+      maxBodyBytes: e.int("MAX_BODY_BYTES", 64 * 1024 * 1024, { min: 1024 }),
+      maxWorkflowNodes: e.int("MAX_WORKFLOW_NODES", 5_000, { min: 1 }),
+    },
+    s3: {
+      accessKeyId: e.optional("S3_ACCESS_KEY_ID"),
+      secretAccessKey: e.optional("S3_SECRET_ACCESS_KEY"),
+      endpointUrl: e.url("S3_ENDPOINT_URL"),
+      bucketName: e.optional("S3_BUCKET_NAME"),
+      region: e.optional("S3_REGION"),
+      presignExpirySeconds: e.int("S3_PRESIGN_EXPIRY_SECONDS", 7 * 24 * 3600, { min: 1, max: 7 * 24 * 3600 }),
+      forcePathStyle: e.bool("S3_FORCE_PATH_STYLE", true),
+      partSizeBytes: e.int("S3_PART_SIZE_BYTES", 8 * 1024 * 1024, { min: 5 * 1024 * 1024 }),
+    },
+    webhook: {
+      url: e.url("WEBHOOK_URL"),
+      timeoutMs: e.int("WEBHOOK_TIMEOUT_MS", 10_000, { min: 1 }),
+      maxAttempts: e.int("WEBHOOK_MAX_ATTEMPTS", 5, { min: 1, max: 50 }),
+      ...(webhookSecret !== undefined && { secret: webhookSecret }),
+      ...(webhookSigningKey !== undefined && { signingKey: webhookSigningKey }),
+    },
+    autoscaler: {
+      unsecured: e.bool("UNSECURED", false),
+      reportAddrs: (e.optional("REPORT_ADDR") ?? "")
+        .split(",")
+        .map((s) => s.trim().replace(/\/+$/, ""))
+        .filter(Boolean),
+      masterToken: e.string("MASTER_TOKEN", ""),
+      containerId: e.int("CONTAINER_ID", 0),
+      legacySignatures: e.bool("SIGNATURE_LEGACY", false),
+      replayWindow: e.int("REQNUM_REPLAY_WINDOW", 1000, { min: 0 }),
+      maxQueueTimeS: e.number("MAX_QUEUE_TIME", 10, { min: 0 }),
+      reportIntervalMs: e.int("REPORT_INTERVAL_MS", 1_000, { min: 10 }),
+      heartbeatIntervalMs: e.int("REPORT_HEARTBEAT_MS", 10_000, { min: 10 }),
+    },
+    benchmark: {
+      jsonPath: e.optional("BENCHMARK_JSON_PATH"),
+      defaultJsonPath: join(root, "misc", "benchmark.json"),
+      promptsPath: join(root, "misc", "test_prompts.txt"),
+      width: e.int("BENCHMARK_TEST_WIDTH", 512, { min: 8 }),
+      height: e.int("BENCHMARK_TEST_HEIGHT", 512, { min: 8 }),
+      steps: e.int("BENCHMARK_TEST_STEPS", 20, { min: 1 }),
+      cacheFile: e.string("BENCHMARK_CACHE_FILE", join(root, ".has_benchmark")),
+      maxRounds: e.int("BENCHMARK_MAX_ROUNDS", 8, { min: 1 }),
+      minRounds: e.int("BENCHMARK_MIN_ROUNDS", 2, { min: 1 }),
+      tolerance: e.number("BENCHMARK_TOLERANCE", 0.05, { min: 0, max: 1 }),
+      skip: e.bool("BENCHMARK_SKIP", false),
+      gpuKey: e.string("BENCHMARK_GPU_KEY", ""),
+    },
+    log: {
+      level: e.oneOf("LOG_LEVEL", ["trace", "debug", "info", "warn", "error", "fatal", "silent"], "info"),
+      pretty: e.bool("LOG_PRETTY", false),
+    },
+  };
+  if (!config.autoscaler.unsecured && config.autoscaler.reportAddrs.length === 0) {
+    throw new ConfigError("REPORT_ADDR", "required unless UNSECURED=true (the public key comes from there)");
+  }
+  return deepFreeze(config);
+}
+
+/** The config with secrets masked, for the start-up banner. */
+export function describeConfig(config: FrozenConfig): unknown {
+  const mask = (v: string | undefined) => (v ? `${v.slice(0, 2)}***` : undefined);
+  return {
+    ...config,
+    s3: { ...config.s3, secretAccessKey: mask(config.s3.secretAccessKey) },
+    webhook: { ...config.webhook, secret: mask(config.webhook.secret), signingKey: mask(config.webhook.signingKey) },
+    autoscaler: { ...config.autoscaler, masterToken: mask(config.autoscaler.masterToken) },
+  };
+}

@@ -1,0 +1,150 @@
+import { got, type Got, RequestError } from "got";
+import { ComfyUnavailableError, InvalidWorkflowError } from "../../worker/errors.js";
+import type { HistoryEntry, ObjectInfoNode, QueuePromptResponse, Workflow } from "./types.js";
+
+export interface ComfyClientOptions {
+  baseUrl: string;
+  requestTimeoutMs: number;
+}
+
+/**
+ * ComfyUI's HTTP API. Failure contract: a refused workflow is InvalidWorkflowError (400, with ComfyUI's `error` and
+ * `node_errors`); ComfyUI not answering, or answering 5xx, is ComfyUnavailableError (retryable). Every call has a
+ * deadline and takes an AbortSignal.
+ */
+export class ComfyClient {
+  readonly baseUrl: string;
+  private readonly http: Got;
+
+  constructor(opts: ComfyClientOptions) {
+    this.baseUrl = opts.baseUrl.replace(/\/+$/, "");
+    this.http = got.extend({
+      prefixUrl: this.baseUrl,
+      timeout: { request: opts.requestTimeoutMs },
+      retry: { limit: 0 },
+      throwHttpErrors: false,
+    });
+  }
+
+  private async call<T>(
+    method: "GET" | "POST",
+    path: string,
+    opts: { json?: unknown; signal?: AbortSignal | undefined; what: string },
+  ): Promise<{ status: number; body: T }> {
+    try {
+      const res = await this.http<string>(path, {
+        method,
+        ...(opts.json !== undefined && { json: opts.json }),
+        ...(opts.signal !== undefined && { signal: opts.signal }),
+      });
+      const text = res.body;
+      let body: unknown = text;
+      if (text.length > 0 && /json/.test(String(res.headers["content-type"] ?? ""))) body = JSON.parse(text);
+      if (res.statusCode >= 500) {
+        throw new ComfyUnavailableError(`ComfyUI answered ${res.statusCode} to ${opts.what}`, {
+          comfyui_status: res.statusCode,
+        });
+      }
+      return { status: res.statusCode, body: body as T };
+    } catch (err) {
+      if (err instanceof ComfyUnavailableError) throw err;
+      if (opts.signal?.aborted) throw opts.signal.reason ?? err;
+      const why = err instanceof RequestError ? `${err.code}: ${err.message}` : String(err);
+      throw new ComfyUnavailableError(`ComfyUI did not answer ${opts.what} (${why})`, undefined, { cause: err });
+    }
+  }
+
+  /** Queues a workflow under our own `promptId`, so that its events can be followed before the answer arrives. */
+  async queuePrompt(
+    workflow: Workflow,
+    opts: { clientId: string; promptId: string; signal?: AbortSignal | undefined },
+  ): Promise<QueuePromptResponse> {
+    const signal = opts.signal;
+    const { status, body } = await this.call<Record<string, unknown>>("POST", "prompt", {
+      json: { prompt: workflow, client_id: opts.clientId, prompt_id: opts.promptId },
+      signal,
+      what: "POST /prompt",
+    });
+    if (status === 400 || (status === 200 && typeof body?.prompt_id !== "string")) {
+      const error = (body?.error ?? {}) as { message?: string; type?: string };
+      throw new InvalidWorkflowError(error.message ?? "ComfyUI refused the workflow", {
+        error: body?.error ?? body,
+        node_errors: body?.node_errors ?? {},
+      });
+    }
+    if (status !== 200) throw new ComfyUnavailableError(`ComfyUI answered ${status} to POST /prompt`);
+    return body as unknown as QueuePromptResponse;
+  }
+
+  /** The history entry of one prompt, or undefined while it is not finished. */
+  async history(promptId: string, signal?: AbortSignal): Promise<HistoryEntry | undefined> {
+    const { body } = await this.call<Record<string, HistoryEntry>>("GET", `history/${encodeURIComponent(promptId)}`, {
+      signal,
+      what: "GET /history",
+    });
+    return typeof body === "object" && body !== null ? body[promptId] : undefined;
+  }
+
+  async deleteHistory(promptIds: string[], signal?: AbortSignal): Promise<void> {
+    await this.call("POST", "history", { json: { delete: promptIds }, signal, what: "POST /history" });
+  }
+
+  /** Removes prompts that have not started from ComfyUI's queue. */
+  async deleteFromQueue(promptIds: string[], signal?: AbortSignal): Promise<void> {
+    await this.call("POST", "queue", { json: { delete: promptIds }, signal, what: "POST /queue" });
+  }
+
+  /** Interrupts `promptId` only if it is the one running (ComfyUI >= 0.3.4x honours prompt_id). */
+  async interrupt(promptId: string, signal?: AbortSignal): Promise<void> {
+    await this.call("POST", "interrupt", { json: { prompt_id: promptId }, signal, what: "POST /interrupt" });
+  }
+
+  async queue(
+    signal?: AbortSignal,
+  ): Promise<{ queue_running: unknown[][]; queue_pending: unknown[][] }> {
+    const { body } = await this.call<{ queue_running: unknown[][]; queue_pending: unknown[][] }>("GET", "queue", {
+      signal,
+      what: "GET /queue",
+    });
+    return body;
+  }
+
+  async free(signal?: AbortSignal): Promise<void> {
+    await this.call("POST", "free", { json: { unload_models: false, free_memory: true }, signal, what: "POST /free" });
+  }
+
+  async systemStats(signal?: AbortSignal): Promise<Record<string, unknown>> {
+    const { status, body } = await this.call<Record<string, unknown>>("GET", "system_stats", {
+      signal,
+      what: "GET /system_stats",
+    });
+    if (status !== 200) throw new ComfyUnavailableError(`ComfyUI answered ${status} to GET /system_stats`);
+    return body;
+  }
+
+  async objectInfo(signal?: AbortSignal): Promise<Record<string, ObjectInfoNode>> {
+    const { status, body } = await this.call<Record<string, ObjectInfoNode>>("GET", "object_info", {
+      signal,
+      what: "GET /object_info",
+    });
+    if (status !== 200) throw new ComfyUnavailableError(`ComfyUI answered ${status} to GET /object_info`);
+    return body;
+  }
+
+  /** Streams a file from ComfyUI's /view (used when ComfyUI's folders are not on this machine). */
+  viewStream(ref: { filename: string; subfolder: string; type: string }, signal?: AbortSignal) {
+    const searchParams = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder, type: ref.type });
+    return this.http.stream(`view?${searchParams.toString()}`, {
+      ...(signal !== undefined && { signal }),
+      throwHttpErrors: true,
+    });
+  }
+
+  wsUrl(clientId: string): string {
+    const u = new URL(this.baseUrl);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    u.pathname = `${u.pathname.replace(/\/+$/, "")}/ws`;
+    u.searchParams.set("clientId", clientId);
+    return u.toString();
+  }
+}

@@ -1,0 +1,257 @@
+import { createHash, randomUUID } from "node:crypto";
+import { lookup as dnsLookup, type LookupAddress } from "node:dns";
+import { createWriteStream } from "node:fs";
+import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { extname, join } from "node:path";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { got, type Got } from "got";
+import { InputError, PayloadTooLargeError } from "../../worker/errors.js";
+import { isBlockedAddress } from "./address-policy.js";
+
+export interface DownloaderOptions {
+  inputDir: string;
+  allowPrivate: boolean;
+  maxBytes: number;
+  timeoutMs: number;
+  cacheMaxBytes: number;
+}
+
+/** Cached inputs are named `url_<hash><ext>` at the top of ComfyUI's input folder (LoadImage lists only that level). */
+export const CACHE_PREFIX = "url_";
+
+const IMAGE_MAGIC: [string, (b: Buffer) => boolean][] = [
+  [".png", (b) => b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))],
+  [".jpg", (b) => b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff],
+  [".gif", (b) => b.subarray(0, 4).toString("latin1") === "GIF8"],
+  [".webp", (b) => b.subarray(0, 4).toString("latin1") === "RIFF" && b.subarray(8, 12).toString("latin1") === "WEBP"],
+  [".bmp", (b) => b.subarray(0, 2).toString("latin1") === "BM"],
+  [".tiff", (b) => ["II*\0", "MM\0*"].includes(b.subarray(0, 4).toString("latin1"))],
+];
+
+export function sniffImage(head: Buffer): string | undefined {
+  return IMAGE_MAGIC.find(([, test]) => test(head))?.[0];
+}
+
+/**
+ * Fetches URL and data: inputs into ComfyUI's input folder, streamed to disk with size and time limits, cached by
+ * the URL's hash in a bounded cache. Private and metadata addresses are refused at connect time (so through
+ * redirects and DNS too) unless allowed. Failure contract: InputError (400) or PayloadTooLargeError (413), with
+ * a message that names the limit or the cause.
+ */
+export class InputDownloader {
+  private readonly http: Got;
+  private readonly inFlight = new Map<string, Promise<string>>();
+  /** Cache files that a job still needs: never evicted. */
+  private readonly pinned = new Map<string, number>();
+
+  constructor(private readonly opts: DownloaderOptions) {
+    const allowPrivate = opts.allowPrivate;
+    this.http = got.extend({
+      timeout: { request: opts.timeoutMs },
+      retry: { limit: 1, statusCodes: [502, 503, 504], methods: ["GET"] },
+      followRedirect: true,
+      maxRedirects: 5,
+      dnsLookup: allowPrivate ? undefined : safeLookup,
+      hooks: {
+        beforeRequest: [(options) => checkLiteralHost(options.url, allowPrivate)],
+        beforeRedirect: [(options) => checkLiteralHost(options.url, allowPrivate)],
+      },
+    }) as Got;
+  }
+
+  /** Returns the file name (relative to the input folder) that replaces the URL in the workflow. */
+  async fetch(url: string, opts: { expectImage: boolean; signal?: AbortSignal | undefined }): Promise<string> {
+    const hash = createHash("sha256").update(url).digest("hex").slice(0, 32);
+    const key = `${hash}:${opts.expectImage}`;
+    let pending = this.inFlight.get(key);
+    if (!pending) {
+      pending = (url.startsWith("data:") ? this.fromDataUri(url, hash, opts.expectImage) : this.fromUrl(url, hash, opts))
+        .finally(() => this.inFlight.delete(key));
+      this.inFlight.set(key, pending);
+    }
+    return pending;
+  }
+
+  pin(name: string): void {
+    this.pinned.set(name, (this.pinned.get(name) ?? 0) + 1);
+  }
+
+  unpin(name: string): void {
+    const n = (this.pinned.get(name) ?? 1) - 1;
+    if (n <= 0) this.pinned.delete(name);
+    else this.pinned.set(name, n);
+  }
+
+  private async cached(hash: string): Promise<string | undefined> {
+    const names = await readdir(this.opts.inputDir).catch(() => [] as string[]);
+    const name = names.find((n) => n.startsWith(`${CACHE_PREFIX}${hash}`) && !n.endsWith(".part"));
+    if (name) {
+      const now = new Date();
+      await utimes(join(this.opts.inputDir, name), now, now).catch(() => undefined);
+    }
+    return name;
+  }
+
+  private async fromDataUri(uri: string, hash: string, expectImage: boolean): Promise<string> {
+    const hit = await this.cached(hash);
+    if (hit) return hit;
+    const match = /^data:([^;,]*)((?:;[^;,]*)*),(.*)$/s.exec(uri);
+    if (!match) throw new InputError("malformed data: URI");
+    const [, mime = "", params = "", data = ""] = match;
+    const body = params.includes(";base64") ? Buffer.from(data, "base64") : Buffer.from(decodeURIComponent(data));
+    if (body.length > this.opts.maxBytes) {
+      throw new PayloadTooLargeError(`data: URI is ${body.length} bytes, above INPUT_URL_MAX_BYTES=${this.opts.maxBytes}`);
+    }
+    const ext = expectImage ? sniffImage(body) : (extFromMime(mime) ?? ".bin");
+    if (expectImage && !ext) throw new InputError(`data: URI is not an image (declared ${mime || "no type"})`);
+    const name = `${CACHE_PREFIX}${hash}${ext ?? ".bin"}`;
+    await mkdir(this.opts.inputDir, { recursive: true });
+    const tmp = join(this.opts.inputDir, `${name}.${randomUUID()}.part`);
+    await writeFile(tmp, body);
+    await rename(tmp, join(this.opts.inputDir, name));
+    await this.evict(name);
+    return name;
+  }
+
+  private async fromUrl(url: string, hash: string, opts: { expectImage: boolean; signal?: AbortSignal | undefined }) {
+    const hit = await this.cached(hash);
+    if (hit) return hit;
+    await mkdir(this.opts.inputDir, { recursive: true });
+    const tmp = join(this.opts.inputDir, `${CACHE_PREFIX}${hash}.${randomUUID()}.part`);
+    const maxBytes = this.opts.maxBytes;
+    let head = Buffer.alloc(0);
+    let received = 0;
+    let contentType = "";
+    let finalUrl = url;
+    try {
+      const stream = this.http.stream(url, opts.signal ? { signal: opts.signal } : {});
+      stream.once("response", (res: { headers: Record<string, string | undefined>; url: string }) => {
+        contentType = res.headers["content-type"] ?? "";
+        finalUrl = res.url;
+        const declared = Number(res.headers["content-length"] ?? NaN);
+        if (declared > maxBytes) {
+          stream.destroy(
+            new PayloadTooLargeError(`input is ${declared} bytes, above INPUT_URL_MAX_BYTES=${maxBytes}`),
+          );
+        }
+      });
+      const limit = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          received += chunk.length;
+          if (received > maxBytes) {
+            return cb(new PayloadTooLargeError(`input is larger than INPUT_URL_MAX_BYTES=${maxBytes}`));
+          }
+          if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16 - head.length)]);
+          cb(null, chunk);
+        },
+      });
+      await pipeline(stream, limit, createWriteStream(tmp));
+    } catch (err) {
+      await rm(tmp, { force: true });
+      if (err instanceof PayloadTooLargeError || err instanceof InputError) throw err;
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      throw new InputError(describeDownloadError(err, this.opts.timeoutMs), undefined, { cause: err });
+    }
+    let ext: string | undefined;
+    if (opts.expectImage) {
+      ext = sniffImage(head);
+      if (!ext) {
+        await rm(tmp, { force: true });
+        throw new InputError(`not an image (content-type ${contentType || "none"})`);
+      }
+    } else {
+      ext = extFromPath(new URL(finalUrl).pathname) ?? extFromMime(contentType) ?? ".bin";
+    }
+    const name = `${CACHE_PREFIX}${hash}${ext}`;
+    await rename(tmp, join(this.opts.inputDir, name));
+    await this.evict(name);
+    return name;
+  }
+
+  /** Removes the least recently used cached inputs while the cache is above its bound. */
+  private async evict(keep: string): Promise<void> {
+    const dir = this.opts.inputDir;
+    const names = (await readdir(dir)).filter((n) => n.startsWith(CACHE_PREFIX) && !n.endsWith(".part"));
+    const files = await Promise.all(
+      names.map(async (name) => {
+        const s = await stat(join(dir, name)).catch(() => undefined);
+        return { name, size: s?.size ?? 0, mtime: s?.mtimeMs ?? 0 };
+      }),
+    );
+    let total = files.reduce((a, f) => a + f.size, 0);
+    files.sort((a, b) => a.mtime - b.mtime);
+    for (const f of files) {
+      if (total <= this.opts.cacheMaxBytes) break;
+      if (f.name === keep || this.pinned.has(f.name)) continue;
+      await rm(join(dir, f.name), { force: true });
+      total -= f.size;
+    }
+  }
+}
+
+function extFromPath(path: string): string | undefined {
+  const ext = extname(path).toLowerCase();
+  return /^\.[a-z0-9]{1,8}$/.test(ext) ? ext : undefined;
+}
+
+function extFromMime(mime: string): string | undefined {
+  const m = mime.split(";")[0]?.trim().toLowerCase() ?? "";
+  const table: Record<string, string> = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/flac": ".flac",
+    "text/plain": ".txt",
+    "application/json": ".json",
+  };
+  return table[m];
+}
+
+class BlockedAddressError extends InputError {}
+
+function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean): void {
+  if (url === undefined) return;
+  const u = typeof url === "string" ? new URL(url) : url;
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new BlockedAddressError(`unsupported scheme ${u.protocol}`);
+  if (allowPrivate) return;
+  const host = u.hostname.replace(/^\[|\]$/g, "");
+  if (host === "localhost" || host.endsWith(".localhost")) throw new BlockedAddressError(`address ${host} is not allowed`);
+  if (/^[\d.]+$/.test(host) || host.includes(":")) {
+    if (isBlockedAddress(host)) throw new BlockedAddressError(`address ${host} is not allowed (private or reserved)`);
+  }
+}
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
+function safeLookup(hostname: string, options: object, callback: LookupCallback): void {
+  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    if (err) return callback(err, []);
+    const list = addresses as LookupAddress[];
+    const bad = list.find((a) => isBlockedAddress(a.address));
+    if (bad) {
+      return callback(new BlockedAddressError(`${hostname} resolves to ${bad.address}, which is not allowed`), []);
+    }
+    if ((options as { all?: boolean }).all) return callback(null, list);
+    const first = list[0];
+    if (!first) return callback(new BlockedAddressError(`${hostname} did not resolve`), []);
+    callback(null, first.address, first.family);
+  });
+}
+
+function describeDownloadError(err: unknown, timeoutMs: number): string {
+  const e = err as { name?: string; code?: string; message?: string; response?: { statusCode?: number } };
+  if (e instanceof BlockedAddressError) return e.message;
+  const cause = (err as { cause?: unknown }).cause;
+  if (cause instanceof BlockedAddressError) return cause.message;
+  if (e.name === "TimeoutError" || e.code === "ETIMEDOUT") return `download took longer than INPUT_URL_TIMEOUT_MS=${timeoutMs}`;
+  if (e.response?.statusCode) return `the server answered ${e.response.statusCode}`;
+  return e.message ?? String(err);
+}

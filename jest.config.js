@@ -1,0 +1,15 @@
+/** @type {import('jest').Config} */
+export default {
+  testEnvironment: "node",
+  extensionsToTreatAsEsm: [".ts"],
+  moduleNameMapper: { "^(\\.{1,2}/.*)\\.js$": "$1" },
+  transform: {
+    "^.+\\.ts$": ["ts-jest", { useESM: true, diagnostics: false }],
+  },
+  testMatch: ["<rootDir>/test/**/*.test.ts"],
+  globalSetup: "<rootDir>/test/harness/global-setup.mjs",
+  globalTeardown: "<rootDir>/test/harness/global-teardown.mjs",
+  testTimeout: 60_000,
+  // Integration tests share one ComfyUI on 2 cores; run files one at a time so timings stay sane.
+  maxWorkers: 1,
+};

@@ -1,0 +1,97 @@
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { access, mkdir, readFile, rename, symlink, lstat } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { answers, startService, type Service } from "./child.js";
+import { runInstallScript } from "./install.js";
+import { cacheDir, repoRoot } from "./paths.js";
+
+const run = promisify(execFile);
+export const SD15_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors";
+
+export interface ComfyInstall {
+  comfyDir: string;
+  python: string;
+}
+
+export async function ensureComfyUI(): Promise<ComfyInstall> {
+  const comfyDir = await runInstallScript("install-comfyui.sh");
+  return { comfyDir, python: join(cacheDir(), "comfyui-venv", "bin", "python") };
+}
+
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
+
+/**
+ * Builds (once, cached by the script's hash) the tiny random-weight SD1.5-shaped checkpoint and links it into
+ * `<baseDir>/models/checkpoints/` under the SD1.5 file name. A real file already there is used as is.
+ */
+export async function ensureTinyCheckpoint(install: ComfyInstall, baseDir: string): Promise<string> {
+  const script = join(repoRoot, "scripts", "make_tiny_checkpoint.py");
+  const key = createHash("sha256")
+    .update(await readFile(script))
+    .digest("hex")
+    .slice(0, 16);
+  const cached = join(cacheDir(), "models", `tiny-sd15-${key}.safetensors`);
+  if (!(await exists(cached))) {
+    await mkdir(join(cacheDir(), "models"), { recursive: true });
+    const tmp = cached.replace(/\.safetensors$/, ".partial.safetensors");
+    await run(install.python, [script, "--comfyui", install.comfyDir, "--out", tmp], {
+      timeout: 15 * 60_000,
+      maxBuffer: 16 * 1024 * 1024,
+    }).catch((err: { stderr?: string; message: string }) => {
+      throw new Error(`building the tiny checkpoint failed: ${err.stderr?.slice(-4000) ?? err.message}`);
+    });
+    await rename(tmp, cached);
+  }
+  const dir = join(baseDir, "models", "checkpoints");
+  await mkdir(dir, { recursive: true });
+  const target = join(dir, SD15_CHECKPOINT);
+  const present = await lstat(target).catch(() => undefined);
+  if (present === undefined) await symlink(cached, target);
+  return target;
+}
+
+export interface ComfyUIOptions {
+  install: ComfyInstall;
+  host: string;
+  port: number;
+  baseDir: string;
+  logFile: string;
+  timeoutMs?: number;
+}
+
+/** Starts a real ComfyUI on the CPU with its own base directory; custom nodes and API nodes disabled. */
+export async function startComfyUI(opts: ComfyUIOptions): Promise<Service & { url: string }> {
+  await mkdir(opts.baseDir, { recursive: true });
+  const url = `http://${opts.host}:${opts.port}`;
+  const service = await startService({
+    name: "ComfyUI",
+    command: opts.install.python,
+    args: [
+      "main.py",
+      "--cpu",
+      "--listen",
+      opts.host,
+      "--port",
+      String(opts.port),
+      "--base-directory",
+      opts.baseDir,
+      "--disable-all-custom-nodes",
+      "--disable-api-nodes",
+      "--disable-auto-launch",
+      "--database-url",
+      "sqlite:///:memory:",
+    ],
+    cwd: opts.install.comfyDir,
+    env: { ...process.env, PYTHONUNBUFFERED: "1" },
+    logFile: opts.logFile,
+    ready: (signal) => answers(`${url}/system_stats`, signal),
+    timeoutMs: opts.timeoutMs ?? 180_000,
+  });
+  return Object.assign(service, { url });
+}

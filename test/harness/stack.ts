@@ -1,0 +1,37 @@
+/**
+ * The real parts every integration test talks to: one ComfyUI (CPU, tiny SD1.5 checkpoint) and one SeaweedFS S3,
+ * started by the jest global setup on free ports with isolated folders, or reused when TEST_COMFYUI_URL and
+ * friends point at a running stack. Tests read where they are from this module.
+ */
+export interface StackInfo {
+  comfyUrl: string;
+  comfyBaseDir: string;
+  s3Endpoint: string;
+  s3AccessKeyId: string;
+  s3SecretAccessKey: string;
+  s3Bucket: string;
+  s3SecondBucket: string;
+  s3Region: string;
+  /** Folder for per-test scratch space. */
+  tmpRoot: string;
+}
+
+export function stack(): StackInfo {
+  const env = process.env;
+  const need = (name: string): string => {
+    const v = env[name];
+    if (!v) throw new Error(`${name} is not set: the jest global setup did not run (use npm test)`);
+    return v;
+  };
+  return {
+    comfyUrl: need("TEST_COMFYUI_URL"),
+    comfyBaseDir: need("TEST_COMFYUI_BASE_DIR"),
+    s3Endpoint: need("TEST_S3_ENDPOINT"),
+    s3AccessKeyId: need("TEST_S3_ACCESS_KEY_ID"),
+    s3SecretAccessKey: need("TEST_S3_SECRET_ACCESS_KEY"),
+    s3Bucket: need("TEST_S3_BUCKET"),
+    s3SecondBucket: need("TEST_S3_SECOND_BUCKET"),
+    s3Region: "us-east-1",
+    tmpRoot: need("TEST_TMP_ROOT"),
+  };
+}

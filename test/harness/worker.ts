@@ -1,0 +1,77 @@
+import { mkdtemp } from "node:fs/promises";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadConfig } from "../../config/index.js";
+import { createWorker, type Worker } from "../../worker/app.js";
+import { createLogger } from "../../worker/logger.js";
+import { stack } from "./stack.js";
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+export interface TestWorker {
+  worker: Worker;
+  routed: string;
+  api: string;
+  outputDir: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A worker against the shared test ComfyUI and S3, on free ports, with its own output folder and benchmark cache.
+ * Unsecured and without a benchmark unless `env` says otherwise.
+ */
+export async function startTestWorker(env: Record<string, string> = {}, opts: { publicKeyPem?: string; configRoot?: string } = {}): Promise<TestWorker> {
+  const s = stack();
+  const dir = await mkdtemp(join(s.tmpRoot, "worker-"));
+  const config = loadConfig(
+    {
+      WORKER_PORT: "0",
+      WORKER_HOST: "127.0.0.1",
+      API_PORT: "0",
+      COMFYUI_URL: s.comfyUrl,
+      COMFYUI_BASE_DIR: s.comfyBaseDir,
+      OUTPUT_DIR: join(dir, "output"),
+      S3_ACCESS_KEY_ID: s.s3AccessKeyId,
+      S3_SECRET_ACCESS_KEY: s.s3SecretAccessKey,
+      S3_ENDPOINT_URL: s.s3Endpoint,
+      S3_BUCKET_NAME: s.s3Bucket,
+      S3_REGION: s.s3Region,
+      UNSECURED: "true",
+      BENCHMARK_SKIP: "true",
+      BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
+      INPUT_URL_ALLOW_PRIVATE: "true",
+      COMFYUI_HISTORY_POLL_MS: "250",
+      LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
+      ...env,
+    },
+    opts.configRoot ?? repoRoot,
+  );
+  const logger = createLogger({ level: config.log.level, pretty: false });
+  const worker = createWorker({
+    config,
+    logger,
+    root: repoRoot,
+    ...(opts.publicKeyPem !== undefined && { publicKeyPem: opts.publicKeyPem }),
+  });
+  await worker.start();
+  return {
+    worker,
+    routed: worker.routedUrl(),
+    api: worker.apiUrl() ?? "",
+    outputDir: config.outputDir,
+    stop: () => worker.stop(5_000),
+  };
+}
+
+/** POSTs JSON and returns status and parsed body (undefined when empty). */
+export async function postJson(url: string, body: unknown, init: RequestInit = {}): Promise<{ status: number; body: any }> {
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+    signal: AbortSignal.timeout(120_000),
+    ...init,
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : undefined };
+}

@@ -1,0 +1,391 @@
+import { randomUUID } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { createServer as createHttpServer, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { AddressInfo } from "node:net";
+import type { Express, Request, Response } from "express";
+import { loadBenchmarkPayload } from "../benchmark/payload.js";
+import { runBenchmark } from "../benchmark/runner.js";
+import type { FrozenConfig } from "../config/index.js";
+import { ComfyClient } from "../handlers/comfyui/client.js";
+import { ComfyEvents } from "../handlers/comfyui/events.js";
+import { NodeCatalog } from "../handlers/comfyui/node-catalog.js";
+import { InputDownloader } from "../handlers/preprocess/downloads.js";
+import { ObjectStorage } from "../handlers/storage/s3.js";
+import { WebhookSender } from "../handlers/webhook.js";
+import { Admission } from "./admission.js";
+import { ReplayGuard, SignatureVerifier } from "./auth/signature.js";
+import { docsRoutes, loadExample } from "./http/docs.js";
+import { generateRoutes } from "./http/generate-routes.js";
+import { healthRoutes } from "./http/health.js";
+import { createLocalApp } from "./http/local.js";
+import { SessionStore, createRoutedApp } from "./http/routed.js";
+import { JobManager } from "./jobs/manager.js";
+import type { Logger } from "./logger.js";
+import { WorkerMetrics } from "./metrics.js";
+import { fetchPublicKey } from "./reporter/pubkey.js";
+import { AutoscalerReporter } from "./reporter/reporter.js";
+import { RequestTracker } from "./reporter/tracker.js";
+import { delay } from "./util/backoff.js";
+import { DEFAULT_WORKLOAD, estimateWorkload, samplingCost } from "./workload.js";
+import type { Workflow } from "../handlers/comfyui/types.js";
+
+export interface WorkerDeps {
+  config: FrozenConfig;
+  logger: Logger;
+  /** The worker's installation folder (misc/, the benchmark cache). */
+  root: string;
+  /** Public key PEM to use instead of fetching it (tests). */
+  publicKeyPem?: string;
+  now?: () => number;
+}
+
+export type Phase = "starting" | "waiting-for-comfyui" | "benchmarking" | "ready" | "error" | "draining" | "stopped";
+
+export interface Worker {
+  start(): Promise<void>;
+  /** Ordered, idempotent: stop accepting, tell the autoscaler, drain up to `drainMs`, then abort the rest. */
+  stop(drainMs?: number): Promise<void>;
+  readonly jobs: JobManager;
+  readonly reporter: AutoscalerReporter | undefined;
+  readonly metrics: WorkerMetrics;
+  readonly admission: Admission;
+  routedUrl(): string;
+  apiUrl(): string | undefined;
+  phase(): Phase;
+  errorMsg(): string;
+}
+
+/** Builds the whole worker from its config; nothing listens or connects until `start()`. */
+export function createWorker(deps: WorkerDeps): Worker {
+  const { config, logger } = deps;
+  const now = deps.now ?? Date.now;
+  const startedAt = now();
+  const clientId = `comfyui-worker-${randomUUID()}`;
+  const client = new ComfyClient({ baseUrl: config.comfyui.url, requestTimeoutMs: config.comfyui.requestTimeoutMs });
+  const events = new ComfyEvents({ url: client.wsUrl(clientId), logger });
+  const catalog = new NodeCatalog(client);
+  const metrics = new WorkerMetrics();
+  const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });
+  const storage = new ObjectStorage({
+    forcePathStyle: config.s3.forcePathStyle,
+    partSizeBytes: config.s3.partSizeBytes,
+    presignExpirySeconds: config.s3.presignExpirySeconds,
+    uploadTimeoutMs: Math.max(60_000, config.jobs.timeoutMs),
+  });
+  const webhooks = new WebhookSender({
+    timeoutMs: config.webhook.timeoutMs,
+    maxAttempts: config.webhook.maxAttempts,
+    logger,
+    onAttempt: (outcome) => metrics.webhookAttempts.inc({ outcome }),
+  });
+  const jobs = new JobManager({
+    config,
+    client,
+    events,
+    catalog,
+    downloader,
+    storage,
+    webhooks,
+    logger,
+    clientId,
+    now,
+    observer: metrics,
+  });
+  const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
+  const tracker = new RequestTracker();
+  const sessions = new SessionStore(10);
+  const replay = new ReplayGuard(config.autoscaler.replayWindow);
+
+  let phase: Phase = "starting";
+  let errorMsg = "";
+  let comfyUp = false;
+  let loadtime = 0;
+  let benchmarkCost = 0;
+  let verifier: SignatureVerifier | undefined;
+
+  const reporter =
+    config.autoscaler.reportAddrs.length > 0
+      ? new AutoscalerReporter({
+          addrs: config.autoscaler.reportAddrs,
+          containerId: config.autoscaler.containerId,
+          masterToken: config.autoscaler.masterToken,
+          url: config.worker.publicUrl,
+          tracker,
+          logger,
+          intervalMs: config.autoscaler.reportIntervalMs,
+          heartbeatMs: config.autoscaler.heartbeatIntervalMs,
+          diskPath: config.outputDir,
+          state: {
+            maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
+            loadtime: () => loadtime,
+            loaded: () => phase === "ready",
+            errorMsg: () => errorMsg,
+            currentLoad: () => jobs.activeWorkload(),
+          },
+        })
+      : undefined;
+
+  const setError = (msg: string) => {
+    if (errorMsg === msg) return;
+    errorMsg = msg;
+    if (msg) logger.error({ stage: "lifecycle" }, msg);
+    reporter?.poke();
+  };
+
+  const workloadOfWorkflow = (workflow: unknown): number =>
+    workflow && typeof workflow === "object" ? estimateWorkload(workflow as Workflow, benchmarkCost) : DEFAULT_WORKLOAD;
+  const workloadOfPayload = (payload: unknown): number =>
+    workloadOfWorkflow((payload as { input?: { workflow_json?: unknown } } | null)?.input?.workflow_json);
+
+  const health = healthRoutes({
+    live: () => phase !== "stopped",
+    readiness: () => {
+      const reasons: string[] = [];
+      if (!comfyUp) reasons.push("ComfyUI is not answering");
+      if (phase !== "ready") reasons.push(`phase is ${phase}`);
+      if (!admission.admits()) reasons.push("overloaded: expected wait above MAX_QUEUE_TIME");
+      return {
+        ready: reasons.length === 0,
+        reasons,
+        details: {
+          phase,
+          comfyui_up: comfyUp,
+          max_perf: admission.maxPerf,
+          expected_wait_s: admission.expectedWaitS(),
+          active_jobs: jobs.active().length,
+          ...(errorMsg && { error_msg: errorMsg }),
+        },
+      };
+    },
+  });
+
+  const generate = (payloadOf: (req: Request, res: Response) => unknown) =>
+    generateRoutes({
+      jobs,
+      maxWorkflowNodes: config.limits.maxWorkflowNodes,
+      payloadOf: (req) => payloadOf(req, (req as unknown as { res: Response }).res),
+      workloadOf: (req, input) => {
+        const counted = (req as unknown as { res: Response }).res.locals.workload as number | undefined;
+        return counted ?? workloadOfWorkflow(input.workflow);
+      },
+    });
+
+  const routedApp: Express = createRoutedApp({
+    logger,
+    maxBodyBytes: config.limits.maxBodyBytes,
+    unsecured: config.autoscaler.unsecured,
+    legacySignatures: config.autoscaler.legacySignatures,
+    verifier: () => verifier,
+    replay,
+    admission,
+    tracker,
+    sessions,
+    masterToken: config.autoscaler.masterToken,
+    generate: generate((_req, res) => res.locals.payload),
+    health,
+    workRoutes: ["/generate/sync", "/generate", "/generate/stream"],
+    workloadOf: workloadOfPayload,
+  });
+  const localApp = config.api.enabled
+    ? createLocalApp({
+        maxBodyBytes: config.limits.maxBodyBytes,
+        generate: generate((_req, res) => res.locals.payload),
+        health,
+        docs: docsRoutes(loadExample(deps.root)),
+        metrics: metrics.routes(() => {
+          metrics.queueDepth.set(jobs.active().length);
+          const wait = admission.expectedWaitS();
+          metrics.expectedWait.set(Number.isFinite(wait) ? wait : -1);
+          metrics.comfyUp.set(comfyUp ? 1 : 0);
+        }),
+      })
+    : undefined;
+
+  let routedServer: Server | undefined;
+  let localServer: Server | undefined;
+  let watcher: NodeJS.Timeout | undefined;
+  const lifecycle = new AbortController();
+
+  const listen = (server: Server, port: number, host: string) =>
+    new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+
+  const checkComfy = async (): Promise<boolean> => {
+    try {
+      await client.systemStats(AbortSignal.timeout(5_000));
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  /** Watches ComfyUI every 2 s: readiness, error_msg to the autoscaler, and recovery. */
+  const watchComfy = () => {
+    const tick = async () => {
+      const up = await checkComfy();
+      if (up !== comfyUp) {
+        comfyUp = up;
+        if (up) {
+          logger.info({ stage: "health" }, "ComfyUI is answering again");
+          catalog.invalidate();
+          events.reconnect();
+          if (errorMsg.startsWith("ComfyUI")) setError("");
+        } else {
+          setError("ComfyUI stopped answering");
+        }
+      }
+      if (phase !== "stopped" && phase !== "draining") watcher = setTimeout(tick, 2_000);
+    };
+    watcher = setTimeout(tick, 2_000);
+  };
+
+  const worker: Worker = {
+    jobs,
+    reporter,
+    metrics,
+    admission,
+    phase: () => phase,
+    errorMsg: () => errorMsg,
+    routedUrl() {
+      const a = routedServer?.address() as AddressInfo | null;
+      return `${config.worker.useSsl ? "https" : "http"}://127.0.0.1:${a?.port ?? config.worker.port}`;
+    },
+    apiUrl() {
+      const a = localServer?.address() as AddressInfo | null;
+      return a ? `http://127.0.0.1:${a.port}` : undefined;
+    },
+
+    async start() {
+      logger.info({ stage: "lifecycle", comfyui: config.comfyui.url }, "starting");
+      reporter?.start();
+      try {
+        routedServer = config.worker.useSsl
+          ? createHttpsServer(
+              { cert: await readFile(config.worker.sslCert), key: await readFile(config.worker.sslKey) },
+              routedApp,
+            )
+          : createHttpServer(routedApp);
+        await listen(routedServer, config.worker.port, config.worker.host);
+        if (localApp) {
+          localServer = createHttpServer(localApp);
+          await listen(localServer, config.api.port, config.api.host);
+        }
+      } catch (err) {
+        phase = "error";
+        setError(`Worker Server failed to launch: ${err instanceof Error ? err.message : String(err)}`);
+        throw err;
+      }
+      logger.info(
+        { stage: "lifecycle", routed: worker.routedUrl(), api: worker.apiUrl() ?? "disabled" },
+        "listening",
+      );
+
+      phase = "waiting-for-comfyui";
+      const deadline = now() + config.comfyui.startupTimeoutMs;
+      while (!(comfyUp = await checkComfy())) {
+        if (now() >= deadline) {
+          phase = "error";
+          setError(`ComfyUI did not answer at ${config.comfyui.url} within ${config.comfyui.startupTimeoutMs} ms`);
+          return;
+        }
+        await delay(500, lifecycle.signal).catch(() => undefined);
+        if (lifecycle.signal.aborted) return;
+      }
+      logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${config.comfyui.url}`);
+      events.start();
+      jobs.start();
+      watchComfy();
+
+      if (!config.autoscaler.unsecured) {
+        try {
+          const pem =
+            deps.publicKeyPem ?? (await fetchPublicKey(config.autoscaler.reportAddrs, { logger, signal: lifecycle.signal }));
+          verifier = new SignatureVerifier(pem);
+          logger.info({ stage: "lifecycle" }, "router public key loaded");
+        } catch (err) {
+          phase = "error";
+          setError(err instanceof Error ? err.message : String(err));
+          return;
+        }
+      }
+
+      phase = "benchmarking";
+      try {
+        const payload = await loadBenchmarkPayload(config.benchmark, deps.root);
+        benchmarkCost = samplingCost(payload.make());
+        if (config.benchmark.skip) {
+          admission.maxPerf = 1;
+          logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1");
+        } else {
+          const stats = await client.systemStats().catch(() => ({}));
+          const devices = ((stats as { devices?: { name?: string }[] }).devices ?? []).map((d) => d.name).join(",");
+          const result = await runBenchmark({
+            jobs,
+            payload,
+            logger,
+            outputDir: config.outputDir,
+            cacheFile: config.benchmark.cacheFile,
+            hardwareKey: `${devices}|${config.benchmark.gpuKey}`,
+            minRounds: config.benchmark.minRounds,
+            maxRounds: config.benchmark.maxRounds,
+            tolerance: config.benchmark.tolerance,
+          });
+          admission.maxPerf = result.maxPerf;
+        }
+        metrics.benchmarkScore.set(admission.maxPerf);
+      } catch (err) {
+        phase = "error";
+        setError(err instanceof Error ? err.message : String(err));
+        return;
+      }
+      if (lifecycle.signal.aborted) return;
+      phase = "ready";
+      loadtime = (now() - startedAt) / 1000;
+      reporter?.poke();
+      logger.info(
+        { stage: "lifecycle", max_perf: admission.maxPerf, loadtime_s: loadtime },
+        `ready: max_perf ${admission.maxPerf}`,
+      );
+    },
+
+    stop: (() => {
+      let stopping: Promise<void> | undefined;
+      return (drainMs = 30_000) => {
+        stopping ??= (async () => {
+          logger.info({ stage: "lifecycle", active_jobs: jobs.active().length }, "stopping: no new jobs");
+          const previous = phase;
+          phase = "draining";
+          lifecycle.abort();
+          clearTimeout(watcher);
+          jobs.stopAccepting();
+          if (previous === "ready") setError("worker is shutting down");
+          await jobs.drain(drainMs);
+          await webhooks.drain(5_000);
+          await reporter?.stop(async () => void (await reporter.sendStatus()));
+          await Promise.all(
+            [routedServer, localServer].map(
+              (s) =>
+                new Promise<void>((resolve) => {
+                  if (!s?.listening) return resolve();
+                  s.close(() => resolve());
+                  s.closeAllConnections();
+                }),
+            ),
+          );
+          events.stop();
+          storage.close();
+          phase = "stopped";
+          logger.info({ stage: "lifecycle" }, "stopped");
+        })();
+        return stopping;
+      };
+    })(),
+  };
+  return worker;
+}

@@ -1,0 +1,86 @@
+import { createPublicKey, verify, type KeyObject } from "node:crypto";
+import { pythonJsonDumps } from "./python-json.js";
+
+/** The auth_data the router attaches to each request (the whole /route/ answer). */
+export interface AuthData {
+  url?: unknown;
+  signature?: unknown;
+  cost?: unknown;
+  endpoint?: unknown;
+  reqnum?: unknown;
+  request_idx?: unknown;
+  [key: string]: unknown;
+}
+
+/** The bytes the current router signs: `json.dumps({"url": url}, indent=4, sort_keys=True)`. */
+export function urlMessage(url: string): string {
+  return pythonJsonDumps({ url });
+}
+
+/**
+ * The legacy scheme signed every field but `signature` (and `__request_id`), sorted, indent=4. Python's router
+ * may hold `cost` as a float (100.0) although JSON parsing loses that, so both renderings are candidates.
+ */
+export function legacyMessages(auth: AuthData): string[] {
+  const fields = Object.fromEntries(
+    Object.entries(auth).filter(([k]) => k !== "signature" && k !== "__request_id"),
+  );
+  const asInt = pythonJsonDumps(fields);
+  const asFloat = pythonJsonDumps(fields, new Set(["cost"]));
+  return asInt === asFloat ? [asInt] : [asInt, asFloat];
+}
+
+export class SignatureVerifier {
+  private readonly key: KeyObject;
+
+  constructor(publicKeyPem: string) {
+    this.key = createPublicKey(publicKeyPem);
+  }
+
+  /** RSASSA-PKCS1-v1_5 with SHA-256 over `message`; `signature` is standard base64. */
+  verifyMessage(message: string, signature: string): boolean {
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(signature.trim())) return false;
+    try {
+      return verify("sha256", Buffer.from(message, "utf8"), this.key, Buffer.from(signature.trim(), "base64"));
+    } catch {
+      return false;
+    }
+  }
+
+  verify(auth: AuthData, legacy: boolean): boolean {
+    if (typeof auth.signature !== "string" || typeof auth.url !== "string") return false;
+    const signature = auth.signature;
+    if (this.verifyMessage(urlMessage(auth.url), signature)) return true;
+    return legacy && legacyMessages(auth).some((m) => this.verifyMessage(m, signature));
+  }
+}
+
+/**
+ * Refuses replayed auth_data, which upstream accepts: a reqnum already seen, or one more than `window` below the
+ * highest seen. Only requests whose signature verified are recorded.
+ */
+export class ReplayGuard {
+  private highest = -Infinity;
+  private readonly seen = new Set<number>();
+  private readonly order: number[] = [];
+
+  constructor(
+    private readonly window: number,
+    private readonly remember = 10_000,
+  ) {}
+
+  check(reqnum: number): { ok: true } | { ok: false; reason: string } {
+    if (this.seen.has(reqnum)) return { ok: false, reason: `reqnum ${reqnum} was already used` };
+    if (reqnum < this.highest - this.window) {
+      return { ok: false, reason: `reqnum ${reqnum} is too old (highest seen ${this.highest})` };
+    }
+    return { ok: true };
+  }
+
+  record(reqnum: number): void {
+    this.highest = Math.max(this.highest, reqnum);
+    this.seen.add(reqnum);
+    this.order.push(reqnum);
+    while (this.order.length > this.remember) this.seen.delete(this.order.shift()!);
+  }
+}

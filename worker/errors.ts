@@ -1,0 +1,121 @@
+/**
+ * Every failure the worker reports is one of these classes, with a stable `code`. `httpStatus` maps it to the
+ * answer in one place (`toHttp`). Retryable errors are the ones another attempt (on this worker or another) may
+ * fix: they are 5xx so that the Vast client re-routes; everything a caller can fix is 4xx, because the client
+ * retries 5xx forever.
+ */
+export abstract class WorkerError extends Error {
+  abstract readonly code: string;
+  abstract readonly httpStatus: number;
+  readonly retryable: boolean = false;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message, options);
+    this.details = details;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { error: this.message, code: this.code, ...this.details };
+  }
+}
+
+/** A malformed request: bad JSON, wrong field types, a request_id that could escape a folder. */
+export class BadRequestError extends WorkerError {
+  readonly code = "bad_request";
+  readonly httpStatus = 400;
+}
+
+/** ComfyUI refused the workflow (validation). Carries ComfyUI's `error` and `node_errors`. */
+export class InvalidWorkflowError extends WorkerError {
+  readonly code = "invalid_workflow";
+  readonly httpStatus = 400;
+}
+
+/** A URL or data: input could not be fetched or was refused. */
+export class InputError extends WorkerError {
+  readonly code = "input_error";
+  readonly httpStatus = 400;
+}
+
+export class PayloadTooLargeError extends WorkerError {
+  readonly code = "payload_too_large";
+  readonly httpStatus = 413;
+}
+
+/** The envelope is well-formed JSON but its fields are wrong (upstream answers 422 here). */
+export class UnprocessableError extends WorkerError {
+  readonly code = "unprocessable";
+  readonly httpStatus = 422;
+}
+
+export class UnauthorizedError extends WorkerError {
+  readonly code = "unauthorized";
+  readonly httpStatus = 401;
+}
+
+export class NotFoundError extends WorkerError {
+  readonly code = "not_found";
+  readonly httpStatus = 404;
+}
+
+export class ConflictError extends WorkerError {
+  readonly code = "conflict";
+  readonly httpStatus = 409;
+}
+
+/** Admission control: the expected wait is above max_queue_time. Upstream answers 429 with an empty body. */
+export class OverloadedError extends WorkerError {
+  readonly code = "overloaded";
+  readonly httpStatus = 429;
+  override readonly retryable = true;
+}
+
+/** ComfyUI is down, restarting, or failed in a way another attempt may not (OOM, lost connection). */
+export class ComfyUnavailableError extends WorkerError {
+  readonly code = "comfyui_unavailable";
+  readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/** The worker is shutting down or not ready yet. */
+export class NotReadyError extends WorkerError {
+  readonly code = "not_ready";
+  readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/** An execution error inside ComfyUI (a node raised). Deterministic: reported as a failed job, not retried. */
+export class ExecutionError extends WorkerError {
+  readonly code = "execution_error";
+  readonly httpStatus = 200;
+}
+
+export class JobTimeoutError extends WorkerError {
+  readonly code = "job_timeout";
+  readonly httpStatus = 200;
+}
+
+export class CancelledError extends WorkerError {
+  readonly code = "cancelled";
+  readonly httpStatus = 200;
+}
+
+export class InternalError extends WorkerError {
+  readonly code = "internal_error";
+  readonly httpStatus = 500;
+  override readonly retryable = true;
+}
+
+export function asWorkerError(err: unknown): WorkerError {
+  if (err instanceof WorkerError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new InternalError(message, undefined, { cause: err });
+}
+
+/** The one place that turns an error into an HTTP answer. */
+export function toHttp(err: unknown): { status: number; body: Record<string, unknown> | undefined } {
+  const e = asWorkerError(err);
+  if (e instanceof OverloadedError) return { status: 429, body: undefined };
+  return { status: e.httpStatus, body: e.toJSON() };
+}

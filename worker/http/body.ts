@@ -1,0 +1,29 @@
+import express, { type ErrorRequestHandler, type RequestHandler } from "express";
+import { PayloadTooLargeError, toHttp } from "../errors.js";
+
+/** JSON bodies whatever the Content-Type says (curl users forget it), bounded by MAX_BODY_BYTES. */
+export function jsonBody(maxBodyBytes: number): RequestHandler {
+  return express.json({ limit: maxBodyBytes, type: () => true, strict: true });
+}
+
+/**
+ * Maps body-parser failures: bad JSON is `invalidJsonStatus` (422 on the routed port, as upstream; 400 on the local
+ * API) with `{"error": "invalid JSON"}`; a body above the limit is 413 naming it. Anything else goes through toHttp.
+ */
+export function errorHandler(opts: { invalidJsonStatus: number; maxBodyBytes: number }): ErrorRequestHandler {
+  return (err, _req, res, _next) => {
+    const type = (err as { type?: string }).type;
+    if (type === "entity.parse.failed" || type === "encoding.unsupported" || type === "charset.unsupported") {
+      res.status(opts.invalidJsonStatus).json({ error: "invalid JSON" });
+      return;
+    }
+    if (type === "entity.too.large") {
+      const e = new PayloadTooLargeError(`request body is larger than MAX_BODY_BYTES=${opts.maxBodyBytes}`);
+      res.status(413).json(e.toJSON());
+      return;
+    }
+    const { status, body } = toHttp(err);
+    if (body === undefined) res.status(status).end();
+    else res.status(status).json(body);
+  };
+}

@@ -1,0 +1,103 @@
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import express, { Router } from "express";
+import { z } from "zod";
+import { GenerateRequest } from "../schema.js";
+
+/** The OpenAPI document, generated from the same zod schema that validates requests, with the seed's example. */
+export function openApiDocument(example: unknown): Record<string, unknown> {
+  const request = z.toJSONSchema(GenerateRequest, { target: "openapi-3.0" });
+  const result = {
+    type: "object",
+    properties: {
+      id: { type: "string" },
+      status: { type: "string", enum: ["queued", "processing", "generating", "completed", "failed", "cancelled"] },
+      message: { type: "string" },
+      comfyui_response: { type: "object", description: "ComfyUI's /history entry plus execution_details" },
+      output: {
+        type: "array",
+        items: {
+          type: "object",
+          properties: Object.fromEntries(
+            ["filename", "local_path", "url", "type", "subfolder", "node_id", "output_type", "text", "upload_error"].map(
+              (k) => [k, { type: "string" }],
+            ),
+          ),
+        },
+      },
+      timings: { type: "object", additionalProperties: { type: "number" } },
+    },
+  };
+  const body = { required: true, content: { "application/json": { schema: request, example } } };
+  const ok = (description: string) => ({
+    description,
+    content: { "application/json": { schema: { $ref: "#/components/schemas/Result" } } },
+  });
+  const idParam = [{ name: "id", in: "path", required: true, schema: { type: "string" } }];
+  return {
+    openapi: "3.0.3",
+    info: {
+      title: "ComfyUI serverless worker",
+      version: "1",
+      description:
+        "Runs ComfyUI workflows, uploads every output to S3-compatible storage and answers with pre-signed URLs. " +
+        "Through the Vast router the same routes take the envelope {auth_data, payload: {input}, session_id}.",
+    },
+    paths: {
+      "/generate/sync": {
+        post: {
+          summary: "Run a workflow and wait for the result",
+          requestBody: body,
+          responses: {
+            "200": ok("Finished: completed, failed (execution error, upload failure) or cancelled"),
+            "400": ok("Invalid request or workflow (ComfyUI's error and node_errors)"),
+            "413": { description: "A size limit was exceeded (named in the message)" },
+            "503": { description: "ComfyUI unavailable; retry" },
+          },
+        },
+      },
+      "/generate": { post: { summary: "Submit a workflow; poll /result/{id}", requestBody: body, responses: { "202": ok("Accepted") } } },
+      "/generate/stream": {
+        post: {
+          summary: "Run a workflow, streaming one JSON object per line (status, progress, executed, result last)",
+          requestBody: body,
+          responses: { "200": { description: "application/x-ndjson" } },
+        },
+      },
+      "/result/{id}": { get: { summary: "A job's result or live status", parameters: idParam, responses: { "200": ok("The job"), "404": { description: "Unknown" } } } },
+      "/cancel/{id}": { post: { summary: "Cancel a queued or running job", parameters: idParam, responses: { "200": ok("The job") } } },
+      "/health": { get: { summary: "Liveness", responses: { "200": { description: "Alive" } } } },
+      "/ready": { get: { summary: "Readiness: ComfyUI up, benchmark done", responses: { "200": { description: "Ready" }, "503": { description: "Not ready" } } } },
+      "/metrics": { get: { summary: "Prometheus metrics", responses: { "200": { description: "text/plain" } } } },
+    },
+    components: { schemas: { Result: result } },
+  };
+}
+
+export function docsRoutes(example: unknown): Router {
+  const router = Router();
+  const require = createRequire(import.meta.url);
+  const uiDir = dirname(require.resolve("swagger-ui-dist/package.json"));
+  const doc = openApiDocument(example);
+  router.get("/openapi.json", (_req, res) => void res.json(doc));
+  router.use("/docs/assets", express.static(uiDir, { index: false }));
+  const page = `<!doctype html><html><head><meta charset="utf-8"><title>ComfyUI worker API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head><body><div id="ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#ui" });</script></body></html>`;
+  router.get(["/docs", "/docs/"], (_req, res) => void res.type("html").send(page));
+  return router;
+}
+
+export function loadExample(root: string): unknown {
+  const workflow = JSON.parse(readFileSync(join(root, "misc", "workflows", "sd15_text2image.json"), "utf8")) as unknown;
+  return {
+    input: {
+      request_id: "",
+      workflow_json: workflow,
+      s3: { access_key_id: "", secret_access_key: "", endpoint_url: "", bucket_name: "", region: "" },
+      webhook: { url: "", extra_params: { user_id: "12345", project_id: "abc-def" } },
+    },
+  };
+}

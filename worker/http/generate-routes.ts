@@ -1,0 +1,136 @@
+import { Router, type Request, type Response } from "express";
+import { NotFoundError, toHttp, type WorkerError } from "../errors.js";
+import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
+import type { JobManager } from "../jobs/manager.js";
+import { parseGenerateInput, type ParsedInput } from "../schema.js";
+
+export interface GenerateRoutesDeps {
+  jobs: JobManager;
+  maxWorkflowNodes: number;
+  /** The `{input}` payload of a request: the body itself, or the envelope's `payload`. */
+  payloadOf: (req: Request) => unknown;
+  /** Workload of a parsed request, as admission counted it. */
+  workloadOf: (req: Request, input: ParsedInput) => number;
+}
+
+/** The HTTP status for a finished job: its error's status for client mistakes and retryable failures, else 200. */
+export function statusFor(job: Job): number {
+  const err: WorkerError | undefined = job.error;
+  if (!err) return 200;
+  return err.httpStatus >= 400 ? err.httpStatus : 200;
+}
+
+function sendResult(res: Response, job: Job): void {
+  res.status(statusFor(job)).json(job.result());
+}
+
+function sendError(res: Response, err: unknown): void {
+  const { status, body } = toHttp(err);
+  if (body === undefined) res.status(status).end();
+  else res.status(status).json(body);
+}
+
+/**
+ * /generate/sync, /generate (async), /generate/stream, /result/{id}, /cancel/{id}. A caller that disconnects from
+ * sync or stream cancels the job, unless someone else also waits on it or it was submitted asynchronously.
+ */
+export function generateRoutes(deps: GenerateRoutesDeps): Router {
+  const router = Router();
+  const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
+
+  const submit = (req: Request) => {
+    const input = parseGenerateInput(deps.payloadOf(req), { maxWorkflowNodes: deps.maxWorkflowNodes });
+    return deps.jobs.submit(input, deps.workloadOf(req, input));
+  };
+
+  const watch = (job: Job, res: Response) => {
+    const w = watchers.get(job) ?? { count: 0, detached: false };
+    watchers.set(job, w);
+    w.count++;
+    let left = false;
+    const leave = () => {
+      if (left) return;
+      left = true;
+      w.count--;
+    };
+    res.on("close", () => {
+      const disconnected = !res.writableFinished;
+      leave();
+      if (disconnected && w.count === 0 && !w.detached && !job.final) {
+        deps.jobs.cancel(job.id, "The caller disconnected");
+      }
+    });
+    return leave;
+  };
+
+  router.post("/generate/sync", async (req, res) => {
+    let job: Job;
+    try {
+      ({ job } = submit(req));
+    } catch (err) {
+      return sendError(res, err);
+    }
+    const leave = watch(job, res);
+    await job.done;
+    leave();
+    if (!res.destroyed) sendResult(res, job);
+  });
+
+  router.post("/generate", (req, res) => {
+    try {
+      const { job, created } = submit(req);
+      const w = watchers.get(job) ?? { count: 0, detached: true };
+      w.detached = true;
+      watchers.set(job, w);
+      res.status(created ? 202 : 200).json(job.result());
+    } catch (err) {
+      sendError(res, err);
+    }
+  });
+
+  router.post("/generate/stream", async (req, res) => {
+    let job: Job;
+    try {
+      ({ job } = submit(req));
+    } catch (err) {
+      return sendError(res, err);
+    }
+    const leave = watch(job, res);
+    res.status(200).setHeader("content-type", "application/x-ndjson");
+    res.setHeader("cache-control", "no-store");
+    res.flushHeaders();
+    const write = (obj: unknown) => {
+      if (!res.destroyed) res.write(`${JSON.stringify(obj)}\n`);
+    };
+    const onEvent = (event: JobEvent) => write({ id: job.id, ...event });
+    write({ id: job.id, type: "status", status: job.status, message: job.message });
+    job.on("event", onEvent);
+    await job.done;
+    job.off("event", onEvent);
+    leave();
+    const doc: ResultDocument & { type: string; http_status: number } = {
+      type: "result",
+      http_status: statusFor(job),
+      ...job.result(),
+    };
+    write(doc);
+    res.end();
+  });
+
+  const result = (req: Request<{ id: string }>, res: Response) => {
+    const job = deps.jobs.get(req.params.id);
+    if (!job) return sendError(res, new NotFoundError(`no job ${req.params.id} (unknown, or past its retention)`));
+    res.status(200).json(job.result());
+  };
+  router.get("/result/:id", result);
+  router.post("/result/:id", result);
+
+  router.post("/cancel/:id", (req, res) => {
+    const job = deps.jobs.cancel(req.params.id);
+    if (!job) return sendError(res, new NotFoundError(`no job ${req.params.id}`));
+    // A queued job settles at once; a running one once ComfyUI stopped it. Answer with its state either way.
+    void job.done.then(() => res.status(200).json(job.result()));
+  });
+
+  return router;
+}

@@ -1,0 +1,31 @@
+import express, { type Express, type Router } from "express";
+import { errorHandler, jsonBody } from "./body.js";
+
+export interface LocalDeps {
+  maxBodyBytes: number;
+  generate: Router;
+  health: Router;
+  docs: Router;
+  metrics?: Router;
+}
+
+/**
+ * The local API port (127.0.0.1:18288 by default): bare `{input}` requests for interactive use over an SSH tunnel,
+ * as the template's API wrapper, plus /docs. No signatures, no admission control.
+ */
+export function createLocalApp(deps: LocalDeps): Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("etag", false);
+  app.use("/", deps.health);
+  app.use("/", deps.docs);
+  if (deps.metrics) app.use("/", deps.metrics);
+  app.use(jsonBody(deps.maxBodyBytes));
+  app.use((req, res, next) => {
+    res.locals.payload = req.body as unknown;
+    next();
+  });
+  app.use("/", deps.generate);
+  app.use(errorHandler({ invalidJsonStatus: 400, maxBodyBytes: deps.maxBodyBytes }));
+  return app;
+}

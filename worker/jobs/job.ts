@@ -1,0 +1,109 @@
+import { EventEmitter } from "node:events";
+import type { ExecutionDetails } from "../../handlers/comfyui/run-prompt.js";
+import type { HistoryEntry } from "../../handlers/comfyui/types.js";
+import type { OutputEntry } from "../../handlers/outputs.js";
+import type { ParsedInput } from "../schema.js";
+import type { WorkerError } from "../errors.js";
+
+export type JobStatus = "queued" | "processing" | "generating" | "completed" | "failed" | "cancelled";
+export const FINAL_STATUSES: readonly JobStatus[] = ["completed", "failed", "cancelled"];
+
+export interface Timings {
+  queued_at_ms: number;
+  /** Time waiting for a ComfyUI slot (after preprocessing). */
+  queue_ms: number;
+  preprocess_ms: number;
+  generation_ms: number;
+  postprocess_ms: number;
+  completed_at_ms: number | null;
+  total_ms: number;
+}
+
+/** The result document of /generate/sync, /result/{id}, webhooks and the last line of /generate/stream. */
+export interface ResultDocument {
+  id: string;
+  status: JobStatus;
+  message: string;
+  comfyui_response: (Partial<HistoryEntry> & { execution_details?: ExecutionDetails }) | Record<string, never>;
+  output: OutputEntry[];
+  timings: Timings;
+  error?: Record<string, unknown>;
+}
+
+export type JobEvent =
+  | { type: "status"; status: JobStatus; message: string }
+  | { type: "progress"; node: string | null; value: number; max: number; percent: number }
+  | { type: "executing"; node: string }
+  | { type: "executed"; node: string; output: unknown }
+  | { type: "cached"; nodes: string[] };
+
+/** One accepted request, from admission to its final status. Emits "event" (JobEvent) and "done". */
+export class Job extends EventEmitter {
+  status: JobStatus = "queued";
+  message = "Queued";
+  output: OutputEntry[] = [];
+  history: HistoryEntry | undefined;
+  details: ExecutionDetails | undefined;
+  error: WorkerError | undefined;
+  readonly abort = new AbortController();
+  readonly timings: Timings;
+  finishedAt: number | undefined;
+  /** Settles when the job reaches a final status. Never rejects. */
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  constructor(
+    readonly input: ParsedInput,
+    readonly workload: number,
+    readonly createdAt: number,
+  ) {
+    super();
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    this.timings = {
+      queued_at_ms: createdAt,
+      queue_ms: 0,
+      preprocess_ms: 0,
+      generation_ms: 0,
+      postprocess_ms: 0,
+      completed_at_ms: null,
+      total_ms: 0,
+    };
+  }
+
+  get id(): string {
+    return this.input.requestId;
+  }
+
+  get final(): boolean {
+    return FINAL_STATUSES.includes(this.status);
+  }
+
+  setStatus(status: JobStatus, message: string): void {
+    if (this.final) return;
+    this.status = status;
+    this.message = message;
+    this.emitEvent({ type: "status", status, message });
+    if (this.final) {
+      this.resolveDone();
+      this.emit("done");
+    }
+  }
+
+  emitEvent(event: JobEvent): void {
+    this.emit("event", event);
+  }
+
+  result(): ResultDocument {
+    const comfyui_response =
+      this.history || this.details ? { ...(this.history ?? {}), ...(this.details && { execution_details: this.details }) } : {};
+    return {
+      id: this.id,
+      status: this.status,
+      message: this.message,
+      comfyui_response,
+      output: this.output,
+      timings: { ...this.timings },
+      ...(this.error && { error: this.error.toJSON() }),
+    };
+  }
+}

@@ -1,0 +1,320 @@
+import { randomUUID } from "node:crypto";
+import type { FrozenConfig } from "../../config/index.js";
+import type { ComfyClient } from "../../handlers/comfyui/client.js";
+import type { ComfyEvents } from "../../handlers/comfyui/events.js";
+import type { NodeCatalog } from "../../handlers/comfyui/node-catalog.js";
+import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
+import { collectOutputs } from "../../handlers/outputs.js";
+import { prepareWorkflow } from "../../handlers/preprocess/index.js";
+import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
+import { resolveS3, type ObjectStorage } from "../../handlers/storage/s3.js";
+import type { WebhookSender } from "../../handlers/webhook.js";
+import {
+  BadRequestError,
+  CancelledError,
+  ExecutionError,
+  JobTimeoutError,
+  NotReadyError,
+  asWorkerError,
+  type WorkerError,
+} from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { ParsedInput } from "../schema.js";
+import { Semaphore } from "../util/semaphore.js";
+import { Job } from "./job.js";
+
+/** What the manager tells observers (metrics); an observer that throws is logged and ignored. */
+export interface JobObserver {
+  stage?(stage: "preprocess" | "queue" | "generation" | "postprocess", ms: number): void;
+  finished?(job: Job): void;
+  upload?(ok: boolean, bytes: number): void;
+}
+
+export interface JobManagerDeps {
+  config: FrozenConfig;
+  client: ComfyClient;
+  events: ComfyEvents;
+  catalog: NodeCatalog;
+  downloader: InputDownloader;
+  storage: ObjectStorage;
+  webhooks: WebhookSender;
+  logger: Logger;
+  /** The WebSocket client id all prompts are queued under. */
+  clientId: string;
+  now?: () => number;
+  observer?: JobObserver;
+}
+
+/**
+ * Accepts jobs and runs them: preprocess (ahead of time), ComfyUI (at most `maxInFlightPrompts` prompts submitted,
+ * so the next prompt is already queued in ComfyUI while the previous job uploads), outputs, storage, webhook.
+ * A request_id seen again while its job runs or is retained returns that job (idempotency). Retryable failures are
+ * not retained, so that a retry runs again.
+ */
+export class JobManager {
+  private readonly jobs = new Map<string, Job>();
+  private readonly slots: Semaphore;
+  private accepting = true;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private readonly now: () => number;
+
+  constructor(private readonly deps: JobManagerDeps) {
+    this.slots = new Semaphore(deps.config.jobs.maxInFlightPrompts);
+    this.now = deps.now ?? Date.now;
+  }
+
+  start(): void {
+    this.sweepTimer = setInterval(() => this.sweep(), 60_000);
+    this.sweepTimer.unref();
+  }
+
+  get(id: string): Job | undefined {
+    return this.jobs.get(id);
+  }
+
+  /** Jobs not yet final. */
+  active(): Job[] {
+    return [...this.jobs.values()].filter((j) => !j.final);
+  }
+
+  activeWorkload(): number {
+    return this.active().reduce((sum, j) => sum + j.workload, 0);
+  }
+
+  /** Returns the job for this request, creating and starting it unless one with the same id exists. */
+  submit(input: ParsedInput, workload: number): { job: Job; created: boolean } {
+    const existing = this.jobs.get(input.requestId);
+    if (existing) return { job: existing, created: false };
+    if (!this.accepting) throw new NotReadyError("the worker is shutting down");
+    const webhookUrl = input.webhook?.url?.trim() || this.deps.config.webhook.url;
+    if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
+      throw new BadRequestError("webhook.url must be an http(s) URL");
+    }
+    const job = new Job(input, workload, this.now());
+    this.jobs.set(job.id, job);
+    void this.run(job);
+    return { job, created: true };
+  }
+
+  cancel(id: string, reason = "Cancelled by the caller"): Job | undefined {
+    const job = this.jobs.get(id);
+    if (job && !job.final) job.abort.abort(new CancelledError(reason));
+    return job;
+  }
+
+  stopAccepting(): void {
+    this.accepting = false;
+  }
+
+  /** Waits for active jobs up to `timeoutMs`, then cancels the rest and waits for them to settle. */
+  async drain(timeoutMs: number): Promise<void> {
+    this.stopAccepting();
+    const all = Promise.all(this.active().map((j) => j.done));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      all.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) {
+      for (const job of this.active()) job.abort.abort(new CancelledError("the worker is shutting down"));
+      await Promise.all(this.active().map((j) => j.done));
+    }
+    clearInterval(this.sweepTimer);
+  }
+
+  private sweep(): void {
+    const cutoff = this.now() - this.deps.config.jobs.resultRetentionMs;
+    for (const [id, job] of this.jobs) {
+      if (job.final && (job.finishedAt ?? 0) < cutoff) this.jobs.delete(id);
+    }
+  }
+
+  private observe(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.deps.logger.error({ err }, "a job observer failed");
+    }
+  }
+
+  private async run(job: Job): Promise<void> {
+    const { config, logger } = this.deps;
+    const log = logger.child({ request_id: job.id });
+    const deadline = AbortSignal.timeout(config.jobs.timeoutMs);
+    const signal = AbortSignal.any([job.abort.signal, deadline]);
+    const stage = (name: "preprocess" | "queue" | "generation" | "postprocess", ms: number) =>
+      this.observe(() => this.deps.observer?.stage?.(name, ms));
+    let inputFiles: string[] = [];
+    let release: (() => void) | undefined;
+    let t = this.now();
+    try {
+      // 1. Preprocess: seeds, URL inputs, output-node nonce.
+      job.setStatus("processing", "Preparing inputs");
+      const nodes = await this.deps.catalog.get(signal);
+      const prepared = await prepareWorkflow(job.input.workflow, {
+        requestId: job.id,
+        nodes,
+        downloader: this.deps.downloader,
+        signal,
+      });
+      inputFiles = prepared.inputFiles;
+      job.timings.preprocess_ms = this.now() - t;
+      stage("preprocess", job.timings.preprocess_ms);
+
+      // 2. Wait for a ComfyUI slot, then run the prompt.
+      t = this.now();
+      job.setStatus("queued", "Waiting for ComfyUI");
+      release = await this.slots.acquire(signal);
+      job.timings.queue_ms = this.now() - t;
+      stage("queue", job.timings.queue_ms);
+      t = this.now();
+      job.setStatus("generating", "Submitted to ComfyUI");
+      const run = await runPrompt({
+        client: this.deps.client,
+        events: this.deps.events,
+        clientId: this.deps.clientId,
+        promptId: randomUUID(),
+        workflow: prepared.workflow,
+        signal,
+        pollMs: config.comfyui.historyPollMs,
+        onEvent: (event, details) => {
+          job.details = details;
+          forwardEvent(job, event.type, event.data);
+        },
+      });
+      release();
+      release = undefined;
+      job.history = run.history;
+      job.details = run.details;
+      job.timings.generation_ms = this.now() - t;
+      stage("generation", job.timings.generation_ms);
+
+      // 3. Outputs and storage (the ComfyUI slot is already free for the next job).
+      t = this.now();
+      job.setStatus("processing", "Collecting outputs");
+      job.output = await collectOutputs(run.history, {
+        requestId: job.id,
+        comfyOutputDir: config.comfyui.outputDir,
+        comfyInputDir: config.comfyui.inputDir,
+        outputDir: config.outputDir,
+        client: this.deps.client,
+        signal,
+      });
+      const failedUploads = await this.upload(job, signal);
+      job.timings.postprocess_ms = this.now() - t;
+      stage("postprocess", job.timings.postprocess_ms);
+      if (failedUploads > 0) {
+        job.setStatus("failed", `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`);
+      } else {
+        job.setStatus("completed", `Completed with ${job.output.length} output(s)`);
+      }
+    } catch (raw) {
+      release?.();
+      const err = this.classify(raw, job, deadline);
+      job.error = err;
+      if (err instanceof CancelledError) job.setStatus("cancelled", err.message);
+      else job.setStatus("failed", err.message);
+      if (err.retryable) this.jobs.delete(job.id);
+    } finally {
+      for (const f of inputFiles) this.deps.downloader.unpin(f);
+      job.finishedAt = this.now();
+      job.timings.completed_at_ms = job.finishedAt;
+      job.timings.total_ms = job.finishedAt - job.createdAt;
+      this.observe(() => this.deps.observer?.finished?.(job));
+      const level = job.status === "completed" ? "info" : "warn";
+      log[level](
+        { status: job.status, outputs: job.output.length, timings: job.timings, ...(job.error && { code: job.error.code }) },
+        `job ${job.status}: ${job.message}`,
+      );
+      this.notify(job);
+    }
+  }
+
+  private classify(raw: unknown, job: Job, deadline: AbortSignal): WorkerError {
+    if (job.abort.signal.aborted) return asWorkerError(job.abort.signal.reason);
+    if (deadline.aborted) {
+      return new JobTimeoutError(`the job ran longer than JOB_TIMEOUT_MS=${this.deps.config.jobs.timeoutMs}`);
+    }
+    const err = asWorkerError(raw);
+    if (err instanceof ExecutionError && err.details) {
+      const { execution_details, comfyui_response } = err.details as Record<string, never>;
+      if (execution_details) job.details = execution_details;
+      if (comfyui_response) job.history = comfyui_response;
+    }
+    return err;
+  }
+
+  /** Uploads every file output in parallel; returns how many failed (each carries its upload_error). */
+  private async upload(job: Job, signal: AbortSignal): Promise<number> {
+    if (job.input.internal?.skipStorage) return 0;
+    const s3 = job.input.s3;
+    const target = resolveS3(this.deps.config.s3, {
+      accessKeyId: s3?.access_key_id,
+      secretAccessKey: s3?.secret_access_key,
+      endpointUrl: s3?.endpoint_url,
+      bucketName: s3?.bucket_name,
+      region: s3?.region,
+    });
+    if (!target) return 0;
+    const results = await Promise.all(
+      job.output.map(async (entry) => {
+        try {
+          const stored = await this.deps.storage.put(target, `${job.id}/${entry.filename}`, entry.local_path, signal);
+          entry.url = stored.url;
+          this.observe(() => this.deps.observer?.upload?.(true, stored.bytes));
+          return true;
+        } catch (err) {
+          if (signal.aborted) throw signal.reason;
+          entry.upload_error = asWorkerError(err).message;
+          this.observe(() => this.deps.observer?.upload?.(false, 0));
+          return false;
+        }
+      }),
+    );
+    return results.filter((ok) => !ok).length;
+  }
+
+  private notify(job: Job): void {
+    const url = job.input.webhook?.url?.trim() || this.deps.config.webhook.url;
+    if (!url || job.input.internal) return;
+    const doc = job.result();
+    void this.deps.webhooks.send({
+      url,
+      requestId: job.id,
+      body: {
+        id: doc.id,
+        status: doc.status,
+        message: doc.message,
+        output: doc.output,
+        timings: doc.timings,
+        extra: job.input.webhook?.extra_params ?? {},
+      },
+      signing: {
+        secret: job.input.webhook?.secret?.trim() || this.deps.config.webhook.secret,
+        signingKey: this.deps.config.webhook.signingKey,
+      },
+    });
+  }
+}
+
+function forwardEvent(job: Job, type: string, data: Record<string, unknown>): void {
+  switch (type) {
+    case "progress": {
+      const value = Number(data.value);
+      const max = Number(data.max);
+      const node = data.node === undefined || data.node === null ? null : String(data.node);
+      job.emitEvent({ type: "progress", node, value, max, percent: max > 0 ? Math.round((value / max) * 1000) / 10 : 0 });
+      break;
+    }
+    case "executing":
+      if (typeof data.node === "string") job.emitEvent({ type: "executing", node: data.node });
+      break;
+    case "executed":
+      job.emitEvent({ type: "executed", node: String(data.node), output: data.output });
+      break;
+    case "execution_cached":
+      job.emitEvent({ type: "cached", nodes: Array.isArray(data.nodes) ? data.nodes.map(String) : [] });
+      break;
+  }
+}

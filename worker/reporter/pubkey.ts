@@ -1,0 +1,39 @@
+import { got } from "got";
+import type { Logger } from "../logger.js";
+import { delay } from "../util/backoff.js";
+
+export class PubkeyError extends Error {
+  override readonly name = "PubkeyError";
+}
+
+/**
+ * Fetches the router's public key (PEM) from `{addr}/pubkey/`: 10 s per attempt, 5 attempts with 1/2/4/8 s
+ * between them, as upstream; unlike upstream, each address of a comma-separated REPORT_ADDR is tried in turn.
+ */
+export async function fetchPublicKey(
+  addrs: readonly string[],
+  opts: { logger: Logger; attempts?: number; timeoutMs?: number; baseDelayMs?: number; signal?: AbortSignal },
+): Promise<string> {
+  const attempts = opts.attempts ?? 5;
+  let last = "no REPORT_ADDR";
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    for (const addr of addrs) {
+      const url = `${addr}/pubkey/`;
+      try {
+        const res = await got(url, {
+          timeout: { request: opts.timeoutMs ?? 10_000 },
+          retry: { limit: 0 },
+          throwHttpErrors: false,
+          ...(opts.signal && { signal: opts.signal }),
+        });
+        if (res.statusCode === 200 && res.body.includes("BEGIN PUBLIC KEY")) return res.body.trim();
+        last = `${url} answered ${res.statusCode}`;
+      } catch (err) {
+        last = `${url}: ${err instanceof Error ? err.message : String(err)}`;
+      }
+    }
+    opts.logger.warn({ stage: "pubkey", attempt, attempts }, `public key fetch failed: ${last}`);
+    if (attempt < attempts) await delay((opts.baseDelayMs ?? 1_000) * 2 ** (attempt - 1), opts.signal);
+  }
+  throw new PubkeyError(`Failed to get Serverless public key after all retry attempts (${last})`);
+}

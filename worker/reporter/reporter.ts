@@ -1,0 +1,175 @@
+import { statfs } from "node:fs/promises";
+import { got, type Got } from "got";
+import type { Logger } from "../logger.js";
+import { delay } from "../util/backoff.js";
+import type { IntervalCounters, RequestTracker } from "./tracker.js";
+
+/** The protocol version the autoscaler sees (upstream's backend VERSION). */
+export const WORKER_VERSION = "1.1.0";
+
+export interface ReporterState {
+  maxPerf(): number;
+  /** Seconds from start to ready; 0 until ready. */
+  loadtime(): number;
+  loaded(): boolean;
+  errorMsg(): string;
+  /** Workload queued and in flight on this worker. */
+  currentLoad(): number;
+}
+
+export interface ReporterOptions {
+  addrs: readonly string[];
+  containerId: number;
+  masterToken: string;
+  url: string;
+  tracker: RequestTracker;
+  state: ReporterState;
+  logger: Logger;
+  intervalMs: number;
+  heartbeatMs: number;
+  timeoutMs?: number;
+  attempts?: number;
+  retryDelayMs?: number;
+  diskPath?: string;
+  now?: () => number;
+}
+
+/**
+ * Reports to the autoscaler as upstream does: /worker_status/ every interval when something changed and at least
+ * every heartbeat; /delete_requests/ every interval while finished requests wait. Each address of REPORT_ADDR in
+ * order, 3 attempts 2 s apart with a 10 s deadline each; interval counters are reset only after a delivery.
+ */
+export class AutoscalerReporter {
+  private readonly http: Got;
+  private statusTimer: NodeJS.Timeout | undefined;
+  private running = false;
+  private lastSent = 0;
+  private committedDiskGb: number | undefined;
+  private readonly stopSignal = new AbortController();
+  private forced = false;
+  /** Bodies delivered, newest last (bounded): for tests and `check`. */
+  readonly delivered: { path: string; body: Record<string, unknown> }[] = [];
+
+  constructor(private readonly opts: ReporterOptions) {
+    this.http = got.extend({
+      timeout: { request: opts.timeoutMs ?? 10_000 },
+      retry: { limit: 0 },
+      throwHttpErrors: true,
+    });
+  }
+
+  private get now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  start(): void {
+    if (this.running || this.opts.addrs.length === 0) return;
+    this.running = true;
+    const tick = async () => {
+      try {
+        await this.tick();
+      } catch (err) {
+        this.opts.logger.error({ stage: "report", err }, "report loop failed");
+      }
+      if (this.running) this.statusTimer = setTimeout(tick, this.opts.intervalMs);
+    };
+    this.statusTimer = setTimeout(tick, 0);
+  }
+
+  /** Sends a status report on the next tick whatever changed (ready, error). */
+  poke(): void {
+    this.forced = true;
+  }
+
+  private async tick(): Promise<void> {
+    const elapsed = this.now - this.lastSent;
+    const t = this.opts.tracker;
+    if (this.forced || t.pending || elapsed >= this.opts.heartbeatMs) {
+      this.forced = false;
+      await this.sendStatus();
+    }
+    const finished = t.takeFinished();
+    if (finished.length > 0) {
+      const ok = await this.post("/delete_requests/", {
+        worker_id: this.opts.containerId,
+        mtoken: this.opts.masterToken,
+        requests: finished,
+      });
+      if (ok) t.dropFinished(finished);
+    }
+  }
+
+  /** Builds and sends one /worker_status/; returns whether an address accepted it. */
+  async sendStatus(): Promise<boolean> {
+    const t = this.opts.tracker;
+    const s = this.opts.state;
+    const sent: IntervalCounters = { ...t.counters };
+    const diskGb = await this.diskUsedGb();
+    const body = {
+      id: this.opts.containerId,
+      mtoken: this.opts.masterToken,
+      version: WORKER_VERSION,
+      loadtime: s.loadtime(),
+      cur_load: s.currentLoad(),
+      rej_load: sent.rej_load,
+      new_load: sent.new_load,
+      error_msg: s.errorMsg(),
+      max_perf: s.maxPerf(),
+      cur_perf: sent.cur_perf,
+      cur_capacity: 0,
+      max_capacity: 0,
+      num_requests_working: t.numWorking,
+      num_requests_recieved: t.numReceived,
+      additional_disk_usage: diskGb - (this.committedDiskGb ?? diskGb),
+      disk_usage: diskGb,
+      working_request_idxs: t.workingRequestIdxs(),
+      url: this.opts.url,
+    };
+    const ok = await this.post("/worker_status/", body);
+    if (ok) {
+      t.commit(sent);
+      this.committedDiskGb = diskGb;
+      this.lastSent = this.now;
+    }
+    return ok;
+  }
+
+  private async diskUsedGb(): Promise<number> {
+    try {
+      const s = await statfs(this.opts.diskPath ?? "/");
+      return ((s.blocks - s.bfree) * s.bsize) / 2 ** 30;
+    } catch {
+      return 0;
+    }
+  }
+
+  private async post(path: string, body: Record<string, unknown>): Promise<boolean> {
+    const attempts = this.opts.attempts ?? 3;
+    for (const addr of this.opts.addrs) {
+      for (let attempt = 1; attempt <= attempts; attempt++) {
+        if (this.stopSignal.signal.aborted && path !== "/worker_status/") return false;
+        try {
+          await this.http.post(`${addr}${path}`, { json: body });
+          this.delivered.push({ path, body });
+          if (this.delivered.length > 200) this.delivered.shift();
+          return true;
+        } catch (err) {
+          this.opts.logger.warn(
+            { stage: "report", path, addr, attempt },
+            `report failed: ${err instanceof Error ? err.message : String(err)}`,
+          );
+          if (attempt < attempts) await delay(this.opts.retryDelayMs ?? 2_000).catch(() => undefined);
+        }
+      }
+    }
+    return false;
+  }
+
+  /** Stops the loop; a last status report (for example "shutting down") may be sent with `final`. */
+  async stop(final?: () => Promise<void>): Promise<void> {
+    this.running = false;
+    clearTimeout(this.statusTimer);
+    if (final) await final().catch(() => undefined);
+    this.stopSignal.abort();
+  }
+}

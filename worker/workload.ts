@@ -1,0 +1,43 @@
+import type { Workflow } from "../handlers/comfyui/types.js";
+
+/** The unit of work of one default request, as the router counts it (the client's `cost`). */
+export const DEFAULT_WORKLOAD = 100;
+
+/**
+ * Sampling work of a workflow: for every sampler (a node with `steps` and a `latent_image` link), width x height x
+ * batch of the latent it starts from times its steps. Latents are traced through links to the node that declares
+ * width/height (EmptyLatentImage, LatentUpscale...). Undefined (0) when nothing can be measured.
+ */
+export function samplingCost(workflow: Workflow): number {
+  let total = 0;
+  for (const node of Object.values(workflow)) {
+    const steps = Number(node.inputs?.steps);
+    const latent = node.inputs?.latent_image;
+    if (!Number.isFinite(steps) || steps <= 0 || !Array.isArray(latent)) continue;
+    const size = latentSize(workflow, String(latent[0]), 0);
+    if (size > 0) total += size * steps;
+  }
+  return total;
+}
+
+function latentSize(workflow: Workflow, id: string, depth: number): number {
+  const node = workflow[id];
+  if (!node || depth > 16) return 0;
+  const { width, height, batch_size, samples, latent_image } = node.inputs ?? {};
+  const w = Number(width);
+  const h = Number(height);
+  if (w > 0 && h > 0) return w * h * Math.max(1, Number(batch_size) || 1);
+  const from = Array.isArray(samples) ? samples : Array.isArray(latent_image) ? latent_image : undefined;
+  return from ? latentSize(workflow, String(from[0]), depth + 1) : 0;
+}
+
+/**
+ * A request's workload relative to the benchmark: 100 x (its sampling cost / the benchmark's), bounded to
+ * [1, 100 x 100]. With either cost unknown it is the default 100, as upstream counts every request.
+ */
+export function estimateWorkload(workflow: Workflow, benchmarkCost: number): number {
+  const cost = samplingCost(workflow);
+  if (!(cost > 0) || !(benchmarkCost > 0)) return DEFAULT_WORKLOAD;
+  const w = (DEFAULT_WORKLOAD * cost) / benchmarkCost;
+  return Math.min(DEFAULT_WORKLOAD * 100, Math.max(1, Math.round(w * 100) / 100));
+}
