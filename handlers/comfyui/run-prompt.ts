@@ -13,6 +13,7 @@ export interface ProgressUpdate {
 /** What the WebSocket told us about one prompt; returned as `comfyui_response.execution_details`. */
 export interface ExecutionDetails {
   prompt_id: string;
+  /** Nodes ComfyUI ran for this prompt, in order (cached nodes are listed in cached_nodes). */
   nodes_executed: string[];
   cached_nodes: string[];
   progress_updates: ProgressUpdate[];
@@ -84,10 +85,8 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
           wake();
         } else {
           details.current_node = String(d.node);
+          if (!details.nodes_executed.includes(details.current_node)) details.nodes_executed.push(details.current_node);
         }
-        break;
-      case "executed":
-        if (d.node !== undefined) details.nodes_executed.push(String(d.node));
         break;
       case "progress":
         details.progress_updates.push({

@@ -150,6 +150,9 @@ export class InputDownloader {
     } catch (err) {
       await rm(tmp, { force: true });
       if (err instanceof PayloadTooLargeError || err instanceof InputError) throw err;
+      // got wraps errors raised inside its stream (our size check among them) in a RequestError.
+      const cause = (err as { cause?: unknown }).cause;
+      if (cause instanceof PayloadTooLargeError) throw cause;
       if (opts.signal?.aborted) throw opts.signal.reason;
       throw new InputError(describeDownloadError(err, this.opts.timeoutMs), undefined, { cause: err });
     }

@@ -103,7 +103,13 @@ export class Job extends EventEmitter {
       comfyui_response,
       output: this.output,
       timings: { ...this.timings },
-      ...(this.error && { error: this.error.toJSON() }),
+      ...(this.error && { error: errorSummary(this.error) }),
     };
   }
+}
+
+/** The error as the result shows it: its code and details, without what the document already carries. */
+function errorSummary(err: WorkerError): Record<string, unknown> {
+  const { execution_details: _d, comfyui_response: _c, ...rest } = err.toJSON();
+  return rest;
 }

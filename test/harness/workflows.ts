@@ -1,0 +1,30 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { repoRoot } from "./worker.js";
+
+export function loadWorkflow(path: string): Record<string, any> {
+  return JSON.parse(readFileSync(join(repoRoot, path), "utf8"));
+}
+
+/** The seed's SD1.5 graph made small enough for a CPU (64x64, few steps). */
+export function tinyText2Image(steps = 4): Record<string, any> {
+  const w = loadWorkflow("misc/workflows/sd15_text2image.json");
+  w["5"].inputs.width = 64;
+  w["5"].inputs.height = 64;
+  w["3"].inputs.steps = steps;
+  return w;
+}
+
+/** EmptyImage -> ImageBlur -> SaveImage + SaveAnimatedWEBP: runs in milliseconds. */
+export function modelFree(): Record<string, any> {
+  return loadWorkflow("test/fixtures/workflows/model-free.json");
+}
+
+/** LoadImage(value) -> ImageInvert -> SaveImage. */
+export function loadImageWorkflow(image: string): Record<string, any> {
+  return {
+    "10": { class_type: "LoadImage", inputs: { image } },
+    "11": { class_type: "ImageInvert", inputs: { image: ["10", 0] } },
+    "12": { class_type: "SaveImage", inputs: { images: ["11", 0], filename_prefix: "loaded" } },
+  };
+}
