@@ -30,7 +30,8 @@ async function readJson(path: string): Promise<Workflow | undefined> {
       return p.input?.workflow_json ?? (parsed as Workflow);
     }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`${path}: ${(err as Error).message}`);
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT")
+      throw new Error(`${path}: ${(err as Error).message}`);
   }
   return undefined;
 }

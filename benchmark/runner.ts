@@ -58,7 +58,10 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
   const key = cacheKey(opts.payload, opts.hardwareKey);
   const cached = await readCache(opts.cacheFile);
   if (cached && cached.key === key && cached.max_perf > 0) {
-    opts.logger.info({ stage: "benchmark", max_perf: cached.max_perf }, `benchmark score reused from ${opts.cacheFile}`);
+    opts.logger.info(
+      { stage: "benchmark", max_perf: cached.max_perf },
+      `benchmark score reused from ${opts.cacheFile}`,
+    );
     return { maxPerf: cached.max_perf, rounds: cached.rounds, cached: true, source: cached.source };
   }
   const now = opts.now ?? performance.now.bind(performance);
@@ -79,7 +82,10 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
     const seconds = (now() - started) / 1000;
     await rm(join(opts.outputDir, id), { recursive: true, force: true });
     if (job.status !== "completed") {
-      opts.logger.warn({ stage: "benchmark", round: label, status: job.status }, `benchmark ${label} failed: ${job.message}`);
+      opts.logger.warn(
+        { stage: "benchmark", round: label, status: job.status },
+        `benchmark ${label} failed: ${job.message}`,
+      );
       return undefined;
     }
     return seconds;

@@ -206,7 +206,11 @@ export function describeConfig(config: FrozenConfig): unknown {
   return {
     ...config,
     s3: { ...config.s3, secretAccessKey: mask(config.s3.secretAccessKey) },
-    webhook: { ...config.webhook, secret: mask(config.webhook.secret), signingKey: mask(config.webhook.signingKey) },
+    webhook: {
+      ...config.webhook,
+      secret: mask(config.webhook.secret),
+      signingKey: mask(config.webhook.signingKey),
+    },
     autoscaler: { ...config.autoscaler, masterToken: mask(config.autoscaler.masterToken) },
   };
 }

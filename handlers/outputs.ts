@@ -100,7 +100,8 @@ async function placeFile(
 ): Promise<void> {
   const root = item.type === "input" ? opts.comfyInputDir : opts.comfyOutputDir;
   const source = normalize(join(root, item.subfolder ?? "", item.filename));
-  if (!source.startsWith(root + sep)) throw new Error(`ComfyUI output path escapes its folder: ${item.filename}`);
+  if (!source.startsWith(root + sep))
+    throw new Error(`ComfyUI output path escapes its folder: ${item.filename}`);
   // Outputs are moved (a rename on the same file system); an input the workflow passed through is copied.
   const moved = await (item.type === "input" ? copyFile(source, dest) : rename(source, dest)).then(
     () => true,

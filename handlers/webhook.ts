@@ -61,7 +61,11 @@ export class WebhookSender {
   private readonly stopping = new AbortController();
 
   constructor(private readonly opts: WebhookOptions) {
-    this.http = got.extend({ timeout: { request: opts.timeoutMs }, retry: { limit: 0 }, throwHttpErrors: false });
+    this.http = got.extend({
+      timeout: { request: opts.timeoutMs },
+      retry: { limit: 0 },
+      throwHttpErrors: false,
+    });
   }
 
   send(delivery: WebhookDelivery): Promise<void> {
@@ -82,12 +86,18 @@ export class WebhookSender {
         const timestamp = Math.floor((this.opts.now ?? Date.now)() / 1000);
         const res = await this.http.post(d.url, {
           body,
-          headers: { "content-type": "application/json", ...signatureHeaders(id, timestamp, body, d.signing) },
+          headers: {
+            "content-type": "application/json",
+            ...signatureHeaders(id, timestamp, body, d.signing),
+          },
           signal: this.stopping.signal,
         });
         if (res.statusCode >= 200 && res.statusCode < 300) {
           this.opts.onAttempt?.("delivered");
-          log.info({ attempt, status: res.statusCode, duration_ms: Date.now() - started }, "webhook delivered");
+          log.info(
+            { attempt, status: res.statusCode, duration_ms: Date.now() - started },
+            "webhook delivered",
+          );
           return;
         }
         retry = res.statusCode >= 500 || res.statusCode === 408 || res.statusCode === 429;
@@ -99,7 +109,10 @@ export class WebhookSender {
       }
       const last = !retry || attempt === this.opts.maxAttempts;
       this.opts.onAttempt?.(last ? "failed" : "retry");
-      log.warn({ attempt, duration_ms: Date.now() - started, url: d.url }, `webhook ${why}${last ? "; giving up" : "; retrying"}`);
+      log.warn(
+        { attempt, duration_ms: Date.now() - started, url: d.url },
+        `webhook ${why}${last ? "; giving up" : "; retrying"}`,
+      );
       if (last) return;
       try {
         await delay(

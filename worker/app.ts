@@ -40,7 +40,8 @@ export interface WorkerDeps {
   now?: () => number;
 }
 
-export type Phase = "starting" | "waiting-for-comfyui" | "benchmarking" | "ready" | "error" | "draining" | "stopped";
+export type Phase =
+  "starting" | "waiting-for-comfyui" | "benchmarking" | "ready" | "error" | "draining" | "stopped";
 
 export interface Worker {
   start(): Promise<void>;
@@ -62,7 +63,10 @@ export function createWorker(deps: WorkerDeps): Worker {
   const now = deps.now ?? Date.now;
   const startedAt = now();
   const clientId = `comfyui-worker-${randomUUID()}`;
-  const client = new ComfyClient({ baseUrl: config.comfyui.url, requestTimeoutMs: config.comfyui.requestTimeoutMs });
+  const client = new ComfyClient({
+    baseUrl: config.comfyui.url,
+    requestTimeoutMs: config.comfyui.requestTimeoutMs,
+  });
   const events = new ComfyEvents({ url: client.wsUrl(clientId), logger });
   const catalog = new NodeCatalog(client);
   const metrics = new WorkerMetrics();
@@ -134,7 +138,9 @@ export function createWorker(deps: WorkerDeps): Worker {
   };
 
   const workloadOfWorkflow = (workflow: unknown): number =>
-    workflow && typeof workflow === "object" ? estimateWorkload(workflow as Workflow, benchmarkCost) : DEFAULT_WORKLOAD;
+    workflow && typeof workflow === "object"
+      ? estimateWorkload(workflow as Workflow, benchmarkCost)
+      : DEFAULT_WORKLOAD;
   const workloadOfPayload = (payload: unknown): number =>
     workloadOfWorkflow((payload as { input?: { workflow_json?: unknown } } | null)?.input?.workflow_json);
 
@@ -291,7 +297,9 @@ export function createWorker(deps: WorkerDeps): Worker {
       while (!(comfyUp = await checkComfy())) {
         if (now() >= deadline) {
           phase = "error";
-          setError(`ComfyUI did not answer at ${config.comfyui.url} within ${config.comfyui.startupTimeoutMs} ms`);
+          setError(
+            `ComfyUI did not answer at ${config.comfyui.url} within ${config.comfyui.startupTimeoutMs} ms`,
+          );
           return;
         }
         await delay(500, lifecycle.signal).catch(() => undefined);
@@ -305,7 +313,8 @@ export function createWorker(deps: WorkerDeps): Worker {
       if (!config.autoscaler.unsecured) {
         try {
           const pem =
-            deps.publicKeyPem ?? (await fetchPublicKey(config.autoscaler.reportAddrs, { logger, signal: lifecycle.signal }));
+            deps.publicKeyPem ??
+            (await fetchPublicKey(config.autoscaler.reportAddrs, { logger, signal: lifecycle.signal }));
           verifier = new SignatureVerifier(pem);
           logger.info({ stage: "lifecycle" }, "router public key loaded");
         } catch (err) {
@@ -324,7 +333,9 @@ export function createWorker(deps: WorkerDeps): Worker {
           logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1");
         } else {
           const stats = await client.systemStats().catch(() => ({}));
-          const devices = ((stats as { devices?: { name?: string }[] }).devices ?? []).map((d) => d.name).join(",");
+          const devices = ((stats as { devices?: { name?: string }[] }).devices ?? [])
+            .map((d) => d.name)
+            .join(",");
           const result = await runBenchmark({
             jobs,
             payload,

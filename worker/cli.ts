@@ -66,7 +66,11 @@ export function buildCli(): Command {
   program
     .command("start", { isDefault: true })
     .description("Start the worker: wait for ComfyUI, fetch the router key, benchmark, serve and report.")
-    .option("--drain-ms <ms>", "on SIGTERM, how long running jobs may finish before they are interrupted", "60000")
+    .option(
+      "--drain-ms <ms>",
+      "on SIGTERM, how long running jobs may finish before they are interrupted",
+      "60000",
+    )
     .action(start);
   return program;
 }

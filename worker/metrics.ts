@@ -6,7 +6,12 @@ import type { JobObserver } from "./jobs/manager.js";
 /** The worker's Prometheus metrics, on a registry of its own (no global state). */
 export class WorkerMetrics implements JobObserver {
   readonly registry = new Registry();
-  readonly jobs = new Counter({ name: "comfyui_worker_jobs_total", help: "Jobs by final status", labelNames: ["status"], registers: [this.registry] });
+  readonly jobs = new Counter({
+    name: "comfyui_worker_jobs_total",
+    help: "Jobs by final status",
+    labelNames: ["status"],
+    registers: [this.registry],
+  });
   readonly stageSeconds = new Histogram({
     name: "comfyui_worker_stage_seconds",
     help: "Duration of each job stage",
@@ -14,23 +19,56 @@ export class WorkerMetrics implements JobObserver {
     buckets: [0.005, 0.02, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600],
     registers: [this.registry],
   });
-  readonly queueDepth = new Gauge({ name: "comfyui_worker_active_jobs", help: "Jobs accepted and not finished", registers: [this.registry] });
-  readonly expectedWait = new Gauge({ name: "comfyui_worker_expected_wait_seconds", help: "Admission's expected wait", registers: [this.registry] });
-  readonly comfyUp = new Gauge({ name: "comfyui_worker_comfyui_up", help: "1 when ComfyUI answers", registers: [this.registry] });
-  readonly s3Bytes = new Counter({ name: "comfyui_worker_s3_uploaded_bytes_total", help: "Bytes uploaded", registers: [this.registry] });
-  readonly s3Failures = new Counter({ name: "comfyui_worker_s3_upload_failures_total", help: "Failed uploads", registers: [this.registry] });
+  readonly queueDepth = new Gauge({
+    name: "comfyui_worker_active_jobs",
+    help: "Jobs accepted and not finished",
+    registers: [this.registry],
+  });
+  readonly expectedWait = new Gauge({
+    name: "comfyui_worker_expected_wait_seconds",
+    help: "Admission's expected wait",
+    registers: [this.registry],
+  });
+  readonly comfyUp = new Gauge({
+    name: "comfyui_worker_comfyui_up",
+    help: "1 when ComfyUI answers",
+    registers: [this.registry],
+  });
+  readonly s3Bytes = new Counter({
+    name: "comfyui_worker_s3_uploaded_bytes_total",
+    help: "Bytes uploaded",
+    registers: [this.registry],
+  });
+  readonly s3Failures = new Counter({
+    name: "comfyui_worker_s3_upload_failures_total",
+    help: "Failed uploads",
+    registers: [this.registry],
+  });
   readonly webhookAttempts = new Counter({
     name: "comfyui_worker_webhook_attempts_total",
     help: "Webhook delivery attempts by outcome",
     labelNames: ["outcome"],
     registers: [this.registry],
   });
-  readonly benchmarkScore = new Gauge({ name: "comfyui_worker_benchmark_max_perf", help: "Benchmark score (max_perf)", registers: [this.registry] });
-  readonly diskFreeBytes = new Gauge({ name: "comfyui_worker_disk_free_bytes", help: "Free space on the output file system", registers: [this.registry] });
-  readonly janitorRemoved = new Counter({ name: "comfyui_worker_janitor_removed_files_total", help: "Files removed by disk care", registers: [this.registry] });
+  readonly benchmarkScore = new Gauge({
+    name: "comfyui_worker_benchmark_max_perf",
+    help: "Benchmark score (max_perf)",
+    registers: [this.registry],
+  });
+  readonly diskFreeBytes = new Gauge({
+    name: "comfyui_worker_disk_free_bytes",
+    help: "Free space on the output file system",
+    registers: [this.registry],
+  });
+  readonly janitorRemoved = new Counter({
+    name: "comfyui_worker_janitor_removed_files_total",
+    help: "Files removed by disk care",
+    registers: [this.registry],
+  });
 
   constructor(opts: { collectDefault?: boolean } = {}) {
-    if (opts.collectDefault ?? true) collectDefaultMetrics({ register: this.registry, prefix: "comfyui_worker_" });
+    if (opts.collectDefault ?? true)
+      collectDefaultMetrics({ register: this.registry, prefix: "comfyui_worker_" });
   }
 
   stage(stage: string, ms: number): void {

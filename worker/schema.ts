@@ -22,7 +22,10 @@ export const S3Override = z
 export const WebhookSpec = z
   .object({
     url: optionalText.describe("Called on completion and on failure; falls back to WEBHOOK_URL"),
-    extra_params: z.record(z.string(), z.unknown()).optional().describe("Echoed as `extra` in the webhook body"),
+    extra_params: z
+      .record(z.string(), z.unknown())
+      .optional()
+      .describe("Echoed as `extra` in the webhook body"),
     secret: optionalText.describe("Standard Webhooks secret for this request (overrides WEBHOOK_SECRET)"),
   })
   .describe("Webhook configuration");
@@ -39,7 +42,9 @@ export const GenerateInput = z.object({
   request_id: z
     .string()
     .optional()
-    .describe("Your id for this job (letters, digits, . _ -; minted when empty). A repeat returns the same job."),
+    .describe(
+      "Your id for this job (letters, digits, . _ -; minted when empty). A repeat returns the same job.",
+    ),
   workflow_json: z
     .record(z.string(), WorkflowNodeSchema)
     .describe("A ComfyUI API-format graph. `__RANDOM_INT__` values are seeded; URL inputs are downloaded."),
@@ -80,7 +85,9 @@ export function parseGenerateInput(payload: unknown, limits: { maxWorkflowNodes:
   const nodes = Object.keys(input.workflow_json).length;
   if (nodes === 0) throw new BadRequestError("workflow_json has no nodes");
   if (nodes > limits.maxWorkflowNodes) {
-    throw new PayloadTooLargeError(`workflow_json has ${nodes} nodes, above MAX_WORKFLOW_NODES=${limits.maxWorkflowNodes}`);
+    throw new PayloadTooLargeError(
+      `workflow_json has ${nodes} nodes, above MAX_WORKFLOW_NODES=${limits.maxWorkflowNodes}`,
+    );
   }
   return { requestId, workflow: input.workflow_json as Workflow, s3: input.s3, webhook: input.webhook };
 }

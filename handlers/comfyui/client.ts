@@ -50,7 +50,9 @@ export class ComfyClient {
       if (err instanceof ComfyUnavailableError) throw err;
       if (opts.signal?.aborted) throw opts.signal.reason ?? err;
       const why = err instanceof RequestError ? `${err.code}: ${err.message}` : String(err);
-      throw new ComfyUnavailableError(`ComfyUI did not answer ${opts.what} (${why})`, undefined, { cause: err });
+      throw new ComfyUnavailableError(`ComfyUI did not answer ${opts.what} (${why})`, undefined, {
+        cause: err,
+      });
     }
   }
 
@@ -78,10 +80,14 @@ export class ComfyClient {
 
   /** The history entry of one prompt, or undefined while it is not finished. */
   async history(promptId: string, signal?: AbortSignal): Promise<HistoryEntry | undefined> {
-    const { body } = await this.call<Record<string, HistoryEntry>>("GET", `history/${encodeURIComponent(promptId)}`, {
-      signal,
-      what: "GET /history",
-    });
+    const { body } = await this.call<Record<string, HistoryEntry>>(
+      "GET",
+      `history/${encodeURIComponent(promptId)}`,
+      {
+        signal,
+        what: "GET /history",
+      },
+    );
     return typeof body === "object" && body !== null ? body[promptId] : undefined;
   }
 
@@ -99,18 +105,24 @@ export class ComfyClient {
     await this.call("POST", "interrupt", { json: { prompt_id: promptId }, signal, what: "POST /interrupt" });
   }
 
-  async queue(
-    signal?: AbortSignal,
-  ): Promise<{ queue_running: unknown[][]; queue_pending: unknown[][] }> {
-    const { body } = await this.call<{ queue_running: unknown[][]; queue_pending: unknown[][] }>("GET", "queue", {
-      signal,
-      what: "GET /queue",
-    });
+  async queue(signal?: AbortSignal): Promise<{ queue_running: unknown[][]; queue_pending: unknown[][] }> {
+    const { body } = await this.call<{ queue_running: unknown[][]; queue_pending: unknown[][] }>(
+      "GET",
+      "queue",
+      {
+        signal,
+        what: "GET /queue",
+      },
+    );
     return body;
   }
 
   async free(signal?: AbortSignal): Promise<void> {
-    await this.call("POST", "free", { json: { unload_models: false, free_memory: true }, signal, what: "POST /free" });
+    await this.call("POST", "free", {
+      json: { unload_models: false, free_memory: true },
+      signal,
+      what: "POST /free",
+    });
   }
 
   async systemStats(signal?: AbortSignal): Promise<Record<string, unknown>> {
@@ -133,7 +145,11 @@ export class ComfyClient {
 
   /** Streams a file from ComfyUI's /view (used when ComfyUI's folders are not on this machine). */
   viewStream(ref: { filename: string; subfolder: string; type: string }, signal?: AbortSignal) {
-    const searchParams = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder, type: ref.type });
+    const searchParams = new URLSearchParams({
+      filename: ref.filename,
+      subfolder: ref.subfolder,
+      type: ref.type,
+    });
     return this.http.stream(`view?${searchParams.toString()}`, {
       ...(signal !== undefined && { signal }),
       throwHttpErrors: true,

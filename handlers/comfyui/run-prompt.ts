@@ -85,7 +85,8 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
           wake();
         } else {
           details.current_node = String(d.node);
-          if (!details.nodes_executed.includes(details.current_node)) details.nodes_executed.push(details.current_node);
+          if (!details.nodes_executed.includes(details.current_node))
+            details.nodes_executed.push(details.current_node);
         }
         break;
       case "progress":
@@ -149,9 +150,13 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
         if (!endedByEvent) details.reconciled_from_history = true;
         return finish(entry, details);
       }
-      await sleepUntilWoken(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), opts.signal, (w) => {
-        wake = w;
-      });
+      await sleepUntilWoken(
+        failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250),
+        opts.signal,
+        (w) => {
+          wake = w;
+        },
+      );
     }
   } catch (err) {
     if (opts.signal.aborted) await stopPrompt(opts);
@@ -196,7 +201,11 @@ async function stopPrompt(opts: RunPromptOptions): Promise<void> {
   ]);
 }
 
-function sleepUntilWoken(ms: number, signal: AbortSignal, setWake: (wake: () => void) => void): Promise<void> {
+function sleepUntilWoken(
+  ms: number,
+  signal: AbortSignal,
+  setWake: (wake: () => void) => void,
+): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       clearTimeout(timer);

@@ -24,7 +24,10 @@ const IMAGE_MAGIC: [string, (b: Buffer) => boolean][] = [
   [".png", (b) => b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))],
   [".jpg", (b) => b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff],
   [".gif", (b) => b.subarray(0, 4).toString("latin1") === "GIF8"],
-  [".webp", (b) => b.subarray(0, 4).toString("latin1") === "RIFF" && b.subarray(8, 12).toString("latin1") === "WEBP"],
+  [
+    ".webp",
+    (b) => b.subarray(0, 4).toString("latin1") === "RIFF" && b.subarray(8, 12).toString("latin1") === "WEBP",
+  ],
   [".bmp", (b) => b.subarray(0, 2).toString("latin1") === "BM"],
   [".tiff", (b) => ["II*\0", "MM\0*"].includes(b.subarray(0, 4).toString("latin1"))],
 ];
@@ -61,13 +64,19 @@ export class InputDownloader {
   }
 
   /** Returns the file name (relative to the input folder) that replaces the URL in the workflow. */
-  async fetch(url: string, opts: { expectImage: boolean; signal?: AbortSignal | undefined }): Promise<string> {
+  async fetch(
+    url: string,
+    opts: { expectImage: boolean; signal?: AbortSignal | undefined },
+  ): Promise<string> {
     const hash = createHash("sha256").update(url).digest("hex").slice(0, 32);
     const key = `${hash}:${opts.expectImage}`;
     let pending = this.inFlight.get(key);
     if (!pending) {
-      pending = (url.startsWith("data:") ? this.fromDataUri(url, hash, opts.expectImage) : this.fromUrl(url, hash, opts))
-        .finally(() => this.inFlight.delete(key));
+      pending = (
+        url.startsWith("data:")
+          ? this.fromDataUri(url, hash, opts.expectImage)
+          : this.fromUrl(url, hash, opts)
+      ).finally(() => this.inFlight.delete(key));
       this.inFlight.set(key, pending);
     }
     return pending;
@@ -99,12 +108,17 @@ export class InputDownloader {
     const match = /^data:([^;,]*)((?:;[^;,]*)*),(.*)$/s.exec(uri);
     if (!match) throw new InputError("malformed data: URI");
     const [, mime = "", params = "", data = ""] = match;
-    const body = params.includes(";base64") ? Buffer.from(data, "base64") : Buffer.from(decodeURIComponent(data));
+    const body = params.includes(";base64")
+      ? Buffer.from(data, "base64")
+      : Buffer.from(decodeURIComponent(data));
     if (body.length > this.opts.maxBytes) {
-      throw new PayloadTooLargeError(`data: URI is ${body.length} bytes, above INPUT_URL_MAX_BYTES=${this.opts.maxBytes}`);
+      throw new PayloadTooLargeError(
+        `data: URI is ${body.length} bytes, above INPUT_URL_MAX_BYTES=${this.opts.maxBytes}`,
+      );
     }
     const ext = expectImage ? sniffImage(body) : (extFromMime(mime) ?? ".bin");
-    if (expectImage && !ext) throw new InputError(`data: URI is not an image (declared ${mime || "no type"})`);
+    if (expectImage && !ext)
+      throw new InputError(`data: URI is not an image (declared ${mime || "no type"})`);
     const name = `${CACHE_PREFIX}${hash}${ext ?? ".bin"}`;
     await mkdir(this.opts.inputDir, { recursive: true });
     const tmp = join(this.opts.inputDir, `${name}.${randomUUID()}.part`);
@@ -114,7 +128,11 @@ export class InputDownloader {
     return name;
   }
 
-  private async fromUrl(url: string, hash: string, opts: { expectImage: boolean; signal?: AbortSignal | undefined }) {
+  private async fromUrl(
+    url: string,
+    hash: string,
+    opts: { expectImage: boolean; signal?: AbortSignal | undefined },
+  ) {
     const hit = await this.cached(hash);
     if (hit) return hit;
     await mkdir(this.opts.inputDir, { recursive: true });
@@ -222,16 +240,23 @@ class BlockedAddressError extends InputError {}
 function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean): void {
   if (url === undefined) return;
   const u = typeof url === "string" ? new URL(url) : url;
-  if (u.protocol !== "http:" && u.protocol !== "https:") throw new BlockedAddressError(`unsupported scheme ${u.protocol}`);
+  if (u.protocol !== "http:" && u.protocol !== "https:")
+    throw new BlockedAddressError(`unsupported scheme ${u.protocol}`);
   if (allowPrivate) return;
   const host = u.hostname.replace(/^\[|\]$/g, "");
-  if (host === "localhost" || host.endsWith(".localhost")) throw new BlockedAddressError(`address ${host} is not allowed`);
+  if (host === "localhost" || host.endsWith(".localhost"))
+    throw new BlockedAddressError(`address ${host} is not allowed`);
   if (/^[\d.]+$/.test(host) || host.includes(":")) {
-    if (isBlockedAddress(host)) throw new BlockedAddressError(`address ${host} is not allowed (private or reserved)`);
+    if (isBlockedAddress(host))
+      throw new BlockedAddressError(`address ${host} is not allowed (private or reserved)`);
   }
 }
 
-type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+type LookupCallback = (
+  err: NodeJS.ErrnoException | null,
+  address: string | LookupAddress[],
+  family?: number,
+) => void;
 
 /** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
 function safeLookup(hostname: string, options: object, callback: LookupCallback): void {
@@ -240,7 +265,10 @@ function safeLookup(hostname: string, options: object, callback: LookupCallback)
     const list = addresses as LookupAddress[];
     const bad = list.find((a) => isBlockedAddress(a.address));
     if (bad) {
-      return callback(new BlockedAddressError(`${hostname} resolves to ${bad.address}, which is not allowed`), []);
+      return callback(
+        new BlockedAddressError(`${hostname} resolves to ${bad.address}, which is not allowed`),
+        [],
+      );
     }
     if ((options as { all?: boolean }).all) return callback(null, list);
     const first = list[0];
@@ -254,7 +282,8 @@ function describeDownloadError(err: unknown, timeoutMs: number): string {
   if (e instanceof BlockedAddressError) return e.message;
   const cause = (err as { cause?: unknown }).cause;
   if (cause instanceof BlockedAddressError) return cause.message;
-  if (e.name === "TimeoutError" || e.code === "ETIMEDOUT") return `download took longer than INPUT_URL_TIMEOUT_MS=${timeoutMs}`;
+  if (e.name === "TimeoutError" || e.code === "ETIMEDOUT")
+    return `download took longer than INPUT_URL_TIMEOUT_MS=${timeoutMs}`;
   if (e.response?.statusCode) return `the server answered ${e.response.statusCode}`;
   return e.message ?? String(err);
 }

@@ -76,6 +76,7 @@ function nameInput(err: unknown, nodeId: string, classType: string, input: strin
   if (!(err instanceof WorkerError)) return err;
   const where = `node ${nodeId} (${classType}) input "${input}"`;
   const details = { node_id: nodeId, class_type: classType, input };
-  if (err instanceof PayloadTooLargeError) return new PayloadTooLargeError(`${where}: ${err.message}`, details);
+  if (err instanceof PayloadTooLargeError)
+    return new PayloadTooLargeError(`${where}: ${err.message}`, details);
   return new InputError(`${where}: ${err.message}`, details, { cause: err });
 }

@@ -9,7 +9,10 @@ const MAX_EXCLUSIVE = 2 ** 32;
  * [0, 2^32-1]; inside a longer string each occurrence is replaced as text. Every occurrence gets its own value.
  * Returns a new workflow; the argument is not changed.
  */
-export function seedRandomInts(workflow: Workflow, random: () => number = () => randomInt(0, MAX_EXCLUSIVE)): Workflow {
+export function seedRandomInts(
+  workflow: Workflow,
+  random: () => number = () => randomInt(0, MAX_EXCLUSIVE),
+): Workflow {
   const replace = (value: unknown): unknown => {
     if (typeof value === "string") {
       if (value === RANDOM_INT) return random();

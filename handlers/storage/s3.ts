@@ -35,7 +35,13 @@ export function resolveS3(env: S3Settings, request: S3Settings | undefined): Res
   const secretAccessKey = pick("secretAccessKey");
   const bucketName = pick("bucketName");
   if (!accessKeyId || !secretAccessKey || !bucketName) return undefined;
-  return { accessKeyId, secretAccessKey, bucketName, endpointUrl: pick("endpointUrl"), region: pick("region") ?? "us-east-1" };
+  return {
+    accessKeyId,
+    secretAccessKey,
+    bucketName,
+    endpointUrl: pick("endpointUrl"),
+    region: pick("region") ?? "us-east-1",
+  };
 }
 
 export interface StorageOptions {
@@ -61,7 +67,12 @@ export class ObjectStorage {
   constructor(private readonly opts: StorageOptions) {}
 
   private client(target: ResolvedS3): S3Client {
-    const key = JSON.stringify([target.endpointUrl, target.region, target.accessKeyId, target.secretAccessKey]);
+    const key = JSON.stringify([
+      target.endpointUrl,
+      target.region,
+      target.accessKeyId,
+      target.secretAccessKey,
+    ]);
     let client = this.clients.get(key);
     if (!client) {
       client = new S3Client({
@@ -110,7 +121,9 @@ export class ObjectStorage {
       return { key, url, bytes: size };
     } catch (err) {
       const why = err instanceof Error ? err.message || err.name : String(err);
-      throw new UploadError(`upload of ${key} to bucket ${target.bucketName} failed: ${why}`, undefined, { cause: err });
+      throw new UploadError(`upload of ${key} to bucket ${target.bucketName} failed: ${why}`, undefined, {
+        cause: err,
+      });
     } finally {
       abortSignal.removeEventListener("abort", onAbort);
     }

@@ -80,7 +80,9 @@ export async function startService(opts: StartOptions): Promise<Service> {
   while (Date.now() < deadline) {
     if (exitCode !== undefined || child.exitCode !== null) {
       await service.stop();
-      throw new Error(`${opts.name} exited (code ${String(child.exitCode)}) before it was ready; see ${opts.logFile}`);
+      throw new Error(
+        `${opts.name} exited (code ${String(child.exitCode)}) before it was ready; see ${opts.logFile}`,
+      );
     }
     const ac = new AbortController();
     const t = setTimeout(() => ac.abort(), 2_000);

@@ -92,7 +92,9 @@ async function createBuckets(s3: S3Service, buckets: string[]): Promise<void> {
       // The gateway can answer before the filer is ready for writes: retry briefly.
       for (let attempt = 0; ; attempt++) {
         try {
-          await client.send(new CreateBucketCommand({ Bucket: bucket }), { abortSignal: AbortSignal.timeout(10_000) });
+          await client.send(new CreateBucketCommand({ Bucket: bucket }), {
+            abortSignal: AbortSignal.timeout(10_000),
+          });
           break;
         } catch (err) {
           if (err instanceof BucketAlreadyOwnedByYou) break;

@@ -20,7 +20,10 @@ export interface TestWorker {
  * A worker against the shared test ComfyUI and S3, on free ports, with its own output folder and benchmark cache.
  * Unsecured and without a benchmark unless `env` says otherwise.
  */
-export async function startTestWorker(env: Record<string, string> = {}, opts: { publicKeyPem?: string; configRoot?: string } = {}): Promise<TestWorker> {
+export async function startTestWorker(
+  env: Record<string, string> = {},
+  opts: { publicKeyPem?: string; configRoot?: string } = {},
+): Promise<TestWorker> {
   const s = stack();
   const dir = await mkdtemp(join(s.tmpRoot, "worker-"));
   const config = loadConfig(
@@ -64,7 +67,11 @@ export async function startTestWorker(env: Record<string, string> = {}, opts: { 
 }
 
 /** POSTs JSON and returns status and parsed body (undefined when empty). */
-export async function postJson(url: string, body: unknown, init: RequestInit = {}): Promise<{ status: number; body: any }> {
+export async function postJson(
+  url: string,
+  body: unknown,
+  init: RequestInit = {},
+): Promise<{ status: number; body: any }> {
   const res = await fetch(url, {
     method: "POST",
     headers: { "content-type": "application/json" },

@@ -57,18 +57,33 @@ test("a text-to-image workflow completes: PNG behind a pre-signed URL, progress,
   const png = await fetch(out.url);
   expect(png.status).toBe(200);
   expect(png.headers.get("content-type")).toBe("image/png");
-  expect(Buffer.from(await png.arrayBuffer()).subarray(1, 4).toString()).toBe("PNG");
+  expect(
+    Buffer.from(await png.arrayBuffer())
+      .subarray(1, 4)
+      .toString(),
+  ).toBe("PNG");
   const details = body.comfyui_response.execution_details;
   expect(details.progress_updates.length).toBeGreaterThanOrEqual(4);
   expect(details.progress_updates.at(-1)).toMatchObject({ value: 4, max: 4, node: "3" });
   expect(body.comfyui_response.status.status_str).toBe("success");
   expect(body.comfyui_response.outputs["9"].images).toHaveLength(1);
-  for (const k of ["preprocess_ms", "generation_ms", "postprocess_ms", "total_ms", "queued_at_ms", "completed_at_ms"]) {
+  for (const k of [
+    "preprocess_ms",
+    "generation_ms",
+    "postprocess_ms",
+    "total_ms",
+    "queued_at_ms",
+    "completed_at_ms",
+  ]) {
     expect(typeof body.timings[k]).toBe("number");
   }
   await hooks.waitFor(1);
   const hook = JSON.parse(hooks.received[0]!.body);
-  expect(hook).toMatchObject({ id: requestId, status: "completed", extra: { user_id: "12345", project_id: "abc-def" } });
+  expect(hook).toMatchObject({
+    id: requestId,
+    status: "completed",
+    extra: { user_id: "12345", project_id: "abc-def" },
+  });
   expect(hook.output[0].url).toBe(out.url);
   expect(hooks.received[0]!.headers["webhook-id"]).toBeDefined();
 });
@@ -86,9 +101,9 @@ test("several outputs at once: images and an animated WEBP, each uploaded", asyn
     expect(res.status).toBe(200);
     await res.arrayBuffer();
   }
-  expect((await fetch(body.output.find((o: any) => o.filename.endsWith(".webp")).url)).headers.get("content-type")).toBe(
-    "image/webp",
-  );
+  expect(
+    (await fetch(body.output.find((o: any) => o.filename.endsWith(".webp")).url)).headers.get("content-type"),
+  ).toBe("image/webp");
 });
 
 test("__RANDOM_INT__: whole values become distinct integers, embedded ones are replaced as text", async () => {
@@ -111,7 +126,9 @@ test("__RANDOM_INT__: whole values become distinct integers, embedded ones are r
 });
 
 test("a URL input is downloaded into ComfyUI's input folder and the value replaced", async () => {
-  const { status, body } = await generate({ workflow_json: loadImageWorkflow(`${files.url}/red.png?v=${randomUUID()}`) });
+  const { status, body } = await generate({
+    workflow_json: loadImageWorkflow(`${files.url}/red.png?v=${randomUUID()}`),
+  });
   expect(status).toBe(200);
   expect(body.status).toBe("completed");
   expect(body.comfyui_response.prompt[2]["10"].inputs.image).toMatch(/^url_[0-9a-f]+\.png$/);
@@ -141,8 +158,15 @@ test("a URL that is not an image, for an image input, is a 400", async () => {
 test("a private URL is refused unless INPUT_URL_ALLOW_PRIVATE=true", async () => {
   const strict = await startTestWorker({ INPUT_URL_ALLOW_PRIVATE: "false" });
   try {
-    for (const url of [`${files.url}/red.png`, "http://169.254.169.254/latest/meta-data/", "http://[::1]:9/x.png", "http://localhost:9/x.png"]) {
-      const { status, body } = await postJson(`${strict.api}/generate/sync`, { input: { workflow_json: loadImageWorkflow(url) } });
+    for (const url of [
+      `${files.url}/red.png`,
+      "http://169.254.169.254/latest/meta-data/",
+      "http://[::1]:9/x.png",
+      "http://localhost:9/x.png",
+    ]) {
+      const { status, body } = await postJson(`${strict.api}/generate/sync`, {
+        input: { workflow_json: loadImageWorkflow(url) },
+      });
       expect(status).toBe(400);
       expect(body.message).toMatch(/node 10 \(LoadImage\) input "image": .*not allowed/);
     }
@@ -155,7 +179,13 @@ test("a per-request s3 object sends outputs to another bucket", async () => {
   const s = stack();
   const { body } = await generate({
     workflow_json: modelFree(),
-    s3: { bucket_name: s.s3SecondBucket, access_key_id: "", secret_access_key: "", endpoint_url: "", region: "" },
+    s3: {
+      bucket_name: s.s3SecondBucket,
+      access_key_id: "",
+      secret_access_key: "",
+      endpoint_url: "",
+      region: "",
+    },
   });
   expect(body.status).toBe("completed");
   const url = new URL(body.output[0].url);
@@ -169,7 +199,10 @@ test("S3 unreachable: each output carries upload_error, the job is failed, files
   await once(closed, "listening");
   const port = (closed.address() as { port: number }).port;
   closed.close();
-  const { status, body } = await generate({ workflow_json: modelFree(), s3: { endpoint_url: `http://127.0.0.1:${port}` } });
+  const { status, body } = await generate({
+    workflow_json: modelFree(),
+    s3: { endpoint_url: `http://127.0.0.1:${port}` },
+  });
   expect(status).toBe(200);
   expect(body.status).toBe("failed");
   expect(body.message).toMatch(/upload\(s\) failed/);
@@ -190,7 +223,9 @@ test("an invalid workflow is a 400 with ComfyUI's node_errors", async () => {
 });
 
 test("an unknown node type is a 400", async () => {
-  const { status, body } = await generate({ workflow_json: { "1": { class_type: "NoSuchNode", inputs: {} } } });
+  const { status, body } = await generate({
+    workflow_json: { "1": { class_type: "NoSuchNode", inputs: {} } },
+  });
   expect(status).toBe(400);
   expect(body.error.code).toBe("invalid_workflow");
 });

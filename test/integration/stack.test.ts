@@ -25,7 +25,9 @@ async function runOnComfy(workflow: unknown): Promise<Record<string, any>> {
 }
 
 test("ComfyUI runs a model-free workflow and serves its files from /view", async () => {
-  const workflow = JSON.parse(await readFile(join(repoRoot, "test/fixtures/workflows/model-free.json"), "utf8"));
+  const workflow = JSON.parse(
+    await readFile(join(repoRoot, "test/fixtures/workflows/model-free.json"), "utf8"),
+  );
   workflow["3"].inputs.filename_prefix = `smoke-${randomUUID()}`;
   const entry = await runOnComfy(workflow);
   expect(entry.status.status_str).toBe("success");
@@ -61,8 +63,12 @@ test("S3: put, pre-signed GET and fetch round-trip", async () => {
   });
   const key = `smoke/${randomUUID()}.txt`;
   const body = `hello ${randomUUID()}`;
-  await client.send(new PutObjectCommand({ Bucket: s.s3Bucket, Key: key, Body: body, ContentType: "text/plain" }));
-  const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: s.s3Bucket, Key: key }), { expiresIn: 60 });
+  await client.send(
+    new PutObjectCommand({ Bucket: s.s3Bucket, Key: key, Body: body, ContentType: "text/plain" }),
+  );
+  const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: s.s3Bucket, Key: key }), {
+    expiresIn: 60,
+  });
   const res = await fetch(url);
   expect(res.status).toBe(200);
   expect(await res.text()).toBe(body);

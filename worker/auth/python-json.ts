@@ -31,7 +31,11 @@ function pythonNumber(n: number, asFloat: boolean): string {
   return String(n).replace(/e([+-])(\d)$/, "e$10$2");
 }
 
-export function pythonJsonDumps(value: unknown, floatKeys: ReadonlySet<string> = new Set(), indent = 4): string {
+export function pythonJsonDumps(
+  value: unknown,
+  floatKeys: ReadonlySet<string> = new Set(),
+  indent = 4,
+): string {
   const render = (v: unknown, depth: number, key?: string): string => {
     const pad = " ".repeat(indent * (depth + 1));
     const close = " ".repeat(indent * depth);
@@ -44,7 +48,9 @@ export function pythonJsonDumps(value: unknown, floatKeys: ReadonlySet<string> =
       if (v.length === 0) return "[]";
       return `[\n${v.map((x) => pad + render(x, depth + 1)).join(",\n")}\n${close}]`;
     }
-    const entries = Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const entries = Object.entries(v as Record<string, unknown>).sort(([a], [b]) =>
+      a < b ? -1 : a > b ? 1 : 0,
+    );
     if (entries.length === 0) return "{}";
     return `{\n${entries.map(([k, x]) => `${pad}${pythonJsonString(k)}: ${render(x, depth + 1, k)}`).join(",\n")}\n${close}}`;
   };

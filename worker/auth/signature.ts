@@ -41,7 +41,12 @@ export class SignatureVerifier {
   verifyMessage(message: string, signature: string): boolean {
     if (!/^[A-Za-z0-9+/]+={0,2}$/.test(signature.trim())) return false;
     try {
-      return verify("sha256", Buffer.from(message, "utf8"), this.key, Buffer.from(signature.trim(), "base64"));
+      return verify(
+        "sha256",
+        Buffer.from(message, "utf8"),
+        this.key,
+        Buffer.from(signature.trim(), "base64"),
+      );
     } catch {
       return false;
     }

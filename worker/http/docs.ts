@@ -12,7 +12,10 @@ export function openApiDocument(example: unknown): Record<string, unknown> {
     type: "object",
     properties: {
       id: { type: "string" },
-      status: { type: "string", enum: ["queued", "processing", "generating", "completed", "failed", "cancelled"] },
+      status: {
+        type: "string",
+        enum: ["queued", "processing", "generating", "completed", "failed", "cancelled"],
+      },
       message: { type: "string" },
       comfyui_response: { type: "object", description: "ComfyUI's /history entry plus execution_details" },
       output: {
@@ -20,9 +23,17 @@ export function openApiDocument(example: unknown): Record<string, unknown> {
         items: {
           type: "object",
           properties: Object.fromEntries(
-            ["filename", "local_path", "url", "type", "subfolder", "node_id", "output_type", "text", "upload_error"].map(
-              (k) => [k, { type: "string" }],
-            ),
+            [
+              "filename",
+              "local_path",
+              "url",
+              "type",
+              "subfolder",
+              "node_id",
+              "output_type",
+              "text",
+              "upload_error",
+            ].map((k) => [k, { type: "string" }]),
           ),
         },
       },
@@ -57,19 +68,45 @@ export function openApiDocument(example: unknown): Record<string, unknown> {
           },
         },
       },
-      "/generate": { post: { summary: "Submit a workflow; poll /result/{id}", requestBody: body, responses: { "202": ok("Accepted") } } },
+      "/generate": {
+        post: {
+          summary: "Submit a workflow; poll /result/{id}",
+          requestBody: body,
+          responses: { "202": ok("Accepted") },
+        },
+      },
       "/generate/stream": {
         post: {
-          summary: "Run a workflow, streaming one JSON object per line (status, progress, executed, result last)",
+          summary:
+            "Run a workflow, streaming one JSON object per line (status, progress, executed, result last)",
           requestBody: body,
           responses: { "200": { description: "application/x-ndjson" } },
         },
       },
-      "/result/{id}": { get: { summary: "A job's result or live status", parameters: idParam, responses: { "200": ok("The job"), "404": { description: "Unknown" } } } },
-      "/cancel/{id}": { post: { summary: "Cancel a queued or running job", parameters: idParam, responses: { "200": ok("The job") } } },
+      "/result/{id}": {
+        get: {
+          summary: "A job's result or live status",
+          parameters: idParam,
+          responses: { "200": ok("The job"), "404": { description: "Unknown" } },
+        },
+      },
+      "/cancel/{id}": {
+        post: {
+          summary: "Cancel a queued or running job",
+          parameters: idParam,
+          responses: { "200": ok("The job") },
+        },
+      },
       "/health": { get: { summary: "Liveness", responses: { "200": { description: "Alive" } } } },
-      "/ready": { get: { summary: "Readiness: ComfyUI up, benchmark done", responses: { "200": { description: "Ready" }, "503": { description: "Not ready" } } } },
-      "/metrics": { get: { summary: "Prometheus metrics", responses: { "200": { description: "text/plain" } } } },
+      "/ready": {
+        get: {
+          summary: "Readiness: ComfyUI up, benchmark done",
+          responses: { "200": { description: "Ready" }, "503": { description: "Not ready" } },
+        },
+      },
+      "/metrics": {
+        get: { summary: "Prometheus metrics", responses: { "200": { description: "text/plain" } } },
+      },
     },
     components: { schemas: { Result: result } },
   };
@@ -91,7 +128,9 @@ export function docsRoutes(example: unknown): Router {
 }
 
 export function loadExample(root: string): unknown {
-  const workflow = JSON.parse(readFileSync(join(root, "misc", "workflows", "sd15_text2image.json"), "utf8")) as unknown;
+  const workflow = JSON.parse(
+    readFileSync(join(root, "misc", "workflows", "sd15_text2image.json"), "utf8"),
+  ) as unknown;
   return {
     input: {
       request_id: "",

@@ -119,7 +119,8 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
 
   const result = (req: Request<{ id: string }>, res: Response) => {
     const job = deps.jobs.get(req.params.id);
-    if (!job) return sendError(res, new NotFoundError(`no job ${req.params.id} (unknown, or past its retention)`));
+    if (!job)
+      return sendError(res, new NotFoundError(`no job ${req.params.id} (unknown, or past its retention)`));
     res.status(200).json(job.result());
   };
   router.get("/result/:id", result);

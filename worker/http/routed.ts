@@ -167,7 +167,8 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
   if (!("auth_data" in env)) errors.auth_data = "field missing";
   else if (!debugAuth) {
     const missing = AUTH_FIELDS.filter((k) => auth === null || typeof auth !== "object" || !(k in auth));
-    if (missing.length > 0) errors.auth_data = Object.fromEntries(missing.map((k) => [k, "missing parameter"]));
+    if (missing.length > 0)
+      errors.auth_data = Object.fromEntries(missing.map((k) => [k, "missing parameter"]));
   }
   if (!("payload" in env)) errors.payload = "field missing";
   if (Object.keys(errors).length > 0) {

@@ -24,7 +24,8 @@ export interface ResultDocument {
   id: string;
   status: JobStatus;
   message: string;
-  comfyui_response: (Partial<HistoryEntry> & { execution_details?: ExecutionDetails }) | Record<string, never>;
+  comfyui_response:
+    (Partial<HistoryEntry> & { execution_details?: ExecutionDetails }) | Record<string, never>;
   output: OutputEntry[];
   timings: Timings;
   error?: Record<string, unknown>;
@@ -95,7 +96,9 @@ export class Job extends EventEmitter {
 
   result(): ResultDocument {
     const comfyui_response =
-      this.history || this.details ? { ...(this.history ?? {}), ...(this.details && { execution_details: this.details }) } : {};
+      this.history || this.details
+        ? { ...(this.history ?? {}), ...(this.details && { execution_details: this.details }) }
+        : {};
     return {
       id: this.id,
       status: this.status,

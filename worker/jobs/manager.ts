@@ -205,7 +205,10 @@ export class JobManager {
       job.timings.postprocess_ms = this.now() - t;
       stage("postprocess", job.timings.postprocess_ms);
       if (failedUploads > 0) {
-        job.setStatus("failed", `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`);
+        job.setStatus(
+          "failed",
+          `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`,
+        );
       } else {
         job.setStatus("completed", `Completed with ${job.output.length} output(s)`);
       }
@@ -224,7 +227,12 @@ export class JobManager {
       this.observe(() => this.deps.observer?.finished?.(job));
       const level = job.status === "completed" ? "info" : "warn";
       log[level](
-        { status: job.status, outputs: job.output.length, timings: job.timings, ...(job.error && { code: job.error.code }) },
+        {
+          status: job.status,
+          outputs: job.output.length,
+          timings: job.timings,
+          ...(job.error && { code: job.error.code }),
+        },
         `job ${job.status}: ${job.message}`,
       );
       this.notify(job);
@@ -260,7 +268,12 @@ export class JobManager {
     const results = await Promise.all(
       job.output.map(async (entry) => {
         try {
-          const stored = await this.deps.storage.put(target, `${job.id}/${entry.filename}`, entry.local_path, signal);
+          const stored = await this.deps.storage.put(
+            target,
+            `${job.id}/${entry.filename}`,
+            entry.local_path,
+            signal,
+          );
           entry.url = stored.url;
           this.observe(() => this.deps.observer?.upload?.(true, stored.bytes));
           return true;
@@ -304,7 +317,13 @@ function forwardEvent(job: Job, type: string, data: Record<string, unknown>): vo
       const value = Number(data.value);
       const max = Number(data.max);
       const node = data.node === undefined || data.node === null ? null : String(data.node);
-      job.emitEvent({ type: "progress", node, value, max, percent: max > 0 ? Math.round((value / max) * 1000) / 10 : 0 });
+      job.emitEvent({
+        type: "progress",
+        node,
+        value,
+        max,
+        percent: max > 0 ? Math.round((value / max) * 1000) / 10 : 0,
+      });
       break;
     }
     case "executing":

@@ -1,5 +1,10 @@
 /** Capped exponential backoff with full jitter: a random delay in [0, min(cap, base * 2^attempt)). */
-export function backoffDelay(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+export function backoffDelay(
+  attempt: number,
+  baseMs: number,
+  capMs: number,
+  random: () => number = Math.random,
+): number {
   const ceiling = Math.min(capMs, baseMs * 2 ** attempt);
   return Math.floor(random() * ceiling);
 }

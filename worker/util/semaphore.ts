@@ -1,6 +1,11 @@
 /** A FIFO counting semaphore whose waiters can give up through an AbortSignal. */
 export class Semaphore {
-  private readonly waiters: { resolve: () => void; reject: (e: unknown) => void; signal?: AbortSignal | undefined; onAbort: () => void }[] = [];
+  private readonly waiters: {
+    resolve: () => void;
+    reject: (e: unknown) => void;
+    signal?: AbortSignal | undefined;
+    onAbort: () => void;
+  }[] = [];
   private used = 0;
 
   constructor(private readonly size: number) {}

@@ -1,0 +1,194 @@
+import { generateKeyPairSync, sign, type KeyObject } from "node:crypto";
+import { once } from "node:events";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import express from "express";
+import { urlMessage } from "../../worker/auth/signature.js";
+
+export interface WorkerRecord {
+  url: string;
+  id: number;
+  lastStatus: Record<string, unknown>;
+  lastSeen: number;
+  /** Workload routed to it and not yet reported finished (the router's own view, between reports). */
+  assigned: Map<number, number>;
+}
+
+export interface EmulatorOptions {
+  host?: string;
+  port?: number;
+  /** Only this API key may route; any key when undefined. */
+  apiKey?: string;
+  /** A worker silent for longer is not routed to. */
+  staleAfterMs?: number;
+  log?: (line: string) => void;
+}
+
+/**
+ * A local stand-in for Vast's router/autoscaler that speaks the real protocol: /route/ picks the ready worker with
+ * the least expected wait ((its reported load + what was routed since) / max_perf) and signs `{"url": ...}` with its
+ * own RSA key; /pubkey/ serves that key; /worker_status/ and /delete_requests/ record what workers report.
+ */
+export class RouterEmulator {
+  readonly workers = new Map<string, WorkerRecord>();
+  readonly reports: { path: string; body: Record<string, unknown>; at: number }[] = [];
+  readonly routes: Record<string, unknown>[] = [];
+  readonly publicKeyPem: string;
+  private readonly privateKey: KeyObject;
+  private reqnum = 0;
+  private nextRequestIdx = 1;
+  private server: Server | undefined;
+  private waiters: { test: () => boolean; resolve: () => void }[] = [];
+
+  constructor(private readonly opts: EmulatorOptions = {}) {
+    const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    this.privateKey = privateKey;
+    this.publicKeyPem = publicKey.export({ type: "spki", format: "pem" }).toString();
+  }
+
+  /** Signs `{"url": url}` the way the router does. */
+  signUrl(url: string): string {
+    return sign("sha256", Buffer.from(urlMessage(url), "utf8"), this.privateKey).toString("base64");
+  }
+
+  app(): express.Express {
+    const app = express();
+    app.disable("x-powered-by");
+    app.use(express.json({ limit: "10mb", type: () => true }));
+    const log = this.opts.log ?? (() => undefined);
+
+    app.get("/pubkey/", (_req, res) => void res.type("text/plain").send(this.publicKeyPem));
+
+    app.post("/worker_status/", (req, res) => {
+      const body = req.body as Record<string, unknown>;
+      this.record("/worker_status/", body);
+      const url = String(body.url ?? "");
+      let w = this.workers.get(url);
+      if (!w) {
+        w = { url, id: Number(body.id), lastStatus: body, lastSeen: Date.now(), assigned: new Map() };
+        this.workers.set(url, w);
+        log(`worker ${url} registered (id ${String(body.id)})`);
+      }
+      const wasReady = isReady(w.lastStatus);
+      w.lastStatus = body;
+      w.lastSeen = Date.now();
+      // The worker's cur_load now counts what we assigned before this report.
+      for (const idx of (body.working_request_idxs as number[] | undefined) ?? []) w.assigned.delete(idx);
+      if (!wasReady && isReady(body)) log(`worker ${url} is ready: max_perf ${String(body.max_perf)}`);
+      if (body.error_msg) log(`worker ${url} reports error: ${String(body.error_msg)}`);
+      res.json({ ok: true });
+    });
+
+    app.post("/delete_requests/", (req, res) => {
+      const body = req.body as { worker_id?: number; requests?: { request_idx: number }[] };
+      this.record("/delete_requests/", body as Record<string, unknown>);
+      for (const w of this.workers.values()) {
+        if (w.id !== body.worker_id) continue;
+        for (const r of body.requests ?? []) w.assigned.delete(r.request_idx);
+      }
+      res.json({ ok: true });
+    });
+
+    app.post("/route/", (req, res) => {
+      const body = req.body as Record<string, unknown>;
+      const key = (req.get("authorization") ?? "").replace(/^Bearer\s+/i, "") || String(body.api_key ?? "");
+      if (this.opts.apiKey !== undefined && key !== this.opts.apiKey) {
+        res.status(401).json({ error: "invalid api_key" });
+        return;
+      }
+      this.routes.push(body);
+      const cost = Number(body.cost ?? 100) || 100;
+      const given = Number(body.request_idx ?? 0);
+      const requestIdx = given > 0 ? given : this.nextRequestIdx++;
+      const endpoint = String(body.endpoint ?? "");
+      const worker = this.pick();
+      if (!worker) {
+        res.json({ endpoint, status: "WAITING", request_idx: requestIdx });
+        return;
+      }
+      worker.assigned.set(requestIdx, cost);
+      const reqnum = ++this.reqnum;
+      res.json({
+        url: worker.url,
+        signature: this.signUrl(worker.url),
+        cost,
+        endpoint,
+        reqnum,
+        request_idx: requestIdx,
+      });
+    });
+
+    app.get("/workers", (_req, res) => {
+      res.json(
+        [...this.workers.values()].map((w) => ({
+          url: w.url,
+          id: w.id,
+          ready: isReady(w.lastStatus),
+          last_seen_s_ago: (Date.now() - w.lastSeen) / 1000,
+          status: w.lastStatus,
+        })),
+      );
+    });
+    return app;
+  }
+
+  private record(path: string, body: Record<string, unknown>): void {
+    this.reports.push({ path, body, at: Date.now() });
+    if (this.reports.length > 5_000) this.reports.shift();
+    this.waiters = this.waiters.filter((w) => {
+      if (!w.test()) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  /** Resolves once `test` holds after a report (checked now and on every report), or rejects after `timeoutMs`. */
+  waitFor(test: () => boolean, timeoutMs = 30_000): Promise<void> {
+    if (test()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("timed out waiting for a report")), timeoutMs);
+      this.waiters.push({
+        test,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      });
+    });
+  }
+
+  /** The ready worker with the least expected wait; undefined when none is ready. */
+  pick(): WorkerRecord | undefined {
+    const stale = this.opts.staleAfterMs ?? 30_000;
+    let best: { w: WorkerRecord; wait: number } | undefined;
+    for (const w of this.workers.values()) {
+      if (!isReady(w.lastStatus) || Date.now() - w.lastSeen > stale) continue;
+      const assigned = [...w.assigned.values()].reduce((a, b) => a + b, 0);
+      const wait = (Number(w.lastStatus.cur_load ?? 0) + assigned) / Number(w.lastStatus.max_perf);
+      if (!best || wait < best.wait) best = { w, wait };
+    }
+    return best?.w;
+  }
+
+  async listen(): Promise<string> {
+    this.server = createServer(this.app());
+    this.server.listen(this.opts.port ?? 8080, this.opts.host ?? "127.0.0.1");
+    await once(this.server, "listening");
+    return this.url;
+  }
+
+  get url(): string {
+    const a = this.server?.address() as AddressInfo;
+    return `http://${this.opts.host ?? "127.0.0.1"}:${a.port}`;
+  }
+
+  async close(): Promise<void> {
+    if (!this.server) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server!.close(() => r()));
+  }
+}
+
+function isReady(status: Record<string, unknown>): boolean {
+  return Number(status.max_perf ?? 0) > 0 && !status.error_msg;
+}
