@@ -5,7 +5,7 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Express, Request, Response } from "express";
 import { loadBenchmarkPayload } from "../benchmark/payload.js";
-import { runBenchmark } from "../benchmark/runner.js";
+import { runBenchmark, type BenchmarkResult } from "../benchmark/runner.js";
 import type { FrozenConfig } from "../config/index.js";
 import { ComfyClient } from "../handlers/comfyui/client.js";
 import { ComfyEvents } from "../handlers/comfyui/events.js";
@@ -55,6 +55,8 @@ export interface Worker {
   apiUrl(): string | undefined;
   phase(): Phase;
   errorMsg(): string;
+  /** The boot benchmark's outcome, once it ran (or was read from its cache). */
+  benchmark(): BenchmarkResult | undefined;
 }
 
 /** Builds the whole worker from its config; nothing listens or connects until `start()`. */
@@ -107,6 +109,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   let loadtime = 0;
   let benchmarkCost = 0;
   let verifier: SignatureVerifier | undefined;
+  let benchmark: BenchmarkResult | undefined;
 
   const reporter =
     config.autoscaler.reportAddrs.length > 0
@@ -258,6 +261,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     admission,
     phase: () => phase,
     errorMsg: () => errorMsg,
+    benchmark: () => benchmark,
     routedUrl() {
       const a = routedServer?.address() as AddressInfo | null;
       return `${config.worker.useSsl ? "https" : "http"}://127.0.0.1:${a?.port ?? config.worker.port}`;
@@ -348,6 +352,7 @@ export function createWorker(deps: WorkerDeps): Worker {
             tolerance: config.benchmark.tolerance,
           });
           admission.maxPerf = result.maxPerf;
+          benchmark = result;
         }
         metrics.benchmarkScore.set(admission.maxPerf);
       } catch (err) {

@@ -39,6 +39,8 @@ export class RouterEmulator {
   private nextRequestIdx = 1;
   private server: Server | undefined;
   private waiters: { test: () => boolean; resolve: () => void }[] = [];
+  /** Tests may steer routing (for example to send the first request to a busy worker). */
+  pickOverride: ((ready: WorkerRecord[]) => WorkerRecord | undefined) | undefined;
 
   constructor(private readonly opts: EmulatorOptions = {}) {
     const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
@@ -47,6 +49,22 @@ export class RouterEmulator {
   }
 
   /** Signs `{"url": url}` the way the router does. */
+  /** A /route/ answer for `url`: what the client passes on as auth_data. Each call takes the next reqnum. */
+  authData(
+    url: string,
+    opts: { cost?: number; endpoint?: string; requestIdx?: number } = {},
+  ): Record<string, unknown> {
+    const reqnum = ++this.reqnum;
+    return {
+      url,
+      signature: this.signUrl(url),
+      cost: opts.cost ?? 100,
+      endpoint: opts.endpoint ?? "",
+      reqnum,
+      request_idx: opts.requestIdx ?? this.nextRequestIdx++,
+    };
+  }
+
   signUrl(url: string): string {
     return sign("sha256", Buffer.from(urlMessage(url), "utf8"), this.privateKey).toString("base64");
   }
@@ -107,15 +125,7 @@ export class RouterEmulator {
         return;
       }
       worker.assigned.set(requestIdx, cost);
-      const reqnum = ++this.reqnum;
-      res.json({
-        url: worker.url,
-        signature: this.signUrl(worker.url),
-        cost,
-        endpoint,
-        reqnum,
-        request_idx: requestIdx,
-      });
+      res.json(this.authData(worker.url, { cost, endpoint, requestIdx }));
     });
 
     app.get("/workers", (_req, res) => {
@@ -160,6 +170,12 @@ export class RouterEmulator {
   /** The ready worker with the least expected wait; undefined when none is ready. */
   pick(): WorkerRecord | undefined {
     const stale = this.opts.staleAfterMs ?? 30_000;
+    if (this.pickOverride) {
+      const ready = [...this.workers.values()].filter(
+        (w) => isReady(w.lastStatus) && Date.now() - w.lastSeen <= stale,
+      );
+      return this.pickOverride(ready);
+    }
     let best: { w: WorkerRecord; wait: number } | undefined;
     for (const w of this.workers.values()) {
       if (!isReady(w.lastStatus) || Date.now() - w.lastSeen > stale) continue;

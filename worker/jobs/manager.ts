@@ -72,6 +72,11 @@ export class JobManager {
     return this.jobs.get(id);
   }
 
+  /** Every job known (running, or finished within the retention window). */
+  list(): Job[] {
+    return [...this.jobs.values()];
+  }
+
   /** Jobs not yet final. */
   active(): Job[] {
     return [...this.jobs.values()].filter((j) => !j.final);

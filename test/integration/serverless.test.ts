@@ -1,0 +1,293 @@
+import { generateKeyPairSync, sign } from "node:crypto";
+import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
+import { urlMessage } from "../../worker/auth/signature.js";
+import { stack } from "../harness/stack.js";
+import { vastClientRequest } from "../harness/vast-client.js";
+import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { modelFree, tinyText2Image } from "../harness/workflows.js";
+
+/** The worker as the Vast side sees it: signed envelopes, reports, admission, the boot benchmark, the client. */
+
+let router: RouterEmulator;
+let w: TestWorker;
+
+/** A benchmark that runs in milliseconds: the model-free workflow, seeded. */
+async function fastBenchmarkFile(): Promise<string> {
+  const dir = await mkdtemp(join(stack().tmpRoot, "bench-"));
+  const wf = modelFree();
+  wf["3"].inputs.filename_prefix = "bench-__RANDOM_INT__";
+  delete wf["4"];
+  const path = join(dir, "benchmark.json");
+  await writeFile(path, JSON.stringify(wf));
+  return path;
+}
+
+const securedEnv = async (extra: Record<string, string> = {}) => ({
+  UNSECURED: "false",
+  REPORT_ADDR: router.url,
+  CONTAINER_ID: "7",
+  MASTER_TOKEN: "token-7",
+  PUBLIC_IPADDR: "127.0.0.1",
+  BENCHMARK_SKIP: "false",
+  BENCHMARK_JSON_PATH: await fastBenchmarkFile(),
+  REPORT_INTERVAL_MS: "100",
+  REPORT_HEARTBEAT_MS: "1000",
+  ...extra,
+});
+
+/** Starts a secured worker whose public URL is its real routed address (so the router sends requests to it). */
+async function startSecured(extra: Record<string, string> = {}): Promise<TestWorker> {
+  const { createServer } = await import("node:net");
+  const probe = createServer().listen(0, "127.0.0.1");
+  await new Promise((r) => probe.once("listening", r));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise((r) => probe.close(r));
+  return startTestWorker(
+    await securedEnv({ WORKER_PORT: String(port), [`VAST_TCP_PORT_${port}`]: String(port), ...extra }),
+  );
+}
+
+beforeAll(async () => {
+  router = new RouterEmulator({ port: 0 });
+  await router.listen();
+  w = await startSecured();
+});
+
+afterAll(async () => {
+  await w?.stop();
+  await router?.close();
+});
+
+const envelope = (auth: Record<string, unknown>, input: unknown) => ({
+  auth_data: auth,
+  payload: { input },
+  session_id: null,
+});
+
+function routerAuth(url: string, overrides: Record<string, unknown> = {}) {
+  return { ...router.authData(url, { endpoint: "e" }), ...overrides };
+}
+
+test("start-up: public key fetched, benchmark run, ready reported with max_perf and every field", async () => {
+  expect(w.worker.phase()).toBe("ready");
+  const bench = w.worker.benchmark()!;
+  expect(bench.cached).toBe(false);
+  expect(bench.source).toMatch(/benchmark\.json$/);
+  expect(bench.rounds.length).toBeGreaterThanOrEqual(2);
+  await router.waitFor(() =>
+    router.reports.some((r) => r.path === "/worker_status/" && Number(r.body.max_perf) > 0),
+  );
+  const report = router.reports
+    .filter((r) => r.path === "/worker_status/" && Number(r.body.max_perf) > 0)
+    .at(-1)!.body;
+  const types: Record<string, string> = {
+    id: "number",
+    mtoken: "string",
+    version: "string",
+    loadtime: "number",
+    cur_load: "number",
+    rej_load: "number",
+    new_load: "number",
+    error_msg: "string",
+    max_perf: "number",
+    cur_perf: "number",
+    cur_capacity: "number",
+    max_capacity: "number",
+    num_requests_working: "number",
+    num_requests_recieved: "number",
+    additional_disk_usage: "number",
+    working_request_idxs: "object",
+    url: "string",
+  };
+  for (const [k, t] of Object.entries(types)) expect([k, typeof report[k]]).toEqual([k, t]);
+  expect(report).toMatchObject({ id: 7, mtoken: "token-7", version: "1.1.0", error_msg: "", url: w.routed });
+  expect(report.max_perf).toBeCloseTo(w.worker.admission.maxPerf, 3);
+  expect(report.loadtime).toBeGreaterThan(0);
+});
+
+test("the benchmark replaced __RANDOM_INT__ and its cache is reused by the next start", async () => {
+  const benchJobs = w.worker.jobs.list().filter((j) => j.id.startsWith("benchmark-"));
+  expect(benchJobs.length).toBeGreaterThanOrEqual(3);
+  for (const j of benchJobs) expect(j.history!.prompt[2]).toBeDefined();
+  const prefixes = benchJobs.map((j) => (j.history!.prompt[2] as any)["3"].inputs.filename_prefix as string);
+  for (const p of prefixes) expect(p).toMatch(/^bench-\d+$/);
+  expect(new Set(prefixes).size).toBe(prefixes.length);
+});
+
+test("misc/benchmark.json wins over BENCHMARK_JSON_PATH, the score is cached, and a changed benchmark runs again", async () => {
+  const root = await mkdtemp(join(stack().tmpRoot, "root-"));
+  await mkdir(join(root, "misc"));
+  const wf = modelFree();
+  wf["3"].inputs.filename_prefix = "misc-bench-__RANDOM_INT__";
+  delete wf["4"];
+  await writeFile(join(root, "misc", "benchmark.json"), JSON.stringify(wf));
+  const cache = join(root, ".has_benchmark");
+  const env = await securedEnv({ BENCHMARK_CACHE_FILE: cache, UNSECURED: "true" });
+  const first = await startTestWorker(env, { configRoot: root });
+  try {
+    expect(first.worker.benchmark()).toMatchObject({
+      cached: false,
+      source: join(root, "misc", "benchmark.json"),
+    });
+  } finally {
+    await first.stop();
+  }
+  const record = JSON.parse(await readFile(cache, "utf8"));
+  expect(record.max_perf).toBeGreaterThan(0);
+  const second = await startTestWorker(env, { configRoot: root });
+  try {
+    expect(second.worker.benchmark()).toMatchObject({ cached: true });
+    expect(second.worker.admission.maxPerf).toBe(record.max_perf);
+    expect(second.worker.jobs.list()).toHaveLength(0);
+  } finally {
+    await second.stop();
+  }
+  wf["1"].inputs.width = 32;
+  await writeFile(join(root, "misc", "benchmark.json"), JSON.stringify(wf));
+  const third = await startTestWorker(env, { configRoot: root });
+  try {
+    expect(third.worker.benchmark()).toMatchObject({ cached: false });
+  } finally {
+    await third.stop();
+  }
+});
+
+test("a request signed by the router is served; forged, altered, replayed and stale ones get 401", async () => {
+  const url = w.routed;
+  const input = { workflow_json: modelFree() };
+  const ok = routerAuth(url);
+  const served = await postJson(`${url}/generate/sync`, envelope(ok, input));
+  expect(served.status).toBe(200);
+  expect(served.body.status).toBe("completed");
+
+  const replayed = await postJson(`${url}/generate/sync`, envelope(ok, input));
+  expect(replayed.status).toBe(401);
+  expect(replayed.body).toBeUndefined();
+
+  const other = generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey;
+  const forged = routerAuth(url, {
+    signature: sign("sha256", Buffer.from(urlMessage(url)), other).toString("base64"),
+  });
+  expect((await postJson(`${url}/generate/sync`, envelope(forged, input))).status).toBe(401);
+
+  const altered = { ...routerAuth(url), url: "http://203.0.113.9:3000" };
+  expect((await postJson(`${url}/generate/sync`, envelope(altered, input))).status).toBe(401);
+
+  const stale = routerAuth(url);
+  stale.reqnum = Number(stale.reqnum) - 5_000;
+  expect((await postJson(`${url}/generate/sync`, envelope(stale, input))).status).toBe(401);
+
+  const missing = routerAuth(url);
+  delete (missing as Record<string, unknown>).signature;
+  const m = await postJson(`${url}/generate/sync`, envelope(missing, input));
+  expect(m.status).toBe(422);
+  expect(m.body).toEqual({ auth_data: { signature: "missing parameter" } });
+});
+
+test("envelope errors follow upstream: invalid JSON 422, missing fields 422, unknown session 410, bare form refused", async () => {
+  const bad = await fetch(`${w.routed}/generate/sync`, { method: "POST", body: "{" });
+  expect(bad.status).toBe(422);
+  expect(await bad.json()).toEqual({ error: "invalid JSON" });
+  const empty = await postJson(`${w.routed}/generate/sync`, {});
+  expect(empty).toEqual({ status: 422, body: { auth_data: "field missing", payload: "field missing" } });
+  const bare = await postJson(`${w.routed}/generate/sync`, { input: { workflow_json: modelFree() } });
+  expect(bare.status).toBe(422);
+  const session = await postJson(`${w.routed}/generate/sync`, {
+    ...envelope(routerAuth(w.routed), {}),
+    session_id: "nope",
+  });
+  expect(session).toEqual({ status: 410, body: { error: "invalid session" } });
+});
+
+test("the official vastai client sends the seed's request through /route/ and gets the result", async () => {
+  const res = await vastClientRequest({
+    autoscalerUrl: router.url,
+    route: "/generate/sync",
+    payload: {
+      input: {
+        request_id: "",
+        workflow_json: tinyText2Image(2),
+        s3: { access_key_id: "", secret_access_key: "", endpoint_url: "", bucket_name: "", region: "" },
+        webhook: { url: "", extra_params: { user_id: "12345", project_id: "abc-def" } },
+      },
+    },
+  });
+  expect(res.ok).toBe(true);
+  expect(res.status).toBe(200);
+  expect(res.response.status).toBe("completed");
+  const image = await fetch(res.response.output[0].url);
+  expect(image.status).toBe(200);
+  expect(router.routes.at(-1)).toMatchObject({ endpoint: "comfyui-local", cost: 100 });
+  await router.waitFor(() =>
+    router.reports.some(
+      (r) => r.path === "/delete_requests/" && (r.body.requests as any[]).some((q) => q.status === "Success"),
+    ),
+  );
+  const done = router.reports.filter((r) => r.path === "/delete_requests/").at(-1)!.body;
+  expect(done).toMatchObject({ worker_id: 7, mtoken: "token-7" });
+  const entry = (done.requests as any[]).at(-1);
+  expect(entry).toMatchObject({ success: true, status: "Success" });
+  expect(entry.work_completed_at).toBeGreaterThanOrEqual(entry.entered_queue_at);
+});
+
+test("overload: a busy worker answers 429 and the client re-routes to another", async () => {
+  const busy = await startSecured({ MAX_QUEUE_TIME: "0", BENCHMARK_SKIP: "true" });
+  try {
+    // Keep the busy worker occupied through its local API (not counted by the router).
+    const slow = postJson(`${busy.api}/generate/sync`, { input: { workflow_json: tinyText2Image(10) } });
+    await new Promise<void>((resolve) => {
+      const check = () => (busy.worker.jobs.active().length > 0 ? resolve() : setImmediate(check));
+      check();
+    });
+    const direct = await postJson(
+      `${busy.routed}/generate/sync`,
+      envelope(routerAuth(busy.routed), { workflow_json: modelFree() }),
+    );
+    expect(direct.status).toBe(429);
+    expect(direct.body).toBeUndefined();
+
+    let first = true;
+    router.pickOverride = (ready) => {
+      const target = first ? ready.find((r) => r.url === busy.routed) : ready.find((r) => r.url === w.routed);
+      first = false;
+      return target;
+    };
+    const res = await vastClientRequest({
+      autoscalerUrl: router.url,
+      route: "/generate/sync",
+      payload: { input: { workflow_json: modelFree() } },
+    });
+    expect(res.status).toBe(200);
+    expect(res.response.status).toBe("completed");
+    expect(res.response.output[0].local_path.startsWith(w.outputDir)).toBe(true);
+    await router.waitFor(() =>
+      router.reports.some(
+        (r) =>
+          r.path === "/delete_requests/" &&
+          r.body.worker_id === 7 &&
+          (r.body.requests as any[]).some((q) => q.status === "Rejected"),
+      ),
+    );
+    await slow;
+  } finally {
+    router.pickOverride = undefined;
+    await busy.stop();
+  }
+});
+
+test("UNSECURED: the client's VAST_DEBUG_WORKER_URL auth_data ({request_idx, url}) is served", async () => {
+  const open = await startTestWorker({ UNSECURED: "true" });
+  try {
+    const res = await vastClientRequest({
+      route: "/generate/sync",
+      payload: { input: { workflow_json: modelFree() } },
+      env: { VAST_DEBUG_WORKER_URL: open.routed },
+    });
+    expect(res.status).toBe(200);
+    expect(res.response.status).toBe("completed");
+  } finally {
+    await open.stop();
+  }
+});
