@@ -64,3 +64,39 @@ export const RED_PIXEL_PNG = Buffer.from(
   "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC",
   "base64",
 );
+
+/**
+ * A TCP proxy to a real server that holds every new connection for `delayMs` before connecting it: a slow
+ * network path to a real part (here S3), for tests of what overlaps with uploads.
+ */
+export async function startSlowProxy(target: URL, delayMs: number): Promise<{ url: string; close(): Promise<void> }> {
+  const { createServer, connect } = await import("node:net");
+  const sockets = new Set<import("node:net").Socket>();
+  const server = createServer((client) => {
+    sockets.add(client);
+    client.pause();
+    const timer = setTimeout(() => {
+      const upstream = connect(Number(target.port), target.hostname, () => {
+        client.pipe(upstream);
+        upstream.pipe(client);
+        client.resume();
+      });
+      sockets.add(upstream);
+      upstream.on("error", () => client.destroy());
+      client.on("error", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+      client.on("close", () => upstream.destroy());
+    }, delayMs);
+    client.on("close", () => clearTimeout(timer));
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
