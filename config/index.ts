@@ -41,6 +41,7 @@ export interface Config {
     cacheMaxBytes: number;
   };
   limits: { maxBodyBytes: number; maxWorkflowNodes: number };
+  disk: { minFreeBytes: number; outputMaxAgeMs: number; janitorIntervalMs: number };
   s3: S3Settings & { presignExpirySeconds: number; forcePathStyle: boolean; partSizeBytes: number };
   webhook: {
     url?: string;
@@ -143,6 +144,11 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     limits: {
       maxBodyBytes: e.int("MAX_BODY_BYTES", 64 * 1024 * 1024, { min: 1024 }),
       maxWorkflowNodes: e.int("MAX_WORKFLOW_NODES", 5_000, { min: 1 }),
+    },
+    disk: {
+      minFreeBytes: e.int("DISK_MIN_FREE_MB", 512, { min: 0 }) * 1024 * 1024,
+      outputMaxAgeMs: e.number("OUTPUT_MAX_AGE_HOURS", 24, { min: 0 }) * 3_600_000,
+      janitorIntervalMs: e.int("JANITOR_INTERVAL_MS", 300_000, { min: 1_000 }),
     },
     s3: {
       accessKeyId: e.optional("S3_ACCESS_KEY_ID"),

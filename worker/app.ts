@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
@@ -21,6 +21,7 @@ import { healthRoutes } from "./http/health.js";
 import { createLocalApp } from "./http/local.js";
 import { SessionStore, createRoutedApp } from "./http/routed.js";
 import { JobManager } from "./jobs/manager.js";
+import { Janitor } from "./janitor.js";
 import type { Logger } from "./logger.js";
 import { WorkerMetrics } from "./metrics.js";
 import { fetchPublicKey } from "./reporter/pubkey.js";
@@ -51,6 +52,7 @@ export interface Worker {
   readonly reporter: AutoscalerReporter | undefined;
   readonly metrics: WorkerMetrics;
   readonly admission: Admission;
+  readonly janitor: Janitor;
   routedUrl(): string;
   apiUrl(): string | undefined;
   phase(): Phase;
@@ -97,6 +99,18 @@ export function createWorker(deps: WorkerDeps): Worker {
     clientId,
     now,
     observer: metrics,
+  });
+  const janitor = new Janitor({
+    outputDir: config.outputDir,
+    inputDir: config.comfyui.inputDir,
+    minFreeBytes: config.disk.minFreeBytes,
+    maxAgeMs: config.disk.outputMaxAgeMs,
+    intervalMs: config.disk.janitorIntervalMs,
+    logger,
+    activeIds: () => new Set(jobs.active().map((j) => j.id)),
+    pinnedInputs: () => downloader.pinnedFiles(),
+    onRemoved: (files) => metrics.janitorRemoved.inc(files),
+    onFreeBytes: (bytes) => metrics.diskFreeBytes.set(bytes),
   });
   const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
   const tracker = new RequestTracker();
@@ -259,6 +273,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     reporter,
     metrics,
     admission,
+    janitor,
     phase: () => phase,
     errorMsg: () => errorMsg,
     benchmark: () => benchmark,
@@ -295,6 +310,8 @@ export function createWorker(deps: WorkerDeps): Worker {
         { stage: "lifecycle", routed: worker.routedUrl(), api: worker.apiUrl() ?? "disabled" },
         "listening",
       );
+      await mkdir(config.outputDir, { recursive: true });
+      janitor.start();
 
       phase = "waiting-for-comfyui";
       const deadline = now() + config.comfyui.startupTimeoutMs;
@@ -395,6 +412,7 @@ export function createWorker(deps: WorkerDeps): Worker {
             ),
           );
           events.stop();
+          janitor.stop();
           storage.close();
           phase = "stopped";
           logger.info({ stage: "lifecycle" }, "stopped");

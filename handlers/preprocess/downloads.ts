@@ -82,6 +82,10 @@ export class InputDownloader {
     return pending;
   }
 
+  pinnedFiles(): Set<string> {
+    return new Set(this.pinned.keys());
+  }
+
   pin(name: string): void {
     this.pinned.set(name, (this.pinned.get(name) ?? 0) + 1);
   }

@@ -69,7 +69,11 @@ export const RED_PIXEL_PNG = Buffer.from(
  * A TCP proxy to a real server that holds every new connection for `delayMs` before connecting it: a slow
  * network path to a real part (here S3), for tests of what overlaps with uploads.
  */
-export async function startSlowProxy(target: URL, delayMs: number): Promise<{ url: string; close(): Promise<void> }> {
+export async function startSlowProxy(
+  target: URL,
+  delayMs: number,
+  port = 0,
+): Promise<{ url: string; port: number; close(): Promise<void> }> {
   const { createServer, connect } = await import("node:net");
   const sockets = new Set<import("node:net").Socket>();
   const server = createServer((client) => {
@@ -89,11 +93,12 @@ export async function startSlowProxy(target: URL, delayMs: number): Promise<{ ur
     }, delayMs);
     client.on("close", () => clearTimeout(timer));
   });
-  server.listen(0, "127.0.0.1");
+  server.listen(port, "127.0.0.1");
   await once(server, "listening");
-  const port = (server.address() as AddressInfo).port;
+  const bound = (server.address() as AddressInfo).port;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${bound}`,
+    port: bound,
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));

@@ -91,7 +91,7 @@ test("/generate answers 202 at once; /result/{id} follows the job to completion"
   expect(["queued", "processing", "generating"]).toContain(accepted.body.status);
   await w.worker.jobs.get(id)!.done;
   const res = await fetch(`${w.api}/result/${id}`);
-  const body = await res.json();
+  const body = (await res.json()) as any;
   expect(body.status).toBe("completed");
   expect(body.output.length).toBe(3);
   expect((await fetch(`${w.api}/result/nope-${randomUUID()}`)).status).toBe(404);

@@ -1,0 +1,265 @@
+import { spawn } from "node:child_process";
+import { createHmac, randomBytes, randomUUID } from "node:crypto";
+import { once } from "node:events";
+import { mkdir, mkdtemp, readdir, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { freePort } from "../../scripts/services/child.js";
+import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "../../scripts/services/comfyui.js";
+import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
+import { RecordingServer, startSlowProxy } from "../harness/http-fixtures.js";
+import { stack } from "../harness/stack.js";
+import { postJson, repoRoot, startTestWorker } from "../harness/worker.js";
+import { modelFree, tinyText2Image } from "../harness/workflows.js";
+
+/** Each fault is real: a killed process, a closed port, a receiver that fails, a full disk threshold, a signal. */
+
+test("ComfyUI killed mid-job: the job fails fast and retryable, the autoscaler hears it, and the worker recovers", async () => {
+  const install = await ensureComfyUI();
+  const baseDir = await mkdtemp(join(stack().tmpRoot, "own-comfy-"));
+  await ensureTinyCheckpoint(install, baseDir);
+  const port = await freePort();
+  const logFile = join(baseDir, "comfyui.log");
+  let comfy = await startComfyUI({ install, host: "127.0.0.1", port, baseDir, logFile });
+  const router = new RouterEmulator({ port: 0 });
+  await router.listen();
+  const w = await startTestWorker({
+    COMFYUI_URL: comfy.url,
+    COMFYUI_BASE_DIR: baseDir,
+    REPORT_ADDR: router.url,
+    REPORT_INTERVAL_MS: "100",
+  });
+  try {
+    const id = `killed-${randomUUID()}`;
+    const answer = postJson(`${w.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: tinyText2Image(300) },
+    });
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        const job = w.worker.jobs.get(id);
+        if (job?.details?.progress_updates.length) return resolve();
+        setTimeout(check, 20);
+      };
+      check();
+    });
+    const killedAt = Date.now();
+    comfy.process.kill("SIGKILL");
+    const { status, body } = await answer;
+    const elapsed = Date.now() - killedAt;
+    expect(status).toBe(503);
+    expect(body.status).toBe("failed");
+    expect(body.error.code).toBe("comfyui_unavailable");
+    expect(elapsed).toBeLessThan(5_000);
+    await comfy.stop();
+
+    await router.waitFor(() =>
+      router.reports.some(
+        (r) => r.path === "/worker_status/" && r.body.error_msg === "ComfyUI stopped answering",
+      ),
+    );
+    const ready = await fetch(`${w.api}/ready`);
+    expect(ready.status).toBe(503);
+
+    comfy = await startComfyUI({ install, host: "127.0.0.1", port, baseDir, logFile });
+    await router.waitFor(() => {
+      const last = router.reports.filter((r) => r.path === "/worker_status/").at(-1);
+      return last?.body.error_msg === "";
+    });
+    const after = await postJson(`${w.api}/generate/sync`, { input: { workflow_json: tinyText2Image(2) } });
+    expect(after.status).toBe(200);
+    expect(after.body.status).toBe("completed");
+    // A retryable failure is not kept: the same request_id runs again.
+    const retried = await postJson(`${w.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: modelFree() },
+    });
+    expect(retried.body.status).toBe("completed");
+  } finally {
+    await w.stop();
+    await router.close();
+    await comfy.stop();
+  }
+});
+
+test("S3 port closed during upload: upload_error; once it reopens, uploads succeed", async () => {
+  const s = stack();
+  const w = await startTestWorker();
+  const proxy = await startSlowProxy(new URL(s.s3Endpoint), 0);
+  const port = proxy.port;
+  try {
+    await proxy.close();
+    const down = await postJson(`${w.api}/generate/sync`, {
+      input: { workflow_json: modelFree(), s3: { endpoint_url: `http://127.0.0.1:${port}` } },
+    });
+    expect(down.body.status).toBe("failed");
+    expect(down.body.output.every((o: any) => typeof o.upload_error === "string" && !o.url)).toBe(true);
+    const reopened = await startSlowProxy(new URL(s.s3Endpoint), 0, port);
+    try {
+      const up = await postJson(`${w.api}/generate/sync`, {
+        input: { workflow_json: modelFree(), s3: { endpoint_url: `http://127.0.0.1:${port}` } },
+      });
+      expect(up.body.status).toBe("completed");
+      expect(up.body.output.every((o: any) => o.url && !o.upload_error)).toBe(true);
+    } finally {
+      await reopened.close();
+    }
+  } finally {
+    await w.stop();
+  }
+});
+
+test("webhook receiver answering 500 then 200: delivered on retry, Standard Webhooks signature verifies", async () => {
+  const secretBytes = randomBytes(24);
+  const secret = `whsec_${secretBytes.toString("base64")}`;
+  const hooks = await new RecordingServer().start();
+  let calls = 0;
+  hooks.handler = (_req, res) => {
+    res.statusCode = ++calls === 1 ? 500 : 200;
+    res.end();
+  };
+  const w = await startTestWorker({ WEBHOOK_URL: `${hooks.url}/hook`, WEBHOOK_SECRET: secret });
+  try {
+    const { body } = await postJson(`${w.api}/generate/sync`, { input: { workflow_json: modelFree() } });
+    expect(body.status).toBe("completed");
+    await hooks.waitFor(2);
+    const [first, second] = hooks.received;
+    expect(second!.body).toBe(first!.body);
+    expect(second!.headers["webhook-id"]).toBe(first!.headers["webhook-id"]);
+    // The Standard Webhooks recipe, written independently of the worker's code.
+    const id = String(second!.headers["webhook-id"]);
+    const ts = String(second!.headers["webhook-timestamp"]);
+    const expected = createHmac("sha256", secretBytes).update(`${id}.${ts}.${second!.body}`).digest("base64");
+    expect(String(second!.headers["webhook-signature"]).split(" ")).toContain(`v1,${expected}`);
+    expect(Math.abs(Number(ts) - Date.now() / 1000)).toBeLessThan(600);
+    expect(JSON.parse(second!.body).status).toBe("completed");
+  } finally {
+    await w.stop();
+    await hooks.stop();
+  }
+});
+
+test("a webhook receiver answering 400 is not retried", async () => {
+  const hooks = await new RecordingServer().start();
+  hooks.handler = (_req, res) => {
+    res.statusCode = 400;
+    res.end();
+  };
+  const w = await startTestWorker({ WEBHOOK_URL: hooks.url });
+  try {
+    await postJson(`${w.api}/generate/sync`, { input: { workflow_json: modelFree() } });
+    await hooks.waitFor(1);
+    await w.stop(); // drains deliveries in flight
+    expect(hooks.received).toHaveLength(1);
+  } finally {
+    await hooks.stop();
+  }
+});
+
+test("janitor: below the free-space bound it removes old outputs and cached inputs, never a running job's", async () => {
+  const w = await startTestWorker({
+    DISK_MIN_FREE_MB: String(1024 * 1024 * 1024),
+    OUTPUT_MAX_AGE_HOURS: "1",
+  });
+  try {
+    const old = new Date(Date.now() - 3 * 3_600_000);
+    const oldDir = join(w.outputDir, "old-request");
+    const freshDir = join(w.outputDir, "fresh-request");
+    for (const d of [oldDir, freshDir]) {
+      await mkdir(d, { recursive: true });
+      await writeFile(join(d, "a.png"), Buffer.alloc(1000));
+    }
+    await utimes(oldDir, old, old);
+    const inputDir = join(stack().comfyBaseDir, "input");
+    const cached = `url_${randomUUID().replaceAll("-", "")}.png`;
+    await writeFile(join(inputDir, cached), Buffer.alloc(10));
+    await utimes(join(inputDir, cached), old, old);
+    // A running job whose folder is old must stay.
+    const id = `janitor-running-${randomUUID()}`;
+    const running = postJson(`${w.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: tinyText2Image(30) },
+    });
+    await new Promise<void>((resolve) => {
+      const check = () =>
+        w.worker.jobs.get(id)?.status === "generating" ? resolve() : setTimeout(check, 20);
+      check();
+    });
+    const runningDir = join(w.outputDir, id);
+    await mkdir(runningDir, { recursive: true });
+    await utimes(runningDir, old, old);
+
+    const report = await w.worker.janitor.sweep();
+    const removed = report.removed.map((r) => r.path);
+    expect(removed).toContain(oldDir);
+    expect(removed).toContain(join(inputDir, cached));
+    expect(removed).not.toContain(freshDir);
+    expect(removed).not.toContain(runningDir);
+    expect(await readdir(w.outputDir)).toEqual(expect.arrayContaining(["fresh-request", id]));
+    const metrics = await (await fetch(`${w.api}/metrics`)).text();
+    expect(metrics).toMatch(/comfyui_worker_janitor_removed_files_total \d+/);
+    expect((await running).body.status).toBe("completed");
+  } finally {
+    await w.stop();
+  }
+});
+
+test("SIGTERM during a job: the job completes, its caller gets the answer, the process exits 0", async () => {
+  const s = stack();
+  const dir = await mkdtemp(join(s.tmpRoot, "sigterm-"));
+  const apiPort = await freePort();
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", join(repoRoot, "worker/cli.ts"), "start", "--drain-ms", "60000"],
+    {
+      cwd: repoRoot,
+      env: {
+        ...process.env,
+        WORKER_PORT: String(await freePort()),
+        WORKER_HOST: "127.0.0.1",
+        API_PORT: String(apiPort),
+        COMFYUI_URL: s.comfyUrl,
+        COMFYUI_BASE_DIR: s.comfyBaseDir,
+        OUTPUT_DIR: join(dir, "output"),
+        UNSECURED: "true",
+        BENCHMARK_SKIP: "true",
+        LOG_LEVEL: "info",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  const logs: string[] = [];
+  child.stdout.on("data", (d: Buffer) => logs.push(d.toString()));
+  child.stderr.on("data", (d: Buffer) => logs.push(d.toString()));
+  const exited = once(child, "exit");
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onData = () => {
+        if (logs.join("").includes('"msg":"ready')) {
+          child.stdout.off("data", onData);
+          resolve();
+        }
+      };
+      child.stdout.on("data", onData);
+      child.once("exit", () => reject(new Error(`worker exited early: ${logs.join("")}`)));
+    });
+    const id = `sigterm-${randomUUID()}`;
+    const answer = postJson(`http://127.0.0.1:${apiPort}/generate/sync`, {
+      input: { request_id: id, workflow_json: tinyText2Image(20) },
+    });
+    await new Promise<void>((resolve) => {
+      const check = async () => {
+        const r = await fetch(`http://127.0.0.1:${apiPort}/result/${id}`).catch(() => undefined);
+        const b = r && r.status === 200 ? ((await r.json()) as any) : undefined;
+        if (b?.status === "generating") resolve();
+        else setTimeout(() => void check(), 50);
+      };
+      void check();
+    });
+    child.kill("SIGTERM");
+    const { status, body } = await answer;
+    expect(status).toBe(200);
+    expect(body.status).toBe("completed");
+    const [code] = await exited;
+    expect(code).toBe(0);
+    expect(logs.join("")).toMatch(/draining/);
+  } finally {
+    if (child.exitCode === null) child.kill("SIGKILL");
+  }
+});
