@@ -74,7 +74,10 @@ export class Janitor {
     const pinned = this.opts.pinnedInputs();
     const candidates = [
       ...(await this.entries(this.opts.outputDir, (name) => !active.has(name))),
-      ...(await this.entries(this.opts.inputDir, (name) => name.startsWith(CACHE_PREFIX) && !pinned.has(name))),
+      ...(await this.entries(
+        this.opts.inputDir,
+        (name) => name.startsWith(CACHE_PREFIX) && !pinned.has(name),
+      )),
     ]
       .filter((c) => c.mtime < cutoff)
       .sort((a, b) => a.mtime - b.mtime);
@@ -91,7 +94,13 @@ export class Janitor {
       this.opts.onRemoved?.(report.removed.length, bytes);
       this.opts.onFreeBytes?.(free);
       this.opts.logger.warn(
-        { stage: "janitor", removed: report.removed.length, bytes, free_before: freeBefore, free_after: free },
+        {
+          stage: "janitor",
+          removed: report.removed.length,
+          bytes,
+          free_before: freeBefore,
+          free_after: free,
+        },
         `disk care removed ${report.removed.length} old output(s) and cached input(s)`,
       );
     } else {

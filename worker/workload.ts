@@ -11,6 +11,7 @@ export const DEFAULT_WORKLOAD = 100;
 export function samplingCost(workflow: Workflow): number {
   let total = 0;
   for (const node of Object.values(workflow)) {
+    if (!isNode(node)) continue;
     const steps = Number(node.inputs?.steps);
     const latent = node.inputs?.latent_image;
     if (!Number.isFinite(steps) || steps <= 0 || !Array.isArray(latent)) continue;
@@ -20,9 +21,15 @@ export function samplingCost(workflow: Workflow): number {
   return total;
 }
 
+function isNode(node: unknown): node is Workflow[string] {
+  return (
+    typeof node === "object" && node !== null && typeof (node as { inputs?: unknown }).inputs === "object"
+  );
+}
+
 function latentSize(workflow: Workflow, id: string, depth: number): number {
   const node = workflow[id];
-  if (!node || depth > 16) return 0;
+  if (!isNode(node) || depth > 16) return 0;
   const { width, height, batch_size, samples, latent_image } = node.inputs ?? {};
   const w = Number(width);
   const h = Number(height);
@@ -36,6 +43,8 @@ function latentSize(workflow: Workflow, id: string, depth: number): number {
  * [1, 100 x 100]. With either cost unknown it is the default 100, as upstream counts every request.
  */
 export function estimateWorkload(workflow: Workflow, benchmarkCost: number): number {
+  // Runs on unvalidated input (admission comes before parsing): anything odd is the default.
+  if (typeof workflow !== "object" || workflow === null || Array.isArray(workflow)) return DEFAULT_WORKLOAD;
   const cost = samplingCost(workflow);
   if (!(cost > 0) || !(benchmarkCost > 0)) return DEFAULT_WORKLOAD;
   const w = (DEFAULT_WORKLOAD * cost) / benchmarkCost;

@@ -4,6 +4,7 @@ import type { Admission } from "../admission.js";
 import type { AuthData, ReplayGuard, SignatureVerifier } from "../auth/signature.js";
 import type { Logger } from "../logger.js";
 import type { RequestTracker } from "../reporter/tracker.js";
+import { numeric } from "../util/numbers.js";
 import { errorHandler, jsonBody } from "./body.js";
 
 const AUTH_FIELDS = ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"] as const;
@@ -46,7 +47,7 @@ export class SessionStore {
 
   create(auth: AuthData, payload: Record<string, unknown>, now: number): Session | undefined {
     if (this.maxSessions > 0 && this.sessions.size >= this.maxSessions) return undefined;
-    const lifetime = Number(payload.lifetime ?? 60) || 60;
+    const lifetime = numeric(payload.lifetime ?? 60) || 60;
     const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     const id = [...randomBytes(13)].map((b) => alphabet[b % alphabet.length]).join("");
     const s: Session = {
@@ -92,7 +93,7 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     const now = Date.now() / 1000;
     const session = deps.sessions.create(auth, payload, now);
     if (!session) {
-      deps.tracker.rejected(auth, Number(auth.cost) || 0);
+      deps.tracker.rejected(auth, numeric(auth.cost) || 0);
       res.status(429).end();
       return;
     }
@@ -180,7 +181,7 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
   const isWork = deps.workRoutes.includes(req.path);
   const workload = isWork ? deps.workloadOf(env.payload) : 0;
   if (sessionId !== undefined && sessionId !== null) {
-    const session = deps.sessions.sessions.get(String(sessionId));
+    const session = typeof sessionId === "string" ? deps.sessions.sessions.get(sessionId) : undefined;
     if (!session) {
       res.status(410).json({ error: "invalid session" });
       return;
@@ -190,12 +191,22 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
   if (!deps.unsecured) {
     const verifier = deps.verifier();
     const ok = verifier?.verify(authData, deps.legacySignatures) ?? false;
-    const reqnum = Number(authData.reqnum);
+    const reqnum = numeric(authData.reqnum);
     const inSession = sessionId !== undefined && sessionId !== null;
-    const replay = ok && !inSession ? deps.replay.check(reqnum) : { ok: true as const };
+    const replay =
+      ok && !inSession
+        ? Number.isFinite(reqnum)
+          ? deps.replay.check(reqnum)
+          : { ok: false as const, reason: "reqnum is not a number" }
+        : { ok: true as const };
     if (!ok || !replay.ok) {
       deps.logger.warn(
-        { stage: "auth", request_idx: authData.request_idx, reqnum: authData.reqnum, path: req.path },
+        {
+          stage: "auth",
+          request_idx: JSON.stringify(authData.request_idx),
+          reqnum: JSON.stringify(authData.reqnum),
+          path: req.path,
+        },
         ok ? `refused: ${(replay as { reason: string }).reason}` : "refused: bad or missing signature",
       );
       if (isWork) deps.tracker.rejected(authData, workload);

@@ -1,5 +1,6 @@
 import type { Response } from "express";
 import type { AuthData } from "../auth/signature.js";
+import { numeric } from "../util/numbers.js";
 
 export type FinishedStatus = "Success" | "Error" | "Cancelled" | "Rejected";
 
@@ -43,7 +44,7 @@ export class RequestTracker {
 
   track(auth: AuthData, workload: number, res: Response): void {
     const key = this.nextKey++;
-    const entry: Working = { requestIdx: Number(auth.request_idx) || 0, workload, enteredAt: this.now() };
+    const entry: Working = { requestIdx: numeric(auth.request_idx) || 0, workload, enteredAt: this.now() };
     this.working.set(key, entry);
     this.received++;
     this.counters.new_load += workload;
@@ -69,7 +70,7 @@ export class RequestTracker {
   rejected(auth: AuthData, workload: number): void {
     this.counters.rej_load += workload;
     this.finished.push({
-      request_idx: Number(auth.request_idx) || 0,
+      request_idx: numeric(auth.request_idx) || 0,
       success: false,
       status: "Rejected",
       entered_queue_at: 0,
