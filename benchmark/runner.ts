@@ -12,6 +12,10 @@ export class BenchmarkFailedError extends Error {
 }
 
 export interface BenchmarkOptions {
+  /** Ignore a cached score (the CLI's `benchmark` command). */
+  force?: boolean;
+  /** Sees every event of the round's job (progress bars). */
+  onJob?: (label: string, job: import("../worker/jobs/job.js").Job) => void;
   jobs: JobManager;
   payload: BenchmarkPayload;
   logger: Logger;
@@ -42,6 +46,13 @@ interface CacheRecord {
   at: string;
 }
 
+/** What makes a score valid besides the workflow: ComfyUI's device names and BENCHMARK_GPU_KEY. */
+export async function hardwareKey(client: { systemStats(): Promise<Record<string, unknown>> }, gpuKey: string) {
+  const stats = await client.systemStats().catch(() => ({}));
+  const devices = ((stats as { devices?: { name?: string }[] }).devices ?? []).map((d) => d.name).join(",");
+  return `${devices}|${gpuKey}`;
+}
+
 export function cacheKey(payload: BenchmarkPayload, hardwareKey: string): string {
   return createHash("sha256").update(`${payload.fingerprint}|${hardwareKey}`).digest("hex").slice(0, 32);
 }
@@ -57,7 +68,7 @@ export function cacheKey(payload: BenchmarkPayload, hardwareKey: string): string
 export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkResult> {
   const key = cacheKey(opts.payload, opts.hardwareKey);
   const cached = await readCache(opts.cacheFile);
-  if (cached && cached.key === key && cached.max_perf > 0) {
+  if (!opts.force && cached && cached.key === key && cached.max_perf > 0) {
     opts.logger.info(
       { stage: "benchmark", max_perf: cached.max_perf },
       `benchmark score reused from ${opts.cacheFile}`,
@@ -78,6 +89,7 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
       },
       DEFAULT_WORKLOAD,
     );
+    opts.onJob?.(label, job);
     await job.done;
     const seconds = (now() - started) / 1000;
     await rm(join(opts.outputDir, id), { recursive: true, force: true });

@@ -1,18 +1,11 @@
-import { randomUUID } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Express, Request, Response } from "express";
 import { loadBenchmarkPayload } from "../benchmark/payload.js";
-import { runBenchmark, type BenchmarkResult } from "../benchmark/runner.js";
+import { hardwareKey, runBenchmark, type BenchmarkResult } from "../benchmark/runner.js";
 import type { FrozenConfig } from "../config/index.js";
-import { ComfyClient } from "../handlers/comfyui/client.js";
-import { ComfyEvents } from "../handlers/comfyui/events.js";
-import { NodeCatalog } from "../handlers/comfyui/node-catalog.js";
-import { InputDownloader } from "../handlers/preprocess/downloads.js";
-import { ObjectStorage } from "../handlers/storage/s3.js";
-import { WebhookSender } from "../handlers/webhook.js";
 import { Admission } from "./admission.js";
 import { ReplayGuard, SignatureVerifier } from "./auth/signature.js";
 import { docsRoutes, loadExample } from "./http/docs.js";
@@ -20,10 +13,11 @@ import { generateRoutes } from "./http/generate-routes.js";
 import { healthRoutes } from "./http/health.js";
 import { createLocalApp } from "./http/local.js";
 import { SessionStore, createRoutedApp } from "./http/routed.js";
-import { JobManager } from "./jobs/manager.js";
+import type { JobManager } from "./jobs/manager.js";
 import { Janitor } from "./janitor.js";
 import type { Logger } from "./logger.js";
-import { WorkerMetrics } from "./metrics.js";
+import type { WorkerMetrics } from "./metrics.js";
+import { createPipeline } from "./pipeline.js";
 import { fetchPublicKey } from "./reporter/pubkey.js";
 import { AutoscalerReporter } from "./reporter/reporter.js";
 import { RequestTracker } from "./reporter/tracker.js";
@@ -66,40 +60,11 @@ export function createWorker(deps: WorkerDeps): Worker {
   const { config, logger } = deps;
   const now = deps.now ?? Date.now;
   const startedAt = now();
-  const clientId = `comfyui-worker-${randomUUID()}`;
-  const client = new ComfyClient({
-    baseUrl: config.comfyui.url,
-    requestTimeoutMs: config.comfyui.requestTimeoutMs,
-  });
-  const events = new ComfyEvents({ url: client.wsUrl(clientId), logger });
-  const catalog = new NodeCatalog(client);
-  const metrics = new WorkerMetrics();
-  const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });
-  const storage = new ObjectStorage({
-    forcePathStyle: config.s3.forcePathStyle,
-    partSizeBytes: config.s3.partSizeBytes,
-    presignExpirySeconds: config.s3.presignExpirySeconds,
-    uploadTimeoutMs: Math.max(60_000, config.jobs.timeoutMs),
-  });
-  const webhooks = new WebhookSender({
-    timeoutMs: config.webhook.timeoutMs,
-    maxAttempts: config.webhook.maxAttempts,
-    logger,
-    onAttempt: (outcome) => metrics.webhookAttempts.inc({ outcome }),
-  });
-  const jobs = new JobManager({
+  const { client, events, catalog, downloader, storage, webhooks, jobs, metrics } = createPipeline(
     config,
-    client,
-    events,
-    catalog,
-    downloader,
-    storage,
-    webhooks,
     logger,
-    clientId,
     now,
-    observer: metrics,
-  });
+  );
   const janitor = new Janitor({
     outputDir: config.outputDir,
     inputDir: config.comfyui.inputDir,
@@ -353,17 +318,13 @@ export function createWorker(deps: WorkerDeps): Worker {
           admission.maxPerf = 1;
           logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1");
         } else {
-          const stats = await client.systemStats().catch(() => ({}));
-          const devices = ((stats as { devices?: { name?: string }[] }).devices ?? [])
-            .map((d) => d.name)
-            .join(",");
           const result = await runBenchmark({
             jobs,
             payload,
             logger,
             outputDir: config.outputDir,
             cacheFile: config.benchmark.cacheFile,
-            hardwareKey: `${devices}|${config.benchmark.gpuKey}`,
+            hardwareKey: await hardwareKey(client, config.benchmark.gpuKey),
             minRounds: config.benchmark.minRounds,
             maxRounds: config.benchmark.maxRounds,
             tolerance: config.benchmark.tolerance,

@@ -2,7 +2,10 @@
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
-import { ConfigError, describeConfig, loadConfig } from "../config/index.js";
+import { ConfigError, describeConfig, loadConfig, type FrozenConfig } from "../config/index.js";
+import { benchmarkCommand } from "./commands/benchmark.js";
+import { checkCommand } from "./commands/check.js";
+import { submitCommand } from "./commands/submit.js";
 import { createWorker } from "./app.js";
 import { createLogger } from "./logger.js";
 
@@ -13,11 +16,10 @@ function installRoot(): string {
   return up.endsWith("dist") ? resolve(up, "..") : up;
 }
 
-async function start(opts: { drainMs: string }): Promise<void> {
-  const root = installRoot();
-  let config;
+/** The config from the environment, or exit 2 with the message naming the variable. */
+function configOrExit(root: string): FrozenConfig {
   try {
-    config = loadConfig(process.env, root);
+    return loadConfig(process.env, root);
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`configuration error: ${err.message}`);
@@ -25,6 +27,11 @@ async function start(opts: { drainMs: string }): Promise<void> {
     }
     throw err;
   }
+}
+
+async function start(opts: { drainMs: string }): Promise<void> {
+  const root = installRoot();
+  const config = configOrExit(root);
   const logger = createLogger(config.log);
   logger.info({ stage: "lifecycle", config: describeConfig(config) }, "comfyui-worker starting");
   const worker = createWorker({ config, logger, root });
@@ -72,6 +79,37 @@ export function buildCli(): Command {
       "60000",
     )
     .action(start);
+  program
+    .command("benchmark")
+    .description(
+      "Run the boot benchmark against ComfyUI now (a progress bar per round) and print the score (max_perf).\n" +
+        "Uses misc/benchmark.json, $BENCHMARK_JSON_PATH, else SD1.5 text-to-image (BENCHMARK_TEST_*).",
+    )
+    .option("--force", "run even when a valid cached score exists", false)
+    .action(async (opts: { force: boolean }) => {
+      const root = installRoot();
+      process.exitCode = await benchmarkCommand(configOrExit(root), root, opts);
+    });
+  program
+    .command("submit <workflow.json>")
+    .description(
+      'Send a workflow (a bare ComfyUI API-format graph, or a whole {"input": {...}} request) to a running\n' +
+        "worker's local API, stream its progress and print the output URLs. Exit 0 when it completed.",
+    )
+    .option("--url <url>", "the worker's local API", "http://127.0.0.1:18288")
+    .option("--request-id <id>", "request_id to use (a repeat returns the same job)")
+    .option("--timeout <seconds>", "give up after this long", "900")
+    .action(async (file: string, opts: { url: string; requestId?: string; timeout: string }) => {
+      process.exitCode = await submitCommand(file, opts);
+    });
+  program
+    .command("check")
+    .description(
+      "Validate the configuration and check that ComfyUI, S3 and the autoscaler answer. Exit 1 if not.",
+    )
+    .action(async () => {
+      process.exitCode = await checkCommand(configOrExit(installRoot()));
+    });
   return program;
 }
 

@@ -1,0 +1,61 @@
+import { randomUUID } from "node:crypto";
+import type { FrozenConfig } from "../config/index.js";
+import { ComfyClient } from "../handlers/comfyui/client.js";
+import { ComfyEvents } from "../handlers/comfyui/events.js";
+import { NodeCatalog } from "../handlers/comfyui/node-catalog.js";
+import { InputDownloader } from "../handlers/preprocess/downloads.js";
+import { ObjectStorage } from "../handlers/storage/s3.js";
+import { WebhookSender } from "../handlers/webhook.js";
+import { JobManager } from "./jobs/manager.js";
+import type { Logger } from "./logger.js";
+import { WorkerMetrics } from "./metrics.js";
+
+/** The job pipeline and its clients of external systems, without any listener: the worker and the CLI share it. */
+export interface Pipeline {
+  client: ComfyClient;
+  events: ComfyEvents;
+  catalog: NodeCatalog;
+  downloader: InputDownloader;
+  storage: ObjectStorage;
+  webhooks: WebhookSender;
+  jobs: JobManager;
+  metrics: WorkerMetrics;
+}
+
+export function createPipeline(config: FrozenConfig, logger: Logger, now: () => number = Date.now): Pipeline {
+  const clientId = `comfyui-worker-${randomUUID()}`;
+  const client = new ComfyClient({
+    baseUrl: config.comfyui.url,
+    requestTimeoutMs: config.comfyui.requestTimeoutMs,
+  });
+  const events = new ComfyEvents({ url: client.wsUrl(clientId), logger });
+  const catalog = new NodeCatalog(client);
+  const metrics = new WorkerMetrics();
+  const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });
+  const storage = new ObjectStorage({
+    forcePathStyle: config.s3.forcePathStyle,
+    partSizeBytes: config.s3.partSizeBytes,
+    presignExpirySeconds: config.s3.presignExpirySeconds,
+    uploadTimeoutMs: Math.max(60_000, config.jobs.timeoutMs),
+  });
+  const webhooks = new WebhookSender({
+    timeoutMs: config.webhook.timeoutMs,
+    maxAttempts: config.webhook.maxAttempts,
+    logger,
+    onAttempt: (outcome) => metrics.webhookAttempts.inc({ outcome }),
+  });
+  const jobs = new JobManager({
+    config,
+    client,
+    events,
+    catalog,
+    downloader,
+    storage,
+    webhooks,
+    logger,
+    clientId,
+    now,
+    observer: metrics,
+  });
+  return { client, events, catalog, downloader, storage, webhooks, jobs, metrics };
+}
