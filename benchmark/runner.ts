@@ -3,6 +3,7 @@ import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Workflow } from "../handlers/comfyui/types.js";
 import type { Logger } from "../worker/logger.js";
+import type { Job } from "../worker/jobs/job.js";
 import type { JobManager } from "../worker/jobs/manager.js";
 import { DEFAULT_WORKLOAD } from "../worker/workload.js";
 import type { BenchmarkPayload } from "./payload.js";
@@ -15,7 +16,7 @@ export interface BenchmarkOptions {
   /** Ignore a cached score (the CLI's `benchmark` command). */
   force?: boolean;
   /** Sees every event of the round's job (progress bars). */
-  onJob?: (label: string, job: import("../worker/jobs/job.js").Job) => void;
+  onJob?: (label: string, job: Job) => void;
   jobs: JobManager;
   payload: BenchmarkPayload;
   logger: Logger;
@@ -47,7 +48,10 @@ interface CacheRecord {
 }
 
 /** What makes a score valid besides the workflow: ComfyUI's device names and BENCHMARK_GPU_KEY. */
-export async function hardwareKey(client: { systemStats(): Promise<Record<string, unknown>> }, gpuKey: string) {
+export async function hardwareKey(
+  client: { systemStats(): Promise<Record<string, unknown>> },
+  gpuKey: string,
+) {
   const stats = await client.systemStats().catch(() => ({}));
   const devices = ((stats as { devices?: { name?: string }[] }).devices ?? []).map((d) => d.name).join(",");
   return `${devices}|${gpuKey}`;

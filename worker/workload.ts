@@ -30,12 +30,28 @@ function isNode(node: unknown): node is Workflow[string] {
 function latentSize(workflow: Workflow, id: string, depth: number): number {
   const node = workflow[id];
   if (!isNode(node) || depth > 16) return 0;
-  const { width, height, batch_size, samples, latent_image } = node.inputs ?? {};
+  const { width, height, batch_size, samples, latent_image, scale_by } = node.inputs ?? {};
+  const from = Array.isArray(samples) ? samples : Array.isArray(latent_image) ? latent_image : undefined;
+  const upstream = () => (from ? latentSize(workflow, String(from[0]), depth + 1) : 0);
   const w = Number(width);
   const h = Number(height);
-  if (w > 0 && h > 0) return w * h * Math.max(1, Number(batch_size) || 1);
+  if (w > 0 && h > 0) {
+    // An upscale (LatentUpscale) keeps the batch of the latent it resizes.
+    const batch = Number(batch_size) || (from ? batchOf(workflow, String(from[0]), depth + 1) : 1);
+    return w * h * Math.max(1, batch);
+  }
+  const scale = Number(scale_by);
+  return scale > 0 ? upstream() * scale * scale : upstream();
+}
+
+function batchOf(workflow: Workflow, id: string, depth: number): number {
+  const node = workflow[id];
+  if (!isNode(node) || depth > 16) return 1;
+  const b = Number(node.inputs.batch_size);
+  if (b > 0) return b;
+  const { samples, latent_image } = node.inputs;
   const from = Array.isArray(samples) ? samples : Array.isArray(latent_image) ? latent_image : undefined;
-  return from ? latentSize(workflow, String(from[0]), depth + 1) : 0;
+  return from ? batchOf(workflow, String(from[0]), depth + 1) : 1;
 }
 
 /**

@@ -68,7 +68,8 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
     interrupted: false,
     reconciled_from_history: false,
   };
-  let wake: () => void = () => undefined;
+  const waker = new Waker();
+  const wake = () => waker.wake();
   let endedByEvent = false;
   const onEvent = (event: ComfyEvent) => {
     const d = event.data;
@@ -150,13 +151,7 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
         if (!endedByEvent) details.reconciled_from_history = true;
         return finish(entry, details);
       }
-      await sleepUntilWoken(
-        failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250),
-        opts.signal,
-        (w) => {
-          wake = w;
-        },
-      );
+      await waker.sleep(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), opts.signal);
     }
   } catch (err) {
     if (opts.signal.aborted) await stopPrompt(opts);
@@ -201,20 +196,35 @@ async function stopPrompt(opts: RunPromptOptions): Promise<void> {
   ]);
 }
 
-function sleepUntilWoken(
-  ms: number,
-  signal: AbortSignal,
-  setWake: (wake: () => void) => void,
-): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      setWake(() => undefined);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    setWake(done);
-  });
+/**
+ * Sleeps until woken, a timeout or an abort. A wake that comes while nobody sleeps (an event arriving during a
+ * history request) is kept, so the next sleep returns at once instead of waiting for the poll.
+ */
+class Waker {
+  private pending = false;
+  private resolve: (() => void) | undefined;
+
+  wake(): void {
+    if (this.resolve) this.resolve();
+    else this.pending = true;
+  }
+
+  sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (this.pending || signal.aborted) {
+      this.pending = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.resolve = undefined;
+        this.pending = false;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+      this.resolve = done;
+    });
+  }
 }

@@ -31,6 +31,10 @@ for (const [net, prefix] of [
   ["ff00::", 8],
   ["2001:db8::", 32],
   ["64:ff9b::", 96],
+  // IPv4-compatible (::a.b.c.d), 6to4 (2002::/16) and discard-only addresses can carry a private IPv4 inside.
+  ["::", 96],
+  ["2002::", 16],
+  ["100::", 64],
 ] as const) {
   blocked.addSubnet(net, prefix, "ipv6");
 }

@@ -1,7 +1,14 @@
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
-import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import { Upload } from "@aws-sdk/lib-storage";
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { S3Settings } from "../../config/index.js";
 import { WorkerError } from "../../worker/errors.js";
@@ -13,6 +20,9 @@ export class UploadError extends WorkerError {
   readonly httpStatus = 502;
   override readonly retryable = true;
 }
+
+/** Parts of one multipart upload in flight at once. */
+const PARALLEL_PARTS = 3;
 
 export interface ResolvedS3 {
   accessKeyId: string;
@@ -90,32 +100,34 @@ export class ObjectStorage {
     return client;
   }
 
-  /** Streams a file to `key` (multipart above one part), then returns a pre-signed GET URL for it. */
+  /**
+   * Streams a file to `key`, then returns a pre-signed GET URL for it. Above one part it is a multipart upload whose
+   * parts are read straight from the file by range, a few at a time: memory stays flat whatever the file's size
+   * (lib-storage's Upload buffers every part in memory, 4 x 8 MiB and more at once). A failed multipart upload is
+   * aborted so that no orphan parts are billed.
+   */
   async put(target: ResolvedS3, key: string, path: string, signal?: AbortSignal): Promise<StoredObject> {
     const client = this.client(target);
     const timeout = AbortSignal.timeout(this.opts.uploadTimeoutMs);
     const abortSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
-    const abortController = new AbortController();
-    const onAbort = () => abortController.abort(abortSignal.reason);
-    abortSignal.addEventListener("abort", onAbort, { once: true });
+    const common = { Bucket: target.bucketName, Key: key };
     try {
       const { size } = await stat(path);
-      const upload = new Upload({
-        client,
-        params: {
-          Bucket: target.bucketName,
-          Key: key,
-          Body: createReadStream(path),
-          ContentType: contentTypeFor(path),
-          ContentLength: size,
-        },
-        partSize: this.opts.partSizeBytes,
-        queueSize: 4,
-        leavePartsOnError: false,
-        abortController,
-      });
-      await upload.done();
-      const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: target.bucketName, Key: key }), {
+      const contentType = contentTypeFor(path);
+      if (size <= this.opts.partSizeBytes) {
+        await client.send(
+          new PutObjectCommand({
+            ...common,
+            Body: createReadStream(path),
+            ContentLength: size,
+            ContentType: contentType,
+          }),
+          { abortSignal },
+        );
+      } else {
+        await this.multipart(client, common, path, size, contentType, abortSignal);
+      }
+      const url = await getSignedUrl(client, new GetObjectCommand(common), {
         expiresIn: this.opts.presignExpirySeconds,
       });
       return { key, url, bytes: size };
@@ -124,8 +136,64 @@ export class ObjectStorage {
       throw new UploadError(`upload of ${key} to bucket ${target.bucketName} failed: ${why}`, undefined, {
         cause: err,
       });
-    } finally {
-      abortSignal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  private async multipart(
+    client: S3Client,
+    common: { Bucket: string; Key: string },
+    path: string,
+    size: number,
+    contentType: string,
+    abortSignal: AbortSignal,
+  ): Promise<void> {
+    const { UploadId } = await client.send(
+      new CreateMultipartUploadCommand({ ...common, ContentType: contentType }),
+      {
+        abortSignal,
+      },
+    );
+    if (!UploadId) throw new Error("the server gave no UploadId");
+    const partSize = this.opts.partSizeBytes;
+    const count = Math.ceil(size / partSize);
+    const etags: string[] = new Array<string>(count);
+    let next = 0;
+    const uploadParts = async () => {
+      while (next < count) {
+        const index = next++;
+        const start = index * partSize;
+        const end = Math.min(size, start + partSize) - 1;
+        const res = await client.send(
+          new UploadPartCommand({
+            ...common,
+            UploadId,
+            PartNumber: index + 1,
+            Body: createReadStream(path, { start, end }),
+            ContentLength: end - start + 1,
+          }),
+          { abortSignal },
+        );
+        if (!res.ETag) throw new Error(`part ${index + 1} got no ETag`);
+        etags[index] = res.ETag;
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: Math.min(PARALLEL_PARTS, count) }, uploadParts));
+      await client.send(
+        new CompleteMultipartUploadCommand({
+          ...common,
+          UploadId,
+          MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
+        }),
+        { abortSignal },
+      );
+    } catch (err) {
+      await client
+        .send(new AbortMultipartUploadCommand({ ...common, UploadId }), {
+          abortSignal: AbortSignal.timeout(10_000),
+        })
+        .catch(() => undefined);
+      throw err;
     }
   }
 

@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from "node:net";
 
 export interface Received {
   method: string;
@@ -74,9 +74,8 @@ export async function startSlowProxy(
   delayMs: number,
   port = 0,
 ): Promise<{ url: string; port: number; close(): Promise<void> }> {
-  const { createServer, connect } = await import("node:net");
-  const sockets = new Set<import("node:net").Socket>();
-  const server = createServer((client) => {
+  const sockets = new Set<Socket>();
+  const server = createTcpServer((client) => {
     sockets.add(client);
     client.pause();
     const timer = setTimeout(() => {

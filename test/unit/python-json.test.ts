@@ -182,3 +182,28 @@ describe("pythonJsonDumps matches Python's json.dumps(..., indent=4, sort_keys=T
     expect(pythonJsonDumps({ c: -Infinity, b: Infinity, a: NaN })).toBe(python);
   });
 });
+
+describe("floats in exponent form, as Python writes them", () => {
+  test.each([
+    [0.00001, "1e-05"],
+    [0.0001, "0.0001"],
+    [1.5e16, "1.5e+16"],
+    [1e16, "1e+16"],
+    [123456789012345.6, "123456789012345.6"],
+    [2.5e-7, "2.5e-07"],
+  ])("%p", (n, expected) => {
+    const python = execFileSync("python3", [
+      "-c",
+      `import json; print(json.dumps(float(${JSON.stringify(n)})), end="")`,
+    ]).toString();
+    expect(python).toBe(expected);
+    expect(pythonJsonDumps({ x: n }, new Set(["x"]))).toBe(`{\n    "x": ${expected}\n}`);
+  });
+
+  test("integral floats get .0 below 1e16 and keys sort by code point", () => {
+    expect(pythonJsonDumps({ cost: 100 }, new Set(["cost"]))).toBe('{\n    "cost": 100.0\n}');
+    expect(pythonJsonDumps({ "\uffff": 1, "\u{1F600}": 2 })).toBe(
+      '{\n    "\\uffff": 1,\n    "\\ud83d\\ude00": 2\n}',
+    );
+  });
+});

@@ -24,11 +24,28 @@ export function pythonJsonString(s: string): string {
   return `${out}"`;
 }
 
+/** Python's float repr: shortest round-trip digits (as JS), exponent form below 1e-4 or from 1e16 on. */
 function pythonNumber(n: number, asFloat: boolean): string {
   if (!Number.isFinite(n)) return n > 0 ? "Infinity" : n < 0 ? "-Infinity" : "NaN";
-  if (Number.isInteger(n)) return asFloat ? `${n}.0` : String(n);
-  // Python's repr and JS's shortest round-trip agree on digits; exponent formats differ only at extremes.
-  return String(n).replace(/e([+-])(\d)$/, "e$10$2");
+  const isFloat = asFloat || !Number.isInteger(n);
+  if (!isFloat) return String(n);
+  if (n === 0) return Object.is(n, -0) ? "-0.0" : "0.0";
+  const [mantissa = "", exp = "0"] = n.toExponential().split("e");
+  const e = Number(exp);
+  if (e < -4 || e >= 16) return `${mantissa}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  const plain = n.toFixed(Math.max(0, (mantissa.split(".")[1]?.length ?? 0) - e));
+  return plain.includes(".") ? plain : `${plain}.0`;
+}
+
+/** Python sorts str keys by code point; JS's default sort compares UTF-16 units. */
+function byCodePoint(a: string, b: string): number {
+  const x = [...a];
+  const y = [...b];
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    const d = x[i]!.codePointAt(0)! - y[i]!.codePointAt(0)!;
+    if (d !== 0) return d;
+  }
+  return x.length - y.length;
 }
 
 export function pythonJsonDumps(
@@ -48,9 +65,7 @@ export function pythonJsonDumps(
       if (v.length === 0) return "[]";
       return `[\n${v.map((x) => pad + render(x, depth + 1)).join(",\n")}\n${close}]`;
     }
-    const entries = Object.entries(v as Record<string, unknown>).sort(([a], [b]) =>
-      a < b ? -1 : a > b ? 1 : 0,
-    );
+    const entries = Object.entries(v as Record<string, unknown>).sort(([a], [b]) => byCodePoint(a, b));
     if (entries.length === 0) return "{}";
     return `{\n${entries.map(([k, x]) => `${pad}${pythonJsonString(k)}: ${render(x, depth + 1, k)}`).join(",\n")}\n${close}}`;
   };

@@ -19,7 +19,7 @@ export class Semaphore {
   }
 
   acquire(signal?: AbortSignal): Promise<() => void> {
-    signal?.throwIfAborted();
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.used < this.size) {
       this.used++;
       return Promise.resolve(this.releaser());

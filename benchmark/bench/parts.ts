@@ -1,0 +1,73 @@
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort, type Service } from "../../scripts/services/child.js";
+import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "../../scripts/services/comfyui.js";
+import { startS3, type S3Service } from "../../scripts/services/seaweedfs.js";
+
+export interface BenchParts {
+  dir: string;
+  comfyUrl: string;
+  comfyBaseDir: string;
+  s3: S3Service;
+  stop(): Promise<void>;
+}
+
+/** A fresh ComfyUI and S3 on free ports, as the tests use them. */
+export async function startParts(): Promise<BenchParts> {
+  const dir = await mkdtemp(join(tmpdir(), "comfyui-worker-bench-"));
+  const install = await ensureComfyUI();
+  const comfyBaseDir = join(dir, "comfyui");
+  await ensureTinyCheckpoint(install, comfyBaseDir);
+  const services: Service[] = [];
+  const [comfy, s3] = await Promise.all([
+    startComfyUI({
+      install,
+      host: "127.0.0.1",
+      port: await freePort(),
+      baseDir: comfyBaseDir,
+      logFile: join(dir, "comfyui.log"),
+    }),
+    startS3({
+      host: "127.0.0.1",
+      port: await freePort(),
+      dataDir: join(dir, "s3"),
+      accessKeyId: "bench",
+      secretAccessKey: "bench-secret",
+      buckets: ["bench"],
+      logFile: join(dir, "s3.log"),
+    }),
+  ]);
+  services.push(comfy, s3);
+  return {
+    dir,
+    comfyUrl: comfy.url,
+    comfyBaseDir,
+    s3,
+    stop: async () => void (await Promise.all(services.map((s) => s.stop()))),
+  };
+}
+
+export function workerEnv(parts: BenchParts, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    WORKER_PORT: "0",
+    WORKER_HOST: "127.0.0.1",
+    API_PORT: "0",
+    COMFYUI_URL: parts.comfyUrl,
+    COMFYUI_BASE_DIR: parts.comfyBaseDir,
+    OUTPUT_DIR: join(parts.dir, "output"),
+    UNSECURED: "true",
+    BENCHMARK_SKIP: "true",
+    LOG_LEVEL: "silent",
+    ...extra,
+  };
+}
+
+export function s3Env(parts: BenchParts): Record<string, string> {
+  return {
+    S3_ACCESS_KEY_ID: parts.s3.accessKeyId,
+    S3_SECRET_ACCESS_KEY: parts.s3.secretAccessKey,
+    S3_ENDPOINT_URL: parts.s3.endpoint,
+    S3_BUCKET_NAME: "bench",
+  };
+}

@@ -1,0 +1,208 @@
+/**
+ * `npm run bench`: measures the worker against real parts started for the purpose (ComfyUI on the CPU, SeaweedFS)
+ * and writes BENCHMARKS.md. Not a test: nothing here asserts; the figures are for reading.
+ *   BENCH_REPEATS (3)  repetitions of each measurement; the figure is their median, the spread min–max
+ *   BENCH_OVERHEAD_RUNS (200), BENCH_JOBS (20), BENCH_UPLOAD_MB (1024)
+ */
+import { execFile, spawn } from "node:child_process";
+import { once } from "node:events";
+import { open, readFile, rm, writeFile } from "node:fs/promises";
+import { cpus, totalmem } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { freePort } from "../../scripts/services/child.js";
+import { repoRoot } from "../../scripts/services/paths.js";
+import { measureOverhead, type OverheadResult } from "./overhead.js";
+import { startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
+import { fmt, median, quantile, spread } from "./stats.js";
+import { measureThroughput, type ThroughputResult } from "./throughput.js";
+
+const run = promisify(execFile);
+const repeats = Number(process.env.BENCH_REPEATS ?? 3);
+const overheadRuns = Number(process.env.BENCH_OVERHEAD_RUNS ?? 200);
+const jobs = Number(process.env.BENCH_JOBS ?? 20);
+const uploadMb = Number(process.env.BENCH_UPLOAD_MB ?? 1024);
+const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
+/** BENCH_ONLY=memory (or overhead, throughput) prints that part's raw figures and writes nothing. */
+const only = process.env.BENCH_ONLY;
+
+async function idleRss(parts: BenchParts): Promise<number> {
+  const env = {
+    ...process.env,
+    ...workerEnv(parts, { API_PORT: String(await freePort()), LOG_LEVEL: "info" }),
+  };
+  const child = spawn(process.execPath, [join(repoRoot, "dist/worker/cli.js"), "start"], {
+    env,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('"msg":"ready')) resolve();
+    });
+    child.once("exit", () => reject(new Error(`worker exited: ${out}`)));
+  });
+  await new Promise((r) => setTimeout(r, 3_000));
+  const status = await readFile(`/proc/${child.pid}/status`, "utf8");
+  child.kill("SIGTERM");
+  await once(child, "exit");
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
+}
+
+async function uploadGrowth(
+  parts: BenchParts,
+): Promise<{ growthMb: number; baselineMb: number; seconds: number; bytes: number }> {
+  const file = join(parts.dir, "big.bin");
+  const fh = await open(file, "w");
+  const chunk = Buffer.alloc(8 * 1024 * 1024, 7);
+  for (let i = 0; i < uploadMb / 8; i++) await fh.write(chunk);
+  await fh.close();
+  const s3 = s3Env(parts);
+  const { stdout } = await run(
+    process.execPath,
+    [
+      join(repoRoot, "dist/benchmark/bench/upload-memory.js"),
+      file,
+      s3.S3_ENDPOINT_URL!,
+      s3.S3_ACCESS_KEY_ID!,
+      s3.S3_SECRET_ACCESS_KEY!,
+      s3.S3_BUCKET_NAME!,
+    ],
+    { timeout: 600_000 },
+  );
+  await rm(file, { force: true });
+  return JSON.parse(stdout) as { growthMb: number; baselineMb: number; seconds: number; bytes: number };
+}
+
+function histogramSvg(values: number[], title: string): string {
+  const lo = Math.floor(quantile(values, 0.0));
+  const hi = Math.ceil(quantile(values, 0.99));
+  const bins = 30;
+  const width = Math.max(1, (hi - lo) / bins);
+  const counts = new Array<number>(bins).fill(0);
+  for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor((v - lo) / width)))]!++;
+  const max = Math.max(...counts);
+  const bars = counts
+    .map(
+      (c, i) =>
+        `<rect x="${40 + i * 18}" y="${210 - (c / max) * 180}" width="16" height="${(c / max) * 180}" fill="#4a7"/>`,
+    )
+    .join("");
+  const labels = [0, bins / 2, bins]
+    .map((i) => `<text x="${40 + i * 18}" y="228" font-size="11">${fmt(lo + i * width)}</text>`)
+    .join("");
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="600" height="250" font-family="sans-serif">
+<text x="40" y="18" font-size="13">${title}</text>${bars}<line x1="40" y1="210" x2="580" y2="210" stroke="#333"/>${labels}
+<text x="500" y="245" font-size="11">ms</text></svg>\n`;
+}
+
+async function main() {
+  log("building dist/ (memory figures use the compiled worker)");
+  await run("npm", ["run", "build"], { cwd: repoRoot });
+  log("starting ComfyUI and S3");
+  const parts = await startParts();
+  try {
+    if (only === "overhead") {
+      for (let i = 0; i < repeats; i++) {
+        const o = await measureOverhead(parts, overheadRuns);
+        const top = [...o.diffMs]
+          .sort((a, b) => b - a)
+          .slice(0, 5)
+          .map((d) => fmt(d));
+        process.stdout.write(
+          `p50 ${fmt(o.p50, 2)} p99 ${fmt(o.p99, 2)} ratio ${fmt(o.ratio, 3)} worst ${top.join(" ")}\n`,
+        );
+      }
+      return;
+    }
+    if (only === "memory") {
+      for (let i = 0; i < repeats; i++)
+        process.stdout.write(`${JSON.stringify(await uploadGrowth(parts))}\n`);
+      return;
+    }
+    const overhead: OverheadResult[] = [];
+    for (let i = 0; i < repeats; i++) {
+      log(`overhead ${i + 1}/${repeats} (${overheadRuns} interleaved pairs)`);
+      overhead.push(await measureOverhead(parts, overheadRuns));
+    }
+    const pipelined: ThroughputResult[] = [];
+    const serial: ThroughputResult[] = [];
+    for (let i = 0; i < repeats; i++) {
+      log(`throughput ${i + 1}/${repeats}: serial then pipelined, ${jobs} jobs each`);
+      serial.push(await measureThroughput(parts, jobs, "serial"));
+      pipelined.push(await measureThroughput(parts, jobs, "pipelined"));
+    }
+    const idle: number[] = [];
+    const growth: { growthMb: number; baselineMb: number; seconds: number; bytes: number }[] = [];
+    for (let i = 0; i < repeats; i++) {
+      log(`memory ${i + 1}/${repeats}`);
+      idle.push(await idleRss(parts));
+      growth.push(await uploadGrowth(parts));
+    }
+    await writeFile(
+      join(repoRoot, "benchmark", "overhead-histogram.svg"),
+      histogramSvg(
+        overhead.flatMap((o) => o.diffMs),
+        "Worker overhead per job (worker − direct ComfyUI), all runs",
+      ),
+    );
+    const p50s = overhead.map((o) => o.p50);
+    const p99s = overhead.map((o) => o.p99);
+    const ratios = overhead.map((o) => o.ratio);
+    const direct = overhead.map((o) => median(o.directMs));
+    const tpP = pipelined.map((t) => t.jobsPerMinute);
+    const tpS = serial.map((t) => t.jobsPerMinute);
+    const idleP = pipelined.map((t) => median(t.idleMs));
+    const idleP95 = pipelined.map((t) => quantile(t.idleMs, 0.95));
+    const idleS = serial.map((t) => median(t.idleMs));
+    const cpu = cpus()[0]?.model ?? "unknown CPU";
+    const doc = `# Benchmarks
+
+Written by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpu}, ${fmt(totalmem() / 2 ** 30, 0)} GiB,
+Node ${process.version}, ComfyUI 0.3.75 on the CPU, SeaweedFS S3 on loopback. Each figure is the median of
+${repeats} repetitions; the spread (min–max over the repetitions) follows it.
+
+| measurement | figure | spread | target |
+| --- | --- | --- | --- |
+| overhead p50 (worker − direct), ms | ${fmt(median(p50s), 2)} | ${spread(p50s)} | ≤ 5 |
+| overhead p99, ms | ${fmt(median(p99s), 2)} | ${spread(p99s)} | ≤ 20 |
+| overhead ratio (median worker / median direct) | ${fmt(median(ratios), 3)} | ${spread(ratios)} | |
+| direct ComfyUI round trip p50, ms | ${fmt(median(direct), 2)} | ${spread(direct)} | |
+| throughput, pipelined, jobs/min | ${fmt(median(tpP))} | ${spread(tpP)} | |
+| throughput, serial (upstream), jobs/min | ${fmt(median(tpS))} | ${spread(tpS)} | |
+| ComfyUI idle between jobs, pipelined, median ms | ${fmt(median(idleP), 1)} | ${spread(idleP)} | ≤ 5 |
+| ComfyUI idle between jobs, pipelined, p95 ms | ${fmt(median(idleP95), 1)} | ${spread(idleP95)} | |
+| ComfyUI idle between jobs, serial, median ms | ${fmt(median(idleS), 1)} | ${spread(idleS)} | |
+| worker RSS idle, MB | ${fmt(median(idle))} | ${spread(idle)} | ≤ 100 |
+| RSS growth while ${fmt(growth[0]!.bytes / 2 ** 30, 2)} GiB uploads, MB | ${fmt(median(growth.map((g) => g.growthMb)))} | ${spread(growth.map((g) => g.growthMb))} | ≤ 64 |
+| upload time of that file, s | ${fmt(median(growth.map((g) => g.seconds)))} | ${spread(growth.map((g) => g.seconds))} | |
+
+![overhead histogram](benchmark/overhead-histogram.svg)
+
+## Method
+
+- **Overhead**: one worker (local API port, no storage configured, so uploads are not counted) and one direct
+  client of ComfyUI that does what a bare caller must: \`POST /prompt\`, wait on a WebSocket for the prompt's end,
+  \`GET /history\`. The same model-free workflow (an 8×8 EmptyImage saved as PNG, a unique prefix per run so
+  ComfyUI's cache never short-cuts it) is sent ${overheadRuns} times each way, interleaved (alternating which
+  goes first), after 10 warm-up pairs. The difference of each pair is the worker's cost: HTTP in and out,
+  validation, seeding, the output-node nonce, queueing, event-driven completion, moving the output under
+  \`output/<request_id>/\`, and the result document.
+- **Throughput**: ${jobs} jobs of a model-free workflow with real work (a blur over four 512×512 images) and four
+  PNGs to upload each. *Serial* is upstream's way: one request at a time, each answered (uploaded) before the
+  next is sent. *Pipelined* submits all jobs at once to a worker that keeps 2 prompts in ComfyUI, so the next
+  prompt runs while the previous job uploads. ComfyUI's idle time is the gap between one prompt's
+  \`execution_success\` and the next one's \`execution_start\`, read from ComfyUI's own history timestamps.
+- **Memory**: idle RSS of the compiled worker (\`node dist/worker/cli.js start\`), read from /proc 3 s after it
+  reported ready. Upload growth: a separate process uploads a ${uploadMb} MiB file through the worker's storage
+  module (streamed, multipart, 8 MiB parts, 4 at a time) while sampling its RSS every 20 ms; growth = peak − baseline.
+`;
+    await writeFile(join(repoRoot, "BENCHMARKS.md"), doc);
+    process.stdout.write(doc);
+  } finally {
+    await parts.stop();
+  }
+}
+
+await main();

@@ -1,0 +1,331 @@
+import { join, resolve } from "node:path";
+import { ConfigError, describeConfig, loadConfig } from "../../config/index.js";
+
+const ROOT = "/srv/worker";
+const BASE = { COMFYUI_BASE_DIR: "/opt/comfy", REPORT_ADDR: "https://report.example" } as const;
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return e as ConfigError;
+  }
+  throw new Error("expected a ConfigError, nothing was thrown");
+}
+
+describe("loadConfig", () => {
+  test("defaults", () => {
+    const c = loadConfig({ ...BASE }, ROOT);
+    expect(c.worker).toEqual({
+      host: "0.0.0.0",
+      port: 3000,
+      publicUrl: "http://127.0.0.1:3000",
+      useSsl: false,
+      sslCert: "/etc/instance.crt",
+      sslKey: "/etc/instance.key",
+    });
+    expect(c.api).toEqual({ host: "127.0.0.1", port: 18288, enabled: true });
+    expect(c.comfyui).toEqual({
+      url: "http://127.0.0.1:18188",
+      inputDir: "/opt/comfy/input",
+      outputDir: "/opt/comfy/output",
+      startupTimeoutMs: 300_000,
+      requestTimeoutMs: 30_000,
+      historyPollMs: 1_000,
+    });
+    expect(c.outputDir).toBe("/opt/comfy/output");
+    expect(c.jobs).toEqual({ timeoutMs: 600_000, maxInFlightPrompts: 2, resultRetentionMs: 3_600_000 });
+    expect(c.inputs).toEqual({
+      allowPrivate: false,
+      maxBytes: 256 * 1024 * 1024,
+      timeoutMs: 120_000,
+      cacheMaxBytes: 2 * 1024 * 1024 * 1024,
+    });
+    expect(c.limits).toEqual({ maxBodyBytes: 64 * 1024 * 1024, maxWorkflowNodes: 5_000 });
+    expect(c.s3).toMatchObject({
+      presignExpirySeconds: 604_800,
+      forcePathStyle: true,
+      partSizeBytes: 8388608,
+    });
+    expect(c.s3.bucketName).toBeUndefined();
+    expect(c.webhook).toEqual({ url: undefined, timeoutMs: 10_000, maxAttempts: 5 });
+    expect("secret" in c.webhook).toBe(false);
+    expect("signingKey" in c.webhook).toBe(false);
+    expect(c.autoscaler).toEqual({
+      unsecured: false,
+      reportAddrs: ["https://report.example"],
+      masterToken: "",
+      containerId: 0,
+      legacySignatures: false,
+      replayWindow: 1000,
+      maxQueueTimeS: 10,
+      reportIntervalMs: 1_000,
+      heartbeatIntervalMs: 10_000,
+    });
+    expect(c.benchmark).toEqual({
+      jsonPath: undefined,
+      defaultJsonPath: join(ROOT, "misc", "benchmark.json"),
+      promptsPath: join(ROOT, "misc", "test_prompts.txt"),
+      width: 512,
+      height: 512,
+      steps: 20,
+      cacheFile: join(ROOT, ".has_benchmark"),
+      maxRounds: 8,
+      minRounds: 2,
+      tolerance: 0.05,
+      skip: false,
+      gpuKey: "",
+    });
+    expect(c.log).toEqual({ level: "info", pretty: false });
+  });
+
+  test("explicit values are read, trimmed, and blank ones count as unset", () => {
+    const c = loadConfig(
+      {
+        ...BASE,
+        WORKER_PORT: " 4000 ",
+        API_ENABLED: "no",
+        MAX_QUEUE_TIME: "2.5",
+        LOG_LEVEL: "debug",
+        COMFYUI_URL: "http://10.0.0.5:8188/",
+        COMFYUI_INPUT_DIR: "/data/in",
+        OUTPUT_DIR: "/data/results",
+        JOB_TIMEOUT_MS: "",
+        SIGNATURE_LEGACY: "TRUE",
+        CONTAINER_ID: "-7",
+      },
+      ROOT,
+    );
+    expect(c.worker.port).toBe(4000);
+    expect(c.api.enabled).toBe(false);
+    expect(c.autoscaler.maxQueueTimeS).toBe(2.5);
+    expect(c.log.level).toBe("debug");
+    expect(c.comfyui.url).toBe("http://10.0.0.5:8188");
+    expect(c.comfyui.inputDir).toBe("/data/in");
+    expect(c.comfyui.outputDir).toBe("/opt/comfy/output");
+    expect(c.outputDir).toBe("/data/results");
+    expect(c.jobs.timeoutMs).toBe(600_000);
+    expect(c.autoscaler.legacySignatures).toBe(true);
+    expect(c.autoscaler.containerId).toBe(-7);
+  });
+
+  test("relative ComfyUI folders are resolved", () => {
+    const c = loadConfig({ ...BASE, COMFYUI_BASE_DIR: "comfy" }, ROOT);
+    expect(c.comfyui.inputDir).toBe(resolve("comfy", "input"));
+    expect(c.outputDir).toBe(resolve("comfy", "output"));
+  });
+
+  test.each([
+    ["WORKER_PORT", "30x0"],
+    ["WORKER_PORT", "3000.5"],
+    ["API_PORT", "0x10"],
+    ["JOB_TIMEOUT_MS", "1e3"],
+    ["MAX_INFLIGHT_PROMPTS", "two"],
+    ["REQNUM_REPLAY_WINDOW", "--1"],
+    ["CONTAINER_ID", "12 34"],
+  ])("a bad integer in %s names the variable (%j)", (variable, value) => {
+    const err = configError(() => loadConfig({ ...BASE, [variable]: value }, ROOT));
+    expect(err.variable).toBe(variable);
+    expect(err.name).toBe("ConfigError");
+    expect(err.message).toContain(variable);
+    expect(err.message).toContain("expected an integer");
+    expect(err.message).toContain(JSON.stringify(value));
+  });
+
+  test.each([
+    ["WORKER_PORT", "65536"],
+    ["WORKER_PORT", "-1"],
+    ["MAX_INFLIGHT_PROMPTS", "0"],
+    ["MAX_INFLIGHT_PROMPTS", "65"],
+    ["S3_PART_SIZE_BYTES", "1024"],
+    ["MAX_QUEUE_TIME", "-1"],
+    ["BENCHMARK_TOLERANCE", "1.5"],
+  ])("an out-of-range %s=%s names the variable", (variable, value) => {
+    const err = configError(() => loadConfig({ ...BASE, [variable]: value }, ROOT));
+    expect(err.variable).toBe(variable);
+    expect(err.message).toContain("must be between");
+  });
+
+  test.each([
+    ["USE_SSL", "maybe"],
+    ["UNSECURED", "2"],
+    ["MAX_QUEUE_TIME", "soon"],
+    ["MAX_QUEUE_TIME", "Infinity"],
+    ["COMFYUI_URL", "not a url"],
+    ["COMFYUI_URL", "ftp://host/"],
+    ["WEBHOOK_URL", "file:///etc/passwd"],
+    ["LOG_LEVEL", "verbose"],
+  ])("a bad %s=%s names the variable", (variable, value) => {
+    const err = configError(() => loadConfig({ ...BASE, [variable]: value }, ROOT));
+    expect(err.variable).toBe(variable);
+  });
+
+  test("the ComfyUI folders are required", () => {
+    const { COMFYUI_BASE_DIR: _b, ...noBase } = BASE;
+    expect(configError(() => loadConfig(noBase, ROOT)).variable).toBe("COMFYUI_INPUT_DIR");
+    expect(configError(() => loadConfig({ ...noBase, COMFYUI_INPUT_DIR: "/in" }, ROOT)).variable).toBe(
+      "COMFYUI_OUTPUT_DIR",
+    );
+    const c = loadConfig({ ...noBase, COMFYUI_INPUT_DIR: "/in", COMFYUI_OUTPUT_DIR: "/out" }, ROOT);
+    expect(c.comfyui.inputDir).toBe("/in");
+    expect(c.comfyui.outputDir).toBe("/out");
+  });
+
+  describe("REPORT_ADDR", () => {
+    test.each([
+      ["unset", {}],
+      ["empty", { REPORT_ADDR: "" }],
+      ["blank", { REPORT_ADDR: "   " }],
+      ["only commas", { REPORT_ADDR: " , ," }],
+      ["UNSECURED=false", { UNSECURED: "false" }],
+    ])("is required unless UNSECURED=true (%s)", (_name, extra) => {
+      const err = configError(() => loadConfig({ COMFYUI_BASE_DIR: "/opt/comfy", ...extra }, ROOT));
+      expect(err.variable).toBe("REPORT_ADDR");
+      expect(err.message).toContain("UNSECURED");
+    });
+
+    test("is optional with UNSECURED=true", () => {
+      const c = loadConfig({ COMFYUI_BASE_DIR: "/opt/comfy", UNSECURED: "true" }, ROOT);
+      expect(c.autoscaler.unsecured).toBe(true);
+      expect(c.autoscaler.reportAddrs).toEqual([]);
+    });
+
+    test("comma-separated addresses are trimmed, lose trailing slashes, and empties are dropped", () => {
+      const c = loadConfig(
+        {
+          ...BASE,
+          REPORT_ADDR: " https://a.example/ ,https://b.example:8443/path//,, http://10.0.0.9:7000 ,",
+        },
+        ROOT,
+      );
+      expect(c.autoscaler.reportAddrs).toEqual([
+        "https://a.example",
+        "https://b.example:8443/path",
+        "http://10.0.0.9:7000",
+      ]);
+    });
+  });
+
+  describe("publicUrl", () => {
+    test("uses PUBLIC_IPADDR and VAST_TCP_PORT_<WORKER_PORT>", () => {
+      const c = loadConfig({ ...BASE, PUBLIC_IPADDR: "203.0.113.7", VAST_TCP_PORT_3000: "41234" }, ROOT);
+      expect(c.worker.publicUrl).toBe("http://203.0.113.7:41234");
+    });
+
+    test("follows WORKER_PORT to pick the mapped port variable", () => {
+      const env = {
+        ...BASE,
+        PUBLIC_IPADDR: "203.0.113.7",
+        WORKER_PORT: "5000",
+        VAST_TCP_PORT_3000: "41234",
+        VAST_TCP_PORT_5000: "45678",
+      };
+      expect(loadConfig(env, ROOT).worker.publicUrl).toBe("http://203.0.113.7:45678");
+      const { VAST_TCP_PORT_5000: _m, ...unmapped } = env;
+      expect(loadConfig(unmapped, ROOT).worker.publicUrl).toBe("http://203.0.113.7:5000");
+    });
+
+    test("USE_SSL makes it https", () => {
+      const c = loadConfig(
+        { ...BASE, USE_SSL: "true", PUBLIC_IPADDR: "198.51.100.3", VAST_TCP_PORT_3000: "40001" },
+        ROOT,
+      );
+      expect(c.worker.useSsl).toBe(true);
+      expect(c.worker.publicUrl).toBe("https://198.51.100.3:40001");
+    });
+
+    test("defaults to http://127.0.0.1:<WORKER_PORT>", () => {
+      expect(loadConfig({ ...BASE, WORKER_PORT: "8080" }, ROOT).worker.publicUrl).toBe(
+        "http://127.0.0.1:8080",
+      );
+      expect(loadConfig({ ...BASE, USE_SSL: "1" }, ROOT).worker.publicUrl).toBe("https://127.0.0.1:3000");
+    });
+  });
+
+  test("the result is deeply frozen: assignment throws in strict mode", () => {
+    const c = loadConfig({ ...BASE, WEBHOOK_SECRET: "whsec_abc" }, ROOT);
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.worker)).toBe(true);
+    expect(Object.isFrozen(c.autoscaler.reportAddrs)).toBe(true);
+    expect(() => {
+      (c as any).outputDir = "/tmp";
+    }).toThrow(TypeError);
+    expect(() => {
+      (c as any).worker.port = 1;
+    }).toThrow(TypeError);
+    expect(() => {
+      (c as any).webhook.secret = "other";
+    }).toThrow(TypeError);
+    expect(() => {
+      (c as any).autoscaler.reportAddrs.push("https://evil.example");
+    }).toThrow(TypeError);
+    expect(() => {
+      (c as any).benchmark.newField = 1;
+    }).toThrow(TypeError);
+    expect(c.worker.port).toBe(3000);
+    expect(c.autoscaler.reportAddrs).toEqual(["https://report.example"]);
+  });
+
+  test("each call gives its own result from its own env", () => {
+    const a = loadConfig({ ...BASE, WORKER_PORT: "1111" }, ROOT);
+    const b = loadConfig({ ...BASE, WORKER_PORT: "2222" }, ROOT);
+    expect(a.worker.port).toBe(1111);
+    expect(b.worker.port).toBe(2222);
+  });
+});
+
+describe("describeConfig", () => {
+  const secrets = {
+    S3_ACCESS_KEY_ID: "AKIAEXAMPLEKEY",
+    S3_SECRET_ACCESS_KEY: "s3-secret-value-123",
+    WEBHOOK_SECRET: "whsec_c2VjcmV0LWJ5dGVz",
+    WEBHOOK_SIGNING_KEY: "c2lnbmluZy1rZXktYnl0ZXM=",
+    MASTER_TOKEN: "master-token-xyz",
+  };
+
+  test("masks secrets down to two characters", () => {
+    const c = loadConfig({ ...BASE, ...secrets }, ROOT);
+    const d = describeConfig(c) as any;
+    expect(d.s3.secretAccessKey).toBe("s3***");
+    expect(d.webhook.secret).toBe("wh***");
+    expect(d.webhook.signingKey).toBe("c2***");
+    expect(d.autoscaler.masterToken).toBe("ma***");
+    const text = JSON.stringify(d);
+    for (const name of [
+      "S3_SECRET_ACCESS_KEY",
+      "WEBHOOK_SECRET",
+      "WEBHOOK_SIGNING_KEY",
+      "MASTER_TOKEN",
+    ] as const) {
+      expect(text).not.toContain(secrets[name]);
+      expect(text).not.toContain(secrets[name].slice(2));
+    }
+  });
+
+  test("keeps everything else as it is", () => {
+    const c = loadConfig({ ...BASE, ...secrets }, ROOT);
+    const d = describeConfig(c) as any;
+    expect(d.worker).toEqual(c.worker);
+    expect(d.comfyui).toEqual(c.comfyui);
+    expect(d.s3.accessKeyId).toBe("AKIAEXAMPLEKEY");
+    expect(d.s3.forcePathStyle).toBe(true);
+    expect(d.webhook.timeoutMs).toBe(10_000);
+    expect(d.autoscaler.reportAddrs).toEqual(["https://report.example"]);
+    expect(d.autoscaler.replayWindow).toBe(1000);
+  });
+
+  test("unset secrets stay unset, and the config itself is unchanged", () => {
+    const c = loadConfig({ ...BASE }, ROOT);
+    const d = describeConfig(c) as any;
+    expect(d.s3.secretAccessKey).toBeUndefined();
+    expect(d.webhook.secret).toBeUndefined();
+    expect(d.webhook.signingKey).toBeUndefined();
+    expect(d.autoscaler.masterToken).toBeUndefined();
+
+    const withSecrets = loadConfig({ ...BASE, ...secrets }, ROOT);
+    describeConfig(withSecrets);
+    expect(withSecrets.autoscaler.masterToken).toBe("master-token-xyz");
+    expect(withSecrets.webhook.secret).toBe("whsec_c2VjcmV0LWJ5dGVz");
+  });
+});

@@ -1,0 +1,546 @@
+import { spawn } from "node:child_process";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/**
+ * scripts/docker-entrypoint.sh, run for real with bash in temp folders. The programs it starts are fakes written
+ * here (fake-node, fake-python3, fake-git, fake-npm, fake-openssl), passed through the entrypoint's overrides
+ * (NODE, COMFYUI_PYTHON, GIT, NPM, OPENSSL). Each fake appends what it did to one shared log, FAKE_ORDER_LOG.
+ * curl is the real one, against local HTTP servers.
+ */
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const ENTRYPOINT = join(repoRoot, "scripts", "docker-entrypoint.sh");
+const TEST_TIMEOUT_MS = 20_000;
+const RUN_TIMEOUT_MS = 15_000;
+
+const FAKES: Record<string, string> = {
+  // The worker (a Node script, so that it handles SIGINT as the real worker does: bash ignores SIGINT in background
+  // jobs, and Node resets that at start-up, a bash script cannot). Records its arguments, folder and environment,
+  // waits for ComfyUI (as the real worker watches its health; here: the file fake-python3 writes once started),
+  // then runs until SIGTERM/SIGINT, or exits at once with FAKE_NODE_EXIT_AFTER_READY.
+  "fake-node": `#!/usr/bin/env node
+const fs = require("node:fs");
+const path = require("node:path");
+const env = process.env;
+fs.appendFileSync(env.FAKE_ORDER_LOG, "worker " + process.argv.slice(2).join(" ") + "\\n");
+fs.writeFileSync(path.join(env.FAKE_RECORD_DIR, "worker.cwd"), process.cwd() + "\\n");
+fs.writeFileSync(
+  path.join(env.FAKE_RECORD_DIR, "worker.env"),
+  Object.entries(env).map(([k, v]) => k + "=" + v + "\\n").join(""),
+);
+for (const signal of ["SIGTERM", "SIGINT"]) {
+  process.on(signal, () => {
+    fs.appendFileSync(env.FAKE_ORDER_LOG, "worker got " + signal + "\\n");
+    process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
+  });
+}
+const ready = path.join(env.FAKE_RECORD_DIR, "comfyui.ready");
+const deadline = Date.now() + 10000;
+const poll = setInterval(() => {
+  if (fs.existsSync(ready)) {
+    clearInterval(poll);
+    if (env.FAKE_NODE_EXIT_AFTER_READY) process.exit(Number(env.FAKE_NODE_EXIT_AFTER_READY));
+    console.log("fake-node: running");
+    setInterval(() => {}, 60000);
+  } else if (Date.now() > deadline) {
+    console.error("fake-node: ComfyUI never started");
+    process.exit(99);
+  }
+}, 20);
+`,
+  // ComfyUI's python: records its arguments and folder, writes to its log, runs until SIGTERM (or ignores it with
+  // FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it).
+  "fake-python3": `#!/usr/bin/env bash
+echo "comfyui $* (in $PWD)" >> "$FAKE_ORDER_LOG"
+echo "fake ComfyUI log line"
+echo $$ > "$FAKE_RECORD_DIR/comfyui.pid"
+if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
+  trap '' TERM
+  touch "$FAKE_RECORD_DIR/comfyui.ready"
+  exec sleep 60
+fi
+trap 'echo "comfyui got SIGTERM" >> "$FAKE_ORDER_LOG"; kill "$sleeper" 2>/dev/null; exit 0' TERM
+touch "$FAKE_RECORD_DIR/comfyui.ready"
+while :; do sleep 60 & sleeper=$!; wait "$sleeper"; done
+`,
+  // git: "clone ... <repo> <dir>" makes <dir> a source folder with a package.json and a note of the repository.
+  "fake-git": `#!/usr/bin/env bash
+echo "git $*" >> "$FAKE_ORDER_LOG"
+[ "$1" = clone ] || exit 0
+dest="\${@: -1}"
+repo="\${@: -2:1}"
+mkdir -p "$dest"
+echo '{"name":"fake-worker-from-git"}' > "$dest/package.json"
+echo "$repo" > "$dest/cloned-from"
+`,
+  // npm: records the command and folder; "run build" writes dist/worker/cli.js (or fails: FAKE_NPM_FAIL_BUILD=1).
+  "fake-npm": `#!/usr/bin/env bash
+echo "npm $* (in $PWD)" >> "$FAKE_ORDER_LOG"
+[ -f package.json ] || { echo "fake-npm: no package.json in $PWD" >&2; exit 1; }
+if [ "$1 $2" = "run build" ]; then
+  if [ "\${FAKE_NPM_FAIL_BUILD:-}" = 1 ]; then echo "fake-npm: build failed" >&2; exit 2; fi
+  mkdir -p dist/worker
+  echo "// built by fake-npm" > dist/worker/cli.js
+fi
+`,
+  // openssl: "req ... -keyout K -out R" writes a fake key and a fake certificate request.
+  "fake-openssl": `#!/usr/bin/env bash
+echo "openssl $*" >> "$FAKE_ORDER_LOG"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -keyout) echo "FAKE KEY" > "$2"; shift ;;
+    -out) echo "FAKE CSR" > "$2"; shift ;;
+  esac
+  shift
+done
+`,
+};
+
+interface Sandbox {
+  dir: string;
+  workerDir: string;
+  comfyDir: string;
+  logDir: string;
+  records: string;
+  tmp: string;
+  orderLog: string;
+  env: Record<string, string>;
+}
+
+const sandboxes: string[] = [];
+const servers: Server[] = [];
+const groups: number[] = [];
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // the group has ended
+  }
+}
+
+async function sandbox(): Promise<Sandbox> {
+  const dir = await mkdtemp(join(tmpdir(), "entrypoint-test-"));
+  sandboxes.push(dir);
+  const s: Sandbox = {
+    dir,
+    workerDir: join(dir, "opt", "worker"),
+    comfyDir: join(dir, "ComfyUI"),
+    logDir: join(dir, "log"),
+    records: join(dir, "records"),
+    tmp: join(dir, "tmp"),
+    orderLog: join(dir, "order.log"),
+    env: {},
+  };
+  const bin = join(dir, "bin");
+  for (const d of [join(s.workerDir, "dist", "worker"), s.comfyDir, s.records, s.tmp, bin]) {
+    await mkdir(d, { recursive: true });
+  }
+  await writeFile(join(s.workerDir, "dist", "worker", "cli.js"), "// the image's worker\n");
+  await writeFile(join(s.workerDir, "image-worker"), "");
+  await writeFile(join(s.comfyDir, "main.py"), "# ComfyUI\n");
+  for (const [name, text] of Object.entries(FAKES)) {
+    await writeFile(join(bin, name), text);
+    await chmod(join(bin, name), 0o755);
+  }
+  s.env = {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    HOME: dir,
+    TMPDIR: s.tmp,
+    WORKER_DIR: s.workerDir,
+    COMFYUI_DIR: s.comfyDir,
+    LOG_DIR: s.logDir,
+    NODE: join(bin, "fake-node"),
+    COMFYUI_PYTHON: join(bin, "fake-python3"),
+    GIT: join(bin, "fake-git"),
+    NPM: join(bin, "fake-npm"),
+    OPENSSL: join(bin, "fake-openssl"),
+    FAKE_ORDER_LOG: s.orderLog,
+    FAKE_RECORD_DIR: s.records,
+  };
+  return s;
+}
+
+interface Run {
+  pid: number;
+  kill(signal: NodeJS.Signals): void;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves once stdout contains `text`; rejects if the entrypoint ends first. */
+  waitForStdout(text: string): Promise<void>;
+  /** The exit, once every output is read. */
+  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
+}
+
+function runEntrypoint(env: Record<string, string>, args: string[] = []): Run {
+  const started = Date.now();
+  // Its own process group, so that whatever it started can be ended together if a test goes wrong.
+  const child = spawn("bash", [ENTRYPOINT, ...args], {
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  groups.push(child.pid!);
+  let out = "";
+  let err = "";
+  const waiters: { text: string; resolve: () => void }[] = [];
+  child.stdout.on("data", (d: Buffer) => {
+    out += d.toString();
+    for (const w of waiters.filter((w) => out.includes(w.text))) w.resolve();
+  });
+  child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>(
+    (resolveDone, rejectDone) => {
+      const timer = setTimeout(() => {
+        killGroup(child.pid!);
+        rejectDone(
+          new Error(`the entrypoint ran past ${RUN_TIMEOUT_MS} ms\nstdout:\n${out}\nstderr:\n${err}`),
+        );
+      }, RUN_TIMEOUT_MS);
+      child.on("close", (code, signal) => {
+        clearTimeout(timer);
+        resolveDone({ code, signal, ms: Date.now() - started });
+      });
+    },
+  );
+  return {
+    pid: child.pid!,
+    kill: (signal) => child.kill(signal),
+    stdout: () => out,
+    stderr: () => err,
+    waitForStdout: (text) =>
+      new Promise<void>((resolveWait, rejectWait) => {
+        if (out.includes(text)) return resolveWait();
+        waiters.push({ text, resolve: resolveWait });
+        void done.then(
+          () =>
+            rejectWait(new Error(`the entrypoint ended before printing ${JSON.stringify(text)}:\n${err}`)),
+          rejectWait,
+        );
+      }),
+    done,
+  };
+}
+
+async function lines(file: string): Promise<string[]> {
+  const text = await readFile(file, "utf8").catch(() => "");
+  return text.split("\n").filter(Boolean);
+}
+
+async function serve(handler: (req: IncomingMessage, body: string) => { status: number; body: string }) {
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d: Buffer) => (body += d.toString()));
+    req.on("end", () => {
+      const answer = handler(req, body);
+      res.writeHead(answer.status, { "content-type": "text/plain" }).end(answer.body);
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err: any) {
+    return err.code === "ESRCH";
+  }
+}
+
+afterEach(async () => {
+  for (const pid of groups.splice(0)) killGroup(pid);
+  for (const server of servers.splice(0)) await new Promise((r) => server.close(r));
+  for (const dir of sandboxes.splice(0)) await rm(dir, { recursive: true, force: true });
+});
+
+describe("docker-entrypoint.sh", () => {
+  test(
+    "runs a local provisioning script before ComfyUI and the worker, and starts both as configured",
+    async () => {
+      const s = await sandbox();
+      const script = join(s.dir, "provision.sh");
+      await writeFile(script, `echo "provisioning (COMFYUI_DIR=$COMFYUI_DIR)" >> "$FAKE_ORDER_LOG"\n`);
+      const run = runEntrypoint({
+        ...s.env,
+        PROVISIONING_SCRIPT: script,
+        COMFYUI_ARGS: "--lowvram --preview-method auto",
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      const { code } = await run.done;
+      expect(code).toBe(0);
+
+      const order = await lines(s.orderLog);
+      expect(order[0]).toBe(`provisioning (COMFYUI_DIR=${s.comfyDir})`);
+      expect(order).toContain(
+        `comfyui main.py --listen 127.0.0.1 --port 18188 --disable-auto-launch --lowvram --preview-method auto (in ${s.comfyDir})`,
+      );
+      expect(order).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
+      // The worker ended by itself: ComfyUI is stopped after it.
+      expect(order.at(-1)).toBe("comfyui got SIGTERM");
+      // The entrypoint's own steps, in order, each one line on stderr.
+      const steps = run
+        .stderr()
+        .split("\n")
+        .filter((l) => l.startsWith("[entrypoint]"));
+      const at = (text: string) => steps.findIndex((l) => l.includes(text));
+      expect(at("provisioning: running")).toBeGreaterThanOrEqual(0);
+      expect(at("provisioning: running")).toBeLessThan(at("comfyui: starting"));
+      expect(at("comfyui: starting")).toBeLessThan(at("worker: starting"));
+      expect(at("worker: starting")).toBeLessThan(at("comfyui: stopping"));
+
+      expect(await readFile(join(s.logDir, "comfyui.log"), "utf8")).toContain("fake ComfyUI log line");
+      expect((await readFile(join(s.records, "worker.cwd"), "utf8")).trim()).toBe(s.workerDir);
+      const workerEnv = await lines(join(s.records, "worker.env"));
+      expect(workerEnv).toContain(`COMFYUI_BASE_DIR=${s.comfyDir}`);
+      expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18188");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "downloads a provisioning script from an http URL with curl, runs it, and removes the download",
+    async () => {
+      const s = await sandbox();
+      const requests: string[] = [];
+      const base = await serve((req) => {
+        requests.push(`${req.method} ${req.url}`);
+        return req.url === "/provision.sh"
+          ? { status: 200, body: `echo "provisioning from $0" >> "$FAKE_ORDER_LOG"\n` }
+          : { status: 404, body: "not found" };
+      });
+      const run = runEntrypoint({
+        ...s.env,
+        PROVISIONING_SCRIPT: `${base}/provision.sh`,
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      const { code } = await run.done;
+      expect(code).toBe(0);
+      expect(requests).toEqual(["GET /provision.sh"]);
+      const order = await lines(s.orderLog);
+      expect(order[0]).toMatch(new RegExp(`^provisioning from ${s.tmp}/provisioning\\.`));
+      expect(order).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
+      expect(await readdir(s.tmp)).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["a script that fails", "local", /provisioning: .*failed \(exit 3\)/],
+    ["a URL that answers 404", "url", /provisioning: could not download/],
+    ["a path that does not exist", "missing", /provisioning: no such file/],
+  ])(
+    "provisioning with %s: exits non-zero and starts neither ComfyUI nor the worker",
+    async (_what, kind, message) => {
+      const s = await sandbox();
+      let target = join(s.dir, "no-such-script.sh");
+      if (kind === "local") {
+        target = join(s.dir, "provision.sh");
+        await writeFile(target, `echo "provisioning failing" >> "$FAKE_ORDER_LOG"\nexit 3\n`);
+      } else if (kind === "url") {
+        target = `${await serve(() => ({ status: 404, body: "gone" }))}/provision.sh`;
+      }
+      const run = runEntrypoint({ ...s.env, PROVISIONING_SCRIPT: target });
+      const { code } = await run.done;
+      expect(code).toBe(1);
+      expect(run.stderr()).toMatch(message);
+      expect(run.stderr()).toMatch(/^\[entrypoint\] ERROR: provisioning/m);
+      expect(await lines(s.orderLog)).toEqual(kind === "local" ? ["provisioning failing"] : []);
+      expect(await readdir(s.tmp)).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["SIGTERM", "7", 7],
+    ["SIGINT", "0", 0],
+  ] as const)(
+    "%s to the entrypoint reaches the worker; then ComfyUI is stopped and the worker's code returned",
+    async (signal, workerCode, expected) => {
+      const s = await sandbox();
+      const run = runEntrypoint({ ...s.env, FAKE_NODE_EXIT_CODE: workerCode });
+      await run.waitForStdout("fake-node: running");
+      run.kill(signal);
+      const { code } = await run.done;
+      expect(code).toBe(expected);
+      const order = await lines(s.orderLog);
+      expect(order.slice(-2)).toEqual([`worker got ${signal}`, "comfyui got SIGTERM"]);
+      expect(run.stderr()).toContain(`[entrypoint] received ${signal}: forwarding it to the worker`);
+      expect(run.stderr()).toContain(`[entrypoint] worker: exited with code ${expected}`);
+      const comfyPid = Number(await readFile(join(s.records, "comfyui.pid"), "utf8"));
+      expect(processGone(comfyPid)).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a ComfyUI that ignores SIGTERM is killed after COMFYUI_STOP_TIMEOUT; the worker's own exit code is kept",
+    async () => {
+      const s = await sandbox();
+      const run = runEntrypoint({
+        ...s.env,
+        COMFYUI_STOP_TIMEOUT: "1",
+        FAKE_COMFYUI_IGNORE_TERM: "1",
+        FAKE_NODE_EXIT_AFTER_READY: "3",
+      });
+      const { code, ms } = await run.done;
+      expect(code).toBe(3);
+      expect(ms).toBeGreaterThanOrEqual(1000);
+      expect(run.stderr()).toContain("[entrypoint] comfyui: still running after 1s, sending SIGKILL");
+      const comfyPid = Number(await readFile(join(s.records, "comfyui.pid"), "utf8"));
+      expect(processGone(comfyPid)).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "PYWORKER_REPO installs the worker once (clone, npm ci, build, prune, swap); the marker skips it next time",
+    async () => {
+      const s = await sandbox();
+      const env = {
+        ...s.env,
+        PYWORKER_REPO: "https://example.invalid/me/comfyui-worker.git",
+        PYWORKER_REF: "v9",
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      };
+      const first = runEntrypoint(env);
+      expect((await first.done).code).toBe(0);
+      const order = await lines(s.orderLog);
+      const clone = order.find((l) => l.startsWith("git clone"));
+      expect(clone).toMatch(
+        /^git clone -q --depth 1 --branch v9 https:\/\/example\.invalid\/me\/comfyui-worker\.git \S+$/,
+      );
+      const cloneDir = clone!.split(" ").at(-1)!;
+      expect(dirname(cloneDir)).toBe(dirname(s.workerDir));
+      expect(order.filter((l) => l.startsWith("npm"))).toEqual([
+        `npm ci --no-audit --no-fund (in ${cloneDir})`,
+        `npm run build (in ${cloneDir})`,
+        `npm prune --omit=dev --no-audit --no-fund (in ${cloneDir})`,
+      ]);
+      // The installed worker replaced the image's, and runs from WORKER_DIR.
+      expect(order).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
+      const installed = await readdir(s.workerDir);
+      expect(installed).toContain("cloned-from");
+      expect(installed).not.toContain("image-worker");
+      const markers = installed.filter((f) => f.startsWith(".installed-from-"));
+      expect(markers).toHaveLength(1);
+      expect((await readdir(dirname(s.workerDir))).sort()).toEqual(["worker"]);
+      expect(first.stderr()).toMatch(/\[entrypoint\] worker: installed from/);
+
+      await rm(s.orderLog);
+      const second = runEntrypoint(env);
+      expect((await second.done).code).toBe(0);
+      const again = await lines(s.orderLog);
+      expect(again.filter((l) => l.startsWith("git") || l.startsWith("npm"))).toEqual([]);
+      expect(again).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
+      expect(second.stderr()).toMatch(/\[entrypoint\] worker: .* already installed .*skipping the install/);
+
+      // Another ref is another install.
+      await rm(s.orderLog);
+      const third = runEntrypoint({ ...env, PYWORKER_REF: "v10" });
+      expect((await third.done).code).toBe(0);
+      expect((await lines(s.orderLog)).some((l) => l.startsWith("git clone -q --depth 1 --branch v10"))).toBe(
+        true,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a failed worker install exits non-zero and leaves the image's worker as it was",
+    async () => {
+      const s = await sandbox();
+      const run = runEntrypoint({
+        ...s.env,
+        PYWORKER_REPO: "https://example.invalid/me/comfyui-worker.git",
+        FAKE_NPM_FAIL_BUILD: "1",
+      });
+      const { code } = await run.done;
+      expect(code).toBe(1);
+      expect(run.stderr()).toMatch(/\[entrypoint\] ERROR: worker install from .* failed at: npm run build/);
+      const order = await lines(s.orderLog);
+      expect(order.some((l) => l.startsWith("git clone -q --depth 1 https://example.invalid/"))).toBe(true);
+      expect(order.some((l) => l.startsWith("comfyui") || l.startsWith("worker"))).toBe(false);
+      expect((await readdir(s.workerDir)).sort()).toEqual(["dist", "image-worker"]);
+      expect(await readdir(dirname(s.workerDir))).toEqual(["worker"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["--dry-run", ["--dry-run"], {}],
+    ["ENTRYPOINT_DRY_RUN=1", [], { ENTRYPOINT_DRY_RUN: "1" }],
+  ] as const)(
+    "%s prints the commands and runs none of them",
+    async (_how, args, extra) => {
+      const s = await sandbox();
+      const script = join(s.dir, "provision.sh");
+      await writeFile(script, `echo "provisioning" >> "$FAKE_ORDER_LOG"\n`);
+      const run = runEntrypoint(
+        {
+          ...s.env,
+          ...extra,
+          PYWORKER_REPO: "https://example.invalid/me/comfyui-worker.git",
+          PROVISIONING_SCRIPT: script,
+        },
+        [...args],
+      );
+      const { code } = await run.done;
+      expect(code).toBe(0);
+      const out = run.stdout();
+      expect(out).toMatch(
+        /^\+ \S*fake-git clone -q --depth 1 https:\/\/example\.invalid\/me\/comfyui-worker\.git /m,
+      );
+      expect(out).toMatch(/fake-npm ci --no-audit --no-fund/);
+      expect(out).toContain(`+ bash ${script}`);
+      expect(out).toContain("main.py --listen 127.0.0.1 --port 18188 --disable-auto-launch");
+      expect(out).toContain(`${s.workerDir}/dist/worker/cli.js start`);
+      expect(await lines(s.orderLog)).toEqual([]);
+      expect((await readdir(s.workerDir)).sort()).toEqual(["dist", "image-worker"]);
+      expect(await readdir(dirname(s.workerDir))).toEqual(["worker"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "USE_SSL=true without a certificate: a key is made and the request signed by Vast's endpoint",
+    async () => {
+      const s = await sandbox();
+      const seen: { url: string; body: string }[] = [];
+      const base = await serve((req, body) => {
+        seen.push({ url: req.url!, body });
+        return { status: 200, body: "FAKE SIGNED CERT\n" };
+      });
+      const env = {
+        ...s.env,
+        USE_SSL: "true",
+        CONTAINER_ID: "42",
+        SSL_CERT_FILE: join(s.dir, "instance.crt"),
+        SSL_KEY_FILE: join(s.dir, "instance.key"),
+        VAST_SIGN_CERT_URL: `${base}/api/v0/sign_cert/`,
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      };
+      const run = runEntrypoint(env);
+      expect((await run.done).code).toBe(0);
+      expect(seen).toEqual([{ url: "/api/v0/sign_cert/?instance_id=42", body: "FAKE CSR\n" }]);
+      expect(await readFile(env.SSL_CERT_FILE, "utf8")).toBe("FAKE SIGNED CERT\n");
+      expect(await readFile(env.SSL_KEY_FILE, "utf8")).toBe("FAKE KEY\n");
+      expect((await lines(s.orderLog))[0]).toMatch(/^openssl req -newkey rsa:2048 /);
+
+      // With the files there, nothing is asked again.
+      await rm(s.orderLog);
+      const again = runEntrypoint(env);
+      expect((await again.done).code).toBe(0);
+      expect(seen).toHaveLength(1);
+      expect((await lines(s.orderLog)).some((l) => l.startsWith("openssl"))).toBe(false);
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
