@@ -91,9 +91,24 @@ export class ExecutionError extends WorkerError {
   readonly httpStatus = 200;
 }
 
+/** The job ran past JOB_TIMEOUT_MS: 422 (not 408, which the Vast client retries forever). */
 export class JobTimeoutError extends WorkerError {
   readonly code = "job_timeout";
-  readonly httpStatus = 200;
+  readonly httpStatus = 422;
+}
+
+/** ComfyUI ran out of memory: memory was freed, and another attempt (here or elsewhere) may succeed. */
+export class OutOfMemoryError extends WorkerError {
+  readonly code = "out_of_memory";
+  readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/** An unrecoverable device error (CUDA): this worker should take no more work until restarted. */
+export class DeviceFailedError extends WorkerError {
+  readonly code = "device_failed";
+  readonly httpStatus = 503;
+  override readonly retryable = true;
 }
 
 export class CancelledError extends WorkerError {

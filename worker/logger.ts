@@ -9,7 +9,10 @@ export function createLogger(opts: { level: string; pretty: boolean; name?: stri
     level: opts.level,
     base: undefined,
     ...(opts.pretty && {
-      transport: { target: "pino-pretty", options: { colorize: true, translateTime: "SYS:HH:MM:ss.l" } },
+      transport: {
+        target: "pino-pretty",
+        options: { colorize: true, translateTime: "SYS:HH:MM:ss.l", singleLine: true, ignore: "name" },
+      },
     }),
   });
 }

@@ -22,7 +22,17 @@ export interface Pipeline {
   metrics: WorkerMetrics;
 }
 
-export function createPipeline(config: FrozenConfig, logger: Logger, now: () => number = Date.now): Pipeline {
+export interface PipelineHooks {
+  /** An unrecoverable device error happened in a job. */
+  deviceFailed?(message: string): void;
+}
+
+export function createPipeline(
+  config: FrozenConfig,
+  logger: Logger,
+  now: () => number = Date.now,
+  hooks: PipelineHooks = {},
+): Pipeline {
   const clientId = `comfyui-worker-${randomUUID()}`;
   const client = new ComfyClient({
     baseUrl: config.comfyui.url,
@@ -55,7 +65,12 @@ export function createPipeline(config: FrozenConfig, logger: Logger, now: () => 
     logger,
     clientId,
     now,
-    observer: metrics,
+    observer: {
+      stage: (stage, ms) => metrics.stage(stage, ms),
+      finished: (job) => metrics.finished(job),
+      upload: (ok, bytes) => metrics.upload(ok, bytes),
+      ...(hooks.deviceFailed && { deviceFailed: hooks.deviceFailed }),
+    },
   });
   return { client, events, catalog, downloader, storage, webhooks, jobs, metrics };
 }

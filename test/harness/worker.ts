@@ -8,6 +8,22 @@ import { stack } from "./stack.js";
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
+/** The variables that point a worker (or the CLI) at the shared test ComfyUI and S3. */
+export function stackEnv(outputDir: string): Record<string, string> {
+  const s = stack();
+  return {
+    COMFYUI_URL: s.comfyUrl,
+    COMFYUI_BASE_DIR: s.comfyBaseDir,
+    OUTPUT_DIR: outputDir,
+    S3_ACCESS_KEY_ID: s.s3AccessKeyId,
+    S3_SECRET_ACCESS_KEY: s.s3SecretAccessKey,
+    S3_ENDPOINT_URL: s.s3Endpoint,
+    S3_BUCKET_NAME: s.s3Bucket,
+    S3_REGION: s.s3Region,
+    UNSECURED: "true",
+  };
+}
+
 export interface TestWorker {
   worker: Worker;
   routed: string;
@@ -31,15 +47,7 @@ export async function startTestWorker(
       WORKER_PORT: "0",
       WORKER_HOST: "127.0.0.1",
       API_PORT: "0",
-      COMFYUI_URL: s.comfyUrl,
-      COMFYUI_BASE_DIR: s.comfyBaseDir,
-      OUTPUT_DIR: join(dir, "output"),
-      S3_ACCESS_KEY_ID: s.s3AccessKeyId,
-      S3_SECRET_ACCESS_KEY: s.s3SecretAccessKey,
-      S3_ENDPOINT_URL: s.s3Endpoint,
-      S3_BUCKET_NAME: s.s3Bucket,
-      S3_REGION: s.s3Region,
-      UNSECURED: "true",
+      ...stackEnv(join(dir, "output")),
       BENCHMARK_SKIP: "true",
       BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
       INPUT_URL_ALLOW_PRIVATE: "true",
@@ -56,7 +64,12 @@ export async function startTestWorker(
     root: repoRoot,
     ...(opts.publicKeyPem !== undefined && { publicKeyPem: opts.publicKeyPem }),
   });
-  await worker.start();
+  try {
+    await worker.start();
+  } catch (err) {
+    // The caller may look at what it reported, then must stop it: it is attached to the error.
+    throw Object.assign(err as Error, { worker });
+  }
   return {
     worker,
     routed: worker.routedUrl(),

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { stack } from "../harness/stack.js";
-import { repoRoot, startTestWorker } from "../harness/worker.js";
+import { repoRoot, stackEnv as workerStackEnv, startTestWorker } from "../harness/worker.js";
 import { modelFree, tinyText2Image } from "../harness/workflows.js";
 
 const exec = promisify(execFile);
@@ -28,19 +28,7 @@ async function cli(args: string[], env: Record<string, string> = {}): Promise<{ 
   }
 }
 
-function stackEnv(dir: string): Record<string, string> {
-  const s = stack();
-  return {
-    COMFYUI_URL: s.comfyUrl,
-    COMFYUI_BASE_DIR: s.comfyBaseDir,
-    OUTPUT_DIR: join(dir, "output"),
-    S3_ACCESS_KEY_ID: s.s3AccessKeyId,
-    S3_SECRET_ACCESS_KEY: s.s3SecretAccessKey,
-    S3_ENDPOINT_URL: s.s3Endpoint,
-    S3_BUCKET_NAME: s.s3Bucket,
-    UNSECURED: "true",
-  };
-}
+const stackEnv = (dir: string) => workerStackEnv(join(dir, "output"));
 
 test("--help explains the tool and each command on its own", async () => {
   const top = await cli(["--help"]);

@@ -5,6 +5,7 @@ import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { urlMessage } from "../../worker/auth/signature.js";
 import { stack } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
+import type { Worker } from "../../worker/app.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree, tinyText2Image } from "../harness/workflows.js";
 
@@ -289,5 +290,115 @@ test("UNSECURED: the client's VAST_DEBUG_WORKER_URL auth_data ({request_idx, url
     expect(res.response.status).toBe("completed");
   } finally {
     await open.stop();
+  }
+});
+
+test("sessions as upstream: create 201, requests extend it, get/health/end, unknown ids", async () => {
+  const auth = routerAuth(w.routed);
+  const created = await postJson(`${w.routed}/session/create`, {
+    auth_data: auth,
+    payload: { lifetime: 30 },
+  });
+  expect(created.status).toBe(201);
+  const { session_id, expiration } = created.body;
+  expect(session_id).toMatch(/^[A-Za-z0-9]{13}$/);
+  // A request in the session reuses the session's auth_data (no replay refusal) and extends it.
+  for (let i = 0; i < 2; i++) {
+    const res = await postJson(`${w.routed}/generate/sync`, {
+      auth_data: auth,
+      payload: { input: { workflow_json: modelFree() } },
+      session_id,
+    });
+    expect(res.status).toBe(200);
+  }
+  const got = await postJson(`${w.routed}/session/get`, { session_id, session_auth: auth });
+  expect(got.status).toBe(200);
+  expect(got.body.expiration).toBeCloseTo(expiration + 60, 3);
+  expect((await postJson(`${w.routed}/session/health`, { session_id, session_auth: auth })).body).toEqual({
+    ok: true,
+  });
+  expect(
+    (await postJson(`${w.routed}/session/get`, { session_id, session_auth: { ...auth, url: "x" } })).status,
+  ).toBe(401);
+  const ended = await postJson(`${w.routed}/session/end`, { session_id, session_auth: auth });
+  expect(ended.body).toEqual({ ended: true, removed_session: session_id });
+  expect((await postJson(`${w.routed}/session/health`, { session_id, session_auth: auth })).body).toEqual({
+    ok: false,
+  });
+  expect((await postJson(`${w.routed}/session/end`, { session_id, session_auth: auth })).status).toBe(400);
+});
+
+test("a port already in use: the worker reports 'Worker Server failed to launch' to the autoscaler", async () => {
+  const { createServer } = await import("node:net");
+  const taken = createServer().listen(0, "127.0.0.1");
+  await new Promise((r) => taken.once("listening", r));
+  const port = (taken.address() as { port: number }).port;
+  const failure = await startTestWorker({
+    REPORT_ADDR: router.url,
+    WORKER_PORT: String(port),
+    CONTAINER_ID: "99",
+    REPORT_HEARTBEAT_MS: "200",
+  }).catch((err: Error & { worker: Worker }) => err);
+  try {
+    expect((failure as Error).message).toMatch(/EADDRINUSE/);
+    await router.waitFor(() =>
+      router.reports.some(
+        (r) =>
+          r.path === "/worker_status/" &&
+          r.body.id === 99 &&
+          /^Worker Server failed to launch: .*EADDRINUSE/.test(String(r.body.error_msg)),
+      ),
+    );
+  } finally {
+    await (failure as { worker?: Worker }).worker?.stop(1_000);
+    taken.close();
+  }
+});
+
+test("USE_SSL=true serves the routed port over https with the instance certificate", async () => {
+  const dir = await mkdtemp(join(stack().tmpRoot, "tls-"));
+  const { execFileSync } = await import("node:child_process");
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-keyout",
+      join(dir, "key.pem"),
+      "-out",
+      join(dir, "crt.pem"),
+    ],
+    { stdio: "ignore" },
+  );
+  const tls = await startTestWorker({
+    USE_SSL: "true",
+    SSL_CERT_FILE: join(dir, "crt.pem"),
+    SSL_KEY_FILE: join(dir, "key.pem"),
+    PUBLIC_IPADDR: "203.0.113.5",
+  });
+  try {
+    expect(tls.routed).toMatch(/^https:/);
+    const { get } = await import("node:https");
+    const body = await new Promise<string>((resolve, reject) => {
+      get(
+        `${tls.routed}/health`,
+        { ca: execFileSync("cat", [join(dir, "crt.pem")]), checkServerIdentity: () => undefined },
+        (res) => {
+          let text = "";
+          res.on("data", (d: Buffer) => (text += d.toString()));
+          res.on("end", () => resolve(text));
+        },
+      ).on("error", reject);
+    });
+    expect(JSON.parse(body)).toEqual({ status: "ok" });
+  } finally {
+    await tls.stop();
   }
 });

@@ -63,14 +63,21 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     return leave;
   };
 
-  router.post("/generate/sync", async (req, res) => {
-    let job: Job;
+  /** Submits and attaches this caller to the job; undefined (after answering the error) when refused. */
+  const submitWatched = (req: Request, res: Response): { job: Job; leave: () => void } | undefined => {
     try {
-      ({ job } = submit(req));
+      const { job } = submit(req);
+      return { job, leave: watch(job, res) };
     } catch (err) {
-      return sendError(res, err);
+      sendError(res, err);
+      return undefined;
     }
-    const leave = watch(job, res);
+  };
+
+  router.post("/generate/sync", async (req, res) => {
+    const watched = submitWatched(req, res);
+    if (!watched) return;
+    const { job, leave } = watched;
     await job.done;
     leave();
     if (!res.destroyed) sendResult(res, job);
@@ -89,13 +96,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   });
 
   router.post("/generate/stream", async (req, res) => {
-    let job: Job;
-    try {
-      ({ job } = submit(req));
-    } catch (err) {
-      return sendError(res, err);
-    }
-    const leave = watch(job, res);
+    const watched = submitWatched(req, res);
+    if (!watched) return;
+    const { job, leave } = watched;
     res.status(200).setHeader("content-type", "application/x-ndjson");
     res.setHeader("cache-control", "no-store");
     res.flushHeaders();

@@ -3,6 +3,7 @@ import type { FrozenConfig } from "../../config/index.js";
 import type { ComfyClient } from "../../handlers/comfyui/client.js";
 import type { ComfyEvents } from "../../handlers/comfyui/events.js";
 import type { NodeCatalog } from "../../handlers/comfyui/node-catalog.js";
+import { classifyFailure } from "../../handlers/comfyui/failures.js";
 import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
 import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
@@ -13,8 +14,10 @@ import {
   BadRequestError,
   CancelledError,
   ExecutionError,
+  DeviceFailedError,
   JobTimeoutError,
   NotReadyError,
+  OutOfMemoryError,
   asWorkerError,
   type WorkerError,
 } from "../errors.js";
@@ -28,6 +31,8 @@ export interface JobObserver {
   stage?(stage: "preprocess" | "queue" | "generation" | "postprocess", ms: number): void;
   finished?(job: Job): void;
   upload?(ok: boolean, bytes: number): void;
+  /** An unrecoverable device error: the worker should stop taking work. */
+  deviceFailed?(message: string): void;
 }
 
 export interface JobManagerDeps {
@@ -254,6 +259,19 @@ export class JobManager {
       const { execution_details, comfyui_response } = err.details as Record<string, never>;
       if (execution_details) job.details = execution_details;
       if (comfyui_response) job.history = comfyui_response;
+      const kind = classifyFailure(job.details?.error ?? null);
+      if (kind === "out_of_memory") {
+        void this.deps.client.free(AbortSignal.timeout(10_000)).then(
+          () => this.deps.logger.warn({ request_id: job.id, stage: "generation" }, "out of memory: asked ComfyUI to free memory"),
+          (e: unknown) => this.deps.logger.error({ request_id: job.id, err: e }, "out of memory, and POST /free failed"),
+        );
+        return new OutOfMemoryError(`ComfyUI ran out of memory (${err.message}); memory was freed, retry`);
+      }
+      if (kind === "device_failed") {
+        const failed = new DeviceFailedError(`unrecoverable device error: ${err.message}`);
+        this.observe(() => this.deps.observer?.deviceFailed?.(failed.message));
+        return failed;
+      }
     }
     return err;
   }
