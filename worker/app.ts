@@ -60,13 +60,18 @@ export function createWorker(deps: WorkerDeps): Worker {
   const { config, logger } = deps;
   const now = deps.now ?? Date.now;
   const startedAt = now();
-  const { client, events, catalog, downloader, storage, webhooks, jobs, metrics } = createPipeline(config, logger, now, {
-    // The device is unusable until the process restarts: stop taking work and tell the autoscaler.
-    deviceFailed: (message) => {
-      phase = "error";
-      setError(message);
+  const { client, events, catalog, downloader, storage, webhooks, jobs, metrics } = createPipeline(
+    config,
+    logger,
+    now,
+    {
+      // The device is unusable until the process restarts: stop taking work and tell the autoscaler.
+      deviceFailed: (message) => {
+        phase = "error";
+        setError(message);
+      },
     },
-  });
+  );
   const janitor = new Janitor({
     outputDir: config.outputDir,
     inputDir: config.comfyui.inputDir,

@@ -15,7 +15,9 @@ const DEVICE = [
   /ECC error/i,
 ];
 
-export function classifyFailure(error: { exception_type?: unknown; exception_message?: unknown } | null): FailureKind {
+export function classifyFailure(
+  error: { exception_type?: unknown; exception_message?: unknown } | null,
+): FailureKind {
   if (!error) return "execution";
   const text = `${String(error.exception_type ?? "")}: ${String(error.exception_message ?? "")}`;
   if (OOM.some((r) => r.test(text))) return "out_of_memory";

@@ -262,8 +262,13 @@ export class JobManager {
       const kind = classifyFailure(job.details?.error ?? null);
       if (kind === "out_of_memory") {
         void this.deps.client.free(AbortSignal.timeout(10_000)).then(
-          () => this.deps.logger.warn({ request_id: job.id, stage: "generation" }, "out of memory: asked ComfyUI to free memory"),
-          (e: unknown) => this.deps.logger.error({ request_id: job.id, err: e }, "out of memory, and POST /free failed"),
+          () =>
+            this.deps.logger.warn(
+              { request_id: job.id, stage: "generation" },
+              "out of memory: asked ComfyUI to free memory",
+            ),
+          (e: unknown) =>
+            this.deps.logger.error({ request_id: job.id, err: e }, "out of memory, and POST /free failed"),
         );
         return new OutOfMemoryError(`ComfyUI ran out of memory (${err.message}); memory was freed, retry`);
       }
