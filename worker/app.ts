@@ -287,17 +287,18 @@ export function createWorker(deps: WorkerDeps): Worker {
 
       phase = "waiting-for-comfyui";
       const deadline = now() + config.comfyui.startupTimeoutMs;
+      // Past the deadline the autoscaler hears the error, but the worker keeps waiting: a ComfyUI that comes up
+      // late (a slow provisioning script) still gets served.
       while (!(comfyUp = await checkComfy())) {
-        if (now() >= deadline) {
-          phase = "error";
+        if (now() >= deadline && !errorMsg) {
           setError(
             `ComfyUI did not answer at ${config.comfyui.url} within ${config.comfyui.startupTimeoutMs} ms`,
           );
-          return;
         }
         await delay(500, lifecycle.signal).catch(() => undefined);
         if (lifecycle.signal.aborted) return;
       }
+      if (errorMsg.startsWith("ComfyUI did not answer")) setError("");
       logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${config.comfyui.url}`);
       events.start();
       jobs.start();

@@ -126,7 +126,10 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
     opts.onQueued?.();
     let failingSince: number | undefined;
     let polls = 0;
+    // History is read when an event says the prompt ended (a wake that came early is kept), or at each poll:
+    // not right after queueing, which would only load ComfyUI's server while it starts the prompt.
     for (;;) {
+      await waker.sleep(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), opts.signal);
       opts.signal.throwIfAborted();
       let entry: HistoryEntry | undefined;
       try {
@@ -151,7 +154,6 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
         if (!endedByEvent) details.reconciled_from_history = true;
         return finish(entry, details);
       }
-      await waker.sleep(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), opts.signal);
     }
   } catch (err) {
     if (opts.signal.aborted) await stopPrompt(opts);

@@ -157,6 +157,10 @@ export class JobManager {
       this.observe(() => this.deps.observer?.stage?.(name, ms));
     let inputFiles: string[] = [];
     let release: (() => void) | undefined;
+    let outcome: { status: "completed" | "failed" | "cancelled"; message: string } = {
+      status: "failed",
+      message: "the job ended unexpectedly",
+    };
     let t = this.now();
     try {
       // 1. Preprocess: seeds, URL inputs, output-node nonce.
@@ -214,26 +218,26 @@ export class JobManager {
       const failedUploads = await this.upload(job, signal);
       job.timings.postprocess_ms = this.now() - t;
       stage("postprocess", job.timings.postprocess_ms);
-      if (failedUploads > 0) {
-        job.setStatus(
-          "failed",
-          `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`,
-        );
-      } else {
-        job.setStatus("completed", `Completed with ${job.output.length} output(s)`);
-      }
+      outcome =
+        failedUploads > 0
+          ? {
+              status: "failed",
+              message: `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`,
+            }
+          : { status: "completed", message: `Completed with ${job.output.length} output(s)` };
     } catch (raw) {
       release?.();
       const err = this.classify(raw, job, deadline);
       job.error = err;
-      if (err instanceof CancelledError) job.setStatus("cancelled", err.message);
-      else job.setStatus("failed", err.message);
+      outcome = { status: err instanceof CancelledError ? "cancelled" : "failed", message: err.message };
       if (err.retryable) this.jobs.delete(job.id);
     } finally {
       for (const f of inputFiles) this.deps.downloader.unpin(f);
+      // Timings first: whoever listens for the final status reads them.
       job.finishedAt = this.now();
       job.timings.completed_at_ms = job.finishedAt;
       job.timings.total_ms = job.finishedAt - job.createdAt;
+      job.setStatus(outcome.status, outcome.message);
       this.observe(() => this.deps.observer?.finished?.(job));
       const level = job.status === "completed" ? "info" : "warn";
       log[level](
