@@ -88,7 +88,8 @@ export function buildCli(): Command {
     .option("--force", "run even when a valid cached score exists", false)
     .action(async (opts: { force: boolean }) => {
       const root = installRoot();
-      process.exitCode = await benchmarkCommand(configOrExit(root), root, opts);
+      // Exit explicitly: idle keep-alive sockets must not hold the process after the answer is printed.
+      process.exit(await benchmarkCommand(configOrExit(root), root, opts));
     });
   program
     .command("submit <workflow.json>")
@@ -100,7 +101,7 @@ export function buildCli(): Command {
     .option("--request-id <id>", "request_id to use (a repeat returns the same job)")
     .option("--timeout <seconds>", "give up after this long", "900")
     .action(async (file: string, opts: { url: string; requestId?: string; timeout: string }) => {
-      process.exitCode = await submitCommand(file, opts);
+      process.exit(await submitCommand(file, opts));
     });
   program
     .command("check")
@@ -108,7 +109,7 @@ export function buildCli(): Command {
       "Validate the configuration and check that ComfyUI, S3 and the autoscaler answer. Exit 1 if not.",
     )
     .action(async () => {
-      process.exitCode = await checkCommand(configOrExit(installRoot()));
+      process.exit(await checkCommand(configOrExit(installRoot())));
     });
   return program;
 }
