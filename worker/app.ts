@@ -200,6 +200,8 @@ export function createWorker(deps: WorkerDeps): Worker {
   let routedServer: Server | undefined;
   let localServer: Server | undefined;
   let watcher: NodeJS.Timeout | undefined;
+  // Expired sessions go every 5 s, as upstream's GC loop.
+  let sessionSweep: NodeJS.Timeout | undefined;
   const lifecycle = new AbortController();
 
   const listen = (server: Server, port: number, host: string) =>
@@ -284,6 +286,12 @@ export function createWorker(deps: WorkerDeps): Worker {
       );
       await mkdir(config.outputDir, { recursive: true });
       janitor.start();
+      sessionSweep = setInterval(() => {
+        for (const gone of sessions.expire(now() / 1000)) {
+          logger.info({ stage: "session", session_id: gone.id }, "session expired");
+        }
+      }, 5_000);
+      sessionSweep.unref();
 
       phase = "waiting-for-comfyui";
       const deadline = now() + config.comfyui.startupTimeoutMs;
@@ -365,6 +373,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           phase = "draining";
           lifecycle.abort();
           clearTimeout(watcher);
+          clearInterval(sessionSweep);
           jobs.stopAccepting();
           if (previous === "ready") setError("worker is shutting down");
           await jobs.drain(drainMs);

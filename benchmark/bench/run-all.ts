@@ -167,7 +167,7 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
 | --- | --- | --- | --- |
 | overhead p50 (worker − direct), ms | ${fmt(median(p50s), 2)} | ${spread(p50s)} | ≤ 5 |
 | overhead p99, ms | ${fmt(median(p99s), 2)} | ${spread(p99s)} | ≤ 20 |
-| overhead ratio (median worker / median direct) | ${fmt(median(ratios), 3)} | ${spread(ratios)} | |
+| overhead ratio (median worker / median direct) | ${fmt(median(ratios), 3)} | ${spread(ratios, 3)} | |
 | direct ComfyUI round trip p50, ms | ${fmt(median(direct), 2)} | ${spread(direct)} | |
 | throughput, pipelined, jobs/min | ${fmt(median(tpP))} | ${spread(tpP)} | |
 | throughput, serial (upstream), jobs/min | ${fmt(median(tpS))} | ${spread(tpS)} | |
@@ -196,7 +196,7 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
   \`execution_success\` and the next one's \`execution_start\`, read from ComfyUI's own history timestamps.
 - **Memory**: idle RSS of the compiled worker (\`node dist/worker/cli.js start\`), read from /proc 3 s after it
   reported ready. Upload growth: a separate process uploads a ${uploadMb} MiB file through the worker's storage
-  module (streamed, multipart, 8 MiB parts, 4 at a time) while sampling its RSS every 20 ms; growth = peak − baseline.
+  module (streamed, multipart, 8 MiB parts read by range, 3 at a time) while sampling its RSS every 20 ms; growth = peak − baseline.
 `;
     await writeFile(join(repoRoot, "BENCHMARKS.md"), doc);
     process.stdout.write(doc);

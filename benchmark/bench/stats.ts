@@ -10,8 +10,8 @@ export function quantile(xs: number[], q: number): number {
 
 export const median = (xs: number[]) => quantile(xs, 0.5);
 
-export function spread(xs: number[]): string {
-  return `${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))}`;
+export function spread(xs: number[], digits = 1): string {
+  return `${fmt(Math.min(...xs), digits)}–${fmt(Math.max(...xs), digits)}`;
 }
 
 export function fmt(n: number, digits = 1): string {
