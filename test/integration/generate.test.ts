@@ -241,3 +241,19 @@ test("a request_id that could escape a folder is a 400; bad JSON is a 400", asyn
   expect(missing.status).toBe(400);
   expect(missing.body.issues[0].path).toBe("input.workflow_json");
 });
+
+test("the local API serves /docs (Swagger UI, no CDN) and an OpenAPI document made from the request schema", async () => {
+  const page = await fetch(`${w.api}/docs`);
+  expect(page.status).toBe(200);
+  const html = await page.text();
+  expect(html).toContain("/docs/assets/swagger-ui-bundle.js");
+  expect((await fetch(`${w.api}/docs/assets/swagger-ui-bundle.js`)).status).toBe(200);
+  const doc = (await (await fetch(`${w.api}/openapi.json`)).json()) as any;
+  expect(doc.openapi).toBe("3.0.3");
+  const body = doc.paths["/generate/sync"].post.requestBody.content["application/json"];
+  expect(body.schema.properties.input.properties.workflow_json).toBeDefined();
+  expect(body.example.input.workflow_json["9"].class_type).toBe("SaveImage");
+  const metrics = await (await fetch(`${w.api}/metrics`)).text();
+  expect(metrics).toMatch(/comfyui_worker_jobs_total\{status="completed"\} \d+/);
+  expect(metrics).toMatch(/comfyui_worker_stage_seconds_bucket\{le="[\d.]+",stage="generation"\}/);
+});
