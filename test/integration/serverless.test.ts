@@ -237,7 +237,7 @@ test("overload: a busy worker answers 429 and the client re-routes to another", 
   const busy = await startSecured({ MAX_QUEUE_TIME: "0", BENCHMARK_SKIP: "true" });
   try {
     // Keep the busy worker occupied through its local API (not counted by the router).
-    const slow = postJson(`${busy.api}/generate/sync`, { input: { workflow_json: tinyText2Image(10) } });
+    const slow = postJson(`${busy.api}/generate/sync`, { input: { workflow_json: tinyText2Image(60) } });
     await new Promise<void>((resolve) => {
       const check = () => (busy.worker.jobs.active().length > 0 ? resolve() : setImmediate(check));
       check();
