@@ -2,7 +2,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
-import type { Express, Request, Response } from "express";
+import type { Express } from "express";
 import { loadBenchmarkPayload } from "../benchmark/payload.js";
 import { hardwareKey, runBenchmark, type BenchmarkResult } from "../benchmark/runner.js";
 import type { FrozenConfig } from "../config/index.js";
@@ -112,7 +112,6 @@ export function createWorker(deps: WorkerDeps): Worker {
           state: {
             maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
             loadtime: () => loadtime,
-            loaded: () => phase === "ready",
             errorMsg: () => errorMsg,
             currentLoad: () => jobs.activeWorkload(),
           },
@@ -155,16 +154,12 @@ export function createWorker(deps: WorkerDeps): Worker {
     },
   });
 
-  const generate = (payloadOf: (req: Request, res: Response) => unknown) =>
-    generateRoutes({
-      jobs,
-      maxWorkflowNodes: config.limits.maxWorkflowNodes,
-      payloadOf: (req) => payloadOf(req, (req as unknown as { res: Response }).res),
-      workloadOf: (req, input) => {
-        const counted = (req as unknown as { res: Response }).res.locals.workload as number | undefined;
-        return counted ?? workloadOfWorkflow(input.workflow);
-      },
-    });
+  // One router for both ports: a job is the same job whichever port its callers came through.
+  const generate = generateRoutes({
+    jobs,
+    maxWorkflowNodes: config.limits.maxWorkflowNodes,
+    workloadOf: (input) => workloadOfWorkflow(input.workflow),
+  });
 
   const routedApp: Express = createRoutedApp({
     logger,
@@ -177,7 +172,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     tracker,
     sessions,
     masterToken: config.autoscaler.masterToken,
-    generate: generate((_req, res) => res.locals.payload),
+    generate,
     health,
     workRoutes: ["/generate/sync", "/generate", "/generate/stream"],
     workloadOf: workloadOfPayload,
@@ -185,7 +180,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const localApp = config.api.enabled
     ? createLocalApp({
         maxBodyBytes: config.limits.maxBodyBytes,
-        generate: generate((_req, res) => res.locals.payload),
+        generate,
         health,
         docs: docsRoutes(loadExample(deps.root)),
         metrics: metrics.routes(() => {

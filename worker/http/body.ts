@@ -1,4 +1,4 @@
-import express, { type ErrorRequestHandler, type RequestHandler } from "express";
+import express, { type ErrorRequestHandler, type RequestHandler, type Response } from "express";
 import { PayloadTooLargeError, toHttp } from "../errors.js";
 
 /** JSON bodies whatever the Content-Type says (curl users forget it), bounded by MAX_BODY_BYTES. */
@@ -22,8 +22,13 @@ export function errorHandler(opts: { invalidJsonStatus: number; maxBodyBytes: nu
       res.status(413).json(e.toJSON());
       return;
     }
-    const { status, body } = toHttp(err);
-    if (body === undefined) res.status(status).end();
-    else res.status(status).json(body);
+    sendError(res, err);
   };
+}
+
+/** Answers with the status and body `toHttp` maps the error to (429 has an empty body, as upstream). */
+export function sendError(res: Response, err: unknown): void {
+  const { status, body } = toHttp(err);
+  if (body === undefined) res.status(status).end();
+  else res.status(status).json(body);
 }

@@ -1,16 +1,15 @@
 import { Router, type Request, type Response } from "express";
-import { NotFoundError, toHttp, type WorkerError } from "../errors.js";
+import { NotFoundError, type WorkerError } from "../errors.js";
 import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";
+import { sendError } from "./body.js";
 
 export interface GenerateRoutesDeps {
   jobs: JobManager;
   maxWorkflowNodes: number;
-  /** The `{input}` payload of a request: the body itself, or the envelope's `payload`. */
-  payloadOf: (req: Request) => unknown;
-  /** Workload of a parsed request, as admission counted it. */
-  workloadOf: (req: Request, input: ParsedInput) => number;
+  /** Workload of a parsed request that admission did not count (the local API). */
+  workloadOf: (input: ParsedInput) => number;
 }
 
 /** The HTTP status for a finished job: its error's status for client mistakes and retryable failures, else 200. */
@@ -24,23 +23,20 @@ function sendResult(res: Response, job: Job): void {
   res.status(statusFor(job)).json(job.result());
 }
 
-function sendError(res: Response, err: unknown): void {
-  const { status, body } = toHttp(err);
-  if (body === undefined) res.status(status).end();
-  else res.status(status).json(body);
-}
-
 /**
  * /generate/sync, /generate (async), /generate/stream, /result/{id}, /cancel/{id}. A caller that disconnects from
  * sync or stream cancels the job, unless someone else also waits on it or it was submitted asynchronously.
+ * The app that mounts it puts the request's `{input}` payload in `res.locals.payload` (the body itself, or the
+ * envelope's `payload`) and, where admission counted it, its workload in `res.locals.workload`.
  */
 export function generateRoutes(deps: GenerateRoutesDeps): Router {
   const router = Router();
   const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
 
-  const submit = (req: Request) => {
-    const input = parseGenerateInput(deps.payloadOf(req), { maxWorkflowNodes: deps.maxWorkflowNodes });
-    return deps.jobs.submit(input, deps.workloadOf(req, input));
+  const submit = (res: Response) => {
+    const input = parseGenerateInput(res.locals.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
+    const counted = res.locals.workload as number | undefined;
+    return deps.jobs.submit(input, counted ?? deps.workloadOf(input));
   };
 
   const watch = (job: Job, res: Response) => {
@@ -64,9 +60,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   /** Submits and attaches this caller to the job; undefined (after answering the error) when refused. */
-  const submitWatched = (req: Request, res: Response): { job: Job; leave: () => void } | undefined => {
+  const submitWatched = (res: Response): { job: Job; leave: () => void } | undefined => {
     try {
-      const { job } = submit(req);
+      const { job } = submit(res);
       return { job, leave: watch(job, res) };
     } catch (err) {
       sendError(res, err);
@@ -75,7 +71,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   router.post("/generate/sync", async (req, res) => {
-    const watched = submitWatched(req, res);
+    const watched = submitWatched(res);
     if (!watched) return;
     const { job, leave } = watched;
     await job.done;
@@ -85,7 +81,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
 
   router.post("/generate", (req, res) => {
     try {
-      const { job, created } = submit(req);
+      const { job, created } = submit(res);
       const w = watchers.get(job) ?? { count: 0, detached: true };
       w.detached = true;
       watchers.set(job, w);
@@ -96,7 +92,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   });
 
   router.post("/generate/stream", async (req, res) => {
-    const watched = submitWatched(req, res);
+    const watched = submitWatched(res);
     if (!watched) return;
     const { job, leave } = watched;
     res.status(200).setHeader("content-type", "application/x-ndjson");
