@@ -91,10 +91,6 @@ export class ComfyClient {
     return typeof body === "object" && body !== null ? body[promptId] : undefined;
   }
 
-  async deleteHistory(promptIds: string[], signal?: AbortSignal): Promise<void> {
-    await this.call("POST", "history", { json: { delete: promptIds }, signal, what: "POST /history" });
-  }
-
   /** Removes prompts that have not started from ComfyUI's queue. */
   async deleteFromQueue(promptIds: string[], signal?: AbortSignal): Promise<void> {
     await this.call("POST", "queue", { json: { delete: promptIds }, signal, what: "POST /queue" });

@@ -39,8 +39,6 @@ export interface RunPromptOptions {
   /** ComfyUI failing to answer for this long fails the prompt as retryable. */
   unavailableAfterMs?: number;
   onEvent?: (event: ComfyEvent, details: ExecutionDetails) => void;
-  /** Called once ComfyUI accepted the prompt. */
-  onQueued?: () => void;
   now?: () => number;
 }
 
@@ -123,7 +121,6 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
       promptId: opts.promptId,
       signal: opts.signal,
     });
-    opts.onQueued?.();
     let failingSince: number | undefined;
     let polls = 0;
     // History is read when an event says the prompt ended (a wake that came early is kept), or at each poll:
@@ -132,22 +129,22 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
       await waker.sleep(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), opts.signal);
       opts.signal.throwIfAborted();
       let entry: HistoryEntry | undefined;
+      let lost = false;
       try {
         entry = await opts.client.history(opts.promptId, opts.signal);
         if (entry === undefined && ++polls % 5 === 0 && !(await isQueued(opts))) {
           // Not queued, not running, no history: a restarted ComfyUI lost it (or it just finished: look again).
           entry = await opts.client.history(opts.promptId, opts.signal);
-          if (entry === undefined) {
-            throw new ComfyUnavailableError("ComfyUI lost the prompt (it restarted while the job ran)");
-          }
+          lost = entry === undefined;
         }
         failingSince = undefined;
       } catch (err) {
+        // ComfyUI not answering is tolerated for a moment (a restart of its server, a slow /history).
         if (!(err instanceof ComfyUnavailableError) || opts.signal.aborted) throw err;
-        if (err.message.startsWith("ComfyUI lost")) throw err;
         failingSince ??= now();
         if (now() - failingSince >= unavailableAfterMs) throw err;
       }
+      if (lost) throw new ComfyUnavailableError("ComfyUI lost the prompt (it restarted while the job ran)");
       if (entry !== undefined) {
         details.completed_at = now();
         details.current_node = null;

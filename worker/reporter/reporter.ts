@@ -11,7 +11,6 @@ export interface ReporterState {
   maxPerf(): number;
   /** Seconds from start to ready; 0 until ready. */
   loadtime(): number;
-  loaded(): boolean;
   errorMsg(): string;
   /** Workload queued and in flight on this worker. */
   currentLoad(): number;
@@ -47,8 +46,6 @@ export class AutoscalerReporter {
   private committedDiskGb: number | undefined;
   private readonly stopSignal = new AbortController();
   private forced = false;
-  /** Bodies delivered, newest last (bounded): for tests and `check`. */
-  readonly delivered: { path: string; body: Record<string, unknown> }[] = [];
 
   constructor(private readonly opts: ReporterOptions) {
     this.http = got.extend({
@@ -150,8 +147,6 @@ export class AutoscalerReporter {
         if (this.stopSignal.signal.aborted && path !== "/worker_status/") return false;
         try {
           await this.http.post(`${addr}${path}`, { json: body });
-          this.delivered.push({ path, body });
-          if (this.delivered.length > 200) this.delivered.shift();
           return true;
         } catch (err) {
           this.opts.logger.warn(

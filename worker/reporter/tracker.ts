@@ -80,12 +80,6 @@ export class RequestTracker {
     this.pending = true;
   }
 
-  currentLoad(): number {
-    let sum = 0;
-    for (const w of this.working.values()) sum += w.workload;
-    return sum;
-  }
-
   workingRequestIdxs(): number[] {
     return [...this.working.values()].map((w) => w.requestIdx);
   }
