@@ -5,6 +5,7 @@ import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
@@ -194,6 +195,23 @@ export class ObjectStorage {
         })
         .catch(() => undefined);
       throw err;
+    }
+  }
+
+  /** Checks that the bucket exists and the credentials reach it (HeadBucket); rejects with the S3 error's name. */
+  async probe(target: ResolvedS3, signal: AbortSignal = AbortSignal.timeout(10_000)): Promise<void> {
+    try {
+      await this.client(target).send(new HeadBucketCommand({ Bucket: target.bucketName }), {
+        abortSignal: signal,
+      });
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      throw new Error(
+        `bucket ${target.bucketName}: ${e.name ?? "error"} ${e.$metadata?.httpStatusCode ?? ""}`.trim(),
+        {
+          cause: err,
+        },
+      );
     }
   }
 

@@ -1,7 +1,6 @@
-import { HeadBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import type { FrozenConfig } from "../../config/index.js";
 import { ComfyClient } from "../../handlers/comfyui/client.js";
-import { resolveS3 } from "../../handlers/storage/s3.js";
+import { ObjectStorage, resolveS3 } from "../../handlers/storage/s3.js";
 import { createLogger } from "../logger.js";
 import { fetchPublicKey } from "../reporter/pubkey.js";
 
@@ -29,24 +28,17 @@ export async function checkCommand(config: FrozenConfig): Promise<number> {
   await report("S3", async () => {
     const target = resolveS3(config.s3, undefined);
     if (!target) return "not configured (outputs stay local unless a request names its bucket)";
-    const client = new S3Client({
-      region: target.region,
-      ...(target.endpointUrl !== undefined && { endpoint: target.endpointUrl }),
+    const storage = new ObjectStorage({
       forcePathStyle: config.s3.forcePathStyle,
-      credentials: { accessKeyId: target.accessKeyId, secretAccessKey: target.secretAccessKey },
+      partSizeBytes: config.s3.partSizeBytes,
+      presignExpirySeconds: config.s3.presignExpirySeconds,
+      uploadTimeoutMs: 10_000,
     });
     try {
-      await client.send(new HeadBucketCommand({ Bucket: target.bucketName }), {
-        abortSignal: AbortSignal.timeout(10_000),
-      });
+      await storage.probe(target);
       return `bucket ${target.bucketName} at ${target.endpointUrl ?? "AWS"} is reachable`;
-    } catch (err) {
-      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-      throw new Error(
-        `bucket ${target.bucketName}: ${e.name ?? "error"} ${e.$metadata?.httpStatusCode ?? ""}`.trim(),
-      );
     } finally {
-      client.destroy();
+      storage.close();
     }
   });
   await report("autoscaler", async () => {

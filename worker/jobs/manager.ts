@@ -96,7 +96,7 @@ export class JobManager {
     const existing = this.jobs.get(input.requestId);
     if (existing) return { job: existing, created: false };
     if (!this.accepting) throw new NotReadyError("the worker is shutting down");
-    const webhookUrl = input.webhook?.url?.trim() || this.deps.config.webhook.url;
+    const webhookUrl = this.webhookUrl(input);
     if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
       throw new BadRequestError("webhook.url must be an http(s) URL");
     }
@@ -320,8 +320,13 @@ export class JobManager {
     return results.filter((ok) => !ok).length;
   }
 
+  /** The request's webhook, else WEBHOOK_URL (an empty string means not given). */
+  private webhookUrl(input: ParsedInput): string | undefined {
+    return input.webhook?.url?.trim() || this.deps.config.webhook.url;
+  }
+
   private notify(job: Job): void {
-    const url = job.input.webhook?.url?.trim() || this.deps.config.webhook.url;
+    const url = this.webhookUrl(job.input);
     if (!url || job.input.internal) return;
     const doc = job.result();
     void this.deps.webhooks.send({
