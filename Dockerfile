@@ -83,6 +83,7 @@ WORKDIR /opt/worker
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 RUN npm ci --no-audit --no-fund
 COPY config ./config
+COPY lib ./lib
 COPY worker ./worker
 COPY handlers ./handlers
 COPY benchmark ./benchmark

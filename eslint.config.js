@@ -23,6 +23,23 @@ export default tseslint.config(
     rules: { "no-restricted-properties": "off" },
   },
   {
+    // Folders depend downwards only: lib <- config <- handlers <- worker <- benchmark/CLI.
+    files: ["lib/**", "config/**", "handlers/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/worker/*", "**/benchmark/*"],
+              message: "lib/, config/ and handlers/ never import worker/ or benchmark/.",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     // Tests read JSON answers whose shape is what they assert.
     files: ["test/**"],
     rules: { "@typescript-eslint/no-explicit-any": "off" },

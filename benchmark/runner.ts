@@ -2,7 +2,7 @@ import { randomUUID, createHash } from "node:crypto";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Workflow } from "../handlers/comfyui/types.js";
-import type { Logger } from "../worker/logger.js";
+import type { Logger } from "../lib/logger.js";
 import type { Job } from "../worker/jobs/job.js";
 import type { JobManager } from "../worker/jobs/manager.js";
 import { DEFAULT_WORKLOAD } from "../worker/workload.js";

@@ -1,8 +1,8 @@
 import { createHmac, randomUUID } from "node:crypto";
 import { got, type Got } from "got";
 import nacl from "tweetnacl";
-import type { Logger } from "../worker/logger.js";
-import { backoffDelay, delay } from "../worker/util/backoff.js";
+import type { Logger } from "../lib/logger.js";
+import { backoffDelay, delay } from "../lib/backoff.js";
 
 export interface WebhookSigning {
   /** Standard Webhooks symmetric secret (`whsec_<base64>` or raw text): `v1,<HMAC-SHA256>`. */

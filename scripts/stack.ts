@@ -11,7 +11,7 @@
 import { join } from "node:path";
 import { loadConfig } from "../config/index.js";
 import { createWorker } from "../worker/app.js";
-import { createLogger } from "../worker/logger.js";
+import { createLogger } from "../lib/logger.js";
 import type { Service } from "./services/child.js";
 import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "./services/comfyui.js";
 import { repoRoot } from "./services/paths.js";

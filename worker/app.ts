@@ -15,13 +15,13 @@ import { createLocalApp } from "./http/local.js";
 import { SessionStore, createRoutedApp } from "./http/routed.js";
 import type { JobManager } from "./jobs/manager.js";
 import { Janitor } from "./janitor.js";
-import type { Logger } from "./logger.js";
+import type { Logger } from "../lib/logger.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { createPipeline } from "./pipeline.js";
 import { fetchPublicKey } from "./reporter/pubkey.js";
 import { AutoscalerReporter } from "./reporter/reporter.js";
 import { RequestTracker } from "./reporter/tracker.js";
-import { delay } from "./util/backoff.js";
+import { delay } from "../lib/backoff.js";
 import { DEFAULT_WORKLOAD, estimateWorkload, samplingCost } from "./workload.js";
 import type { Workflow } from "../handlers/comfyui/types.js";
 

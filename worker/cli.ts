@@ -7,7 +7,7 @@ import { benchmarkCommand } from "./commands/benchmark.js";
 import { checkCommand } from "./commands/check.js";
 import { submitCommand } from "./commands/submit.js";
 import { createWorker } from "./app.js";
-import { createLogger } from "./logger.js";
+import { createLogger } from "../lib/logger.js";
 
 /** The worker's installation folder: two levels up from worker/cli.{ts,js} (dist/worker/cli.js too). */
 function installRoot(): string {

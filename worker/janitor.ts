@@ -1,7 +1,7 @@
 import { readdir, rm, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { CACHE_PREFIX } from "../handlers/preprocess/downloads.js";
-import type { Logger } from "./logger.js";
+import type { Logger } from "../lib/logger.js";
 
 export interface JanitorOptions {
   outputDir: string;

@@ -7,7 +7,7 @@ import { InputDownloader } from "../handlers/preprocess/downloads.js";
 import { ObjectStorage } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
 import { JobManager } from "./jobs/manager.js";
-import type { Logger } from "./logger.js";
+import type { Logger } from "../lib/logger.js";
 import { WorkerMetrics } from "./metrics.js";
 
 /** The job pipeline and its clients of external systems, without any listener: the worker and the CLI share it. */

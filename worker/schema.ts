@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
-import { BadRequestError, PayloadTooLargeError } from "./errors.js";
+import { BadRequestError, PayloadTooLargeError } from "../lib/errors.js";
 import type { Workflow } from "../handlers/comfyui/types.js";
 
 /**

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { loadConfig } from "../../config/index.js";
 import { createWorker } from "../../worker/app.js";
-import { createLogger } from "../../worker/logger.js";
+import { createLogger } from "../../lib/logger.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import type { BenchParts } from "./parts.js";
 import { s3Env, workerEnv } from "./parts.js";

@@ -1,5 +1,5 @@
 import { got, type Got, RequestError } from "got";
-import { ComfyUnavailableError, InvalidWorkflowError } from "../../worker/errors.js";
+import { ComfyUnavailableError, InvalidWorkflowError } from "../../lib/errors.js";
 import type { HistoryEntry, ObjectInfoNode, QueuePromptResponse, Workflow } from "./types.js";
 
 export interface ComfyClientOptions {

@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
 import WebSocket from "ws";
-import type { Logger } from "../../worker/logger.js";
-import { backoffDelay } from "../../worker/util/backoff.js";
+import type { Logger } from "../../lib/logger.js";
+import { backoffDelay } from "../../lib/backoff.js";
 import type { ComfyEvent } from "./types.js";
 
 export interface ComfyEventsOptions {

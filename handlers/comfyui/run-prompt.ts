@@ -1,4 +1,4 @@
-import { ComfyUnavailableError, ExecutionError } from "../../worker/errors.js";
+import { ComfyUnavailableError, ExecutionError } from "../../lib/errors.js";
 import type { ComfyClient } from "./client.js";
 import type { ComfyEvents } from "./events.js";
 import type { ComfyEvent, HistoryEntry, Workflow } from "./types.js";

@@ -6,7 +6,7 @@ import { extname, join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { got, type Got } from "got";
-import { InputError, PayloadTooLargeError } from "../../worker/errors.js";
+import { InputError, PayloadTooLargeError } from "../../lib/errors.js";
 import { isBlockedAddress } from "./address-policy.js";
 
 export interface DownloaderOptions {

@@ -1,4 +1,4 @@
-import { InputError, PayloadTooLargeError, WorkerError } from "../../worker/errors.js";
+import { InputError, PayloadTooLargeError, WorkerError } from "../../lib/errors.js";
 import type { ObjectInfoNode, Workflow } from "../comfyui/types.js";
 import type { InputDownloader } from "./downloads.js";
 import { seedRandomInts } from "./random-int.js";

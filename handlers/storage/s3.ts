@@ -12,7 +12,7 @@ import {
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { S3Settings } from "../../config/index.js";
-import { WorkerError } from "../../worker/errors.js";
+import { WorkerError } from "../../lib/errors.js";
 import { contentTypeFor } from "./content-type.js";
 
 /** A failed upload. Reported on its output (`upload_error`) and in the job's status, never as success. */

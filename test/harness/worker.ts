@@ -3,7 +3,7 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
 import { createWorker, type Worker } from "../../worker/app.js";
-import { createLogger } from "../../worker/logger.js";
+import { createLogger } from "../../lib/logger.js";
 import { stack } from "./stack.js";
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");

@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { parseGenerateInput } from "../../worker/schema.js";
-import { WorkerError } from "../../worker/errors.js";
+import { WorkerError } from "../../lib/errors.js";
 import { startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
 

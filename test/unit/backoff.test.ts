@@ -1,6 +1,6 @@
 import { getEventListeners } from "node:events";
 import { jest } from "@jest/globals";
-import { backoffDelay, delay } from "../../worker/util/backoff.js";
+import { backoffDelay, delay } from "../../lib/backoff.js";
 
 describe("backoffDelay", () => {
   test("full jitter: random() scales the capped exponential ceiling", () => {

@@ -1,5 +1,5 @@
 import { getEventListeners } from "node:events";
-import { Semaphore } from "../../worker/util/semaphore.js";
+import { Semaphore } from "../../lib/semaphore.js";
 
 /** Lets every queued promise callback run. */
 const flush = () => new Promise<void>((resolve) => setImmediate(resolve));

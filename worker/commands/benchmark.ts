@@ -2,9 +2,9 @@ import { loadBenchmarkPayload } from "../../benchmark/payload.js";
 import { hardwareKey, runBenchmark } from "../../benchmark/runner.js";
 import type { FrozenConfig } from "../../config/index.js";
 import type { JobEvent } from "../jobs/job.js";
-import { createLogger } from "../logger.js";
+import { createLogger } from "../../lib/logger.js";
 import { createPipeline } from "../pipeline.js";
-import { delay } from "../util/backoff.js";
+import { delay } from "../../lib/backoff.js";
 
 function bar(fraction: number, width = 30): string {
   const filled = Math.round(Math.max(0, Math.min(1, fraction)) * width);

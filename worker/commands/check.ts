@@ -1,7 +1,7 @@
 import type { FrozenConfig } from "../../config/index.js";
 import { ComfyClient } from "../../handlers/comfyui/client.js";
 import { ObjectStorage, resolveS3 } from "../../handlers/storage/s3.js";
-import { createLogger } from "../logger.js";
+import { createLogger } from "../../lib/logger.js";
 import { fetchPublicKey } from "../reporter/pubkey.js";
 
 /** `comfyui-worker check`: the config is valid (it parsed), and ComfyUI, S3 and the autoscaler answer. */

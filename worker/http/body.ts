@@ -1,5 +1,5 @@
 import express, { type ErrorRequestHandler, type RequestHandler, type Response } from "express";
-import { PayloadTooLargeError, toHttp } from "../errors.js";
+import { PayloadTooLargeError, toHttp } from "../../lib/errors.js";
 
 /** JSON bodies whatever the Content-Type says (curl users forget it), bounded by MAX_BODY_BYTES. */
 export function jsonBody(maxBodyBytes: number): RequestHandler {

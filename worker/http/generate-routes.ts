@@ -1,5 +1,5 @@
 import { Router, type Request, type Response } from "express";
-import { NotFoundError, type WorkerError } from "../errors.js";
+import { NotFoundError, type WorkerError } from "../../lib/errors.js";
 import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";

@@ -2,9 +2,9 @@ import { randomBytes } from "node:crypto";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import type { Admission } from "../admission.js";
 import type { AuthData, ReplayGuard, SignatureVerifier } from "../auth/signature.js";
-import type { Logger } from "../logger.js";
+import type { Logger } from "../../lib/logger.js";
 import type { RequestTracker } from "../reporter/tracker.js";
-import { numeric } from "../util/numbers.js";
+import { numeric } from "../../lib/numbers.js";
 import { errorHandler, jsonBody } from "./body.js";
 
 const AUTH_FIELDS = ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"] as const;

@@ -3,7 +3,7 @@ import type { ExecutionDetails } from "../../handlers/comfyui/run-prompt.js";
 import type { HistoryEntry } from "../../handlers/comfyui/types.js";
 import type { OutputEntry } from "../../handlers/outputs.js";
 import type { ParsedInput } from "../schema.js";
-import type { WorkerError } from "../errors.js";
+import type { WorkerError } from "../../lib/errors.js";
 
 export type JobStatus = "queued" | "processing" | "generating" | "completed" | "failed" | "cancelled";
 export const FINAL_STATUSES: readonly JobStatus[] = ["completed", "failed", "cancelled"];

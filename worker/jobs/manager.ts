@@ -20,10 +20,10 @@ import {
   OutOfMemoryError,
   asWorkerError,
   type WorkerError,
-} from "../errors.js";
-import type { Logger } from "../logger.js";
+} from "../../lib/errors.js";
+import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
-import { Semaphore } from "../util/semaphore.js";
+import { Semaphore } from "../../lib/semaphore.js";
 import { Job } from "./job.js";
 
 /** What the manager tells observers (metrics); an observer that throws is logged and ignored. */

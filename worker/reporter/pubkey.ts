@@ -1,6 +1,6 @@
 import { got } from "got";
-import type { Logger } from "../logger.js";
-import { delay } from "../util/backoff.js";
+import type { Logger } from "../../lib/logger.js";
+import { delay } from "../../lib/backoff.js";
 
 export class PubkeyError extends Error {
   override readonly name = "PubkeyError";

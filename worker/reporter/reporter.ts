@@ -1,7 +1,7 @@
 import { statfs } from "node:fs/promises";
 import { got, type Got } from "got";
-import type { Logger } from "../logger.js";
-import { delay } from "../util/backoff.js";
+import type { Logger } from "../../lib/logger.js";
+import { delay } from "../../lib/backoff.js";
 import type { IntervalCounters, RequestTracker } from "./tracker.js";
 
 /** The protocol version the autoscaler sees (upstream's backend VERSION). */

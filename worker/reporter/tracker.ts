@@ -1,6 +1,6 @@
 import type { Response } from "express";
 import type { AuthData } from "../auth/signature.js";
-import { numeric } from "../util/numbers.js";
+import { numeric } from "../../lib/numbers.js";
 
 export type FinishedStatus = "Success" | "Error" | "Cancelled" | "Rejected";
 
