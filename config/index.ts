@@ -33,6 +33,10 @@ export interface Config {
     /** Prompts kept submitted to ComfyUI at once (the one running plus those queued behind it). */
     maxInFlightPrompts: number;
     resultRetentionMs: number;
+    /** Finished jobs kept at most (oldest evicted first). */
+    resultRetentionMax: number;
+    /** Total size of the result documents kept at most. */
+    resultRetentionMaxBytes: number;
   };
   inputs: {
     allowPrivate: boolean;
@@ -134,6 +138,8 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       timeoutMs: e.int("JOB_TIMEOUT_MS", 600_000, { min: 1 }),
       maxInFlightPrompts: e.int("MAX_INFLIGHT_PROMPTS", 2, { min: 1, max: 64 }),
       resultRetentionMs: e.int("RESULT_RETENTION_MS", 3_600_000, { min: 0 }),
+      resultRetentionMax: e.int("RESULT_RETENTION_MAX", 1_000, { min: 0 }),
+      resultRetentionMaxBytes: e.int("RESULT_RETENTION_MAX_BYTES", 64 * 1024 * 1024, { min: 0 }),
     },
     inputs: {
       allowPrivate: e.bool("INPUT_URL_ALLOW_PRIVATE", false),

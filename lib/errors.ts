@@ -116,10 +116,13 @@ export class CancelledError extends WorkerError {
   readonly httpStatus = 200;
 }
 
+/**
+ * A failure the worker did not anticipate (a bug, not a fault of the world). Not retryable: another attempt runs
+ * the same code, and the Vast client would retry a 5xx forever. Inside a job it is a terminal `failed` job.
+ */
 export class InternalError extends WorkerError {
   readonly code = "internal_error";
   readonly httpStatus = 500;
-  override readonly retryable = true;
 }
 
 export function asWorkerError(err: unknown): WorkerError {

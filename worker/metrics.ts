@@ -39,6 +39,12 @@ export class WorkerMetrics implements JobObserver {
     help: "Bytes uploaded",
     registers: [this.registry],
   });
+  readonly jobErrors = new Counter({
+    name: "comfyui_worker_job_errors_total",
+    help: "Jobs that did not complete, by error code (internal_error: a failure the worker did not anticipate)",
+    labelNames: ["code"],
+    registers: [this.registry],
+  });
   readonly s3Failures = new Counter({
     name: "comfyui_worker_s3_upload_failures_total",
     help: "Failed uploads",
@@ -77,6 +83,7 @@ export class WorkerMetrics implements JobObserver {
 
   finished(job: Job): void {
     this.jobs.inc({ status: job.status });
+    if (job.error) this.jobErrors.inc({ code: job.error.code });
   }
 
   upload(ok: boolean, bytes: number): void {

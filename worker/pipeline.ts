@@ -39,7 +39,7 @@ export function createPipeline(
     requestTimeoutMs: config.comfyui.requestTimeoutMs,
   });
   const events = new ComfyEvents({ url: client.wsUrl(clientId), logger });
-  const catalog = new NodeCatalog(client);
+  const catalog = new NodeCatalog(client, config.comfyui.requestTimeoutMs);
   const metrics = new WorkerMetrics();
   const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });
   const storage = new ObjectStorage({

@@ -9,7 +9,8 @@ export interface ComfyClientOptions {
 
 /**
  * ComfyUI's HTTP API. Failure contract: a refused workflow is InvalidWorkflowError (400, with ComfyUI's `error` and
- * `node_errors`); ComfyUI not answering, or answering 5xx, is ComfyUnavailableError (retryable). Every call has a
+ * `node_errors`), and so is a 500 from /prompt while ComfyUI otherwise answers; ComfyUI not answering, or
+ * answering 5xx elsewhere, is ComfyUnavailableError (retryable). Every call has a
  * deadline and takes an AbortSignal.
  */
 export class ComfyClient {
@@ -62,11 +63,17 @@ export class ComfyClient {
     opts: { clientId: string; promptId: string; signal?: AbortSignal | undefined },
   ): Promise<QueuePromptResponse> {
     const signal = opts.signal;
-    const { status, body } = await this.call<Record<string, unknown>>("POST", "prompt", {
-      json: { prompt: workflow, client_id: opts.clientId, prompt_id: opts.promptId },
-      signal,
-      what: "POST /prompt",
-    });
+    let answer: { status: number; body: Record<string, unknown> };
+    try {
+      answer = await this.call<Record<string, unknown>>("POST", "prompt", {
+        json: { prompt: workflow, client_id: opts.clientId, prompt_id: opts.promptId },
+        signal,
+        what: "POST /prompt",
+      });
+    } catch (err) {
+      throw await this.promptFailure(err, signal);
+    }
+    const { status, body } = answer;
     if (status === 400 || (status === 200 && typeof body?.prompt_id !== "string")) {
       const error = (body?.error ?? {}) as { message?: string; type?: string };
       throw new InvalidWorkflowError(error.message ?? "ComfyUI refused the workflow", {
@@ -76,6 +83,25 @@ export class ComfyClient {
     }
     if (status !== 200) throw new ComfyUnavailableError(`ComfyUI answered ${status} to POST /prompt`);
     return body as unknown as QueuePromptResponse;
+  }
+
+  /**
+   * A 500 from /prompt while ComfyUI otherwise answers is this workflow's failure (ComfyUI raising on a node it
+   * cannot validate, such as some legacy node names), not unavailability: retrying would send it again forever.
+   */
+  private async promptFailure(err: unknown, signal: AbortSignal | undefined): Promise<unknown> {
+    if (!(err instanceof ComfyUnavailableError) || err.details?.comfyui_status !== 500) return err;
+    const probe = AbortSignal.timeout(5_000);
+    const up = await this.systemStats(signal ? AbortSignal.any([signal, probe]) : probe).then(
+      () => true,
+      () => false,
+    );
+    if (!up) return err;
+    return new InvalidWorkflowError("ComfyUI failed with 500 on this workflow while otherwise answering", {
+      error: { type: "comfyui_server_error", message: err.message },
+      node_errors: {},
+      comfyui_status: 500,
+    });
   }
 
   /** The history entry of one prompt, or undefined while it is not finished. */

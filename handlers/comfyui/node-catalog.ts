@@ -1,24 +1,50 @@
 import type { ComfyClient } from "./client.js";
 import type { ObjectInfoNode } from "./types.js";
 
-/** ComfyUI's /object_info, fetched once and again after ComfyUI restarts (custom nodes may have changed). */
+/**
+ * ComfyUI's /object_info, fetched once and again after ComfyUI restarts (custom nodes may have changed). The fetch
+ * is shared by every job waiting for it, so it runs under its own deadline, never a caller's signal: one caller
+ * going away stops only its own wait.
+ */
 export class NodeCatalog {
   private info: Promise<Record<string, ObjectInfoNode>> | undefined;
 
-  constructor(private readonly client: ComfyClient) {}
+  constructor(
+    private readonly client: ComfyClient,
+    private readonly timeoutMs: number,
+  ) {}
 
   get(signal?: AbortSignal): Promise<Record<string, ObjectInfoNode>> {
     if (!this.info) {
-      const pending = this.client.objectInfo(signal);
+      const pending = this.client.objectInfo(AbortSignal.timeout(this.timeoutMs));
       this.info = pending;
       pending.catch(() => {
         if (this.info === pending) this.info = undefined;
       });
     }
-    return this.info;
+    return signal ? untilAborted(this.info, signal) : this.info;
   }
 
   invalidate(): void {
     this.info = undefined;
   }
+}
+
+/** `promise`, or the signal's reason if it aborts first (the listener is removed either way). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e as Error);
+      },
+    );
+  });
 }

@@ -112,9 +112,7 @@ export class InputDownloader {
     const match = /^data:([^;,]*)((?:;[^;,]*)*),(.*)$/s.exec(uri);
     if (!match) throw new InputError("malformed data: URI");
     const [, mime = "", params = "", data = ""] = match;
-    const body = params.includes(";base64")
-      ? Buffer.from(data, "base64")
-      : Buffer.from(decodeURIComponent(data));
+    const body = decodeDataUri(data, params.includes(";base64"));
     if (body.length > this.opts.maxBytes) {
       throw new PayloadTooLargeError(
         `data: URI is ${body.length} bytes, above INPUT_URL_MAX_BYTES=${this.opts.maxBytes}`,
@@ -213,6 +211,28 @@ export class InputDownloader {
       total -= f.size;
     }
   }
+}
+
+/**
+ * The bytes of a data: URI's payload. Node's decoders are lenient (base64 skips bad characters, and
+ * decodeURIComponent throws a URIError): a payload that does not decode cleanly is the caller's mistake (400).
+ */
+function decodeDataUri(data: string, base64: boolean): Buffer {
+  let body: Buffer;
+  if (base64) {
+    const text = data.replace(/\s+/g, "");
+    if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(text) || text.length % 4 === 1)
+      throw new InputError("data: URI is not valid base64");
+    body = Buffer.from(text, "base64");
+  } else {
+    try {
+      body = Buffer.from(decodeURIComponent(data), "utf8");
+    } catch {
+      throw new InputError("data: URI has an invalid percent-encoding");
+    }
+  }
+  if (body.length === 0) throw new InputError("data: URI is empty");
+  return body;
 }
 
 function extFromPath(path: string): string | undefined {

@@ -48,7 +48,7 @@ export async function prepareWorkflow(
             inputFiles.push(file);
           },
           (err: unknown) => {
-            throw nameInput(err, nodeId, node.class_type, name);
+            throw opts.signal?.aborted ? err : nameInput(err, nodeId, node.class_type, name);
           },
         ),
       );
@@ -72,11 +72,16 @@ function isFileInput(info: ObjectInfoNode | undefined, name: string): boolean {
   return Array.isArray(type) || type === "COMBO";
 }
 
-function nameInput(err: unknown, nodeId: string, classType: string, input: string): unknown {
-  if (!(err instanceof WorkerError)) return err;
+/**
+ * Every failure while reading one of the caller's inputs is a 4xx naming the node and input: an error we did not
+ * anticipate here (a decoder throwing) is still about the caller's value, and a 5xx would be retried forever.
+ */
+function nameInput(err: unknown, nodeId: string, classType: string, input: string): WorkerError {
+  if (err instanceof WorkerError && err.retryable) return err;
   const where = `node ${nodeId} (${classType}) input "${input}"`;
   const details = { node_id: nodeId, class_type: classType, input };
   if (err instanceof PayloadTooLargeError)
     return new PayloadTooLargeError(`${where}: ${err.message}`, details);
-  return new InputError(`${where}: ${err.message}`, details, { cause: err });
+  const message = err instanceof Error ? err.message : String(err);
+  return new InputError(`${where}: ${message}`, details, { cause: err });
 }

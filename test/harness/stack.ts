@@ -35,3 +35,21 @@ export function stack(): StackInfo {
     tmpRoot: need("TEST_TMP_ROOT"),
   };
 }
+
+/**
+ * Resolves once ComfyUI runs no prompt, polling its /queue (an interrupt lands between two steps, so the queue
+ * changes a moment after the worker answered). Rejects after `timeoutMs`.
+ */
+export async function waitForComfyIdle(comfyUrl: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const queue = (await (
+      await fetch(`${comfyUrl}/queue`, { signal: AbortSignal.timeout(10_000) })
+    ).json()) as {
+      queue_running: unknown[];
+    };
+    if (queue.queue_running.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`ComfyUI still runs a prompt after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

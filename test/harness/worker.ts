@@ -1,4 +1,5 @@
 import { mkdtemp } from "node:fs/promises";
+import { got } from "got";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
@@ -79,19 +80,24 @@ export async function startTestWorker(
   };
 }
 
-/** POSTs JSON and returns status and parsed body (undefined when empty). */
+/**
+ * POSTs JSON and returns status and parsed body (undefined when empty). The deadline is explicit (`timeoutMs`,
+ * 5 minutes unless told): got has no default timeouts, where fetch's undici would stop waiting for headers after
+ * 300 s, which a long job on a loaded machine reaches.
+ */
 export async function postJson(
   url: string,
   body: unknown,
-  init: RequestInit = {},
+  opts: { timeoutMs?: number; signal?: AbortSignal; headers?: Record<string, string> } = {},
 ): Promise<{ status: number; body: any }> {
-  const res = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
+  const res = await got.post(url, {
     body: typeof body === "string" ? body : JSON.stringify(body),
-    signal: AbortSignal.timeout(120_000),
-    ...init,
+    headers: { "content-type": "application/json", ...opts.headers },
+    timeout: { request: opts.timeoutMs ?? 300_000 },
+    retry: { limit: 0 },
+    throwHttpErrors: false,
+    ...(opts.signal && { signal: opts.signal }),
   });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : undefined };
+  const text = res.body;
+  return { status: res.statusCode, body: text ? JSON.parse(text) : undefined };
 }

@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { RecordingServer, startSlowProxy } from "../harness/http-fixtures.js";
-import { stack } from "../harness/stack.js";
+import { expectProgressToMax } from "../harness/progress.js";
+import { stack, waitForComfyIdle } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree, tinyText2Image } from "../harness/workflows.js";
@@ -60,7 +61,7 @@ test("/generate/stream: status, real progress and executed lines in order, the r
   const res = await fetch(`${w.api}/generate/stream`, {
     method: "POST",
     body: JSON.stringify({ input: { workflow_json: tinyText2Image(5) } }),
-    signal: AbortSignal.timeout(120_000),
+    signal: AbortSignal.timeout(300_000),
   });
   expect(res.status).toBe(200);
   expect(res.headers.get("content-type")).toMatch(/application\/x-ndjson/);
@@ -69,8 +70,8 @@ test("/generate/stream: status, real progress and executed lines in order, the r
   expect(last).toMatchObject({ type: "result", status: "completed", http_status: 200 });
   expect(last.output[0].url).toMatch(/^http/);
   const progress = lines.filter((l) => l.type === "progress");
-  expect(progress.map((p) => p.value)).toEqual([1, 2, 3, 4, 5]);
-  expect(progress[4]).toMatchObject({ max: 5, node: "3", percent: 100 });
+  expectProgressToMax(progress, 5);
+  expect(progress.at(-1)).toMatchObject({ max: 5, node: "3", percent: 100 });
   const statuses = lines.filter((l) => l.type === "status").map((l) => l.status);
   expect(statuses.indexOf("generating")).toBeLessThan(statuses.indexOf("completed"));
   const firstProgress = lines.findIndex((l) => l.type === "progress");
@@ -128,9 +129,9 @@ test("cancel: a running job is interrupted in ComfyUI (that prompt only) and no 
   expect(cancelled.body.status).toBe("cancelled");
   await hooks.waitFor(before + 1);
   expect(JSON.parse(hooks.received.at(-1)!.body).status).toBe("cancelled");
-  // ComfyUI is idle again: the 200-step prompt did not run to the end.
-  const queue = (await (await fetch(`${stack().comfyUrl}/queue`)).json()) as any;
-  expect(queue.queue_running).toHaveLength(0);
+  // ComfyUI goes idle again (the interrupt lands between two steps): the 200-step prompt did not run to the end.
+  await waitForComfyIdle(stack().comfyUrl);
+  expect(w.worker.jobs.get(id)!.details!.progress_updates.at(-1)!.value).toBeLessThan(200);
   const next = await postJson(`${w.api}/generate/sync`, { input: { workflow_json: modelFree() } });
   expect(next.body.status).toBe("completed");
 });
@@ -243,7 +244,10 @@ test("the official client's stream mode reads the progress lines and the result"
     });
     expect(res.ok).toBe(true);
     const lines = res.response as any[];
-    expect(lines.filter((l) => l.type === "progress").map((l) => l.value)).toEqual([1, 2, 3]);
+    expectProgressToMax(
+      lines.filter((l) => l.type === "progress"),
+      3,
+    );
     expect(lines.at(-1)).toMatchObject({ type: "result", status: "completed" });
   } finally {
     await secured.stop();

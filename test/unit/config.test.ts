@@ -35,7 +35,13 @@ describe("loadConfig", () => {
       historyPollMs: 1_000,
     });
     expect(c.outputDir).toBe("/opt/comfy/output");
-    expect(c.jobs).toEqual({ timeoutMs: 600_000, maxInFlightPrompts: 2, resultRetentionMs: 3_600_000 });
+    expect(c.jobs).toEqual({
+      timeoutMs: 600_000,
+      maxInFlightPrompts: 2,
+      resultRetentionMs: 3_600_000,
+      resultRetentionMax: 1_000,
+      resultRetentionMaxBytes: 64 * 1024 * 1024,
+    });
     expect(c.inputs).toEqual({
       allowPrivate: false,
       maxBytes: 256 * 1024 * 1024,

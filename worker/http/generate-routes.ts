@@ -12,10 +12,14 @@ export interface GenerateRoutesDeps {
   workloadOf: (input: ParsedInput) => number;
 }
 
-/** The HTTP status for a finished job: its error's status for client mistakes and retryable failures, else 200. */
+/**
+ * The HTTP status for a finished job: its error's status for client mistakes (4xx) and retryable failures (5xx),
+ * else 200 with the failure in the document (a 5xx for a deterministic failure would be retried forever).
+ */
 export function statusFor(job: Job): number {
   const err: WorkerError | undefined = job.error;
   if (!err) return 200;
+  if (err.httpStatus >= 500) return err.retryable ? err.httpStatus : 200;
   return err.httpStatus >= 400 ? err.httpStatus : 200;
 }
 

@@ -54,7 +54,8 @@ export class Job extends EventEmitter {
   private resolveDone!: () => void;
 
   constructor(
-    readonly input: ParsedInput,
+    /** The request; a finished job drops it (see `compact`). */
+    public input: ParsedInput,
     readonly workload: number,
     readonly createdAt: number,
   ) {
@@ -92,6 +93,16 @@ export class Job extends EventEmitter {
 
   emitEvent(event: JobEvent): void {
     this.emit("event", event);
+  }
+
+  /**
+   * Drops what only a running job needs (the request's workflow, which may carry megabytes of data: URIs), keeping
+   * what `result()` reads. Returns the size of the result document, for the retention caps.
+   */
+  compact(): number {
+    this.input = { requestId: this.input.requestId, workflow: {}, s3: undefined, webhook: undefined };
+    this.removeAllListeners();
+    return Buffer.byteLength(JSON.stringify(this.result()));
   }
 
   result(): ResultDocument {

@@ -16,6 +16,7 @@ import {
   ExecutionError,
   DeviceFailedError,
   JobTimeoutError,
+  InternalError,
   NotReadyError,
   OutOfMemoryError,
   asWorkerError,
@@ -53,11 +54,15 @@ export interface JobManagerDeps {
 /**
  * Accepts jobs and runs them: preprocess (ahead of time), ComfyUI (at most `maxInFlightPrompts` prompts submitted,
  * so the next prompt is already queued in ComfyUI while the previous job uploads), outputs, storage, webhook.
- * A request_id seen again while its job runs or is retained returns that job (idempotency). Retryable failures are
- * not retained, so that a retry runs again.
+ * A request_id seen again while its job runs or is retained returns that job (idempotency). A retryable failure is
+ * retained too (pollers of /result see it), but a retry with its request_id runs again. A finished job keeps only
+ * its result document, and finished jobs are capped by age, count and bytes (oldest evicted first).
  */
 export class JobManager {
   private readonly jobs = new Map<string, Job>();
+  /** Finished jobs in the order they finished, with the size of their result document. */
+  private readonly retained = new Map<string, number>();
+  private retainedBytes = 0;
   private readonly slots: Semaphore;
   private accepting = true;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -94,13 +99,14 @@ export class JobManager {
   /** Returns the job for this request, creating and starting it unless one with the same id exists. */
   submit(input: ParsedInput, workload: number): { job: Job; created: boolean } {
     const existing = this.jobs.get(input.requestId);
-    if (existing) return { job: existing, created: false };
+    if (existing && !(existing.final && existing.error?.retryable)) return { job: existing, created: false };
     if (!this.accepting) throw new NotReadyError("the worker is shutting down");
     const webhookUrl = this.webhookUrl(input);
     if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
       throw new BadRequestError("webhook.url must be an http(s) URL");
     }
     const job = new Job(input, workload, this.now());
+    if (existing) this.forget(existing.id);
     this.jobs.set(job.id, job);
     void this.run(job);
     return { job, created: true };
@@ -135,9 +141,30 @@ export class JobManager {
 
   private sweep(): void {
     const cutoff = this.now() - this.deps.config.jobs.resultRetentionMs;
-    for (const [id, job] of this.jobs) {
-      if (job.final && (job.finishedAt ?? 0) < cutoff) this.jobs.delete(id);
+    for (const id of this.retained.keys()) {
+      if ((this.jobs.get(id)?.finishedAt ?? 0) >= cutoff) break;
+      this.forget(id);
     }
+  }
+
+  /** Keeps a finished job's result document (its input is dropped), evicting the oldest past the caps. */
+  private retain(job: Job): void {
+    const bytes = job.compact();
+    this.retained.set(job.id, bytes);
+    this.retainedBytes += bytes;
+    const { resultRetentionMax, resultRetentionMaxBytes } = this.deps.config.jobs;
+    for (const id of this.retained.keys()) {
+      if (this.retained.size <= resultRetentionMax && this.retainedBytes <= resultRetentionMaxBytes) break;
+      this.forget(id);
+    }
+  }
+
+  private forget(id: string): void {
+    const bytes = this.retained.get(id);
+    if (bytes === undefined) return;
+    this.retained.delete(id);
+    this.retainedBytes -= bytes;
+    this.jobs.delete(id);
   }
 
   private observe(fn: () => void): void {
@@ -230,7 +257,9 @@ export class JobManager {
       const err = this.classify(raw, job, deadline);
       job.error = err;
       outcome = { status: err instanceof CancelledError ? "cancelled" : "failed", message: err.message };
-      if (err.retryable) this.jobs.delete(job.id);
+      if (err instanceof InternalError) {
+        log.error({ stage: "job", err: raw }, `unexpected failure: ${err.message}`);
+      }
     } finally {
       for (const f of inputFiles) this.deps.downloader.unpin(f);
       // Timings first: whoever listens for the final status reads them.
@@ -250,6 +279,7 @@ export class JobManager {
         `job ${job.status}: ${job.message}`,
       );
       this.notify(job);
+      this.retain(job);
     }
   }
 

@@ -27,6 +27,12 @@ export interface IntervalCounters {
 }
 
 /**
+ * Finished requests kept for /delete_requests/ at most: while the autoscaler cannot be reached they would grow
+ * with traffic. The oldest go first (the autoscaler forgets requests on its own after a while).
+ */
+export const MAX_FINISHED = 10_000;
+
+/**
  * What the autoscaler is told about routed requests: those in flight, interval counters, and finished requests
  * for /delete_requests/. In-flight requests are keyed by a counter of our own (upstream keys them by reqnum, so
  * duplicates overwrite each other).
@@ -40,7 +46,22 @@ export class RequestTracker {
   /** Set when something changed since the last delivered report. */
   pending = false;
 
-  constructor(private readonly now: () => number = () => Date.now() / 1000) {}
+  /** Finished requests dropped because MAX_FINISHED was reached. */
+  droppedFinished = 0;
+
+  constructor(
+    private readonly now: () => number = () => Date.now() / 1000,
+    private readonly maxFinished = MAX_FINISHED,
+  ) {}
+
+  private addFinished(entry: FinishedRequest): void {
+    this.finished.push(entry);
+    const excess = this.finished.length - this.maxFinished;
+    if (excess > 0) {
+      this.finished.splice(0, excess);
+      this.droppedFinished += excess;
+    }
+  }
 
   track(auth: AuthData, workload: number, res: Response): void {
     const key = this.nextKey++;
@@ -55,7 +76,7 @@ export class RequestTracker {
       const status: FinishedStatus = disconnected ? "Cancelled" : res.statusCode >= 500 ? "Error" : "Success";
       if (status === "Success") this.counters.cur_perf += workload;
       if (status === "Cancelled") this.counters.new_load = Math.max(0, this.counters.new_load - workload);
-      this.finished.push({
+      this.addFinished({
         request_idx: entry.requestIdx,
         success: status !== "Error",
         status,
@@ -69,7 +90,7 @@ export class RequestTracker {
 
   rejected(auth: AuthData, workload: number): void {
     this.counters.rej_load += workload;
-    this.finished.push({
+    this.addFinished({
       request_idx: numeric(auth.request_idx) || 0,
       success: false,
       status: "Rejected",

@@ -1,0 +1,164 @@
+import { randomUUID } from "node:crypto";
+import { rm, writeFile } from "node:fs/promises";
+import { startSlowProxy } from "../harness/http-fixtures.js";
+import { stack } from "../harness/stack.js";
+import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { loadImageWorkflow, modelFree } from "../harness/workflows.js";
+
+/**
+ * Ordinary faults that must not turn into retry loops, lost failures, or one caller's disconnect failing others:
+ * client mistakes are 4xx, unanticipated failures are terminal, retryable failures stay visible.
+ */
+
+let w: TestWorker;
+beforeAll(async () => {
+  w = await startTestWorker();
+});
+afterAll(async () => {
+  await w?.stop();
+});
+
+test.each([
+  ["a bad percent-encoding", "data:image/png,%ZZ", /invalid percent-encoding/],
+  ["bad base64", "data:image/png;base64,!!!not-base64!!!", /not valid base64/],
+  ["an empty payload", "data:image/png;base64,", /empty/],
+])("a data: URI with %s is a 400 naming the node and input", async (_what, uri, why) => {
+  const { status, body } = await postJson(`${w.api}/generate/sync`, {
+    input: { workflow_json: loadImageWorkflow(uri) },
+  });
+  expect(status).toBe(400);
+  expect(body.status).toBe("failed");
+  expect(body.error).toMatchObject({ code: "input_error", node_id: "10", input: "image" });
+  expect(body.message).toMatch(/node 10 \(LoadImage\) input "image"/);
+  expect(body.message).toMatch(why);
+});
+
+test("a 500 from ComfyUI's /prompt while ComfyUI answers fails that prompt with a 400, not a retryable 503", async () => {
+  // Nesting deeper than Python's JSON decoder allows: ComfyUI answers 500 to /prompt, and keeps answering.
+  let deep: unknown = [];
+  for (let i = 0; i < 3000; i++) deep = [deep];
+  const wf = { "1": { class_type: "PreviewAny", inputs: { source: deep } } };
+  const id = `prompt500-${randomUUID()}`;
+  const { status, body } = await postJson(`${w.api}/generate/sync`, {
+    input: { request_id: id, workflow_json: wf },
+  });
+  expect(status).toBe(400);
+  expect(body.status).toBe("failed");
+  expect(body.error).toMatchObject({ code: "invalid_workflow", comfyui_status: 500 });
+  // Terminal: the same request_id returns the same failure instead of running again.
+  const again = await postJson(`${w.api}/generate/sync`, { input: { request_id: id, workflow_json: wf } });
+  expect(again.body.timings.queued_at_ms).toBe(body.timings.queued_at_ms);
+});
+
+test("an exception the worker did not anticipate is a terminal failed job (internal_error, 200), counted", async () => {
+  // A real fault: the output folder is replaced by a file, so moving the outputs there fails.
+  const own = await startTestWorker();
+  try {
+    await rm(own.outputDir, { recursive: true, force: true });
+    await writeFile(own.outputDir, "not a folder");
+    const { status, body } = await postJson(`${own.api}/generate/sync`, {
+      input: { workflow_json: modelFree() },
+    });
+    expect(status).toBe(200);
+    expect(body.status).toBe("failed");
+    expect(body.error.code).toBe("internal_error");
+    const metrics = await (await fetch(`${own.api}/metrics`)).text();
+    expect(metrics).toMatch(/comfyui_worker_job_errors_total\{code="internal_error"\} 1/);
+  } finally {
+    await own.stop();
+  }
+});
+
+test("a retryable failure stays visible at /result/{id}, and a retry with its request_id runs again", async () => {
+  // A real allocation failure on the CPU (as in limits.test.ts): retryable out_of_memory.
+  const oom = {
+    "1": { class_type: "EmptyImage", inputs: { width: 16384, height: 16384, batch_size: 4096, color: 0 } },
+    "2": { class_type: "SaveImage", inputs: { images: ["1", 0], filename_prefix: "oom" } },
+  };
+  const id = `visible-${randomUUID()}`;
+  const accepted = await postJson(`${w.api}/generate`, { input: { request_id: id, workflow_json: oom } });
+  expect(accepted.status).toBe(202);
+  await w.worker.jobs.get(id)!.done;
+  const polled = await fetch(`${w.api}/result/${id}`);
+  expect(polled.status).toBe(200);
+  expect(await polled.json()).toMatchObject({
+    id,
+    status: "failed",
+    error: { code: "out_of_memory" },
+    message: expect.stringMatching(/ran out of memory/),
+  });
+  const retried = await postJson(`${w.api}/generate/sync`, {
+    input: { request_id: id, workflow_json: modelFree() },
+  });
+  expect(retried.status).toBe(200);
+  expect(retried.body.status).toBe("completed");
+  expect(retried.body.id).toBe(id);
+});
+
+test("one caller disconnecting while the node catalog loads does not cancel the others", async () => {
+  // ComfyUI behind a proxy that holds each connection 1.5 s: the catalog fetch of a fresh worker is slow.
+  const slowComfy = await startSlowProxy(new URL(stack().comfyUrl), 1_500);
+  const own = await startTestWorker({ COMFYUI_URL: slowComfy.url });
+  try {
+    const leaving = new AbortController();
+    const first = postJson(
+      `${own.api}/generate/sync`,
+      { input: { request_id: `leaves-${randomUUID()}`, workflow_json: modelFree() } },
+      { signal: leaving.signal },
+    ).catch((err: unknown) => err);
+    const other = postJson(`${own.api}/generate/sync`, {
+      input: { request_id: `stays-${randomUUID()}`, workflow_json: modelFree() },
+    });
+    // Both wait on the same /object_info (it takes at least 1.5 s); the first caller goes away meanwhile.
+    await new Promise<void>((resolve) => {
+      const check = () => (own.worker.jobs.active().length === 2 ? resolve() : setTimeout(check, 10));
+      check();
+    });
+    leaving.abort();
+    await first;
+    const { status, body } = await other;
+    expect(status).toBe(200);
+    expect(body.status).toBe("completed");
+  } finally {
+    await own.stop();
+    await slowComfy.close();
+  }
+});
+
+test("finished jobs keep only their result, capped by RESULT_RETENTION_MAX (oldest evicted first)", async () => {
+  const own = await startTestWorker({ RESULT_RETENTION_MAX: "2" });
+  try {
+    const ids = [1, 2, 3].map((i) => `kept-${i}-${randomUUID()}`);
+    for (const id of ids) {
+      const { body } = await postJson(`${own.api}/generate/sync`, {
+        input: { request_id: id, workflow_json: modelFree() },
+      });
+      expect(body.status).toBe("completed");
+    }
+    expect((await fetch(`${own.api}/result/${ids[0]}`)).status).toBe(404);
+    for (const id of ids.slice(1)) {
+      const res = await fetch(`${own.api}/result/${id}`);
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as any).output).toHaveLength(3);
+      // The request itself is gone: only what the result document shows is kept.
+      expect(own.worker.jobs.get(id)!.input.workflow).toEqual({});
+    }
+    expect(own.worker.jobs.list()).toHaveLength(2);
+  } finally {
+    await own.stop();
+  }
+});
+
+test("RESULT_RETENTION_MAX_BYTES caps the bytes of kept results", async () => {
+  const own = await startTestWorker({ RESULT_RETENTION_MAX_BYTES: "1" });
+  try {
+    const id = `bytes-${randomUUID()}`;
+    const { body } = await postJson(`${own.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: modelFree() },
+    });
+    expect(body.status).toBe("completed");
+    expect((await fetch(`${own.api}/result/${id}`)).status).toBe(404);
+  } finally {
+    await own.stop();
+  }
+});
