@@ -118,10 +118,10 @@ export function createWorker(deps: WorkerDeps): Worker {
         })
       : undefined;
 
-  const setError = (msg: string) => {
+  const setError = (msg: string, level: "error" | "info" = "error") => {
     if (errorMsg === msg) return;
     errorMsg = msg;
-    if (msg) logger.error({ stage: "lifecycle" }, msg);
+    if (msg) logger[level]({ stage: "lifecycle" }, msg);
     reporter?.poke();
   };
 
@@ -370,10 +370,10 @@ export function createWorker(deps: WorkerDeps): Worker {
           clearTimeout(watcher);
           clearInterval(sessionSweep);
           jobs.stopAccepting();
-          if (previous === "ready") setError("worker is shutting down");
+          // A normal shutdown: the autoscaler hears it as error_msg, but it is no error in our log.
+          if (previous === "ready") setError("worker is shutting down", "info");
           await jobs.drain(drainMs);
           await webhooks.drain(5_000);
-          await reporter?.stop(async () => void (await reporter.sendStatus()));
           await Promise.all(
             [routedServer, localServer].map(
               (s) =>
@@ -384,6 +384,8 @@ export function createWorker(deps: WorkerDeps): Worker {
                 }),
             ),
           );
+          // After the servers closed, so that every request that ended is in the last /delete_requests/.
+          await reporter?.stop(() => reporter.flush());
           events.stop();
           janitor.stop();
           storage.close();

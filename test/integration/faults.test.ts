@@ -259,6 +259,14 @@ test("SIGTERM during a job: the job completes, its caller gets the answer, the p
     const [code] = await exited;
     expect(code).toBe(0);
     expect(logs.join("")).toMatch(/draining/);
+    // A normal shutdown is no error: the autoscaler hears "worker is shutting down", the log says it at info.
+    const lines = logs
+      .join("")
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { level: number; msg: string });
+    expect(lines.find((l) => l.msg === "worker is shutting down")).toMatchObject({ level: 30 });
+    expect(lines.filter((l) => l.level >= 50)).toEqual([]);
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
   }

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { rm, writeFile } from "node:fs/promises";
+import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { startSlowProxy } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
@@ -160,5 +161,33 @@ test("RESULT_RETENTION_MAX_BYTES caps the bytes of kept results", async () => {
     expect((await fetch(`${own.api}/result/${id}`)).status).toBe(404);
   } finally {
     await own.stop();
+  }
+});
+
+test("shutdown sends the last /delete_requests/ with the requests that ended since the previous report", async () => {
+  const router = new RouterEmulator({ port: 0 });
+  await router.listen();
+  // Reports every 10 minutes: only the shutdown itself can deliver the request below in time.
+  const own = await startTestWorker(
+    { UNSECURED: "false", REPORT_ADDR: router.url, REPORT_INTERVAL_MS: "600000" },
+    { publicKeyPem: router.publicKeyPem },
+  );
+  try {
+    await router.waitFor(() => router.reports.some((r) => r.path === "/worker_status/"));
+    const auth = router.authData(own.routed, { requestIdx: 424242 });
+    const { body } = await postJson(`${own.routed}/generate/sync`, {
+      auth_data: auth,
+      payload: { input: { workflow_json: modelFree() } },
+    });
+    expect(body.status).toBe("completed");
+    expect(router.reports.some((r) => r.path === "/delete_requests/")).toBe(false);
+    await own.stop();
+    const deleted = router.reports.filter((r) => r.path === "/delete_requests/");
+    expect(deleted.flatMap((r) => r.body.requests as any[])).toEqual([
+      expect.objectContaining({ request_idx: 424242, status: "Success" }),
+    ]);
+  } finally {
+    await own.stop();
+    await router.close();
   }
 });

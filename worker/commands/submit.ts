@@ -1,4 +1,5 @@
 import { readFile } from "node:fs/promises";
+import { got } from "got";
 import type { ResultDocument } from "../jobs/job.js";
 
 type StreamLine =
@@ -19,20 +20,28 @@ export async function submitCommand(
   const parsed = JSON.parse(await readFile(file, "utf8")) as Record<string, unknown>;
   const input = (parsed.input as Record<string, unknown> | undefined) ?? { workflow_json: parsed };
   if (opts.requestId) input.request_id = opts.requestId;
-  const res = await fetch(`${opts.url.replace(/\/+$/, "")}/generate/stream`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ input }),
-    signal: AbortSignal.timeout(Number(opts.timeout) * 1000),
+  // got, with the whole request bounded by --timeout: fetch (undici) has its own 300 s limits on headers and
+  // between body chunks, which a long job (a model loading, a slow step on a shared CPU) may exceed.
+  const stream = got.stream.post(`${opts.url.replace(/\/+$/, "")}/generate/stream`, {
+    json: { input },
+    timeout: { request: Number(opts.timeout) * 1000 },
+    retry: { limit: 0 },
+    throwHttpErrors: false,
   });
-  if (res.status !== 200 || !res.body) {
-    out.write(`the worker answered ${res.status}: ${await res.text()}\n`);
+  const res = await new Promise<{ statusCode: number }>((resolve, reject) => {
+    stream.once("response", resolve);
+    stream.once("error", reject);
+  });
+  if (res.statusCode !== 200) {
+    let text = "";
+    for await (const chunk of stream) text += String(chunk);
+    out.write(`the worker answered ${res.statusCode}: ${text}\n`);
     return 1;
   }
   let buffered = "";
   let result: ResultDocument | undefined;
   const decoder = new TextDecoder();
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+  for await (const chunk of stream as AsyncIterable<Uint8Array>) {
     buffered += decoder.decode(chunk, { stream: true });
     let nl: number;
     while ((nl = buffered.indexOf("\n")) >= 0) {

@@ -85,15 +85,26 @@ export class AutoscalerReporter {
       this.forced = false;
       await this.sendStatus();
     }
+    await this.sendFinished();
+  }
+
+  /** Sends the finished requests waiting for /delete_requests/, if any. */
+  private async sendFinished(): Promise<void> {
+    const t = this.opts.tracker;
     const finished = t.takeFinished();
-    if (finished.length > 0) {
-      const ok = await this.post("/delete_requests/", {
-        worker_id: this.opts.containerId,
-        mtoken: this.opts.masterToken,
-        requests: finished,
-      });
-      if (ok) t.dropFinished(finished);
-    }
+    if (finished.length === 0) return;
+    const ok = await this.post("/delete_requests/", {
+      worker_id: this.opts.containerId,
+      mtoken: this.opts.masterToken,
+      requests: finished,
+    });
+    if (ok) t.dropFinished(finished);
+  }
+
+  /** The last reports at shutdown: a status, then the requests that finished while draining. */
+  async flush(): Promise<void> {
+    await this.sendStatus();
+    await this.sendFinished();
   }
 
   /** Builds and sends one /worker_status/; returns whether an address accepted it. */
