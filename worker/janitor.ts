@@ -3,6 +3,9 @@ import { join } from "node:path";
 import { CACHE_PREFIX } from "../handlers/preprocess/downloads.js";
 import type { Logger } from "../lib/logger.js";
 
+/** Written in an output folder once every file of it is in storage: the janitor's second rule may remove it. */
+export const UPLOADED_MARKER = ".uploaded";
+
 export interface JanitorOptions {
   outputDir: string;
   inputDir: string;
@@ -22,13 +25,18 @@ export interface JanitorOptions {
 export interface SweepReport {
   freeBefore: number;
   freeAfter: number;
-  removed: { path: string; bytes: number }[];
+  removed: { path: string; bytes: number; reason: "age" | "uploaded" }[];
 }
 
 /**
- * Disk care, in-process (the template does it with cron): when free space on the output folder's file system is
- * below `minFreeBytes`, remove request output folders and cached URL inputs older than `maxAgeMs`, oldest first,
- * until free space is back above the bound. A running job's folder and a pinned input are never touched.
+ * Disk care, in-process (the template does it with cron). When free space on the output folder's file system is
+ * below `minFreeBytes`:
+ * 1. (the seed's rule) remove request output folders and cached URL inputs older than `maxAgeMs`, oldest first,
+ *    until free space is back above the bound;
+ * 2. if it is still below, remove the oldest output folders whose files are all in storage (marked
+ *    UPLOADED_MARKER), whatever their age: a busy worker fills its disk long before outputs get old.
+ * A running job's folder, a folder whose upload failed (or was never asked for) and a pinned input are never
+ * touched. What is removed is logged with the rule that removed it.
  */
 export class Janitor {
   private timer: NodeJS.Timeout | undefined;
@@ -82,15 +90,32 @@ export class Janitor {
       .filter((c) => c.mtime < cutoff)
       .sort((a, b) => a.mtime - b.mtime);
     let free = freeBefore;
+    const remove = async (c: { path: string; bytes: number }, reason: "age" | "uploaded") => {
+      await rm(c.path, { recursive: true, force: true });
+      report.removed.push({ path: c.path, bytes: c.bytes, reason });
+      free = await this.free();
+    };
     for (const c of candidates) {
       if (free >= this.opts.minFreeBytes) break;
-      await rm(c.path, { recursive: true, force: true });
-      report.removed.push({ path: c.path, bytes: c.bytes });
-      free = await this.free();
+      await remove(c, "age");
+    }
+    if (free < this.opts.minFreeBytes) {
+      const gone = new Set(report.removed.map((r) => r.path));
+      const stillActive = this.opts.activeIds();
+      const uploaded = (await this.entries(this.opts.outputDir, (name) => !stillActive.has(name)))
+        .filter((c) => !gone.has(c.path))
+        .sort((a, b) => a.mtime - b.mtime);
+      for (const c of uploaded) {
+        if (free >= this.opts.minFreeBytes) break;
+        if (!(await isUploaded(c.path))) continue;
+        await remove(c, "uploaded");
+      }
     }
     report.freeAfter = free;
     if (report.removed.length > 0) {
       const bytes = report.removed.reduce((a, r) => a + r.bytes, 0);
+      const byAge = report.removed.filter((r) => r.reason === "age");
+      const byUpload = report.removed.filter((r) => r.reason === "uploaded");
       this.opts.onRemoved?.(report.removed.length, bytes);
       this.opts.onFreeBytes?.(free);
       this.opts.logger.warn(
@@ -100,8 +125,11 @@ export class Janitor {
           bytes,
           free_before: freeBefore,
           free_after: free,
+          older_than_max_age: byAge.map((r) => r.path),
+          already_uploaded: byUpload.map((r) => r.path),
         },
-        `disk care removed ${report.removed.length} old output(s) and cached input(s)`,
+        `disk care: free space below DISK_MIN_FREE_MB; removed ${byAge.length} item(s) older than ` +
+          `OUTPUT_MAX_AGE_HOURS and ${byUpload.length} output folder(s) already uploaded to storage`,
       );
     } else {
       this.opts.logger.warn(
@@ -124,6 +152,13 @@ export class Janitor {
     }
     return out;
   }
+}
+
+async function isUploaded(dir: string): Promise<boolean> {
+  return stat(join(dir, UPLOADED_MARKER)).then(
+    (s) => s.isFile(),
+    () => false,
+  );
 }
 
 async function dirBytes(dir: string): Promise<number> {

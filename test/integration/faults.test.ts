@@ -200,6 +200,34 @@ test("janitor: below the free-space bound it removes old outputs and cached inpu
   }
 });
 
+test("janitor, second rule: still below the bound, it removes the oldest uploaded outputs, never a failed upload's", async () => {
+  const w = await startTestWorker({
+    DISK_MIN_FREE_MB: String(1024 * 1024 * 1024),
+    OUTPUT_MAX_AGE_HOURS: "24",
+  });
+  try {
+    const uploaded = `janitor-uploaded-${randomUUID()}`;
+    const failed = `janitor-failed-${randomUUID()}`;
+    const ok = await postJson(`${w.api}/generate/sync`, {
+      input: { request_id: uploaded, workflow_json: modelFree() },
+    });
+    expect(ok.body.status).toBe("completed");
+    const bad = await postJson(`${w.api}/generate/sync`, {
+      input: { request_id: failed, workflow_json: modelFree(), s3: { bucket_name: "no-such-bucket" } },
+    });
+    expect(bad.body.status).toBe("failed");
+    expect(bad.body.output[0].upload_error).toBeTruthy();
+
+    const report = await w.worker.janitor.sweep();
+    expect(report.removed).toEqual([
+      expect.objectContaining({ path: join(w.outputDir, uploaded), reason: "uploaded" }),
+    ]);
+    expect(await readdir(w.outputDir)).toEqual([failed]);
+  } finally {
+    await w.stop();
+  }
+});
+
 test("SIGTERM during a job: the job completes, its caller gets the answer, the process exits 0", async () => {
   const s = stack();
   const dir = await mkdtemp(join(s.tmpRoot, "sigterm-"));

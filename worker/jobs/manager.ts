@@ -1,4 +1,6 @@
 import { randomUUID } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import type { FrozenConfig } from "../../config/index.js";
 import type { ComfyClient } from "../../handlers/comfyui/client.js";
 import type { ComfyEvents } from "../../handlers/comfyui/events.js";
@@ -26,6 +28,7 @@ import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
 import { Semaphore } from "../../lib/semaphore.js";
 import { Job } from "./job.js";
+import { UPLOADED_MARKER } from "../janitor.js";
 
 /** What the manager tells observers (metrics); an observer that throws is logged and ignored. */
 export interface JobObserver {
@@ -327,6 +330,7 @@ export class JobManager {
       region: s3?.region,
     });
     if (!target) return 0;
+    if (job.output.length === 0) return 0;
     const results = await Promise.all(
       job.output.map(async (entry) => {
         try {
@@ -347,7 +351,17 @@ export class JobManager {
         }
       }),
     );
-    return results.filter((ok) => !ok).length;
+    const failed = results.filter((ok) => !ok).length;
+    // Every file is in storage: the janitor may remove this folder when the disk stays full (its second rule).
+    if (failed === 0) {
+      await writeFile(join(this.deps.config.outputDir, job.id, UPLOADED_MARKER), "").catch((err: unknown) =>
+        this.deps.logger.warn(
+          { request_id: job.id, stage: "postprocess", err },
+          "could not mark as uploaded",
+        ),
+      );
+    }
+    return failed;
   }
 
   /** The request's webhook, else WEBHOOK_URL (an empty string means not given). */
