@@ -64,6 +64,8 @@ export interface Config {
     maxQueueTimeS: number;
     reportIntervalMs: number;
     heartbeatIntervalMs: number;
+    /** Written by /pyworker/update, as upstream. */
+    updateFlagFile: string;
   };
   benchmark: {
     jsonPath?: string;
@@ -186,6 +188,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       maxQueueTimeS: e.number("MAX_QUEUE_TIME", 10, { min: 0 }),
       reportIntervalMs: e.int("REPORT_INTERVAL_MS", 1_000, { min: 10 }),
       heartbeatIntervalMs: e.int("REPORT_HEARTBEAT_MS", 10_000, { min: 10 }),
+      updateFlagFile: e.string("PYWORKER_UPDATE_FLAG_FILE", "/.force_update"),
     },
     benchmark: {
       jsonPath: e.optional("BENCHMARK_JSON_PATH"),

@@ -13,6 +13,7 @@ import { generateRoutes } from "./http/generate-routes.js";
 import { healthRoutes } from "./http/health.js";
 import { createLocalApp } from "./http/local.js";
 import { SessionStore, createRoutedApp } from "./http/routed.js";
+import { SessionCloseNotifier } from "../handlers/session-close.js";
 import type { JobManager } from "./jobs/manager.js";
 import { Janitor } from "./janitor.js";
 import type { Logger } from "../lib/logger.js";
@@ -86,7 +87,8 @@ export function createWorker(deps: WorkerDeps): Worker {
   });
   const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
   const tracker = new RequestTracker();
-  const sessions = new SessionStore(10);
+  const sessionClose = new SessionCloseNotifier({ allowPrivate: config.inputs.allowPrivate, logger });
+  const sessions = new SessionStore(10, (s) => void sessionClose.notify(s));
   const replay = new ReplayGuard(config.autoscaler.replayWindow);
 
   let phase: Phase = "starting";
@@ -172,6 +174,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     tracker,
     sessions,
     masterToken: config.autoscaler.masterToken,
+    updateFlagFile: config.autoscaler.updateFlagFile,
     generate,
     health,
     workRoutes: ["/generate/sync", "/generate", "/generate/stream"],

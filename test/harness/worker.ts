@@ -30,6 +30,8 @@ export interface TestWorker {
   routed: string;
   api: string;
   outputDir: string;
+  /** The worker's own scratch folder (its output folder and flag files are inside). */
+  dir: string;
   stop(): Promise<void>;
 }
 
@@ -51,6 +53,7 @@ export async function startTestWorker(
       ...stackEnv(join(dir, "output")),
       BENCHMARK_SKIP: "true",
       BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
+      PYWORKER_UPDATE_FLAG_FILE: join(dir, ".force_update"),
       INPUT_URL_ALLOW_PRIVATE: "true",
       COMFYUI_HISTORY_POLL_MS: "250",
       LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
@@ -76,6 +79,7 @@ export async function startTestWorker(
     routed: worker.routedUrl(),
     api: worker.apiUrl() ?? "",
     outputDir: config.outputDir,
+    dir,
     stop: () => worker.stop(5_000),
   };
 }

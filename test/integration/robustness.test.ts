@@ -1,7 +1,10 @@
 import { randomUUID } from "node:crypto";
-import { rm, writeFile } from "node:fs/promises";
+import { rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
-import { startSlowProxy } from "../harness/http-fixtures.js";
+import { RecordingServer, startSlowProxy } from "../harness/http-fixtures.js";
+import { SessionCloseNotifier } from "../../handlers/session-close.js";
+import { silentLogger } from "../../lib/logger.js";
 import { stack } from "../harness/stack.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { loadImageWorkflow, modelFree } from "../harness/workflows.js";
@@ -190,4 +193,71 @@ test("shutdown sends the last /delete_requests/ with the requests that ended sin
     await own.stop();
     await router.close();
   }
+});
+
+describe("sessions as upstream", () => {
+  let hooks: RecordingServer;
+  beforeAll(async () => {
+    hooks = await new RecordingServer().start();
+  });
+  afterAll(async () => {
+    await hooks?.stop();
+  });
+
+  const create = (payload: Record<string, unknown>) =>
+    postJson(`${w.routed}/session/create`, { auth_data: { url: "x" }, payload });
+
+  test("/session/end POSTs on_close_payload with session_id added to on_close_route", async () => {
+    const before = hooks.received.length;
+    const created = await create({
+      lifetime: 60,
+      on_close_route: `${hooks.url}/closed`,
+      on_close_payload: { reason: "done", user: 7 },
+    });
+    expect(created.status).toBe(201);
+    const { session_id } = created.body;
+    const ended = await postJson(`${w.routed}/session/end`, { session_id, session_auth: { url: "x" } });
+    expect(ended.body).toEqual({ ended: true, removed_session: session_id });
+    await hooks.waitFor(before + 1);
+    const call = hooks.received[before]!;
+    expect(call).toMatchObject({ method: "POST", url: "/closed" });
+    expect(JSON.parse(call.body)).toEqual({ reason: "done", user: 7, session_id });
+  });
+
+  test("an expired session's callback is sent by the session sweep", async () => {
+    const before = hooks.received.length;
+    const created = await create({ lifetime: 0.1, on_close_route: `${hooks.url}/expired` });
+    await hooks.waitFor(before + 1);
+    expect(hooks.received[before]).toMatchObject({ url: "/expired" });
+    expect(JSON.parse(hooks.received[before]!.body)).toEqual({ session_id: created.body.session_id });
+  }, 30_000);
+
+  test("the callback follows the address policy: private addresses are refused unless allowed", async () => {
+    const before = hooks.received.length;
+    const strict = new SessionCloseNotifier({ allowPrivate: false, logger: silentLogger() });
+    const session = { id: "s1", onCloseRoute: `${hooks.url}/private`, onClosePayload: null };
+    expect(await strict.notify(session)).toBe("refused");
+    expect(await strict.notify({ ...session, onCloseRoute: "http://localhost:1/x" })).toBe("refused");
+    expect(await strict.notify({ ...session, onCloseRoute: "/relative-route" })).toBe("skipped");
+    const open = new SessionCloseNotifier({ allowPrivate: true, logger: silentLogger() });
+    expect(await open.notify(session)).toBe("delivered");
+    expect(hooks.received.slice(before).map((r) => r.url)).toEqual(["/private"]);
+  });
+
+  test("/pyworker/update writes the flag file upstream writes", async () => {
+    const own = await startTestWorker({ MASTER_TOKEN: "update-token" });
+    try {
+      const res = await postJson(
+        `${own.routed}/pyworker/update`,
+        {},
+        {
+          headers: { authorization: "Bearer update-token" },
+        },
+      );
+      expect(res.status).toBe(200);
+      expect((await stat(join(own.dir, ".force_update"))).isFile()).toBe(true);
+    } finally {
+      await own.stop();
+    }
+  });
 });

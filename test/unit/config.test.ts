@@ -68,6 +68,7 @@ describe("loadConfig", () => {
       maxQueueTimeS: 10,
       reportIntervalMs: 1_000,
       heartbeatIntervalMs: 10_000,
+      updateFlagFile: "/.force_update",
     });
     expect(c.benchmark).toEqual({
       jsonPath: undefined,

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { writeFile } from "node:fs/promises";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import type { Admission } from "../admission.js";
 import type { AuthData, ReplayGuard, SignatureVerifier } from "../auth/signature.js";
@@ -21,6 +22,8 @@ export interface RoutedDeps {
   tracker: RequestTracker;
   sessions: SessionStore;
   masterToken: string;
+  /** The file /pyworker/update creates (upstream's `/.force_update`): the start script updates the worker on it. */
+  updateFlagFile: string;
   /** Generation routes; they read `res.locals.payload`. */
   generate: express.Router;
   health: express.Router;
@@ -40,10 +43,16 @@ export interface Session {
   onClosePayload: unknown;
 }
 
-/** Sessions as upstream keeps them: created through /session/create, extended by each request that names them. */
+/**
+ * Sessions as upstream keeps them: created through /session/create, extended by each request that names them.
+ * `onClose` hears every session that ends (/session/end or expiry).
+ */
 export class SessionStore {
   readonly sessions = new Map<string, Session>();
-  constructor(readonly maxSessions: number) {}
+  constructor(
+    readonly maxSessions: number,
+    private readonly onClose: (s: Session) => void = () => undefined,
+  ) {}
 
   create(auth: AuthData, payload: Record<string, unknown>, now: number): Session | undefined {
     if (this.maxSessions > 0 && this.sessions.size >= this.maxSessions) return undefined;
@@ -65,8 +74,15 @@ export class SessionStore {
 
   expire(now: number): Session[] {
     const gone = [...this.sessions.values()].filter((s) => s.expiration <= now);
-    for (const s of gone) this.sessions.delete(s.id);
+    for (const s of gone) this.end(s.id);
     return gone;
+  }
+
+  end(id: string): void {
+    const s = this.sessions.get(id);
+    if (!s) return;
+    this.sessions.delete(id);
+    this.onClose(s);
   }
 }
 
@@ -138,14 +154,20 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     if (s === undefined) return;
     const id = String((req.body as Record<string, unknown>).session_id);
     if (s === null) return void res.status(400).json({ error: `session with id ${id} not found` });
-    deps.sessions.sessions.delete(id);
+    deps.sessions.end(id);
     res.json({ ended: true, removed_session: id });
   });
-  app.post("/pyworker/update", (req, res) => {
+  app.post("/pyworker/update", async (req, res) => {
     const header = req.get("authorization") ?? "";
     const token = header.replace(/^Bearer\s+/i, "");
     if (token !== deps.masterToken) return void res.status(401).json({ error: "unauthorized" });
-    // This worker is updated by redeploying its image or PYWORKER_REF; there is no file to flag.
+    try {
+      await writeFile(deps.updateFlagFile, "");
+    } catch (err) {
+      deps.logger.error({ stage: "update", err }, `could not write ${deps.updateFlagFile}`);
+      return void res.status(500).json({ error: `failed to write ${deps.updateFlagFile}` });
+    }
+    deps.logger.info({ stage: "update", file: deps.updateFlagFile }, "update requested: flag file written");
     res.json({ ok: true });
   });
 

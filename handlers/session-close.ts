@@ -1,0 +1,117 @@
+import { lookup as dnsLookup, type LookupAddress } from "node:dns";
+import { isIP } from "node:net";
+import { got, type Got } from "got";
+import type { Logger } from "../lib/logger.js";
+import { isBlockedAddress } from "./preprocess/address-policy.js";
+
+export interface ClosingSession {
+  id: string;
+  onCloseRoute: string | null;
+  onClosePayload: unknown;
+}
+
+export interface SessionCloseOptions {
+  /** Whether private and loopback addresses may be called (the same switch as URL inputs). */
+  allowPrivate: boolean;
+  /** Upstream bounds the call to 10 s. */
+  timeoutMs?: number;
+  logger: Logger;
+}
+
+export type SessionCloseOutcome = "delivered" | "failed" | "refused" | "skipped";
+
+class RefusedAddressError extends Error {}
+
+/**
+ * Upstream's session callback: when a session ends (`/session/end` or expiry), its `on_close_payload` is POSTed
+ * to its `on_close_route`, with `session_id` added (a payload that is not an object goes under `payload`), once,
+ * bounded in time. The URL is the caller's: it goes through the webhook address policy, checked on the address
+ * actually connected to. Failure contract: never throws; the outcome is logged and returned.
+ */
+export class SessionCloseNotifier {
+  private readonly http: Got;
+
+  constructor(private readonly opts: SessionCloseOptions) {
+    this.http = got.extend({
+      timeout: { request: opts.timeoutMs ?? 10_000 },
+      retry: { limit: 0 },
+      followRedirect: false,
+      throwHttpErrors: false,
+      ...(!opts.allowPrivate && { dnsLookup: policyLookup }),
+    });
+  }
+
+  async notify(session: ClosingSession): Promise<SessionCloseOutcome> {
+    const log = this.opts.logger.child({ stage: "session", session_id: session.id });
+    const route = session.onCloseRoute;
+    if (!route) return "skipped";
+    let url: URL;
+    try {
+      url = new URL(route);
+      if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error("not http(s)");
+    } catch {
+      // Upstream posts a bare route to its model server; this worker is its own model server and has no such
+      // routes, so only absolute http(s) URLs are called.
+      log.warn({ on_close_route: route }, "on_close_route is not an http(s) URL: not called");
+      return "skipped";
+    }
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    if (!this.opts.allowPrivate && (isLocalName(host) || (isIP(host) !== 0 && isBlockedAddress(host)))) {
+      log.warn({ host }, "on_close_route refused: private or reserved address");
+      return "refused";
+    }
+    const payload = session.onClosePayload;
+    const body: Record<string, unknown> =
+      payload && typeof payload === "object" && !Array.isArray(payload)
+        ? { ...(payload as Record<string, unknown>) }
+        : payload === null || payload === undefined
+          ? {}
+          : { payload };
+    body.session_id ??= session.id;
+    const started = Date.now();
+    try {
+      const res = await this.http.post(url, { json: body });
+      const ok = res.statusCode < 400;
+      log[ok ? "info" : "warn"](
+        { status: res.statusCode, duration_ms: Date.now() - started },
+        `on_close_route answered ${res.statusCode}`,
+      );
+      return ok ? "delivered" : "failed";
+    } catch (err) {
+      const cause = (err as { cause?: unknown }).cause;
+      if (err instanceof RefusedAddressError || cause instanceof RefusedAddressError) {
+        log.warn({ host }, `on_close_route refused: ${(cause as Error | undefined)?.message ?? String(err)}`);
+        return "refused";
+      }
+      log.warn(
+        { duration_ms: Date.now() - started },
+        `on_close_route failed: ${err instanceof Error ? err.message : String(err)}`,
+      );
+      return "failed";
+    }
+  }
+}
+
+function isLocalName(host: string): boolean {
+  return host === "localhost" || host.endsWith(".localhost");
+}
+
+type LookupCallback = (
+  err: NodeJS.ErrnoException | null,
+  address: string | LookupAddress[],
+  family?: number,
+) => void;
+
+/** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
+function policyLookup(hostname: string, options: object, callback: LookupCallback): void {
+  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    if (err) return callback(err, []);
+    const list = addresses as LookupAddress[];
+    const bad = list.find((a) => isBlockedAddress(a.address));
+    if (bad) return callback(new RefusedAddressError(`${hostname} resolves to ${bad.address}`), []);
+    if ((options as { all?: boolean }).all) return callback(null, list);
+    const first = list[0];
+    if (!first) return callback(new RefusedAddressError(`${hostname} did not resolve`), []);
+    callback(null, first.address, first.family);
+  });
+}
