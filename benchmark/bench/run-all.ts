@@ -2,7 +2,7 @@
  * `npm run bench`: measures the worker against real parts started for the purpose (ComfyUI on the CPU, SeaweedFS)
  * and writes BENCHMARKS.md. Not a test: nothing here asserts; the figures are for reading.
  *   BENCH_REPEATS (3)  repetitions of each measurement; the figure is their median, the spread min–max
- *   BENCH_OVERHEAD_RUNS (200), BENCH_JOBS (20), BENCH_UPLOAD_MB (1024)
+ *   BENCH_OVERHEAD_RUNS (200), BENCH_JOBS (20), BENCH_UPLOAD_MB (1024), BENCH_RETENTION_REQUESTS (150)
  */
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
@@ -13,6 +13,7 @@ import { promisify } from "node:util";
 import { freePort } from "../../scripts/services/child.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import { measureOverhead, type OverheadResult } from "./overhead.js";
+import { measureRetention, type RetentionResult } from "./retention-memory.js";
 import { startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
 import { fmt, median, quantile, spread } from "./stats.js";
 import { measureThroughput, type ThroughputResult } from "./throughput.js";
@@ -22,8 +23,9 @@ const repeats = Number(process.env.BENCH_REPEATS ?? 3);
 const overheadRuns = Number(process.env.BENCH_OVERHEAD_RUNS ?? 200);
 const jobs = Number(process.env.BENCH_JOBS ?? 20);
 const uploadMb = Number(process.env.BENCH_UPLOAD_MB ?? 1024);
+const retentionRequests = Number(process.env.BENCH_RETENTION_REQUESTS ?? 150);
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
-/** BENCH_ONLY=memory (or overhead, throughput) prints that part's raw figures and writes nothing. */
+/** BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing. */
 const only = process.env.BENCH_ONLY;
 
 async function idleRss(parts: BenchParts): Promise<number> {
@@ -116,6 +118,11 @@ async function main() {
       }
       return;
     }
+    if (only === "retention") {
+      for (let i = 0; i < repeats; i++)
+        process.stdout.write(`${JSON.stringify(await measureRetention(parts, retentionRequests))}\n`);
+      return;
+    }
     if (only === "memory") {
       for (let i = 0; i < repeats; i++)
         process.stdout.write(`${JSON.stringify(await uploadGrowth(parts))}\n`);
@@ -140,6 +147,13 @@ async function main() {
       idle.push(await idleRss(parts));
       growth.push(await uploadGrowth(parts));
     }
+    const retention: RetentionResult[] = [];
+    for (let i = 0; i < repeats; i++) {
+      log(`retention ${i + 1}/${repeats}: ${retentionRequests} requests with a 1 MB data: image each`);
+      retention.push(await measureRetention(parts, retentionRequests));
+    }
+    const retained = retention.map((r) => r.growthMb);
+    const retainedPeak = retention.map((r) => r.peakMb - r.startMb);
     await writeFile(
       join(repoRoot, "benchmark", "overhead-histogram.svg"),
       histogramSvg(
@@ -177,6 +191,8 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
 | worker RSS idle, MB | ${fmt(median(idle))} | ${spread(idle)} | ≤ 100 |
 | RSS growth while ${fmt(growth[0]!.bytes / 2 ** 30, 2)} GiB uploads, MB | ${fmt(median(growth.map((g) => g.growthMb)))} | ${spread(growth.map((g) => g.growthMb))} | ≤ 64 |
 | upload time of that file, s | ${fmt(median(growth.map((g) => g.seconds)))} | ${spread(growth.map((g) => g.seconds))} | |
+| RSS after ${retentionRequests} requests with a 1 MB data: image each, minus RSS before, MB | ${fmt(median(retained))} | ${spread(retained)} | ≤ 100 |
+| peak RSS during them, minus RSS before, MB | ${fmt(median(retainedPeak))} | ${spread(retainedPeak)} | |
 
 ![overhead histogram](benchmark/overhead-histogram.svg)
 
@@ -197,6 +213,12 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
 - **Memory**: idle RSS of the compiled worker (\`node dist/worker/cli.js start\`), read from /proc 3 s after it
   reported ready. Upload growth: a separate process uploads a ${uploadMb} MiB file through the worker's storage
   module (streamed, multipart, 8 MiB parts read by range, 3 at a time) while sampling its RSS every 20 ms; growth = peak − baseline.
+- **Retention**: the compiled worker (default RESULT_RETENTION_* limits, S3 not configured) serves
+  ${retentionRequests} \`/generate/sync\` requests, 4 at a time, each carrying its own PNG of random pixels
+  (${fmt((retention[0]?.imageBytes ?? 0) / 2 ** 20, 2)} MiB, about 1.3 MiB as base64) as a data: URI into
+  LoadImage → ImageScale 8×8 → SaveImage. RSS is read from /proc after one warm-up request and 2 s of rest
+  ("before"), sampled every 50 ms during the run ("peak"), and read again 3 s after the last answer. Every
+  finished job stays retained (1 h), so what is left is what retention costs.
 `;
     await writeFile(join(repoRoot, "BENCHMARKS.md"), doc);
     process.stdout.write(doc);
