@@ -1,4 +1,6 @@
+import { once } from "node:events";
 import { mkdtemp } from "node:fs/promises";
+import { createServer, type AddressInfo } from "node:net";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
@@ -21,6 +23,8 @@ export function stackEnv(outputDir: string): Record<string, string> {
     S3_BUCKET_NAME: s.s3Bucket,
     S3_REGION: s.s3Region,
     UNSECURED: "true",
+    // Webhook receivers in tests listen on 127.0.0.1; tests of the address policy turn this off.
+    WEBHOOK_ALLOW_PRIVATE: "true",
   };
 }
 
@@ -42,9 +46,12 @@ export async function startTestWorker(
 ): Promise<TestWorker> {
   const s = stack();
   const dir = await mkdtemp(join(s.tmpRoot, "worker-"));
+  // A real port, so that the URL the worker advertises (and signed requests must name) is the one it listens on.
+  const port = env.WORKER_PORT ?? String(await freePort());
   const config = loadConfig(
     {
-      WORKER_PORT: "0",
+      WORKER_PORT: port,
+      [`VAST_TCP_PORT_${port}`]: port,
       WORKER_HOST: "127.0.0.1",
       API_PORT: "0",
       ...stackEnv(join(dir, "output")),
@@ -77,6 +84,14 @@ export async function startTestWorker(
     outputDir: config.outputDir,
     stop: () => worker.stop(5_000),
   };
+}
+
+async function freePort(): Promise<number> {
+  const probe = createServer().listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  return port;
 }
 
 /** POSTs JSON and returns status and parsed body (undefined when empty). */

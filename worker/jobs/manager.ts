@@ -8,8 +8,8 @@ import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
 import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
-import { resolveS3, type ObjectStorage } from "../../handlers/storage/s3.js";
-import type { WebhookSender } from "../../handlers/webhook.js";
+import { resolveS3, s3FromRequest, type ObjectStorage } from "../../handlers/storage/s3.js";
+import { validateCallbackUrl, type WebhookSender } from "../../handlers/webhook.js";
 import {
   BadRequestError,
   CancelledError,
@@ -100,6 +100,10 @@ export class JobManager {
     if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
       throw new BadRequestError("webhook.url must be an http(s) URL");
     }
+    // Security checks on caller-chosen targets (issue 9): refused here with 400, before anything runs.
+    const callerWebhook = input.webhook?.url?.trim();
+    if (callerWebhook) validateCallbackUrl(callerWebhook, this.deps.config.webhook.allowPrivate);
+    if (!input.internal?.skipStorage) resolveS3(this.deps.config.s3, s3FromRequest(input.s3));
     const job = new Job(input, workload, this.now());
     this.jobs.set(job.id, job);
     void this.run(job);
@@ -331,6 +335,7 @@ export class JobManager {
     const doc = job.result();
     void this.deps.webhooks.send({
       url,
+      callerChosen: Boolean(job.input.webhook?.url?.trim()),
       requestId: job.id,
       body: {
         id: doc.id,
