@@ -5,7 +5,7 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
 import { createWorker, type Worker } from "../../worker/app.js";
-import { createLogger } from "../../lib/logger.js";
+import { createLogger, type Logger } from "../../lib/logger.js";
 import { stack } from "./stack.js";
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -42,7 +42,7 @@ export interface TestWorker {
  */
 export async function startTestWorker(
   env: Record<string, string> = {},
-  opts: { publicKeyPem?: string; configRoot?: string } = {},
+  opts: { publicKeyPem?: string; configRoot?: string; logger?: Logger } = {},
 ): Promise<TestWorker> {
   const s = stack();
   const dir = await mkdtemp(join(s.tmpRoot, "worker-"));
@@ -64,7 +64,7 @@ export async function startTestWorker(
     },
     opts.configRoot ?? repoRoot,
   );
-  const logger = createLogger({ level: config.log.level, pretty: false });
+  const logger = opts.logger ?? createLogger({ level: config.log.level, pretty: false });
   const worker = createWorker({
     config,
     logger,
