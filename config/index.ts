@@ -1,5 +1,6 @@
 import { join, resolve } from "node:path";
 import { ConfigError, EnvReader, type Env } from "./env.js";
+import { redactUrl } from "../lib/redact.js";
 
 export { ConfigError } from "./env.js";
 
@@ -44,7 +45,8 @@ export interface Config {
     timeoutMs: number;
     cacheMaxBytes: number;
   };
-  limits: { maxBodyBytes: number; maxWorkflowNodes: number };
+  /** `routedMaxBodyBytes` bounds the routed port, open to anyone: smaller than the local API's `maxBodyBytes`. */
+  limits: { maxBodyBytes: number; routedMaxBodyBytes: number; maxWorkflowNodes: number };
   disk: { minFreeBytes: number; outputMaxAgeMs: number; janitorIntervalMs: number };
   s3: S3Settings & { presignExpirySeconds: number; forcePathStyle: boolean; partSizeBytes: number };
   webhook: {
@@ -53,6 +55,8 @@ export interface Config {
     maxAttempts: number;
     secret?: string;
     signingKey?: string;
+    /** Caller-chosen webhook and session callback URLs may reach private addresses (WEBHOOK_ALLOW_PRIVATE). */
+    allowPrivate: boolean;
   };
   autoscaler: {
     unsecured: boolean;
@@ -60,6 +64,8 @@ export interface Config {
     masterToken: string;
     containerId: number;
     legacySignatures: boolean;
+    /** A signed auth_data.url must name this worker's advertised URL (AUTH_CHECK_URL). */
+    checkUrl: boolean;
     replayWindow: number;
     maxQueueTimeS: number;
     reportIntervalMs: number;
@@ -151,6 +157,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     },
     limits: {
       maxBodyBytes: e.int("MAX_BODY_BYTES", 64 * 1024 * 1024, { min: 1024 }),
+      routedMaxBodyBytes: e.int("ROUTED_MAX_BODY_BYTES", 16 * 1024 * 1024, { min: 1024 }),
       maxWorkflowNodes: e.int("MAX_WORKFLOW_NODES", 5_000, { min: 1 }),
     },
     disk: {
@@ -172,6 +179,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       url: e.url("WEBHOOK_URL"),
       timeoutMs: e.int("WEBHOOK_TIMEOUT_MS", 10_000, { min: 1 }),
       maxAttempts: e.int("WEBHOOK_MAX_ATTEMPTS", 5, { min: 1, max: 50 }),
+      allowPrivate: e.bool("WEBHOOK_ALLOW_PRIVATE", false),
       ...(webhookSecret !== undefined && { secret: webhookSecret }),
       ...(webhookSigningKey !== undefined && { signingKey: webhookSigningKey }),
     },
@@ -184,6 +192,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       masterToken: e.string("MASTER_TOKEN", ""),
       containerId: e.int("CONTAINER_ID", 0),
       legacySignatures: e.bool("SIGNATURE_LEGACY", false),
+      checkUrl: e.bool("AUTH_CHECK_URL", true),
       replayWindow: e.int("REQNUM_REPLAY_WINDOW", 1000, { min: 0 }),
       maxQueueTimeS: e.number("MAX_QUEUE_TIME", 10, { min: 0 }),
       reportIntervalMs: e.int("REPORT_INTERVAL_MS", 1_000, { min: 10 }),
@@ -223,6 +232,7 @@ export function describeConfig(config: FrozenConfig): unknown {
     s3: { ...config.s3, secretAccessKey: mask(config.s3.secretAccessKey) },
     webhook: {
       ...config.webhook,
+      url: redactUrl(config.webhook.url),
       secret: mask(config.webhook.secret),
       signingKey: mask(config.webhook.signingKey),
     },

@@ -1,6 +1,6 @@
 import { copyFile, mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
-import { basename, join, normalize, sep } from "node:path";
+import { join, normalize, resolve, sep } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { ComfyClient } from "./comfyui/client.js";
 import type { HistoryEntry } from "./comfyui/types.js";
@@ -36,8 +36,14 @@ export interface CollectOptions {
  * machine are streamed from ComfyUI's /view.
  */
 export async function collectOutputs(history: HistoryEntry, opts: CollectOptions): Promise<OutputEntry[]> {
-  const dir = join(opts.outputDir, opts.requestId);
+  const dir = resolve(opts.outputDir, safeComponent(opts.requestId));
   await mkdir(dir, { recursive: true });
+  /** Every write goes through here: a name that could leave the job's folder never reaches the file system. */
+  const inside = (name: string) => {
+    const dest = resolve(dir, name);
+    if (!dest.startsWith(dir + sep)) throw new Error(`output name escapes the job's folder: ${name}`);
+    return dest;
+  };
   const entries: OutputEntry[] = [];
   const used = new Set<string>();
   const unique = (name: string) => {
@@ -53,8 +59,8 @@ export async function collectOutputs(history: HistoryEntry, opts: CollectOptions
       for (const item of items) {
         if (isFileRef(item)) {
           if (item.type === "temp") continue;
-          const filename = unique(basename(item.filename));
-          const dest = join(dir, filename);
+          const filename = unique(safeComponent(item.filename.split(/[\\/]/).pop() ?? ""));
+          const dest = inside(filename);
           await placeFile(item, dest, opts);
           entries.push({
             filename,
@@ -65,8 +71,9 @@ export async function collectOutputs(history: HistoryEntry, opts: CollectOptions
             output_type: outputType,
           });
         } else if (typeof item === "string") {
-          const filename = unique(`${nodeId}_${outputType}_${textIndex++}.txt`);
-          const dest = join(dir, filename);
+          // Node ids and output names come from the caller's workflow: they are sanitised like any file name.
+          const filename = unique(safeComponent(`${nodeId}_${outputType}_${textIndex++}.txt`));
+          const dest = inside(filename);
           await writeFile(dest, item);
           entries.push({
             filename,
@@ -82,6 +89,18 @@ export async function collectOutputs(history: HistoryEntry, opts: CollectOptions
     }
   }
   return entries;
+}
+
+/**
+ * One path component from untrusted text: only letters, digits, '.', '_' and '-' survive (anything else becomes
+ * '_'), no leading dot (so never '.' or '..'), at most 200 characters. Never empty.
+ */
+export function safeComponent(name: string): string {
+  const cleaned = name
+    .replace(/[^A-Za-z0-9._-]/g, "_")
+    .replace(/^\.+/, "_")
+    .slice(-200);
+  return cleaned === "" ? "output" : cleaned;
 }
 
 function isFileRef(item: unknown): item is { filename: string; subfolder?: string; type: string } {

@@ -3,6 +3,8 @@ import { got, type Got } from "got";
 import nacl from "tweetnacl";
 import type { Logger } from "../lib/logger.js";
 import { backoffDelay, delay } from "../lib/backoff.js";
+import { redactUrl } from "../lib/redact.js";
+import { CallbackAddressError, callbackGuards, checkCallbackUrl } from "./preprocess/address-policy.js";
 
 export interface WebhookSigning {
   /** Standard Webhooks symmetric secret (`whsec_<base64>` or raw text): `v1,<HMAC-SHA256>`. */
@@ -16,11 +18,15 @@ export interface WebhookDelivery {
   body: unknown;
   signing: WebhookSigning;
   requestId: string;
+  /** A URL the caller chose (not the operator's WEBHOOK_URL): the address policy applies at connect time. */
+  callerChosen?: boolean;
 }
 
 export interface WebhookOptions {
   timeoutMs: number;
   maxAttempts: number;
+  /** WEBHOOK_ALLOW_PRIVATE: caller-chosen URLs may reach private and loopback addresses. */
+  allowPrivate?: boolean;
   logger: Logger;
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -55,8 +61,19 @@ export function signatureHeaders(id: string, timestamp: number, body: string, si
  * on network errors, 5xx, 408 and 429, and gives up on any other 4xx. Each attempt has a deadline. Failures are
  * logged and counted, never thrown at the caller. `drain` waits for deliveries in flight (for shutdown).
  */
+/**
+ * The one check of a caller-chosen callback URL (a request's webhook.url, a session's on_close_route) at
+ * submission: throws a 400 error (CallbackAddressError) when the address policy refuses it. Deliveries made with
+ * `callerChosen: true` are checked again at connect time (DNS, redirects).
+ */
+export function validateCallbackUrl(url: string, allowPrivate: boolean, field = "webhook.url"): void {
+  checkCallbackUrl(url, allowPrivate, field);
+}
+
 export class WebhookSender {
   private readonly http: Got;
+  /** For caller-chosen URLs: the address policy enforced on the address connected to. */
+  private readonly guarded: Got;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly stopping = new AbortController();
 
@@ -66,6 +83,7 @@ export class WebhookSender {
       retry: { limit: 0 },
       throwHttpErrors: false,
     });
+    this.guarded = this.http.extend(callbackGuards(opts.allowPrivate ?? false) as object);
   }
 
   send(delivery: WebhookDelivery): Promise<void> {
@@ -84,7 +102,8 @@ export class WebhookSender {
       let why: string;
       try {
         const timestamp = Math.floor((this.opts.now ?? Date.now)() / 1000);
-        const res = await this.http.post(d.url, {
+        const http = d.callerChosen ? this.guarded : this.http;
+        const res = await http.post(d.url, {
           body,
           headers: {
             "content-type": "application/json",
@@ -104,14 +123,23 @@ export class WebhookSender {
         why = `answered ${res.statusCode}`;
       } catch (err) {
         if (this.stopping.signal.aborted) return;
-        retry = true;
-        why = err instanceof Error ? err.message : String(err);
+        const blocked =
+          err instanceof CallbackAddressError ||
+          (err as { cause?: unknown }).cause instanceof CallbackAddressError;
+        // A refused address stays refused: no point retrying.
+        retry = !blocked;
+        why = blocked
+          ? `refused: ${((err as { cause?: Error }).cause ?? (err as Error)).message}`
+          : err instanceof Error
+            ? err.message
+            : String(err);
       }
       const last = !retry || attempt === this.opts.maxAttempts;
       this.opts.onAttempt?.(last ? "failed" : "retry");
       log.warn(
-        { attempt, duration_ms: Date.now() - started, url: d.url },
-        `webhook ${why}${last ? "; giving up" : "; retrying"}`,
+        { attempt, duration_ms: Date.now() - started, url: redactUrl(d.url) },
+        // An error message may quote the URL: only its scheme, host and port reach the log.
+        `webhook ${why.split(d.url).join(redactUrl(d.url) ?? "")}${last ? "; giving up" : "; retrying"}`,
       );
       if (last) return;
       try {

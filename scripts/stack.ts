@@ -96,6 +96,8 @@ try {
       PUBLIC_IPADDR: "127.0.0.1",
       [`VAST_TCP_PORT_${ports.worker}`]: String(ports.worker),
       INPUT_URL_ALLOW_PRIVATE: "true",
+      // The local stack's webhook receivers are on loopback; an explicit WEBHOOK_ALLOW_PRIVATE wins.
+      WEBHOOK_ALLOW_PRIVATE: "true",
       // SD1.5 at 512x512 takes minutes per image on a CPU: the stack benchmarks a 64x64, 4-step image unless told.
       BENCHMARK_TEST_WIDTH: "64",
       BENCHMARK_TEST_HEIGHT: "64",

@@ -19,6 +19,7 @@ import { Janitor } from "./janitor.js";
 import type { Logger } from "../lib/logger.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { createPipeline } from "./pipeline.js";
+import { validateCallbackUrl } from "../handlers/webhook.js";
 import { fetchPublicKey } from "./reporter/pubkey.js";
 import { AutoscalerReporter } from "./reporter/reporter.js";
 import { RequestTracker } from "./reporter/tracker.js";
@@ -165,9 +166,12 @@ export function createWorker(deps: WorkerDeps): Worker {
 
   const routedApp: Express = createRoutedApp({
     logger,
-    maxBodyBytes: config.limits.maxBodyBytes,
+    maxBodyBytes: config.limits.routedMaxBodyBytes,
     unsecured: config.autoscaler.unsecured,
     legacySignatures: config.autoscaler.legacySignatures,
+    advertisedUrl: config.worker.publicUrl,
+    checkUrl: config.autoscaler.checkUrl,
+    checkCallbackUrl: (url) => validateCallbackUrl(url, config.webhook.allowPrivate, "on_close_route"),
     verifier: () => verifier,
     replay,
     admission,
@@ -279,7 +283,15 @@ export function createWorker(deps: WorkerDeps): Worker {
         throw err;
       }
       logger.info(
-        { stage: "lifecycle", routed: worker.routedUrl(), api: worker.apiUrl() ?? "disabled" },
+        {
+          stage: "lifecycle",
+          routed: worker.routedUrl(),
+          api: worker.apiUrl() ?? "disabled",
+          // Signed requests must name this URL (AUTH_CHECK_URL=false turns the check off).
+          signed_url_expected: config.autoscaler.checkUrl
+            ? config.worker.publicUrl
+            : "any (AUTH_CHECK_URL=false)",
+        },
         "listening",
       );
       await mkdir(config.outputDir, { recursive: true });

@@ -51,6 +51,7 @@ export function createPipeline(
   const webhooks = new WebhookSender({
     timeoutMs: config.webhook.timeoutMs,
     maxAttempts: config.webhook.maxAttempts,
+    allowPrivate: config.webhook.allowPrivate,
     logger,
     onAttempt: (outcome) => metrics.webhookAttempts.inc({ outcome }),
   });

@@ -1,4 +1,6 @@
+import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { BlockList, isIP } from "node:net";
+import { BadRequestError } from "../../lib/errors.js";
 
 /**
  * Addresses a URL input may not reach unless INPUT_URL_ALLOW_PRIVATE=true: private, loopback, link-local
@@ -54,4 +56,84 @@ export function isBlockedAddress(address: string): boolean {
     return blocked.check(address, "ipv6");
   }
   return true;
+}
+
+/** A caller-chosen URL (webhook, session callback) that the address policy refuses. Client error: 400. */
+export class CallbackAddressError extends BadRequestError {}
+
+/**
+ * Submission-time check of a caller-chosen callback URL (a request's `webhook.url`, a session's `on_close_route`):
+ * http(s) only, no credentials in it, and unless `allowPrivate` (WEBHOOK_ALLOW_PRIVATE=true) no literal private,
+ * loopback, link-local or reserved address and no `localhost`. A host name is checked again at connect time
+ * (`callbackGuards`), through DNS and every redirect. Throws CallbackAddressError (400) naming the field.
+ */
+export function checkCallbackUrl(url: string, allowPrivate: boolean, field = "webhook.url"): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new CallbackAddressError(`${field} is not a URL`);
+  }
+  const reason = refusedHost(u, allowPrivate);
+  if (reason !== undefined) throw new CallbackAddressError(`${field}: ${reason}`);
+}
+
+/** Why a URL may not be called under the policy, or undefined. */
+function refusedHost(u: URL, allowPrivate: boolean): string | undefined {
+  if (u.protocol !== "http:" && u.protocol !== "https:") return `unsupported scheme ${u.protocol}`;
+  if (u.username !== "" || u.password !== "") return "credentials in the URL are not allowed";
+  if (allowPrivate) return undefined;
+  const host = u.hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  if (host === "localhost" || host.endsWith(".localhost")) return `address ${host} is not allowed`;
+  // A bare number or dotted form (http://2130706433/) is an IPv4 address to the resolver too.
+  if (/^[\d.]+$/.test(host) || /^0x/i.test(host) || host.includes(":")) {
+    if (isIP(host) === 0 || isBlockedAddress(host))
+      return `address ${host} is not allowed (private or reserved)`;
+  }
+  return undefined;
+}
+
+type LookupCallback = (
+  err: NodeJS.ErrnoException | null,
+  address: string | LookupAddress[],
+  family?: number,
+) => void;
+
+/** dns.lookup that refuses a name resolving to any blocked address: the check is on the address connected to. */
+export function policyLookup(hostname: string, options: object, callback: LookupCallback): void {
+  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    if (err) return callback(err, []);
+    const list = addresses;
+    const bad = list.find((a) => isBlockedAddress(a.address));
+    if (bad) {
+      return callback(
+        new CallbackAddressError(`${hostname} resolves to ${bad.address}, which is not allowed`),
+        [],
+      );
+    }
+    if ((options as { all?: boolean }).all) return callback(null, list);
+    const first = list[0];
+    if (!first) return callback(new CallbackAddressError(`${hostname} did not resolve`), []);
+    callback(null, first.address, first.family);
+  });
+}
+
+/**
+ * got options that enforce the policy at connect time: the DNS answer and every redirect's target are checked,
+ * so a public name that resolves to (or redirects to) a private address is refused. Nothing when `allowPrivate`.
+ */
+export function callbackGuards(allowPrivate: boolean) {
+  if (allowPrivate) return {};
+  const check = (url: URL | string | undefined) => {
+    if (url === undefined) return;
+    const reason = refusedHost(typeof url === "string" ? new URL(url) : url, false);
+    if (reason !== undefined) throw new CallbackAddressError(reason);
+  };
+  return {
+    dnsLookup: policyLookup,
+    hooks: {
+      beforeRequest: [(options: { url?: URL | string | undefined }) => check(options.url)],
+      beforeRedirect: [(options: { url?: URL | string | undefined }) => check(options.url)],
+    },
+  };
 }

@@ -12,7 +12,7 @@ import {
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { S3Settings } from "../../config/index.js";
-import { WorkerError } from "../../lib/errors.js";
+import { BadRequestError, WorkerError } from "../../lib/errors.js";
 import { contentTypeFor } from "./content-type.js";
 
 /** A failed upload. Reported on its output (`upload_error`) and in the job's status, never as success. */
@@ -33,15 +33,58 @@ export interface ResolvedS3 {
   region: string;
 }
 
+/** A request's `s3` object as the schema gives it (snake case, each field optional). */
+export interface S3Request {
+  access_key_id?: string | undefined;
+  secret_access_key?: string | undefined;
+  endpoint_url?: string | undefined;
+  bucket_name?: string | undefined;
+  region?: string | undefined;
+}
+
+export function s3FromRequest(s3: S3Request | undefined): S3Settings | undefined {
+  if (!s3) return undefined;
+  return {
+    accessKeyId: s3.access_key_id,
+    secretAccessKey: s3.secret_access_key,
+    endpointUrl: s3.endpoint_url,
+    bucketName: s3.bucket_name,
+    region: s3.region,
+  };
+}
+
 /**
  * Merges a request's `s3` object over the environment's settings (empty strings mean "not given") and says whether
  * storage is configured at all: a bucket and credentials are needed.
+ *
+ * The operator's credentials are only ever used with the operator's own endpoint, bucket and region: a request that
+ * points elsewhere (or brings one key but not the other) must bring both of its own keys, else BadRequestError
+ * naming the missing field. Otherwise anyone could have the operator's key sign requests to a server they run.
  */
 export function resolveS3(env: S3Settings, request: S3Settings | undefined): ResolvedS3 | undefined {
-  const pick = (k: keyof S3Settings) => {
+  const given = (k: keyof S3Settings) => {
     const v = request?.[k];
-    return typeof v === "string" && v.trim() !== "" ? v.trim() : env[k];
+    return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
   };
+  const pick = (k: keyof S3Settings) => given(k) ?? env[k];
+  const retargets = (["endpointUrl", "bucketName", "region"] as const).filter((k) => {
+    const v = given(k);
+    return v !== undefined && v !== env[k];
+  });
+  const ownKeys = given("accessKeyId") !== undefined || given("secretAccessKey") !== undefined;
+  if (retargets.length > 0 || ownKeys) {
+    const why = retargets.length > 0 ? `s3.${snake(retargets[0]!)} is set` : "one key is given";
+    if (given("accessKeyId") === undefined) {
+      throw new BadRequestError(
+        `s3.access_key_id is required when ${why} (the worker's own keys stay with its bucket)`,
+      );
+    }
+    if (given("secretAccessKey") === undefined) {
+      throw new BadRequestError(
+        `s3.secret_access_key is required when ${why} (the worker's own keys stay with its bucket)`,
+      );
+    }
+  }
   const accessKeyId = pick("accessKeyId");
   const secretAccessKey = pick("secretAccessKey");
   const bucketName = pick("bucketName");
@@ -55,12 +98,28 @@ export function resolveS3(env: S3Settings, request: S3Settings | undefined): Res
   };
 }
 
+/**
+ * An object key built from request data must not climb or hide: every '/'-separated segment non-empty, not '.' or
+ * '..', only printable characters, at most 1024 bytes (S3's limit).
+ */
+export function isSafeKey(key: string): boolean {
+  if (Buffer.byteLength(key) > 1024 || key.includes("\\")) return false;
+  if ([...key].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f)) return false;
+  return key.split("/").every((seg) => seg !== "" && seg !== "." && seg !== "..");
+}
+
+function snake(k: keyof S3Settings): string {
+  return k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
 export interface StorageOptions {
   forcePathStyle: boolean;
   partSizeBytes: number;
   presignExpirySeconds: number;
   /** Deadline for one object's upload. */
   uploadTimeoutMs: number;
+  /** Clients kept (one per distinct target and credentials), least recently used dropped first. */
+  maxClients?: number;
 }
 
 export interface StoredObject {
@@ -70,23 +129,57 @@ export interface StoredObject {
 }
 
 /**
- * S3-compatible object storage. One client per distinct target (endpoint, bucket, credentials), reused.
+ * S3-compatible object storage. One client per distinct target (endpoint, bucket, credentials), reused, in a bounded
+ * LRU: callers bringing their own keys cannot grow it without limit. A client in use is never dropped.
  * Failure contract: `put` rejects with UploadError (never resolves on a failed upload).
  */
 export class ObjectStorage {
-  private readonly clients = new Map<string, S3Client>();
+  private readonly clients = new Map<string, { client: S3Client; inUse: number }>();
   constructor(private readonly opts: StorageOptions) {}
 
-  private client(target: ResolvedS3): S3Client {
+  /** Runs `fn` with the target's client, held so that eviction leaves it alone meanwhile. */
+  private async using<T>(target: ResolvedS3, fn: (client: S3Client) => Promise<T>): Promise<T> {
+    const entry = this.entry(target);
+    entry.inUse++;
+    try {
+      return await fn(entry.client);
+    } finally {
+      entry.inUse--;
+      this.evict();
+    }
+  }
+
+  private evict(): void {
+    const max = this.opts.maxClients ?? 32;
+    for (const [key, e] of this.clients) {
+      if (this.clients.size <= max) break;
+      if (e.inUse > 0) continue;
+      this.clients.delete(key);
+      e.client.destroy();
+    }
+  }
+
+  /** How many clients are kept (for tests of the bound). */
+  get clientCount(): number {
+    return this.clients.size;
+  }
+
+  private entry(target: ResolvedS3): { client: S3Client; inUse: number } {
     const key = JSON.stringify([
       target.endpointUrl,
       target.region,
       target.accessKeyId,
       target.secretAccessKey,
     ]);
-    let client = this.clients.get(key);
-    if (!client) {
-      client = new S3Client({
+    const found = this.clients.get(key);
+    if (found) {
+      // Most recently used last: Map iteration order is the eviction order.
+      this.clients.delete(key);
+      this.clients.set(key, found);
+      return found;
+    }
+    {
+      const client = new S3Client({
         region: target.region,
         ...(target.endpointUrl !== undefined && { endpoint: target.endpointUrl }),
         forcePathStyle: this.opts.forcePathStyle,
@@ -96,9 +189,10 @@ export class ObjectStorage {
         requestChecksumCalculation: "WHEN_REQUIRED",
         responseChecksumValidation: "WHEN_REQUIRED",
       });
-      this.clients.set(key, client);
+      const created = { client, inUse: 0 };
+      this.clients.set(key, created);
+      return created;
     }
-    return client;
   }
 
   /**
@@ -107,8 +201,18 @@ export class ObjectStorage {
    * (lib-storage's Upload buffers every part in memory, 4 x 8 MiB and more at once). A failed multipart upload is
    * aborted so that no orphan parts are billed.
    */
-  async put(target: ResolvedS3, key: string, path: string, signal?: AbortSignal): Promise<StoredObject> {
-    const client = this.client(target);
+  put(target: ResolvedS3, key: string, path: string, signal?: AbortSignal): Promise<StoredObject> {
+    if (!isSafeKey(key)) return Promise.reject(new UploadError(`refused object key ${JSON.stringify(key)}`));
+    return this.using(target, (client) => this.putWith(client, target, key, path, signal));
+  }
+
+  private async putWith(
+    client: S3Client,
+    target: ResolvedS3,
+    key: string,
+    path: string,
+    signal?: AbortSignal,
+  ): Promise<StoredObject> {
     const timeout = AbortSignal.timeout(this.opts.uploadTimeoutMs);
     const abortSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
     const common = { Bucket: target.bucketName, Key: key };
@@ -201,9 +305,9 @@ export class ObjectStorage {
   /** Checks that the bucket exists and the credentials reach it (HeadBucket); rejects with the S3 error's name. */
   async probe(target: ResolvedS3, signal: AbortSignal = AbortSignal.timeout(10_000)): Promise<void> {
     try {
-      await this.client(target).send(new HeadBucketCommand({ Bucket: target.bucketName }), {
-        abortSignal: signal,
-      });
+      await this.using(target, (client) =>
+        client.send(new HeadBucketCommand({ Bucket: target.bucketName }), { abortSignal: signal }),
+      );
     } catch (err) {
       const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
       throw new Error(
@@ -216,7 +320,7 @@ export class ObjectStorage {
   }
 
   close(): void {
-    for (const c of this.clients.values()) c.destroy();
+    for (const c of this.clients.values()) c.client.destroy();
     this.clients.clear();
   }
 }

@@ -1,10 +1,12 @@
+import { once } from "node:events";
 import { mkdtemp } from "node:fs/promises";
 import { got } from "got";
+import { createServer, type AddressInfo } from "node:net";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
 import { createWorker, type Worker } from "../../worker/app.js";
-import { createLogger } from "../../lib/logger.js";
+import { createLogger, type Logger } from "../../lib/logger.js";
 import { stack } from "./stack.js";
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -22,6 +24,8 @@ export function stackEnv(outputDir: string): Record<string, string> {
     S3_BUCKET_NAME: s.s3Bucket,
     S3_REGION: s.s3Region,
     UNSECURED: "true",
+    // Webhook receivers in tests listen on 127.0.0.1; tests of the address policy turn this off.
+    WEBHOOK_ALLOW_PRIVATE: "true",
   };
 }
 
@@ -41,13 +45,16 @@ export interface TestWorker {
  */
 export async function startTestWorker(
   env: Record<string, string> = {},
-  opts: { publicKeyPem?: string; configRoot?: string } = {},
+  opts: { publicKeyPem?: string; configRoot?: string; logger?: Logger } = {},
 ): Promise<TestWorker> {
   const s = stack();
   const dir = await mkdtemp(join(s.tmpRoot, "worker-"));
+  // A real port, so that the URL the worker advertises (and signed requests must name) is the one it listens on.
+  const port = env.WORKER_PORT ?? String(await freePort());
   const config = loadConfig(
     {
-      WORKER_PORT: "0",
+      WORKER_PORT: port,
+      [`VAST_TCP_PORT_${port}`]: port,
       WORKER_HOST: "127.0.0.1",
       API_PORT: "0",
       ...stackEnv(join(dir, "output")),
@@ -61,7 +68,7 @@ export async function startTestWorker(
     },
     opts.configRoot ?? repoRoot,
   );
-  const logger = createLogger({ level: config.log.level, pretty: false });
+  const logger = opts.logger ?? createLogger({ level: config.log.level, pretty: false });
   const worker = createWorker({
     config,
     logger,
@@ -82,6 +89,14 @@ export async function startTestWorker(
     dir,
     stop: () => worker.stop(5_000),
   };
+}
+
+async function freePort(): Promise<number> {
+  const probe = createServer().listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  return port;
 }
 
 /**

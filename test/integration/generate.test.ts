@@ -182,8 +182,9 @@ test("a per-request s3 object sends outputs to another bucket", async () => {
     workflow_json: modelFree(),
     s3: {
       bucket_name: s.s3SecondBucket,
-      access_key_id: "",
-      secret_access_key: "",
+      // Another bucket means the request's own keys: the worker's keys stay with its bucket.
+      access_key_id: s.s3AccessKeyId,
+      secret_access_key: s.s3SecretAccessKey,
       endpoint_url: "",
       region: "",
     },
@@ -200,9 +201,14 @@ test("S3 unreachable: each output carries upload_error, the job is failed, files
   await once(closed, "listening");
   const port = (closed.address() as { port: number }).port;
   closed.close();
+  const s = stack();
   const { status, body } = await generate({
     workflow_json: modelFree(),
-    s3: { endpoint_url: `http://127.0.0.1:${port}` },
+    s3: {
+      endpoint_url: `http://127.0.0.1:${port}`,
+      access_key_id: s.s3AccessKeyId,
+      secret_access_key: s.s3SecretAccessKey,
+    },
   });
   expect(status).toBe(200);
   expect(body.status).toBe("failed");

@@ -204,7 +204,11 @@ test("two jobs back to back overlap: the second prompt runs in ComfyUI while the
       input: {
         request_id: `first-${randomUUID()}`,
         workflow_json: modelFree(),
-        s3: { endpoint_url: slowS3.url },
+        s3: {
+          access_key_id: s.s3AccessKeyId,
+          secret_access_key: s.s3SecretAccessKey,
+          endpoint_url: slowS3.url,
+        },
       },
     });
     const second = postJson(`${fed.api}/generate/sync`, {

@@ -48,14 +48,18 @@ describe("loadConfig", () => {
       timeoutMs: 120_000,
       cacheMaxBytes: 2 * 1024 * 1024 * 1024,
     });
-    expect(c.limits).toEqual({ maxBodyBytes: 64 * 1024 * 1024, maxWorkflowNodes: 5_000 });
+    expect(c.limits).toEqual({
+      maxBodyBytes: 64 * 1024 * 1024,
+      routedMaxBodyBytes: 16 * 1024 * 1024,
+      maxWorkflowNodes: 5_000,
+    });
     expect(c.s3).toMatchObject({
       presignExpirySeconds: 604_800,
       forcePathStyle: true,
       partSizeBytes: 8388608,
     });
     expect(c.s3.bucketName).toBeUndefined();
-    expect(c.webhook).toEqual({ url: undefined, timeoutMs: 10_000, maxAttempts: 5 });
+    expect(c.webhook).toEqual({ url: undefined, timeoutMs: 10_000, maxAttempts: 5, allowPrivate: false });
     expect("secret" in c.webhook).toBe(false);
     expect("signingKey" in c.webhook).toBe(false);
     expect(c.autoscaler).toEqual({
@@ -64,6 +68,7 @@ describe("loadConfig", () => {
       masterToken: "",
       containerId: 0,
       legacySignatures: false,
+      checkUrl: true,
       replayWindow: 1000,
       maxQueueTimeS: 10,
       reportIntervalMs: 1_000,
@@ -320,6 +325,17 @@ describe("describeConfig", () => {
     expect(d.webhook.timeoutMs).toBe(10_000);
     expect(d.autoscaler.reportAddrs).toEqual(["https://report.example"]);
     expect(d.autoscaler.replayWindow).toBe(1000);
+  });
+
+  test("a webhook URL is shown as scheme, host and port only (its path carries the token)", () => {
+    const c = loadConfig(
+      { ...BASE, WEBHOOK_URL: "https://hooks.slack.com/services/T000/B000/XXXXSECRET" },
+      ROOT,
+    );
+    const text = JSON.stringify(describeConfig(c));
+    expect(text).not.toContain("XXXXSECRET");
+    expect(text).not.toContain("/services/");
+    expect((describeConfig(c) as any).webhook.url).toBe("https://hooks.slack.com");
   });
 
   test("unset secrets stay unset, and the config itself is unchanged", () => {

@@ -53,16 +53,45 @@ export class SignatureVerifier {
   }
 
   verify(auth: AuthData, legacy: boolean): boolean {
-    if (typeof auth.signature !== "string" || typeof auth.url !== "string") return false;
+    return this.scheme(auth, legacy) !== undefined;
+  }
+
+  /**
+   * Which scheme the signature verified under: "url" (only `url` is covered: every other field is the caller's
+   * to edit), "legacy" (every field covered), or undefined when it did not verify.
+   */
+  scheme(auth: AuthData, legacy: boolean): "url" | "legacy" | undefined {
+    if (typeof auth.signature !== "string" || typeof auth.url !== "string") return undefined;
     const signature = auth.signature;
-    if (this.verifyMessage(urlMessage(auth.url), signature)) return true;
-    return legacy && legacyMessages(auth).some((m) => this.verifyMessage(m, signature));
+    if (this.verifyMessage(urlMessage(auth.url), signature)) return "url";
+    if (legacy && legacyMessages(auth).some((m) => this.verifyMessage(m, signature))) return "legacy";
+    return undefined;
   }
 }
 
 /**
+ * Whether a signed `auth_data.url` names this worker: the same scheme, host and port as the URL it advertises
+ * (a trailing slash or path is ignored). The router signs the URL of the worker it chose, so a signature made for
+ * another worker fails here.
+ */
+export function isOwnUrl(claimed: unknown, advertised: string): boolean {
+  if (typeof claimed !== "string") return false;
+  const origin = (u: string) => {
+    try {
+      const url = new URL(u);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.origin : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const a = origin(claimed);
+  return a !== undefined && a === origin(advertised);
+}
+
+/**
  * Refuses replayed auth_data, which upstream accepts: a reqnum already seen, or one more than `window` below the
- * highest seen. Only requests whose signature verified are recorded.
+ * highest seen. Used only where the signature covers reqnum (SIGNATURE_LEGACY): under the url-only scheme reqnum
+ * is the caller's to edit, and state built on it would let one edited request lock out every later one.
  */
 export class ReplayGuard {
   private highest = -Infinity;

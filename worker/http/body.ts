@@ -10,7 +10,12 @@ export function jsonBody(maxBodyBytes: number): RequestHandler {
  * Maps body-parser failures: bad JSON is `invalidJsonStatus` (422 on the routed port, as upstream; 400 on the local
  * API) with `{"error": "invalid JSON"}`; a body above the limit is 413 naming it. Anything else goes through toHttp.
  */
-export function errorHandler(opts: { invalidJsonStatus: number; maxBodyBytes: number }): ErrorRequestHandler {
+export function errorHandler(opts: {
+  invalidJsonStatus: number;
+  maxBodyBytes: number;
+  /** The variable that sets the limit, named in the 413. */
+  limitName?: string;
+}): ErrorRequestHandler {
   return (err, _req, res, _next) => {
     const type = (err as { type?: string }).type;
     if (type === "entity.parse.failed" || type === "encoding.unsupported" || type === "charset.unsupported") {
@@ -18,7 +23,9 @@ export function errorHandler(opts: { invalidJsonStatus: number; maxBodyBytes: nu
       return;
     }
     if (type === "entity.too.large") {
-      const e = new PayloadTooLargeError(`request body is larger than MAX_BODY_BYTES=${opts.maxBodyBytes}`);
+      const e = new PayloadTooLargeError(
+        `request body is larger than ${opts.limitName ?? "MAX_BODY_BYTES"}=${opts.maxBodyBytes}`,
+      );
       res.status(413).json(e.toJSON());
       return;
     }

@@ -34,7 +34,8 @@ function sendResult(res: Response, job: Job): void {
  * envelope's `payload`) and, where admission counted it, its workload in `res.locals.workload`.
  */
 export function generateRoutes(deps: GenerateRoutesDeps): Router {
-  const router = Router();
+  // Exact paths on both ports (as upstream's): no case folding, no optional trailing slash.
+  const router = Router({ caseSensitive: true, strict: true });
   const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
 
   const submit = (res: Response) => {

@@ -9,7 +9,7 @@ export interface HealthState {
 
 /** GET /health (liveness) and GET /ready (ComfyUI up, benchmark done, not overloaded, not draining). */
 export function healthRoutes(state: HealthState): Router {
-  const router = Router();
+  const router = Router({ caseSensitive: true, strict: true });
   router.get("/health", (_req, res) => {
     res.status(state.live() ? 200 : 503).json({ status: state.live() ? "ok" : "down" });
   });

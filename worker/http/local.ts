@@ -17,6 +17,8 @@ export function createLocalApp(deps: LocalDeps): Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
+  app.set("case sensitive routing", true);
+  app.set("strict routing", true);
   app.use("/", deps.health);
   app.use("/", deps.docs);
   if (deps.metrics) app.use("/", deps.metrics);

@@ -2,19 +2,28 @@ import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import type { Admission } from "../admission.js";
-import type { AuthData, ReplayGuard, SignatureVerifier } from "../auth/signature.js";
+import { isOwnUrl, type AuthData, type ReplayGuard, type SignatureVerifier } from "../auth/signature.js";
+import { bearerToken, sameAuth, tokenMatches } from "../auth/token.js";
+import { DEFAULT_WORKLOAD } from "../workload.js";
 import type { Logger } from "../../lib/logger.js";
 import type { RequestTracker } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
-import { errorHandler, jsonBody } from "./body.js";
+import { PayloadTooLargeError } from "../../lib/errors.js";
+import { errorHandler, jsonBody, sendError } from "./body.js";
 
 const AUTH_FIELDS = ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"] as const;
 
 export interface RoutedDeps {
   logger: Logger;
+  /** ROUTED_MAX_BODY_BYTES: smaller than the local API's, since anyone on the internet may send it. */
   maxBodyBytes: number;
   unsecured: boolean;
   legacySignatures: boolean;
+  /** The URL this worker reports in /worker_status/: a signed auth_data.url must name it (unless checkUrl is off). */
+  advertisedUrl: string;
+  checkUrl: boolean;
+  /** Refuses (throws a 400 error) a caller-chosen callback URL that the address policy forbids. */
+  checkCallbackUrl: (url: string) => void;
   /** Undefined until the public key is fetched: signed requests get 401 meanwhile (as upstream). */
   verifier: () => SignatureVerifier | undefined;
   replay: ReplayGuard;
@@ -95,7 +104,11 @@ export function createRoutedApp(deps: RoutedDeps): Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
+  // Exact routes, as upstream's: /GENERATE/SYNC or /generate/sync/ must not reach work without admission.
+  app.set("case sensitive routing", true);
+  app.set("strict routing", true);
   app.use("/", deps.health);
+  app.use(earlyTooLarge(deps.maxBodyBytes));
   app.use(jsonBody(deps.maxBodyBytes));
 
   app.post("/session/create", (req, res) => {
@@ -106,10 +119,23 @@ export function createRoutedApp(deps: RoutedDeps): Express {
       res.status(422).json({ error: "auth_data and payload are required" });
       return;
     }
+    if (payload.on_close_route !== undefined && payload.on_close_route !== null) {
+      if (typeof payload.on_close_route !== "string") {
+        res.status(400).json({ error: "on_close_route must be a URL string" });
+        return;
+      }
+      try {
+        deps.checkCallbackUrl(payload.on_close_route);
+      } catch (err) {
+        sendError(res, err);
+        return;
+      }
+    }
     const now = Date.now() / 1000;
     const session = deps.sessions.create(auth, payload, now);
     if (!session) {
-      deps.tracker.rejected(auth, numeric(auth.cost) || 0);
+      // The worker's own figure, never the caller's unsigned `cost`.
+      deps.tracker.rejected(auth, DEFAULT_WORKLOAD);
       res.status(429).end();
       return;
     }
@@ -124,7 +150,7 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     }
     const session = deps.sessions.sessions.get(body.session_id);
     if (!session) return null;
-    if (JSON.stringify(body.session_auth) !== JSON.stringify(session.auth)) {
+    if (!sameAuth(body.session_auth, session.auth)) {
       res.status(401).json({ error: "session_auth is not valid" });
       return undefined;
     }
@@ -158,9 +184,10 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     res.json({ ended: true, removed_session: id });
   });
   app.post("/pyworker/update", async (req, res) => {
-    const header = req.get("authorization") ?? "";
-    const token = header.replace(/^Bearer\s+/i, "");
-    if (token !== deps.masterToken) return void res.status(401).json({ error: "unauthorized" });
+    // Constant-time; with MASTER_TOKEN unset nothing matches (upstream lets an empty bearer through).
+    if (!tokenMatches(bearerToken(req.get("authorization")), deps.masterToken)) {
+      return void res.status(401).json({ error: "unauthorized" });
+    }
     try {
       await writeFile(deps.updateFlagFile, "");
     } catch (err) {
@@ -171,9 +198,19 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     res.json({ ok: true });
   });
 
-  app.use((req: Request, res: Response, next: NextFunction) => envelope(deps, req, res, next));
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    // Anything but an exact routed path goes on to the 404 without touching auth or the load figures.
+    if (!isRoutedPath(deps, req)) return next();
+    envelope(deps, req, res, next);
+  });
   app.use("/", deps.generate);
-  app.use(errorHandler({ invalidJsonStatus: 422, maxBodyBytes: deps.maxBodyBytes }));
+  app.use(
+    errorHandler({
+      invalidJsonStatus: 422,
+      maxBodyBytes: deps.maxBodyBytes,
+      limitName: "ROUTED_MAX_BODY_BYTES",
+    }),
+  );
   return app;
 }
 
@@ -211,31 +248,22 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
     session.expiration += session.lifetime;
   }
   if (!deps.unsecured) {
-    const verifier = deps.verifier();
-    const ok = verifier?.verify(authData, deps.legacySignatures) ?? false;
-    const reqnum = numeric(authData.reqnum);
-    const inSession = sessionId !== undefined && sessionId !== null;
-    const replay =
-      ok && !inSession
-        ? Number.isFinite(reqnum)
-          ? deps.replay.check(reqnum)
-          : { ok: false as const, reason: "reqnum is not a number" }
-        : { ok: true as const };
-    if (!ok || !replay.ok) {
+    const refusal = authRefusal(deps, authData, sessionId !== undefined && sessionId !== null);
+    if (refusal !== undefined) {
       deps.logger.warn(
         {
           stage: "auth",
-          request_idx: JSON.stringify(authData.request_idx),
-          reqnum: JSON.stringify(authData.reqnum),
+          request_idx: JSON.stringify(authData.request_idx)?.slice(0, 64),
+          reqnum: JSON.stringify(authData.reqnum)?.slice(0, 64),
           path: req.path,
         },
-        ok ? `refused: ${(replay as { reason: string }).reason}` : "refused: bad or missing signature",
+        `refused: ${refusal}`,
       );
-      if (isWork) deps.tracker.rejected(authData, workload);
+      // An unauthenticated caller chooses its workflow: what it adds to rej_load is capped at one default request.
+      if (isWork) deps.tracker.rejected(authData, Math.min(workload, DEFAULT_WORKLOAD));
       res.status(401).end();
       return;
     }
-    if (!inSession) deps.replay.record(reqnum);
   }
   if (isWork && !deps.admission.admits()) {
     deps.tracker.rejected(authData, workload);
@@ -246,6 +274,49 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
   res.locals.workload = workload;
   if (isWork) deps.tracker.track(authData, workload, res);
   next();
+}
+
+/**
+ * Why a routed request is refused with 401, or undefined when it may go on. The signature must verify and name this
+ * worker. Replay protection needs a signed reqnum: it applies only where the legacy scheme signed every field.
+ * Under the url-only scheme nothing unsigned is recorded, so no edited field can make later requests fail.
+ */
+function authRefusal(deps: RoutedDeps, auth: AuthData, inSession: boolean): string | undefined {
+  const scheme = deps.verifier()?.scheme(auth, deps.legacySignatures);
+  if (scheme === undefined) return "bad or missing signature";
+  if (deps.checkUrl && !isOwnUrl(auth.url, deps.advertisedUrl)) {
+    return `signed for ${String(auth.url).slice(0, 200)}, not this worker (${deps.advertisedUrl})`;
+  }
+  if (scheme === "legacy" && !inSession) {
+    const reqnum = numeric(auth.reqnum);
+    if (!Number.isFinite(reqnum)) return "reqnum is not a number";
+    const replay = deps.replay.check(reqnum);
+    if (!replay.ok) return replay.reason;
+    deps.replay.record(reqnum);
+  }
+  return undefined;
+}
+
+/** The routed paths that take a signed envelope: the work routes, /result/{id} and /cancel/{id}. */
+function isRoutedPath(deps: RoutedDeps, req: Request): boolean {
+  if (req.method !== "POST") return false;
+  return deps.workRoutes.includes(req.path) || /^\/(result|cancel)\/[^/]+$/.test(req.path);
+}
+
+/**
+ * Answers 413 from Content-Length before a byte of the body is read, and closes the connection so that the rest
+ * is not read either. Chunked bodies are still bounded while parsing.
+ */
+function earlyTooLarge(maxBodyBytes: number) {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const declared = Number(req.get("content-length") ?? NaN);
+    if (!(declared > maxBodyBytes)) return next();
+    res.set("connection", "close");
+    sendError(
+      res,
+      new PayloadTooLargeError(`request body is larger than ROUTED_MAX_BODY_BYTES=${maxBodyBytes}`),
+    );
+  };
 }
 
 /** What the vastai client sends under VAST_DEBUG_WORKER_URL: `{request_idx, url}` only. */

@@ -10,8 +10,8 @@ import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
 import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
-import { resolveS3, type ObjectStorage } from "../../handlers/storage/s3.js";
-import type { WebhookSender } from "../../handlers/webhook.js";
+import { resolveS3, s3FromRequest, type ObjectStorage } from "../../handlers/storage/s3.js";
+import { validateCallbackUrl, type WebhookSender } from "../../handlers/webhook.js";
 import {
   BadRequestError,
   CancelledError,
@@ -108,6 +108,10 @@ export class JobManager {
     if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
       throw new BadRequestError("webhook.url must be an http(s) URL");
     }
+    // Security checks on caller-chosen targets (issue 9): refused here with 400, before anything runs.
+    const callerWebhook = input.webhook?.url?.trim();
+    if (callerWebhook) validateCallbackUrl(callerWebhook, this.deps.config.webhook.allowPrivate);
+    if (!input.internal?.skipStorage) resolveS3(this.deps.config.s3, s3FromRequest(input.s3));
     const job = new Job(input, workload, this.now());
     if (existing) this.forget(existing.id);
     this.jobs.set(job.id, job);
@@ -375,6 +379,7 @@ export class JobManager {
     const doc = job.result();
     void this.deps.webhooks.send({
       url,
+      callerChosen: Boolean(job.input.webhook?.url?.trim()),
       requestId: job.id,
       body: {
         id: doc.id,
