@@ -76,7 +76,7 @@ test("start-up: public key fetched, benchmark run, ready reported with max_perf 
   const bench = w.worker.benchmark()!;
   expect(bench.cached).toBe(false);
   expect(bench.source).toMatch(/benchmark\.json$/);
-  expect(bench.rounds.length).toBeGreaterThanOrEqual(2);
+  expect(bench.rounds).toHaveLength(1); // warm-up + one timed run; the score then follows real work
   await router.waitFor(() =>
     router.reports.some((r) => r.path === "/worker_status/" && Number(r.body.max_perf) > 0),
   );
