@@ -16,6 +16,8 @@ import { measureOverhead, type OverheadResult } from "./overhead.js";
 import { startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
 import { fmt, median, quantile, spread } from "./stats.js";
 import { measureThroughput, type ThroughputResult } from "./throughput.js";
+import { eightRoundScore, measureSignal, signalSection, type SignalRun } from "./load-signal.js";
+import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 
 const run = promisify(execFile);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
@@ -23,8 +25,37 @@ const overheadRuns = Number(process.env.BENCH_OVERHEAD_RUNS ?? 200);
 const jobs = Number(process.env.BENCH_JOBS ?? 20);
 const uploadMb = Number(process.env.BENCH_UPLOAD_MB ?? 1024);
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
-/** BENCH_ONLY=memory (or overhead, throughput) prints that part's raw figures and writes nothing. */
+/**
+ * BENCH_ONLY=memory (or overhead) prints that part's raw figures and writes nothing; BENCH_ONLY=signal measures the
+ * load signal (BENCH_SIGNAL_REPEATS, 5) and replaces only its section of BENCHMARKS.md.
+ */
 const only = process.env.BENCH_ONLY;
+const signalRepeats = Number(process.env.BENCH_SIGNAL_REPEATS ?? 5);
+
+async function loadSignal(parts: BenchParts): Promise<string> {
+  const router = new RouterEmulator({ port: 0 });
+  await router.listen();
+  try {
+    const runs: SignalRun[] = [];
+    for (let i = 0; i < signalRepeats; i++) {
+      log(`load signal ${i + 1}/${signalRepeats}: boot, learning burst, measured burst`);
+      runs.push(await measureSignal(parts, router, i));
+      log(JSON.stringify(runs.at(-1)));
+    }
+    log("load signal: 8-round benchmark for reference");
+    return signalSection(runs, await eightRoundScore(parts));
+  } finally {
+    await router.close();
+  }
+}
+
+/** Replaces (or appends) the "## Load signal" section, leaving the other figures as they were measured. */
+function withSection(doc: string, section: string): string {
+  const start = doc.indexOf("## Load signal");
+  if (start < 0) return `${doc.trimEnd()}\n\n${section}`;
+  const next = doc.indexOf("\n## ", start + 1);
+  return `${doc.slice(0, start)}${section}${next < 0 ? "" : doc.slice(next + 1)}`;
+}
 
 async function idleRss(parts: BenchParts): Promise<number> {
   const env = {
@@ -116,6 +147,13 @@ async function main() {
       }
       return;
     }
+    if (only === "signal") {
+      const section = await loadSignal(parts);
+      const path = join(repoRoot, "BENCHMARKS.md");
+      await writeFile(path, withSection(await readFile(path, "utf8"), section));
+      process.stdout.write(section);
+      return;
+    }
     if (only === "memory") {
       for (let i = 0; i < repeats; i++)
         process.stdout.write(`${JSON.stringify(await uploadGrowth(parts))}\n`);
@@ -198,7 +236,8 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
   reported ready. Upload growth: a separate process uploads a ${uploadMb} MiB file through the worker's storage
   module (streamed, multipart, 8 MiB parts read by range, 3 at a time) while sampling its RSS every 20 ms; growth = peak − baseline.
 `;
-    await writeFile(join(repoRoot, "BENCHMARKS.md"), doc);
+    const signal = await loadSignal(parts);
+    await writeFile(join(repoRoot, "BENCHMARKS.md"), withSection(doc, signal));
     process.stdout.write(doc);
   } finally {
     await parts.stop();
