@@ -45,6 +45,8 @@ interface CacheRecord {
   rounds: number[];
   source: string;
   at: string;
+  /** True once real work replaced the benchmark's figure. */
+  live?: boolean;
 }
 
 /** What makes a score valid besides the workflow: ComfyUI's device names and BENCHMARK_GPU_KEY. */
@@ -62,12 +64,14 @@ export function cacheKey(payload: BenchmarkPayload, hardwareKey: string): string
 }
 
 /**
- * The boot benchmark. One warm-up, then rounds of one request each through the same generation path as real
- * requests; perf of a round = 100 / seconds. It stops once the last `minRounds` rounds agree within `tolerance`
- * (max/min - 1), or after `maxRounds`; the score is the median of those last rounds. Upstream runs 8 rounds and
- * keeps the max; on a steady GPU the rounds after warm-up agree within a few percent, so 2-3 rounds give the same
- * figure. A failed round is logged and skipped; no successful round is BenchmarkFailedError. The score is cached
- * with a key of the workflow and the hardware, so a restart skips the benchmark but a changed one runs again.
+ * The boot benchmark. One warm-up (it loads the models), then timed rounds of one request each through the same
+ * generation path as real requests; perf of a round = 100 / seconds. With `minRounds` = 1 (the default) one timed
+ * round gives a provisional score and the worker is ready after two workflow runs; the score then keeps improving
+ * from real work (worker/live-score.ts). With more, it stops once the last `minRounds` rounds agree within
+ * `tolerance` (max/min - 1), or after `maxRounds`, and the score is their median. Upstream runs 1 + 8 rounds and
+ * keeps the max. A failed round is logged and skipped; no successful round is BenchmarkFailedError. The score is
+ * cached with a key of the workflow and the hardware, so a restart skips the benchmark but a changed one runs
+ * again; the live score updates the cache (`updateCachedScore`).
  */
 export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkResult> {
   const key = cacheKey(opts.payload, opts.hardwareKey);
@@ -89,7 +93,8 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
         workflow: opts.payload.make() as Workflow,
         s3: undefined,
         webhook: undefined,
-        internal: { skipStorage: true },
+        // The warm-up loads models: a time that says nothing about the next jobs, so the cost model skips it.
+        internal: { skipStorage: true, ...(label === "warmup" && { warmup: true }) },
       },
       DEFAULT_WORKLOAD,
     );
@@ -125,7 +130,7 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
       `benchmark round ${round}: ${seconds.toFixed(2)} s -> ${perf.toFixed(3)}`,
     );
     const last = perfs.slice(-opts.minRounds);
-    if (last.length >= opts.minRounds && Math.max(...last) / Math.min(...last) - 1 <= opts.tolerance) break;
+    if (last.length >= opts.minRounds && agree(last, opts.tolerance)) break;
   }
   if (perfs.length === 0) throw new BenchmarkFailedError("No successful responses from benchmark");
   const maxPerf = median(perfs.slice(-opts.minRounds));
@@ -136,14 +141,38 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
     source: opts.payload.source,
     at: new Date().toISOString(),
   };
-  const tmp = `${opts.cacheFile}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(record)}\n`);
-  await rename(tmp, opts.cacheFile);
+  await writeCache(opts.cacheFile, record);
   opts.logger.info(
     { stage: "benchmark", max_perf: record.max_perf, rounds: perfs.length, failures },
     `benchmark done: max_perf ${record.max_perf} after ${perfs.length} round(s)`,
   );
   return { maxPerf: record.max_perf, rounds: record.rounds, cached: false, source: opts.payload.source };
+}
+
+/**
+ * Stores a score measured on real work in the cache, under the key the boot benchmark wrote, so a restart starts
+ * from the better figure. Without a cache record (BENCHMARK_SKIP) there is nothing to update.
+ */
+export async function updateCachedScore(cacheFile: string, maxPerf: number): Promise<boolean> {
+  const record = await readCache(cacheFile);
+  if (!record) return false;
+  await writeCache(cacheFile, {
+    ...record,
+    max_perf: round3(maxPerf),
+    at: new Date().toISOString(),
+    live: true,
+  });
+  return true;
+}
+
+function agree(perfs: readonly number[], tolerance: number): boolean {
+  return perfs.length <= 1 || Math.max(...perfs) / Math.min(...perfs) - 1 <= tolerance;
+}
+
+async function writeCache(path: string, record: CacheRecord): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(record)}\n`);
+  await rename(tmp, path);
 }
 
 async function readCache(path: string): Promise<CacheRecord | undefined> {

@@ -208,7 +208,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       steps: e.int("BENCHMARK_TEST_STEPS", 20, { min: 1 }),
       cacheFile: e.string("BENCHMARK_CACHE_FILE", join(root, ".has_benchmark")),
       maxRounds: e.int("BENCHMARK_MAX_ROUNDS", 8, { min: 1 }),
-      minRounds: e.int("BENCHMARK_MIN_ROUNDS", 2, { min: 1 }),
+      minRounds: e.int("BENCHMARK_MIN_ROUNDS", 1, { min: 1 }),
       tolerance: e.number("BENCHMARK_TOLERANCE", 0.05, { min: 0, max: 1 }),
       skip: e.bool("BENCHMARK_SKIP", false),
       gpuKey: e.string("BENCHMARK_GPU_KEY", ""),

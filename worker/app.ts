@@ -4,7 +4,7 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Express } from "express";
 import { loadBenchmarkPayload } from "../benchmark/payload.js";
-import { hardwareKey, runBenchmark, type BenchmarkResult } from "../benchmark/runner.js";
+import { hardwareKey, runBenchmark, updateCachedScore, type BenchmarkResult } from "../benchmark/runner.js";
 import type { FrozenConfig } from "../config/index.js";
 import { Admission } from "./admission.js";
 import { ReplayGuard, SignatureVerifier } from "./auth/signature.js";
@@ -24,8 +24,8 @@ import { fetchPublicKey } from "./reporter/pubkey.js";
 import { AutoscalerReporter } from "./reporter/reporter.js";
 import { RequestTracker } from "./reporter/tracker.js";
 import { delay } from "../lib/backoff.js";
-import { DEFAULT_WORKLOAD, estimateWorkload, samplingCost } from "./workload.js";
-import type { Workflow } from "../handlers/comfyui/types.js";
+import { LoadSignal } from "./load-signal.js";
+import { debugRoutes } from "./http/debug.js";
 
 export interface WorkerDeps {
   config: FrozenConfig;
@@ -49,6 +49,8 @@ export interface Worker {
   readonly metrics: WorkerMetrics;
   readonly admission: Admission;
   readonly janitor: Janitor;
+  /** Workloads, the cost model and the live score. */
+  readonly load: LoadSignal;
   routedUrl(): string;
   apiUrl(): string | undefined;
   phase(): Phase;
@@ -72,6 +74,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         phase = "error";
         setError(message);
       },
+      finished: (job) => load.completed(job),
     },
   );
   const janitor = new Janitor({
@@ -96,7 +99,6 @@ export function createWorker(deps: WorkerDeps): Worker {
   let errorMsg = "";
   let comfyUp = false;
   let loadtime = 0;
-  let benchmarkCost = 0;
   let verifier: SignatureVerifier | undefined;
   let benchmark: BenchmarkResult | undefined;
 
@@ -128,10 +130,28 @@ export function createWorker(deps: WorkerDeps): Worker {
     reporter?.poke();
   };
 
-  const workloadOfWorkflow = (workflow: unknown): number =>
-    workflow && typeof workflow === "object"
-      ? estimateWorkload(workflow as Workflow, benchmarkCost)
-      : DEFAULT_WORKLOAD;
+  let cacheWrite: Promise<void> = Promise.resolve();
+  const load = new LoadSignal({
+    maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
+    onScore: (maxPerf) => {
+      if (phase !== "ready") return;
+      logger.info(
+        { stage: "score", max_perf: maxPerf, previous: admission.maxPerf },
+        `max_perf ${admission.maxPerf} -> ${maxPerf} (measured on completed jobs)`,
+      );
+      admission.maxPerf = maxPerf;
+      metrics.benchmarkScore.set(maxPerf);
+      reporter?.poke();
+      // One write at a time, in order: the last score is the one a restart starts from.
+      cacheWrite = cacheWrite
+        .then(() => updateCachedScore(config.benchmark.cacheFile, maxPerf))
+        .then(
+          () => undefined,
+          (err: unknown) => logger.warn({ stage: "score", err }, "could not update the benchmark cache"),
+        );
+    },
+  });
+  const workloadOfWorkflow = (workflow: unknown): number => load.workloadOf(workflow);
   const workloadOfPayload = (payload: unknown): number =>
     workloadOfWorkflow((payload as { input?: { workflow_json?: unknown } } | null)?.input?.workflow_json);
 
@@ -190,7 +210,10 @@ export function createWorker(deps: WorkerDeps): Worker {
         generate,
         health,
         docs: docsRoutes(loadExample(deps.root)),
+        debug: debugRoutes({ load: () => load.state(), maxPerf: () => admission.maxPerf }),
         metrics: metrics.routes(() => {
+          const state = load.state();
+          metrics.loadModel(state.shapes, state.liveScore);
           metrics.queueDepth.set(jobs.active().length);
           const wait = admission.expectedWaitS();
           metrics.expectedWait.set(Number.isFinite(wait) ? wait : -1);
@@ -250,6 +273,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     metrics,
     admission,
     janitor,
+    load,
     phase: () => phase,
     errorMsg: () => errorMsg,
     benchmark: () => benchmark,
@@ -339,7 +363,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       phase = "benchmarking";
       try {
         const payload = await loadBenchmarkPayload(config.benchmark, deps.root);
-        benchmarkCost = samplingCost(payload.make());
+        load.setBenchmark(payload.make());
         if (config.benchmark.skip) {
           admission.maxPerf = 1;
           logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1");

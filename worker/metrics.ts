@@ -1,5 +1,6 @@
 import { Router } from "express";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { ShapeState } from "./cost-model.js";
 import type { Job } from "./jobs/job.js";
 import type { JobObserver } from "./jobs/manager.js";
 
@@ -72,6 +73,30 @@ export class WorkerMetrics implements JobObserver {
     registers: [this.registry],
   });
 
+  readonly costFixedSeconds = new Gauge({
+    name: "comfyui_worker_cost_model_fixed_seconds",
+    help: "Learned fixed cost of a workflow shape (seconds of ComfyUI execution)",
+    labelNames: ["shape", "source"],
+    registers: [this.registry],
+  });
+  readonly costPerMegaUnitSeconds = new Gauge({
+    name: "comfyui_worker_cost_model_seconds_per_megaunit",
+    help: "Learned cost per million sampling units (width x height x batch x steps) of a workflow shape",
+    labelNames: ["shape", "source"],
+    registers: [this.registry],
+  });
+  readonly costSamples = new Gauge({
+    name: "comfyui_worker_cost_model_samples",
+    help: "Completed jobs the cost model keeps for a workflow shape",
+    labelNames: ["shape"],
+    registers: [this.registry],
+  });
+  readonly liveScore = new Gauge({
+    name: "comfyui_worker_live_max_perf",
+    help: "Score measured on real work (robust median); max_perf follows it when it moves by more than 5 %",
+    registers: [this.registry],
+  });
+
   constructor(opts: { collectDefault?: boolean } = {}) {
     if (opts.collectDefault ?? true)
       collectDefaultMetrics({ register: this.registry, prefix: "comfyui_worker_" });
@@ -89,6 +114,19 @@ export class WorkerMetrics implements JobObserver {
   upload(ok: boolean, bytes: number): void {
     if (ok) this.s3Bytes.inc(bytes);
     else this.s3Failures.inc();
+  }
+
+  /** The cost model's state, replaced as a whole (forgotten shapes disappear). */
+  loadModel(shapes: readonly ShapeState[], liveScore: number | undefined): void {
+    this.costFixedSeconds.reset();
+    this.costPerMegaUnitSeconds.reset();
+    this.costSamples.reset();
+    for (const s of shapes) {
+      this.costFixedSeconds.set({ shape: s.shape, source: s.source }, s.fixedS);
+      this.costPerMegaUnitSeconds.set({ shape: s.shape, source: s.source }, s.perUnitS * 1e6);
+      this.costSamples.set({ shape: s.shape }, s.samples);
+    }
+    if (liveScore !== undefined) this.liveScore.set(liveScore);
   }
 
   routes(refresh: () => void): Router {

@@ -6,6 +6,7 @@ import { NodeCatalog } from "../handlers/comfyui/node-catalog.js";
 import { InputDownloader } from "../handlers/preprocess/downloads.js";
 import { ObjectStorage } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
+import type { Job } from "./jobs/job.js";
 import { JobManager } from "./jobs/manager.js";
 import type { Logger } from "../lib/logger.js";
 import { WorkerMetrics } from "./metrics.js";
@@ -25,6 +26,8 @@ export interface Pipeline {
 export interface PipelineHooks {
   /** An unrecoverable device error happened in a job. */
   deviceFailed?(message: string): void;
+  /** A job reached its final status (after metrics saw it). */
+  finished?(job: Job): void;
 }
 
 export function createPipeline(
@@ -68,7 +71,10 @@ export function createPipeline(
     now,
     observer: {
       stage: (stage, ms) => metrics.stage(stage, ms),
-      finished: (job) => metrics.finished(job),
+      finished: (job) => {
+        metrics.finished(job);
+        hooks.finished?.(job);
+      },
       upload: (ok, bytes) => metrics.upload(ok, bytes),
       ...(hooks.deviceFailed && { deviceFailed: hooks.deviceFailed }),
     },

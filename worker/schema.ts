@@ -64,7 +64,7 @@ export interface ParsedInput {
   s3: z.infer<typeof S3Override> | undefined;
   webhook: z.infer<typeof WebhookSpec> | undefined;
   /** Set by the worker itself (the benchmark), never from a request. */
-  internal?: { skipStorage?: boolean };
+  internal?: { skipStorage?: boolean; warmup?: boolean };
 }
 
 /** Validates `{input}` (the payload). Client mistakes are BadRequestError (400) or PayloadTooLargeError (413). */

@@ -17,6 +17,8 @@ import { measureRetention, type RetentionResult } from "./retention-memory.js";
 import { startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
 import { fmt, median, quantile, spread } from "./stats.js";
 import { measureThroughput, type ThroughputResult } from "./throughput.js";
+import { eightRoundScore, measureSignal, signalSection, type SignalRun } from "./load-signal.js";
+import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 
 const run = promisify(execFile);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
@@ -25,8 +27,37 @@ const jobs = Number(process.env.BENCH_JOBS ?? 20);
 const uploadMb = Number(process.env.BENCH_UPLOAD_MB ?? 1024);
 const retentionRequests = Number(process.env.BENCH_RETENTION_REQUESTS ?? 150);
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
-/** BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing. */
+/**
+ * BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing; BENCH_ONLY=signal
+ * measures the load signal (BENCH_SIGNAL_REPEATS, 5) and replaces only its section of BENCHMARKS.md.
+ */
 const only = process.env.BENCH_ONLY;
+const signalRepeats = Number(process.env.BENCH_SIGNAL_REPEATS ?? 5);
+
+async function loadSignal(parts: BenchParts): Promise<string> {
+  const router = new RouterEmulator({ port: 0 });
+  await router.listen();
+  try {
+    const runs: SignalRun[] = [];
+    for (let i = 0; i < signalRepeats; i++) {
+      log(`load signal ${i + 1}/${signalRepeats}: boot, learning burst, measured burst`);
+      runs.push(await measureSignal(parts, router, i));
+      log(JSON.stringify(runs.at(-1)));
+    }
+    log("load signal: 8-round benchmark for reference");
+    return signalSection(runs, await eightRoundScore(parts));
+  } finally {
+    await router.close();
+  }
+}
+
+/** Replaces (or appends) the "## Load signal" section, leaving the other figures as they were measured. */
+function withSection(doc: string, section: string): string {
+  const start = doc.indexOf("## Load signal");
+  if (start < 0) return `${doc.trimEnd()}\n\n${section}`;
+  const next = doc.indexOf("\n## ", start + 1);
+  return `${doc.slice(0, start)}${section}${next < 0 ? "" : doc.slice(next + 1)}`;
+}
 
 async function idleRss(parts: BenchParts): Promise<number> {
   const env = {
@@ -121,6 +152,13 @@ async function main() {
     if (only === "retention") {
       for (let i = 0; i < repeats; i++)
         process.stdout.write(`${JSON.stringify(await measureRetention(parts, retentionRequests))}\n`);
+      return;
+    }
+    if (only === "signal") {
+      const section = await loadSignal(parts);
+      const path = join(repoRoot, "BENCHMARKS.md");
+      await writeFile(path, withSection(await readFile(path, "utf8"), section));
+      process.stdout.write(section);
       return;
     }
     if (only === "memory") {
@@ -220,7 +258,8 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
   ("before"), sampled every 50 ms during the run ("peak"), and read again 3 s after the last answer. Every
   finished job stays retained (1 h), so what is left is what retention costs.
 `;
-    await writeFile(join(repoRoot, "BENCHMARKS.md"), doc);
+    const signal = await loadSignal(parts);
+    await writeFile(join(repoRoot, "BENCHMARKS.md"), withSection(doc, signal));
     process.stdout.write(doc);
   } finally {
     await parts.stop();

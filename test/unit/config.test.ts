@@ -84,7 +84,7 @@ describe("loadConfig", () => {
       steps: 20,
       cacheFile: join(ROOT, ".has_benchmark"),
       maxRounds: 8,
-      minRounds: 2,
+      minRounds: 1,
       tolerance: 0.05,
       skip: false,
       gpuKey: "",

@@ -7,6 +7,8 @@ export interface LocalDeps {
   health: Router;
   docs: Router;
   metrics?: Router;
+  /** Read-only state for operators (the cost model). */
+  debug?: Router;
 }
 
 /**
@@ -22,6 +24,7 @@ export function createLocalApp(deps: LocalDeps): Express {
   app.use("/", deps.health);
   app.use("/", deps.docs);
   if (deps.metrics) app.use("/", deps.metrics);
+  if (deps.debug) app.use("/", deps.debug);
   app.use(jsonBody(deps.maxBodyBytes));
   app.use((req, res, next) => {
     res.locals.payload = req.body as unknown;

@@ -46,6 +46,7 @@ export class AutoscalerReporter {
   private committedDiskGb: number | undefined;
   private readonly stopSignal = new AbortController();
   private forced = false;
+  private ticking = false;
 
   constructor(private readonly opts: ReporterOptions) {
     this.http = got.extend({
@@ -62,20 +63,35 @@ export class AutoscalerReporter {
   start(): void {
     if (this.running || this.opts.addrs.length === 0) return;
     this.running = true;
-    const tick = async () => {
-      try {
-        await this.tick();
-      } catch (err) {
-        this.opts.logger.error({ stage: "report", err }, "report loop failed");
-      }
-      if (this.running) this.statusTimer = setTimeout(tick, this.opts.intervalMs);
-    };
-    this.statusTimer = setTimeout(tick, 0);
+    this.schedule(0);
   }
 
-  /** Sends a status report on the next tick whatever changed (ready, error). */
+  /**
+   * Reports now whatever changed (ready, a new score, an error), not at the next tick: the router routes on these
+   * fields, and a worker that is ready but not yet heard of is paid for and idle. A poke during a tick runs another
+   * tick right after it.
+   */
   poke(): void {
     this.forced = true;
+    if (this.running && !this.ticking) this.schedule(0);
+  }
+
+  private schedule(ms: number): void {
+    clearTimeout(this.statusTimer);
+    this.statusTimer = setTimeout(() => void this.loop(), ms);
+  }
+
+  private async loop(): Promise<void> {
+    if (!this.running) return;
+    this.ticking = true;
+    try {
+      await this.tick();
+    } catch (err) {
+      this.opts.logger.error({ stage: "report", err }, "report loop failed");
+    } finally {
+      this.ticking = false;
+    }
+    if (this.running) this.schedule(this.forced ? 0 : this.opts.intervalMs);
   }
 
   private async tick(): Promise<void> {

@@ -1,0 +1,243 @@
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Workflow } from "../../handlers/comfyui/types.js";
+import { Admission } from "../../worker/admission.js";
+import { CostModel, fitLine, jobFeatures, workflowShape } from "../../worker/cost-model.js";
+import { Job } from "../../worker/jobs/job.js";
+import { LiveScore } from "../../worker/live-score.js";
+import { LoadSignal } from "../../worker/load-signal.js";
+import type { ParsedInput } from "../../worker/schema.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const sd15 = (width = 64, height = 64, steps = 4, batch = 1): Workflow => {
+  const wf = JSON.parse(
+    readFileSync(join(root, "misc", "workflows", "sd15_text2image.json"), "utf8"),
+  ) as Workflow;
+  Object.assign(wf["5"]!.inputs, { width, height, batch_size: batch });
+  wf["3"]!.inputs.steps = steps;
+  return wf;
+};
+
+/** A completed job as the manager hands it to observers, with ComfyUI's execution time. */
+function completedJob(workflow: Workflow, workload: number, seconds: number): Job {
+  const input = {
+    requestId: `r-${Math.random()}`,
+    workflow,
+    s3: undefined,
+    webhook: undefined,
+  } as ParsedInput;
+  const job = new Job(input, workload, 0);
+  job.details = {
+    prompt_id: "p",
+    nodes_executed: [],
+    cached_nodes: [],
+    progress_updates: [],
+    current_node: null,
+    started_at: 1_000,
+    completed_at: 1_000 + seconds * 1000,
+    error: null,
+    interrupted: false,
+    reconciled_from_history: false,
+  };
+  job.setStatus("completed", "done");
+  return job;
+}
+
+describe("workflowShape", () => {
+  test("ignores seeds, prompts, sizes, steps and node ids; keeps the graph and the model", () => {
+    const a = sd15();
+    const b = sd15(128, 256, 30, 4);
+    b["3"]!.inputs.seed = 42;
+    b["6"]!.inputs.text = "another prompt entirely";
+    const copy = JSON.parse(JSON.stringify(b)) as Workflow;
+    const renumbered = Object.fromEntries(Object.entries(copy).map(([id, node]) => [`n${id}`, node]));
+    for (const node of Object.values(renumbered)) {
+      for (const [k, v] of Object.entries(node.inputs)) {
+        if (Array.isArray(v)) node.inputs[k] = [`n${String(v[0])}`, v[1]];
+      }
+    }
+    expect(workflowShape(b)).toBe(workflowShape(a));
+    expect(workflowShape(renumbered as Workflow)).toBe(workflowShape(a));
+
+    const otherModel = sd15();
+    otherModel["4"]!.inputs.ckpt_name = "sdxl.safetensors";
+    expect(workflowShape(otherModel)).not.toBe(workflowShape(a));
+    const extraNode = sd15();
+    extraNode["99"] = { class_type: "ImageInvert", inputs: { image: ["8", 0] } };
+    expect(workflowShape(extraNode)).not.toBe(workflowShape(a));
+  });
+
+  test("odd input is not an error", () => {
+    expect(jobFeatures(null as unknown as Workflow).shape).toBe("invalid");
+    const odd = { a: null, b: { class_type: 3 }, c: { class_type: "X", inputs: { l: ["zz", 0], n: 1 } } };
+    expect(typeof workflowShape(odd as unknown as Workflow)).toBe("string");
+  });
+});
+
+describe("CostModel", () => {
+  const prior = (units: number) => units / 1e5; // 1 s per 100k units
+
+  test("a new shape gets the prior; one size is scaled by the prior; two sizes fit fixed + per-unit", () => {
+    const m = new CostModel();
+    const f = (units: number) => ({ shape: "s", units });
+    expect(m.predict(f(200_000), prior)).toEqual({ seconds: 2, source: "prior" });
+
+    m.observe(f(100_000), 3); // 1 s fixed + 2 s of sampling
+    expect(m.predict(f(200_000), prior)).toEqual({ seconds: 6, source: "scaled" });
+
+    m.observe(f(200_000), 5);
+    m.observe(f(400_000), 9);
+    const p = m.predict(f(300_000), prior);
+    expect(p.source).toBe("fit");
+    expect(p.seconds).toBeCloseTo(7, 6);
+    expect(m.state()[0]).toMatchObject({ shape: "s", samples: 3, source: "fit" });
+    expect(m.state()[0]!.fixedS).toBeCloseTo(1, 6);
+  });
+
+  test("keeps a bounded window per shape and a bounded number of shapes (least recently seen go first)", () => {
+    const m = new CostModel({ window: 4, maxShapes: 2 });
+    for (let i = 0; i < 10; i++) m.observe({ shape: "a", units: 100 }, 1);
+    m.observe({ shape: "b", units: 100 }, 1);
+    m.observe({ shape: "a", units: 100 }, 1);
+    m.observe({ shape: "c", units: 100 }, 1);
+    const shapes = m.state().map((s) => s.shape);
+    expect(shapes.sort()).toEqual(["a", "c"]);
+    expect(m.state().find((s) => s.shape === "a")!.samples).toBe(4);
+  });
+
+  test("ignores times that are not positive and finite", () => {
+    const m = new CostModel();
+    m.observe({ shape: "s", units: 1 }, 0);
+    m.observe({ shape: "s", units: 1 }, NaN);
+    m.observe({ shape: "s", units: 1 }, Infinity);
+    expect(m.state()).toEqual([]);
+  });
+
+  test("fitLine: a negative intercept is refitted through the origin; a negative slope is refused", () => {
+    expect(
+      fitLine([
+        { units: 100, seconds: 0.9 },
+        { units: 200, seconds: 2.1 },
+        { units: 300, seconds: 3 },
+      ]),
+    ).toMatchObject({ fixedS: 0 });
+    expect(
+      fitLine([
+        { units: 100, seconds: 3 },
+        { units: 200, seconds: 2 },
+        { units: 300, seconds: 1 },
+      ]),
+    ).toBeUndefined();
+    expect(
+      fitLine([
+        { units: 100, seconds: 1 },
+        { units: 100, seconds: 1.1 },
+        { units: 100, seconds: 0.9 },
+      ]),
+    ).toBeUndefined();
+  });
+});
+
+describe("LiveScore", () => {
+  test("needs a few measurements, rejects outliers, and moves only past the threshold", () => {
+    const s = new LiveScore({ minSamples: 3, threshold: 0.05 });
+    expect(s.observe(100, 1, 100)).toBeUndefined();
+    expect(s.observe(100, 1.02, 100)).toBeUndefined();
+    expect(s.observe(100, 1.01, 100)).toBeUndefined(); // ~99: within 5 %
+    expect(s.observe(100, 50, 100)).toBeUndefined(); // a model load: an outlier
+    expect(s.estimate()).toBeCloseTo(99.01, 2); // the median of the three others
+    s.observe(100, 2, 100);
+    s.observe(100, 2, 100);
+    s.observe(100, 2, 100);
+    expect(s.observe(100, 2, 100)).toBe(50);
+  });
+});
+
+describe("LoadSignal", () => {
+  function signal(maxPerf: number) {
+    const state = { maxPerf, reported: [] as number[] };
+    const load = new LoadSignal({
+      maxPerf: () => state.maxPerf,
+      onScore: (p) => {
+        state.reported.push(p);
+        state.maxPerf = p;
+      },
+    });
+    load.setBenchmark(sd15(64, 64, 4));
+    return { load, state };
+  }
+
+  test("before a score, workloads are the prior: 100 x sampling units / the benchmark's", () => {
+    const { load } = signal(0);
+    expect(load.workloadOf(sd15(64, 64, 4))).toBe(100);
+    expect(load.workloadOf(sd15(128, 128, 4))).toBe(400);
+    expect(load.workloadOf("nonsense")).toBe(100);
+  });
+
+  test("once learned, cur_load / max_perf is the sum of the predicted seconds", () => {
+    const { load } = signal(100); // the benchmark takes 1 s
+    // Real cost: 0.5 s fixed + 0.5 s per benchmark's worth of sampling; the prior says 1 s per benchmark's worth.
+    const cost = (wf: Workflow) => 0.5 + (0.5 * jobFeatures(wf).units) / jobFeatures(sd15()).units;
+    const mix = [sd15(64, 64, 4), sd15(128, 128, 4), sd15(64, 64, 12)];
+    for (let i = 0; i < 6; i++) {
+      for (const wf of mix) load.completed(completedJob(wf, load.workloadOf(wf), cost(wf)));
+    }
+    for (const wf of mix) {
+      const e = load.estimate(wf);
+      expect(e.source).toBe("fit");
+      expect(e.workload / 100).toBeCloseTo(cost(wf), 2); // predicted seconds = workload / max_perf
+    }
+  });
+
+  test("completed jobs that take longer than predicted lower the score; failures and the warm-up teach nothing", () => {
+    const { load, state } = signal(100);
+    const wf = sd15();
+    const failed = completedJob(wf, 100, 9);
+    failed.status = "failed";
+    load.completed(failed);
+    const warm = completedJob(wf, 100, 9);
+    (warm.input as ParsedInput).internal = { warmup: true };
+    load.completed(warm);
+    expect(load.state().measurements).toBe(0);
+    // Three new shapes (each predicted by the prior, 1 s) that take 2 s: the worker is half as fast as it said.
+    for (const extra of ["ImageInvert", "ImageBlur", "ImageSharpen"]) {
+      const g = sd15();
+      g["99"] = { class_type: extra, inputs: { image: ["8", 0] } };
+      load.completed(completedJob(g, load.workloadOf(g), 2));
+    }
+    expect(state.reported).toEqual([50]);
+  });
+
+  test("429 comes at the same expected wait for large and small jobs once costs are learned", () => {
+    const { load, state } = signal(100);
+    const small = sd15(64, 64, 4);
+    const large = sd15(256, 256, 4);
+    const costs = new Map([
+      [small, 0.6],
+      [large, 4.2],
+    ]);
+    for (let i = 0; i < 3; i++) {
+      for (const [wf, s] of costs) load.completed(completedJob(wf, load.workloadOf(wf), s));
+      load.completed(completedJob(sd15(128, 128, 4), load.workloadOf(sd15(128, 128, 4)), 1.32));
+    }
+    const burst = (wf: Workflow) => {
+      const queued: number[] = [];
+      const admission = new Admission(30, () => queued.reduce((a, b) => a + b, 0));
+      admission.maxPerf = state.maxPerf;
+      while (admission.admits()) queued.push(load.workloadOf(wf));
+      return { accepted: queued.length, waitAtRefusal: admission.expectedWaitS() };
+    };
+    const s = burst(small);
+    const l = burst(large);
+    // Refused once the queue holds 30 s of predicted work, whatever the job size.
+    const oneJob = (wf: Workflow) => load.estimate(wf).seconds;
+    expect(oneJob(small)).toBeCloseTo(0.6, 1);
+    expect(oneJob(large)).toBeCloseTo(4.2, 1);
+    expect(s.waitAtRefusal).toBeGreaterThan(30);
+    expect(s.waitAtRefusal).toBeLessThanOrEqual(30 + oneJob(small) + 1e-9);
+    expect(l.waitAtRefusal).toBeGreaterThan(30);
+    expect(l.waitAtRefusal).toBeLessThanOrEqual(30 + oneJob(large) + 1e-9);
+    expect(s.accepted).toBeGreaterThan(l.accepted * 5);
+  });
+});

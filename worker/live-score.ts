@@ -1,0 +1,54 @@
+import { median } from "./cost-model.js";
+
+export interface LiveScoreOptions {
+  /** Newest throughput measurements kept. */
+  window?: number;
+  /** Measurements needed before the score moves at all. */
+  minSamples?: number;
+  /** Relative move of the estimate that is worth re-reporting (0.05: 5 %). */
+  threshold?: number;
+}
+
+/**
+ * max_perf as real work measures it. The boot benchmark gives a provisional score from one timed run; after that
+ * every completed job is a measurement of throughput (its workload / its execution seconds). The estimate is the
+ * median of the newest measurements after dropping outliers (beyond 3 scaled median absolute deviations: a job
+ * that waited on a model load, a cache hit that took no time), and it replaces the score only when it moved by more
+ * than `threshold`, so that the autoscaler is not told about noise.
+ */
+export class LiveScore {
+  private readonly samples: number[] = [];
+  private readonly window: number;
+  private readonly minSamples: number;
+  private readonly threshold: number;
+
+  constructor(opts: LiveScoreOptions = {}) {
+    this.window = opts.window ?? 20;
+    this.minSamples = opts.minSamples ?? 3;
+    this.threshold = opts.threshold ?? 0.05;
+  }
+
+  /** Records a job; returns the new score when the estimate moved more than the threshold from `current`. */
+  observe(workload: number, seconds: number, current: number): number | undefined {
+    if (!(workload > 0) || !(seconds > 0) || !Number.isFinite(workload / seconds)) return undefined;
+    this.samples.push(workload / seconds);
+    if (this.samples.length > this.window) this.samples.shift();
+    const estimate = this.estimate();
+    if (estimate === undefined) return undefined;
+    if (current > 0 && Math.abs(estimate / current - 1) <= this.threshold) return undefined;
+    return estimate;
+  }
+
+  /** The robust estimate, or undefined with too few measurements. */
+  estimate(): number | undefined {
+    if (this.samples.length < this.minSamples) return undefined;
+    const m = median(this.samples);
+    const mad = median(this.samples.map((x) => Math.abs(x - m))) * 1.4826;
+    const kept = mad > 0 ? this.samples.filter((x) => Math.abs(x - m) <= 3 * mad) : this.samples;
+    return Math.round(median(kept) * 1000) / 1000;
+  }
+
+  get count(): number {
+    return this.samples.length;
+  }
+}

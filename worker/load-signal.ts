@@ -1,0 +1,120 @@
+import type { Workflow } from "../handlers/comfyui/types.js";
+import {
+  CostModel,
+  jobFeatures,
+  type JobFeatures,
+  type PredictionSource,
+  type ShapeState,
+} from "./cost-model.js";
+import type { Job } from "./jobs/job.js";
+import { LiveScore } from "./live-score.js";
+import { DEFAULT_WORKLOAD, estimateWorkload } from "./workload.js";
+
+export interface LoadSignalOptions {
+  /** The score the router sees now (max_perf); 0 before the worker is ready. */
+  maxPerf(): number;
+  /** Real work measured a score that moved by more than the threshold. */
+  onScore(maxPerf: number): void;
+  model?: CostModel;
+  score?: LiveScore;
+}
+
+export interface Estimate {
+  workload: number;
+  seconds: number;
+  source: PredictionSource;
+  shape: string;
+  units: number;
+}
+
+/** Bounds of a request's workload: one request never counts as less than 1 or more than 100 default requests. */
+const MIN_WORKLOAD = 1;
+const MAX_WORKLOAD = DEFAULT_WORKLOAD * 100;
+
+/**
+ * What the autoscaler routes and scales on: each request's workload and the worker's score (max_perf), chosen so
+ * that cur_load / max_perf is the expected time to drain the queue. With T = 100 / max_perf the time of one
+ * benchmark request, a request weighs 100 x (its predicted seconds / T), so the sum of workloads over max_perf is
+ * the sum of predicted seconds. Predictions come from the cost model (per workflow shape, learned from completed
+ * jobs); a shape never seen gets the prior, the benchmark's time scaled by sampling units, which is exactly the
+ * workload rule of a worker that learns nothing (and 100, upstream's constant, when the units are unknown).
+ * Each completed job also measures the score (its workload / its seconds): when the predictions are off as a whole
+ * (a provisional score from one round, a GPU that slowed down), max_perf follows.
+ */
+export class LoadSignal {
+  readonly model: CostModel;
+  readonly score: LiveScore;
+  private benchmark: JobFeatures = { shape: "", units: 0 };
+
+  constructor(private readonly opts: LoadSignalOptions) {
+    this.model = opts.model ?? new CostModel();
+    this.score = opts.score ?? new LiveScore();
+  }
+
+  /** The benchmark workflow: the unit of the prior. */
+  setBenchmark(workflow: Workflow): void {
+    this.benchmark = jobFeatures(workflow);
+  }
+
+  /** Runs on unvalidated input (admission comes before parsing): anything odd weighs the default. */
+  estimate(workflow: unknown): Estimate {
+    if (typeof workflow !== "object" || workflow === null || Array.isArray(workflow)) {
+      return { workload: DEFAULT_WORKLOAD, seconds: 0, source: "prior", shape: "invalid", units: 0 };
+    }
+    const f = jobFeatures(workflow as Workflow);
+    const maxPerf = this.opts.maxPerf();
+    if (!(maxPerf > 0)) {
+      // No score yet (booting): the prior alone, in benchmark units.
+      const workload = estimateWorkload(workflow as Workflow, this.benchmark.units);
+      return { workload, seconds: 0, source: "prior", ...f };
+    }
+    const benchmarkSeconds = DEFAULT_WORKLOAD / maxPerf;
+    const prior = (units: number) =>
+      benchmarkSeconds * (units > 0 && this.benchmark.units > 0 ? units / this.benchmark.units : 1);
+    const { seconds, source } = this.model.predict(f, prior);
+    const raw = (DEFAULT_WORKLOAD * seconds) / benchmarkSeconds;
+    const workload = Math.min(MAX_WORKLOAD, Math.max(MIN_WORKLOAD, Math.round(raw * 100) / 100));
+    return { workload, seconds, source, ...f };
+  }
+
+  workloadOf(workflow: unknown): number {
+    return this.estimate(workflow).workload;
+  }
+
+  /** A finished job teaches the model and the score; only completed jobs count, and never the warm-up. */
+  completed(job: Job): void {
+    if (job.status !== "completed" || job.input.internal?.warmup) return;
+    const seconds = executionSeconds(job);
+    if (seconds === undefined) return;
+    const next = this.score.observe(job.workload, seconds, this.opts.maxPerf());
+    if (next !== undefined) this.opts.onScore(next);
+    this.model.observe(jobFeatures(job.input.workflow), seconds);
+  }
+
+  state(): {
+    benchmark: JobFeatures;
+    liveScore: number | undefined;
+    measurements: number;
+    shapes: ShapeState[];
+  } {
+    return {
+      benchmark: this.benchmark,
+      liveScore: this.score.estimate(),
+      measurements: this.score.count,
+      shapes: this.model.state(),
+    };
+  }
+}
+
+/**
+ * ComfyUI's own execution time for the prompt (execution_start to success, as the event stream told it), which
+ * excludes the wait behind the previous prompt that the worker keeps queued; the generation stage otherwise.
+ */
+function executionSeconds(job: Job): number | undefined {
+  const d = job.details;
+  if (d?.started_at != null && d.completed_at != null && d.completed_at > d.started_at) {
+    return (d.completed_at - d.started_at) / 1000;
+  }
+  const ms = job.timings.generation_ms;
+  return ms > 0 ? ms / 1000 : undefined;
+}
