@@ -3,6 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { artifactsDir, launchChromium } from "../harness/browser.js";
+import { RecordingServer } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { postJson, repoRoot, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree, tinyText2Image } from "../harness/workflows.js";
@@ -226,4 +227,45 @@ test("the event stream never carries a job's input: S3 keys and webhook secrets 
   expect((await job).body.status).toBe("failed");
   expect(text).toMatch(/"status":"failed"/);
   expect(text).not.toContain(secret);
+});
+
+test("the status tells what the autoscaler last heard, without the master token; an open page does not hold up stop", async () => {
+  const autoscaler = await new RecordingServer().start();
+  const token = `mtoken-console-${Date.now()}`;
+  const own = await startTestWorker({
+    REPORT_ADDR: autoscaler.url,
+    MASTER_TOKEN: token,
+    CONTAINER_ID: "42",
+    REPORT_INTERVAL_MS: "200",
+  });
+  try {
+    const res = await fetch(`${own.api}/console/events`, { signal: AbortSignal.timeout(30_000) });
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    let last: any;
+    while (!last?.autoscaler.last?.delivered) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the event stream ended");
+      text += value;
+      const statuses = [...text.matchAll(/event: status\ndata: (.*)\n\n/g)];
+      last = statuses.length > 0 ? JSON.parse(statuses.at(-1)![1]!) : undefined;
+    }
+    await autoscaler.waitFor(1);
+    expect(autoscaler.received[0]!.body).toContain(token); // the autoscaler gets it ...
+    expect(last.autoscaler.addrs).toEqual([autoscaler.url]);
+    expect(last.autoscaler.last.fields).toHaveProperty("max_perf");
+    expect(text).not.toContain(token); // ... the page never does
+    // The stream is still open: stopping closes it rather than waiting for it.
+    await own.stop();
+    // (The worker closes its connections at stop: the stream ends or is cut; EventSource reconnects either way.)
+    await expect(
+      reader.read().then(
+        (r) => r.done,
+        () => true,
+      ),
+    ).resolves.toBe(true);
+  } finally {
+    await own.stop();
+    await autoscaler.stop();
+  }
 });
