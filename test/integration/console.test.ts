@@ -1,11 +1,14 @@
 import { readFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { artifactsDir, launchChromium } from "../harness/browser.js";
 import { RecordingServer } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
-import { postJson, repoRoot, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { loadConfig } from "../../config/index.js";
+import { createLogger } from "../../lib/logger.js";
+import { createWorker } from "../../worker/app.js";
+import { postJson, repoRoot, stackEnv, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree, tinyText2Image } from "../harness/workflows.js";
 
 /** The operator page at / on the local API port, in a real headless Chromium against the real stack. */
@@ -267,5 +270,61 @@ test("the status tells what the autoscaler last heard, without the master token;
   } finally {
     await own.stop();
     await autoscaler.stop();
+  }
+});
+
+test("a page opened at boot sees the benchmark's rounds, then ready with a measured score", async () => {
+  const dir = await mkdtemp(join(stack().tmpRoot, "console-boot-"));
+  const bench = modelFree();
+  bench["3"].inputs.filename_prefix = "bench-__RANDOM_INT__";
+  delete bench["4"];
+  await writeFile(join(dir, "benchmark.json"), JSON.stringify(bench));
+  const config = loadConfig(
+    {
+      ...stackEnv(join(dir, "output")),
+      WORKER_PORT: "0",
+      API_PORT: "0",
+      BENCHMARK_JSON_PATH: join(dir, "benchmark.json"),
+      BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
+      BENCHMARK_MAX_ROUNDS: "3",
+      LOG_LEVEL: "silent",
+    },
+    repoRoot,
+  );
+  const worker = createWorker({
+    config,
+    logger: createLogger({ level: "silent", pretty: false }),
+    root: repoRoot,
+  });
+  const started = worker.start();
+  try {
+    // The local port listens before ComfyUI is even asked; there is no event for it, so yield until it does.
+    const deadline = Date.now() + 10_000;
+    while (!worker.apiUrl() && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+    const res = await fetch(`${worker.apiUrl()}/console/events`, { signal: AbortSignal.timeout(60_000) });
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    const statuses = () => [...text.matchAll(/event: status\ndata: (.*)\n\n/g)].map((m) => JSON.parse(m[1]!));
+    while (statuses().at(-1)?.phase !== "ready") {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the event stream ended");
+      text += value;
+    }
+    const rounds = statuses().filter((s) => s.phase === "benchmarking" && s.benchmark_round);
+    expect(rounds.length).toBeGreaterThan(0);
+    expect(rounds[0].benchmark_round).toEqual({
+      label: expect.stringMatching(/^(warmup|\d)$/),
+      max_rounds: 3,
+    });
+    const ready = statuses().at(-1);
+    expect(ready.score.max_perf).toBeGreaterThan(0);
+    expect(ready.score.how).toMatch(/^measured/);
+    expect(text).toMatch(
+      /event: job\ndata: \{"id":"benchmark-warmup-[^"]+","status":"completed"[^\n]*"internal":true/,
+    );
+    await reader.cancel();
+  } finally {
+    await started.catch(() => undefined);
+    await worker.stop(5_000);
   }
 });
