@@ -51,7 +51,11 @@ const JOB_FLUSH_MS = 150;
  */
 export class ConsoleFeed {
   private readonly clients = new Set<ConsoleClient>();
-  private readonly recent: Job[] = [];
+  /**
+   * The jobs the page lists, newest first. A finished one is kept as its summary and output paths only, not the
+   * Job (whose input may hold megabytes of workflow and inline images).
+   */
+  private readonly recent: RecentJob[] = [];
   private readonly dirty = new Set<Job>();
   private flushTimer: NodeJS.Timeout | undefined;
   private statusTimer: NodeJS.Timeout | undefined;
@@ -85,13 +89,17 @@ export class ConsoleFeed {
     };
   }
 
-  /** A job the page lists (recent or still known to the manager), for its output files. */
-  job(id: string): Job | undefined {
-    return this.recent.find((j) => j.id === id) ?? this.src.jobs.get(id);
+  /** The local path of a job's output by its index: only files the worker listed as that job's outputs. */
+  outputPath(id: string, index: number): string | undefined {
+    const r = this.recent.find((j) => j.id === id);
+    const paths = r
+      ? (r.job?.output ?? r.outputs).map((o) => o.local_path)
+      : this.src.jobs.get(id)?.output.map((o) => o.local_path);
+    return paths?.[index] || undefined;
   }
 
   jobs(): ConsoleJob[] {
-    return this.recent.map((j) => summarize(j));
+    return this.recent.map((r) => (r.job ? summarize(r.job) : r.summary!));
   }
 
   status(): ConsoleStatus {
@@ -156,19 +164,23 @@ export class ConsoleFeed {
 
   /** The benchmark's round, read from its jobs' ids (benchmark-<label>-<n>). */
   private benchmarkRound(): ConsoleStatus["benchmark_round"] {
-    const running = this.recent.find((j) => j.input.internal && !j.final);
+    const running = this.recent.find((r) => r.job?.input.internal && !r.job.final);
     const label = running?.id.split("-")[1];
     return label ? { label, max_rounds: this.src.settings.benchmarkMaxRounds } : null;
   }
 
   private track(job: Job): void {
-    this.recent.unshift(job);
+    const entry: RecentJob = { id: job.id, job, outputs: [] };
+    this.recent.unshift(entry);
     const keep = this.src.recent ?? 25;
     if (this.recent.length > keep) this.recent.length = keep;
     const changed = () => this.markDirty(job);
     job.on("event", changed);
     job.once("done", () => {
       job.off("event", changed);
+      entry.summary = summarize(job);
+      entry.outputs = job.output.map((o) => ({ local_path: o.local_path }));
+      entry.job = undefined;
       this.markDirty(job);
     });
     this.markDirty(job);
@@ -238,6 +250,14 @@ export class ConsoleFeed {
       this.clients.delete(client);
     }
   }
+}
+
+interface RecentJob {
+  id: string;
+  /** Until it is final. */
+  job: Job | undefined;
+  summary?: ConsoleJob;
+  outputs: { local_path: string }[];
 }
 
 function pick(obj: Record<string, unknown>, keys: string[]): Record<string, unknown> {

@@ -74,14 +74,16 @@ export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
 
   // A job's output by its index: only files the worker itself listed as that job's outputs, never a caller's path.
   router.get("/console/output/:id/:index", (req, res) => {
-    const entry = deps.feed.job(req.params.id)?.output[Number(req.params.index)];
-    if (!/^\d+$/.test(req.params.index) || !entry?.local_path) {
+    const path = /^\d+$/.test(req.params.index)
+      ? deps.feed.outputPath(req.params.id, Number(req.params.index))
+      : undefined;
+    if (!path) {
       res.status(404).type("text/plain").send("no such output");
       return;
     }
     res.setHeader("cache-control", "private, max-age=3600");
     res.setHeader("x-content-type-options", "nosniff");
-    res.sendFile(entry.local_path, { dotfiles: "allow" }, (err) => {
+    res.sendFile(path, { dotfiles: "allow" }, (err) => {
       if (err && !res.headersSent) res.status(404).type("text/plain").send("output file is gone");
     });
   });
