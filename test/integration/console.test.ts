@@ -124,7 +124,7 @@ test("a sampling workflow shows its steps live, in the form and in the job list"
     `[...document.querySelectorAll("#run-outputs img")].some((i) => i.complete && i.naturalWidth === 64)`,
   );
   await shot("6-sampled");
-});
+}, 180_000); // sampling on the shared CPU takes tens of seconds
 
 test("accessibility basics: every control is named, images have alt text, text contrast is at least 4.5:1", async () => {
   // Evaluated by the driver, so that the page's own CSP (no inline script) stays as it is.
