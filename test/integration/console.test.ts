@@ -111,13 +111,14 @@ test("the page shows the status, runs a workflow from the form with the keyboard
 test("a sampling workflow shows its steps live, in the form and in the job list", async () => {
   await page.locator("#workflow").fill(JSON.stringify(tinyText2Image(8)));
   await page.keyboard.press("Control+Enter");
-  // The running job's line names the sampler and its step, from the event stream.
-  await page
-    .locator("li.job.generating .bar-label", { hasText: /KSampler \(node 3\) · step \d+\/8/ })
-    .waitFor({
-      timeout: 60_000,
-    });
-  await page.locator("#run-text", { hasText: /KSampler \(node 3\): step \d+\/8/ }).waitFor();
+  // The running job's line (from the event stream) and the form (from /generate/stream) name the sampler and its
+  // step; watched together, since each shows it only while the sampler runs.
+  await Promise.all([
+    page
+      .locator("li.job.generating .bar-label", { hasText: /KSampler \(node 3\) · step \d+\/8/ })
+      .waitFor({ timeout: 60_000 }),
+    page.locator("#run-text", { hasText: /KSampler \(node 3\): step \d+\/8/ }).waitFor({ timeout: 60_000 }),
+  ]);
   await shot("5-sampling");
   await page.locator("#run-result", { hasText: "completed" }).waitFor({ timeout: 120_000 });
   await page.waitForFunction(
