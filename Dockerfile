@@ -89,6 +89,7 @@ COPY handlers ./handlers
 COPY benchmark ./benchmark
 COPY scripts ./scripts
 COPY misc ./misc
+COPY web ./web
 RUN npm run build \
     && npm prune --omit=dev --no-audit --no-fund \
     && chmod +x scripts/docker-entrypoint.sh \

@@ -4,7 +4,7 @@
  *   S3 (SeaweedFS), bucket "outputs"      http://127.0.0.1:8333
  *   router emulator                       http://127.0.0.1:8080   (REPORT_ADDR of the worker, the client's autoscaler)
  *   worker, routed port (signed)          http://127.0.0.1:3000
- *   worker, local API + /docs + /metrics  http://127.0.0.1:18288
+ *   worker, local API, page at /, /docs   http://127.0.0.1:18288
  * Every variable the worker reads can be set in the environment to override the stack's defaults.
  * Ctrl-C or SIGTERM stops every child.
  */
@@ -113,7 +113,9 @@ try {
   stopWorker = () => worker.stop(10_000);
   await worker.start();
   say(`worker routed  ${worker.routedUrl()}   (signed by the router)`);
-  say(`worker API     ${worker.apiUrl() ?? "disabled"}   (/generate/sync, /docs, /metrics)`);
+  say(
+    `worker API     ${worker.apiUrl() ?? "disabled"}   (the operator page at /, /generate/sync, /docs, /metrics)`,
+  );
   say(
     `state: ${worker.phase()}${worker.errorMsg() ? ` (${worker.errorMsg()})` : ""}. Ctrl-C stops everything.`,
   );

@@ -6,8 +6,11 @@ import type { Express } from "express";
 import { loadBenchmarkPayload } from "../benchmark/payload.js";
 import { hardwareKey, runBenchmark, updateCachedScore, type BenchmarkResult } from "../benchmark/runner.js";
 import type { FrozenConfig } from "../config/index.js";
+import { resolveS3 } from "../handlers/storage/s3.js";
 import { Admission } from "./admission.js";
 import { ReplayGuard, SignatureVerifier } from "./auth/signature.js";
+import { ConsoleFeed } from "./console/feed.js";
+import { consoleRoutes } from "./http/console.js";
 import { docsRoutes, loadExample } from "./http/docs.js";
 import { generateRoutes } from "./http/generate-routes.js";
 import { healthRoutes } from "./http/health.js";
@@ -204,6 +207,33 @@ export function createWorker(deps: WorkerDeps): Worker {
     workRoutes: ["/generate/sync", "/generate", "/generate/stream"],
     workloadOf: workloadOfPayload,
   });
+  // The operator page's feed reads the parts through their read-only accessors.
+  const consoleFeed = () => {
+    const s3 = resolveS3(config.s3, undefined);
+    return new ConsoleFeed({
+      jobs,
+      admission,
+      janitor,
+      reporter,
+      phase: () => phase,
+      errorMsg: () => errorMsg,
+      comfyUp: () => comfyUp,
+      benchmark: () => benchmark,
+      probeS3: s3 && ((signal) => storage.probe(s3, signal)),
+      settings: {
+        comfyUrl: config.comfyui.url,
+        maxQueueTimeS: config.autoscaler.maxQueueTimeS,
+        benchmarkSkip: config.benchmark.skip,
+        benchmarkMaxRounds: config.benchmark.maxRounds,
+        reportAddrs: config.autoscaler.reportAddrs,
+        outputDir: config.outputDir,
+        minFreeBytes: config.disk.minFreeBytes,
+        s3Target: s3 ? `${s3.bucketName} at ${s3.endpointUrl ?? "AWS"}` : null,
+      },
+      startedAt,
+      now,
+    });
+  };
   const localApp = config.api.enabled
     ? createLocalApp({
         maxBodyBytes: config.limits.maxBodyBytes,
@@ -211,6 +241,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         health,
         docs: docsRoutes(loadExample(deps.root)),
         debug: debugRoutes({ load: () => load.state(), maxPerf: () => admission.maxPerf }),
+        console: consoleRoutes({ feed: consoleFeed(), root: deps.root }),
         metrics: metrics.routes(() => {
           const state = load.state();
           metrics.loadModel(state.shapes, state.liveScore);

@@ -22,6 +22,12 @@ export interface JanitorOptions {
   now?: () => number;
 }
 
+/** The last pass, for the operator page. */
+export interface LastSweep {
+  at: number;
+  report: SweepReport;
+}
+
 export interface SweepReport {
   freeBefore: number;
   freeAfter: number;
@@ -41,6 +47,7 @@ export interface SweepReport {
 export class Janitor {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<SweepReport> | undefined;
+  private last: LastSweep | undefined;
 
   constructor(private readonly opts: JanitorOptions) {}
 
@@ -61,9 +68,18 @@ export class Janitor {
     clearTimeout(this.timer);
   }
 
+  lastSweep(): LastSweep | undefined {
+    return this.last;
+  }
+
   /** One pass; concurrent calls share it. */
   sweep(): Promise<SweepReport> {
-    this.running ??= this.pass().finally(() => (this.running = undefined));
+    this.running ??= this.pass()
+      .then((report) => {
+        this.last = { at: (this.opts.now ?? Date.now)(), report };
+        return report;
+      })
+      .finally(() => (this.running = undefined));
     return this.running;
   }
 

@@ -9,11 +9,13 @@ export interface LocalDeps {
   metrics?: Router;
   /** Read-only state for operators (the cost model). */
   debug?: Router;
+  /** The operator page at / (this port only, never the routed one). */
+  console?: Router;
 }
 
 /**
  * The local API port (127.0.0.1:18288 by default): bare `{input}` requests for interactive use over an SSH tunnel,
- * as the template's API wrapper, plus /docs. No signatures, no admission control.
+ * as the template's API wrapper, plus /docs and the operator page at /. No signatures, no admission control.
  */
 export function createLocalApp(deps: LocalDeps): Express {
   const app = express();
@@ -25,6 +27,7 @@ export function createLocalApp(deps: LocalDeps): Express {
   app.use("/", deps.docs);
   if (deps.metrics) app.use("/", deps.metrics);
   if (deps.debug) app.use("/", deps.debug);
+  if (deps.console) app.use("/", deps.console);
   app.use(jsonBody(deps.maxBodyBytes));
   app.use((req, res, next) => {
     res.locals.payload = req.body as unknown;

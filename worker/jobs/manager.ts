@@ -70,6 +70,7 @@ export class JobManager {
   private accepting = true;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
+  private readonly watchers = new Set<(job: Job) => void>();
 
   constructor(private readonly deps: JobManagerDeps) {
     this.slots = new Semaphore(deps.config.jobs.maxInFlightPrompts);
@@ -95,6 +96,12 @@ export class JobManager {
     return [...this.jobs.values()].filter((j) => !j.final);
   }
 
+  /** Calls `fn` with each job created from now on (read-only observers: the operator page); returns the unsubscribe. */
+  onJob(fn: (job: Job) => void): () => void {
+    this.watchers.add(fn);
+    return () => this.watchers.delete(fn);
+  }
+
   activeWorkload(): number {
     return this.active().reduce((sum, j) => sum + j.workload, 0);
   }
@@ -115,6 +122,7 @@ export class JobManager {
     const job = new Job(input, workload, this.now());
     if (existing) this.forget(existing.id);
     this.jobs.set(job.id, job);
+    for (const fn of this.watchers) this.observe(() => fn(job));
     void this.run(job);
     return { job, created: true };
   }

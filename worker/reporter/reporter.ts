@@ -16,6 +16,13 @@ export interface ReporterState {
   currentLoad(): number;
 }
 
+/** The last /worker_status/ attempt, for the operator page (without the master token). */
+export interface LastStatusReport {
+  at: number;
+  delivered: boolean;
+  body: Record<string, unknown>;
+}
+
 export interface ReporterOptions {
   addrs: readonly string[];
   containerId: number;
@@ -47,6 +54,7 @@ export class AutoscalerReporter {
   private readonly stopSignal = new AbortController();
   private forced = false;
   private ticking = false;
+  private last: LastStatusReport | undefined;
 
   constructor(private readonly opts: ReporterOptions) {
     this.http = got.extend({
@@ -150,12 +158,18 @@ export class AutoscalerReporter {
       url: this.opts.url,
     };
     const ok = await this.post("/worker_status/", body);
+    const { mtoken: _secret, ...shown } = body;
+    this.last = { at: this.now, delivered: ok, body: shown };
     if (ok) {
       t.commit(sent);
       this.committedDiskGb = diskGb;
       this.lastSent = this.now;
     }
     return ok;
+  }
+
+  lastStatus(): LastStatusReport | undefined {
+    return this.last;
   }
 
   private async diskUsedGb(): Promise<number> {
