@@ -86,7 +86,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   });
   const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
   const tracker = new RequestTracker();
-  const sessions = new SessionStore(10);
+  const sessions = new SessionStore(10, tracker);
   const replay = new ReplayGuard(config.autoscaler.replayWindow);
 
   let phase: Phase = "starting";
@@ -113,7 +113,8 @@ export function createWorker(deps: WorkerDeps): Worker {
             maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
             loadtime: () => loadtime,
             errorMsg: () => errorMsg,
-            currentLoad: () => jobs.activeWorkload(),
+            // Upstream's cur_load also counts open sessions (at the router's cost).
+            currentLoad: () => jobs.activeWorkload() + sessions.workload(),
           },
         })
       : undefined;

@@ -38,12 +38,17 @@ export interface Session {
   createdAt: number;
   onCloseRoute: string | null;
   onClosePayload: unknown;
+  /** Its entry in the request tracker (an open session is a request in flight, as upstream reports it). */
+  trackKey: number;
 }
 
 /** Sessions as upstream keeps them: created through /session/create, extended by each request that names them. */
 export class SessionStore {
   readonly sessions = new Map<string, Session>();
-  constructor(readonly maxSessions: number) {}
+  constructor(
+    readonly maxSessions: number,
+    private readonly tracker: RequestTracker,
+  ) {}
 
   create(auth: AuthData, payload: Record<string, unknown>, now: number): Session | undefined {
     if (this.maxSessions > 0 && this.sessions.size >= this.maxSessions) return undefined;
@@ -58,21 +63,36 @@ export class SessionStore {
       createdAt: now,
       onCloseRoute: typeof payload.on_close_route === "string" ? payload.on_close_route : null,
       onClosePayload: payload.on_close_payload ?? null,
+      trackKey: this.tracker.openSession(auth, numeric(auth.cost) || 0),
     };
     this.sessions.set(id, s);
     return s;
   }
 
+  /** Ends a session; false when there was none. */
+  close(id: string): boolean {
+    const s = this.sessions.get(id);
+    if (!s) return false;
+    this.sessions.delete(id);
+    this.tracker.closeSession(s.trackKey);
+    return true;
+  }
+
   expire(now: number): Session[] {
     const gone = [...this.sessions.values()].filter((s) => s.expiration <= now);
-    for (const s of gone) this.sessions.delete(s.id);
+    for (const s of gone) this.close(s.id);
     return gone;
+  }
+
+  /** Workload of the open sessions. */
+  workload(): number {
+    return this.tracker.sessionWorkload([...this.sessions.values()].map((s) => s.trackKey));
   }
 }
 
 /**
  * The routed port: the router's envelope `{auth_data, payload, session_id}`. Checks in upstream's order:
- * invalid JSON 422, missing fields 422, unknown session 410, bad signature 401 (empty body), replayed reqnum 401,
+ * invalid JSON 422, missing fields or a payload that is not an object 422, unknown session 410, bad signature 401 (empty body), replayed reqnum 401,
  * overload 429 (empty body); then the route answers. The bare `{input}` form is refused (422) unless UNSECURED.
  */
 export function createRoutedApp(deps: RoutedDeps): Express {
@@ -138,7 +158,7 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     if (s === undefined) return;
     const id = String((req.body as Record<string, unknown>).session_id);
     if (s === null) return void res.status(400).json({ error: `session with id ${id} not found` });
-    deps.sessions.sessions.delete(id);
+    deps.sessions.close(id);
     res.json({ ended: true, removed_session: id });
   });
   app.post("/pyworker/update", (req, res) => {
@@ -172,6 +192,8 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
       errors.auth_data = Object.fromEntries(missing.map((k) => [k, "missing parameter"]));
   }
   if (!("payload" in env)) errors.payload = "field missing";
+  else if (env.payload === null || typeof env.payload !== "object" || Array.isArray(env.payload))
+    errors.payload = { data: "payload must be a dictionary" };
   if (Object.keys(errors).length > 0) {
     res.status(422).json(errors);
     return;
@@ -222,7 +244,7 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
   }
   res.locals.payload = env.payload;
   res.locals.workload = workload;
-  if (isWork) deps.tracker.track(authData, workload, res);
+  if (isWork) deps.tracker.track(authData, workload, res, sessionId !== undefined && sessionId !== null);
   next();
 }
 
