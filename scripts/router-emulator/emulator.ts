@@ -74,6 +74,8 @@ export class RouterEmulator {
   readonly workers = new Map<string, WorkerRecord>();
   readonly reports: { path: string; body: Record<string, unknown>; at: number }[] = [];
   readonly routes: Record<string, unknown>[] = [];
+  /** What /route/ handed out: the request_idx and the worker, in order. */
+  readonly routed: { request_idx: number; url: string }[] = [];
   /** Reports whose shape differs from vastai 1.9.1's (a field missing, extra or of another type). */
   readonly problems: string[] = [];
   readonly publicKeyPem: string;
@@ -212,6 +214,7 @@ export class RouterEmulator {
         return;
       }
       worker.assigned.set(requestIdx, cost);
+      this.routed.push({ request_idx: requestIdx, url: worker.url });
       res.json(this.authData(worker.url, { cost, endpoint, requestIdx }));
     });
 
