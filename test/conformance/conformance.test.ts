@@ -68,7 +68,7 @@ test("the reference worker library and ours answer and report the same scripted 
     maxQueueTimeS: MAX_QUEUE_TIME_S,
   });
   const refRun = new ScenarioRun(router, { name: "reference", id: 101, base: reference.base });
-  await runScenario(refRun);
+  await Promise.race([runScenario(refRun), reference.failed]);
   await reference.stop();
 
   const port = await (await import("../../scripts/services/child.js")).freePort();

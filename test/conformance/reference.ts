@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freePort } from "../../scripts/services/child.js";
 import { runInstallScript } from "../../scripts/services/install.js";
@@ -11,6 +11,8 @@ export interface ReferenceWorker {
   /** Where callers reach it (its WORKER_PORT). */
   base: string;
   logFile: string;
+  /** Rejects, with the end of its log, if the process exits before `stop()`. */
+  failed: Promise<never>;
   stop(): Promise<void>;
 }
 
@@ -61,10 +63,19 @@ export async function startReferenceWorker(opts: {
     },
   );
   const exited = once(child, "exit");
+  let stopping = false;
+  const failed = exited.then(async ([code, signal]) => {
+    if (stopping) return new Promise<never>(() => undefined);
+    const tail = (await readFile(logFile, "utf8").catch(() => "")).split("\n").slice(-30).join("\n");
+    throw new Error(`the reference worker exited (${String(signal ?? code)}); end of ${logFile}:\n${tail}`);
+  });
+  failed.catch(() => undefined);
   return {
+    failed,
     base: `http://127.0.0.1:${port}`,
     logFile,
     async stop() {
+      stopping = true;
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGTERM");
         const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
