@@ -29,6 +29,13 @@ export const DELIBERATE_DIFFERENCES: readonly DeliberateDifference[] = [
       "replays. A security matter owned by issue 9 (replay handling under url-only signatures).",
   },
   {
+    id: "client-mistakes-4xx",
+    keys: /^session\.create-no-auth_data\./,
+    reason:
+      "a /session/create without auth_data is a 422 naming what is missing; upstream's handler raises on it and " +
+      "drops the connection (or answers 500, which the client retries forever).",
+  },
+  {
     id: "upstream-counter-race",
     keys: /\.reports\.sum\((new_load|rej_load|cur_perf)\)$/,
     applies: (reference, ours) =>

@@ -106,12 +106,20 @@ export class ScenarioRun {
     body: unknown,
     signal?: AbortSignal,
   ): Promise<{ status: number; contentType: string; text: string }> {
-    const res = await fetch(`${this.target.base}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: typeof body === "string" ? body : JSON.stringify(body),
-      signal: signal ?? AbortSignal.timeout(TIMEOUT_MS * 2),
-    });
+    let res: globalThis.Response;
+    try {
+      res = await fetch(`${this.target.base}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: typeof body === "string" ? body : JSON.stringify(body),
+        signal: signal ?? AbortSignal.timeout(TIMEOUT_MS * 2),
+      });
+    } catch (err) {
+      if (signal) throw err;
+      // A server that drops the connection instead of answering: that is what it answered.
+      const cause = (err as { cause?: { message?: string } }).cause?.message ?? String(err);
+      return { status: 0, contentType: "", text: `(no answer: ${cause})` };
+    }
     const text = await res.text();
     return { status: res.status, contentType: res.headers.get("content-type") ?? "", text };
   }
@@ -380,6 +388,29 @@ export async function runScenario(run: ScenarioRun): Promise<void> {
       session_id: sessionId,
     },
   );
+  // Upstream never checks a signature on /session/create (nor do we, to match): see the report of issue 11.
+  const unsignedAuth = run.badAuth("session:unsigned");
+  const unsigned = await run.send("/session/create", { auth_data: unsignedAuth, payload: { lifetime: 60 } });
+  run.answer("session.create-unsigned", unsigned);
+  const unsignedId = String((JSON.parse(unsigned.text || "{}") as { session_id?: string }).session_id);
+  run.answer(
+    "session.end-unsigned",
+    await run.send("/session/end", { session_id: unsignedId, session_auth: unsignedAuth }),
+  );
+  // A request naming a live session still needs a valid signature.
+  const secondAuth = run.auth("session:second");
+  const again = await run.send("/session/create", { auth_data: secondAuth, payload: {} });
+  const secondId = String((JSON.parse(again.text || "{}") as { session_id?: string }).session_id);
+  run.answer(
+    "session.request-bad-signature",
+    await run.send("/generate/sync", {
+      auth_data: run.badAuth("session:bad-signature"),
+      payload: { input: { workflow_json: fastWorkflow() } },
+      session_id: secondId,
+    }),
+  );
+  await run.send("/session/end", { session_id: secondId, session_auth: secondAuth });
+  run.answer("session.create-no-auth_data", await run.send("/session/create", { payload: { lifetime: 60 } }));
   await run.barrier("session");
 
   // A session that expires: reported in flight meanwhile, then finished, then unknown.

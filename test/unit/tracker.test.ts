@@ -54,10 +54,13 @@ test("a session is in flight at its cost until closed, then a success; requests 
   expect(t.numReceived).toBe(1);
 });
 
-test("a rejected request counts as received, with the time it arrived", () => {
+test("a rejected request counts as received, with the time it arrived; inside a session only its load", () => {
   const t = new RequestTracker(() => 9);
+  t.rejected(auth(4), 100, true);
+  expect(t.numReceived).toBe(0);
+  expect(t.finished).toEqual([]);
   t.rejected(auth(3), 100);
   expect(t.numReceived).toBe(1);
-  expect(t.counters.rej_load).toBe(100);
+  expect(t.counters.rej_load).toBe(200);
   expect(t.finished[0]).toMatchObject({ status: "Rejected", success: false, entered_queue_at: 9 });
 });

@@ -231,14 +231,14 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
         },
         ok ? `refused: ${(replay as { reason: string }).reason}` : "refused: bad or missing signature",
       );
-      if (isWork) deps.tracker.rejected(authData, workload);
+      if (isWork) deps.tracker.rejected(authData, workload, sessionId !== undefined && sessionId !== null);
       res.status(401).end();
       return;
     }
     if (!inSession) deps.replay.record(reqnum);
   }
   if (isWork && !deps.admission.admits()) {
-    deps.tracker.rejected(authData, workload);
+    deps.tracker.rejected(authData, workload, sessionId !== undefined && sessionId !== null);
     res.status(429).end();
     return;
   }

@@ -123,8 +123,11 @@ export class RequestTracker {
     return total;
   }
 
-  rejected(auth: AuthData, workload: number): void {
+  /** A refused request; one inside a session only counts in rej_load (upstream neither receives nor deletes it). */
+  rejected(auth: AuthData, workload: number, inSession = false): void {
     this.counters.rej_load += workload;
+    this.pending = true;
+    if (inSession) return;
     this.received++;
     this.finished.push({
       request_idx: numeric(auth.request_idx) || 0,
