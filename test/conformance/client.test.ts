@@ -171,3 +171,35 @@ function finishedOn(id: number, idx: number, status: string): Promise<void> {
     ),
   );
 }
+
+test("attack: an unsigned /session/create with a huge cost cannot make the reported load absurd", async () => {
+  // /session/create verifies no signature (as upstream), so its cost is the caller's word.
+  const auth = { ...router.authData(healthy.routed), cost: 1e12, signature: "forged" };
+  const created = await postJson(`${healthy.routed}/session/create`, {
+    auth_data: auth,
+    payload: { lifetime: 30 },
+  });
+  expect(created.status).toBe(201);
+  const since = Date.now();
+  try {
+    await router.waitFor(() =>
+      router.reports.some(
+        (r) =>
+          r.path === "/worker_status/" &&
+          r.body.id === 31 &&
+          r.at >= since &&
+          Number(r.body.num_requests_working) >= 1,
+      ),
+    );
+    const report = router.reports
+      .filter((r) => r.path === "/worker_status/" && r.body.id === 31)
+      .at(-1)!.body;
+    expect(Number(report.cur_load)).toBeLessThanOrEqual(10_000);
+  } finally {
+    const ended = await postJson(`${healthy.routed}/session/end`, {
+      session_id: created.body.session_id,
+      session_auth: auth,
+    });
+    expect(ended.status).toBe(200);
+  }
+});

@@ -6,6 +6,16 @@ import type { Logger } from "../../lib/logger.js";
 import type { RequestTracker } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
 import { errorHandler, jsonBody } from "./body.js";
+import { DEFAULT_WORKLOAD } from "../workload.js";
+
+/**
+ * A session's workload is the `cost` in its auth_data, which /session/create does not verify (as upstream): bound
+ * it as a request's workload is bounded, so that a caller cannot make the reported load absurd.
+ */
+function sessionCost(auth: AuthData): number {
+  const cost = numeric(auth.cost);
+  return Number.isFinite(cost) ? Math.min(DEFAULT_WORKLOAD * 100, Math.max(0, cost)) : 0;
+}
 
 const AUTH_FIELDS = ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"] as const;
 
@@ -63,7 +73,7 @@ export class SessionStore {
       createdAt: now,
       onCloseRoute: typeof payload.on_close_route === "string" ? payload.on_close_route : null,
       onClosePayload: payload.on_close_payload ?? null,
-      trackKey: this.tracker.openSession(auth, numeric(auth.cost) || 0),
+      trackKey: this.tracker.openSession(auth, sessionCost(auth)),
     };
     this.sessions.set(id, s);
     return s;
@@ -113,7 +123,7 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     const now = Date.now() / 1000;
     const session = deps.sessions.create(auth, payload, now);
     if (!session) {
-      deps.tracker.rejected(auth, numeric(auth.cost) || 0);
+      deps.tracker.rejected(auth, sessionCost(auth));
       res.status(429).end();
       return;
     }
