@@ -95,7 +95,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
   const tracker = new RequestTracker();
   const sessionClose = new SessionCloseNotifier({ allowPrivate: config.inputs.allowPrivate, logger });
-  const sessions = new SessionStore(10, (s) => void sessionClose.notify(s));
+  const sessions = new SessionStore(10, tracker, (s) => void sessionClose.notify(s));
   const replay = new ReplayGuard(config.autoscaler.replayWindow);
 
   let phase: Phase = "starting";
@@ -121,7 +121,8 @@ export function createWorker(deps: WorkerDeps): Worker {
             maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
             loadtime: () => loadtime,
             errorMsg: () => errorMsg,
-            currentLoad: () => jobs.activeWorkload(),
+            // Upstream's cur_load also counts open sessions (at the router's cost).
+            currentLoad: () => jobs.activeWorkload() + sessions.workload(),
           },
         })
       : undefined;

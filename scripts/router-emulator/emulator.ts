@@ -1,4 +1,4 @@
-import { generateKeyPairSync, sign, type KeyObject } from "node:crypto";
+import { generateKeyPairSync, randomInt, sign, type KeyObject } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -22,7 +22,48 @@ export interface EmulatorOptions {
   /** A worker silent for longer is not routed to. */
   staleAfterMs?: number;
   log?: (line: string) => void;
+  /** Only record reports and serve /pubkey/ (no /route/, no /workers): the conformance harness's autoscaler. */
+  recordOnly?: boolean;
+  /**
+   * How /pubkey/ frames the key: "spki" (-----BEGIN PUBLIC KEY-----) or "pkcs1" (-----BEGIN RSA PUBLIC KEY-----).
+   * Upstream's worker library imports either (pycryptodome's RSA.import_key), so a worker must too.
+   */
+  pubkeyFormat?: "spki" | "pkcs1";
 }
+
+/** The fields vastai 1.9.1's worker library sends in each /delete_requests/ entry, with their JSON types. */
+export const DELETE_REQUEST_ENTRY: Record<string, string> = {
+  request_idx: "number",
+  success: "boolean",
+  status: "string",
+  entered_queue_at: "number",
+  work_started_at: "number",
+  work_completed_at: "number",
+};
+/** The statuses a finished request can have in vastai 1.9.1 (data_types.RequestMetrics.status). */
+export const DELETE_REQUEST_STATUSES = ["Success", "Error", "Cancelled", "Rejected"];
+
+/** The fields of vastai 1.9.1's WorkerStatusData, with their JSON types. */
+export const WORKER_STATUS_FIELDS: Record<string, string> = {
+  id: "number",
+  mtoken: "string",
+  version: "string",
+  loadtime: "number",
+  cur_load: "number",
+  rej_load: "number",
+  new_load: "number",
+  error_msg: "string",
+  max_perf: "number",
+  cur_perf: "number",
+  cur_capacity: "number",
+  max_capacity: "number",
+  num_requests_working: "number",
+  num_requests_recieved: "number",
+  additional_disk_usage: "number",
+  disk_usage: "number",
+  working_request_idxs: "array",
+  url: "string",
+};
 
 /**
  * A local stand-in for Vast's router/autoscaler that speaks the real protocol: /route/ picks the ready worker with
@@ -33,10 +74,20 @@ export class RouterEmulator {
   readonly workers = new Map<string, WorkerRecord>();
   readonly reports: { path: string; body: Record<string, unknown>; at: number }[] = [];
   readonly routes: Record<string, unknown>[] = [];
+  /** What /route/ handed out: the request_idx and the worker, in order. */
+  readonly routed: { request_idx: number; url: string }[] = [];
+  /** Reports whose shape differs from vastai 1.9.1's (a field missing, extra or of another type). */
+  readonly problems: string[] = [];
   readonly publicKeyPem: string;
   private readonly privateKey: KeyObject;
-  private reqnum = 0;
-  private nextRequestIdx = 1;
+  /**
+   * Reqnums as a busy router hands them out: increasing overall but not in arrival order (blocks of 8 shuffled),
+   * from a random start. Unique, so that they stay within a replay window.
+   */
+  private reqnumNext = randomInt(1_000, 1_000_000);
+  private reqnumPool: number[] = [];
+  /** request_idx values are random and unique (the router's own ids, in no order). */
+  private readonly usedRequestIdx = new Set<number>();
   private server: Server | undefined;
   private waiters: { test: () => boolean; resolve: () => void }[] = [];
   /** Tests may steer routing (for example to send the first request to a busy worker). */
@@ -45,7 +96,30 @@ export class RouterEmulator {
   constructor(private readonly opts: EmulatorOptions = {}) {
     const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
     this.privateKey = privateKey;
-    this.publicKeyPem = publicKey.export({ type: "spki", format: "pem" }).toString();
+    this.publicKeyPem = publicKey.export({ type: opts.pubkeyFormat ?? "spki", format: "pem" }).toString();
+  }
+
+  private nextReqnum(): number {
+    if (this.reqnumPool.length === 0) {
+      const block = Array.from({ length: 8 }, (_, i) => this.reqnumNext + i);
+      this.reqnumNext += block.length;
+      for (let i = block.length - 1; i > 0; i--) {
+        const j = randomInt(i + 1);
+        [block[i], block[j]] = [block[j]!, block[i]!];
+      }
+      this.reqnumPool = block;
+    }
+    return this.reqnumPool.shift()!;
+  }
+
+  /** A fresh random request_idx. */
+  newRequestIdx(): number {
+    for (;;) {
+      const idx = randomInt(1, 2 ** 31 - 1);
+      if (this.usedRequestIdx.has(idx)) continue;
+      this.usedRequestIdx.add(idx);
+      return idx;
+    }
   }
 
   /** Signs `{"url": url}` the way the router does. */
@@ -54,14 +128,14 @@ export class RouterEmulator {
     url: string,
     opts: { cost?: number; endpoint?: string; requestIdx?: number } = {},
   ): Record<string, unknown> {
-    const reqnum = ++this.reqnum;
+    const reqnum = this.nextReqnum();
     return {
       url,
       signature: this.signUrl(url),
       cost: opts.cost ?? 100,
       endpoint: opts.endpoint ?? "",
       reqnum,
-      request_idx: opts.requestIdx ?? this.nextRequestIdx++,
+      request_idx: opts.requestIdx ?? this.newRequestIdx(),
     };
   }
 
@@ -80,6 +154,8 @@ export class RouterEmulator {
     app.post("/worker_status/", (req, res) => {
       const body = req.body as Record<string, unknown>;
       this.record("/worker_status/", body);
+      this.checkShape("/worker_status/", body, WORKER_STATUS_FIELDS);
+      if (this.opts.recordOnly) return void res.json({ ok: true });
       const url = String(body.url ?? "");
       let w = this.workers.get(url);
       if (!w) {
@@ -100,12 +176,25 @@ export class RouterEmulator {
     app.post("/delete_requests/", (req, res) => {
       const body = req.body as { worker_id?: number; requests?: { request_idx: number }[] };
       this.record("/delete_requests/", body as Record<string, unknown>);
+      this.checkShape("/delete_requests/", body as Record<string, unknown>, {
+        worker_id: "number",
+        mtoken: "string",
+        requests: "array",
+      });
+      for (const r of Array.isArray(body.requests) ? body.requests : []) {
+        this.checkShape("/delete_requests/ entry", r as Record<string, unknown>, DELETE_REQUEST_ENTRY);
+        const status = (r as Record<string, unknown>).status;
+        if (!DELETE_REQUEST_STATUSES.includes(String(status)))
+          this.problems.push(`/delete_requests/ entry: unknown status ${JSON.stringify(status)}`);
+      }
       for (const w of this.workers.values()) {
         if (w.id !== body.worker_id) continue;
         for (const r of body.requests ?? []) w.assigned.delete(r.request_idx);
       }
       res.json({ ok: true });
     });
+
+    if (this.opts.recordOnly) return app;
 
     app.post("/route/", (req, res) => {
       const body = req.body as Record<string, unknown>;
@@ -117,7 +206,7 @@ export class RouterEmulator {
       this.routes.push(body);
       const cost = Number(body.cost ?? 100) || 100;
       const given = Number(body.request_idx ?? 0);
-      const requestIdx = given > 0 ? given : this.nextRequestIdx++;
+      const requestIdx = given > 0 ? given : this.newRequestIdx();
       const endpoint = String(body.endpoint ?? "");
       const worker = this.pick();
       if (!worker) {
@@ -125,6 +214,7 @@ export class RouterEmulator {
         return;
       }
       worker.assigned.set(requestIdx, cost);
+      this.routed.push({ request_idx: requestIdx, url: worker.url });
       res.json(this.authData(worker.url, { cost, endpoint, requestIdx }));
     });
 
@@ -140,6 +230,16 @@ export class RouterEmulator {
       );
     });
     return app;
+  }
+
+  private checkShape(what: string, body: Record<string, unknown>, fields: Record<string, string>): void {
+    if (body === null || typeof body !== "object") return void this.problems.push(`${what}: not an object`);
+    for (const [k, type] of Object.entries(fields)) {
+      const v = body[k];
+      const got = Array.isArray(v) ? "array" : v === null ? "null" : typeof v;
+      if (got !== type) this.problems.push(`${what}: ${k} is ${got}, vastai 1.9.1 sends ${type}`);
+    }
+    for (const k of Object.keys(body)) if (!(k in fields)) this.problems.push(`${what}: extra field ${k}`);
   }
 
   private record(path: string, body: Record<string, unknown>): void {

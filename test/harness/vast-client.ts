@@ -13,6 +13,7 @@ export interface ClientResult {
   status: number;
   ok: boolean;
   response: any;
+  session?: { id: string; open_before_close: boolean; open_after_close: boolean };
 }
 
 /** Runs the official vastai client (PyPI, in the tools venv) for one request; finite timeout. */
@@ -21,6 +22,8 @@ export async function vastClientRequest(opts: {
   route: string;
   payload: unknown;
   stream?: boolean;
+  /** Through a session opened with the client's API (Endpoint.session), then closed. */
+  session?: boolean;
   timeoutS?: number;
   env?: Record<string, string>;
 }): Promise<ClientResult> {
@@ -30,6 +33,7 @@ export async function vastClientRequest(opts: {
   const args = [join(repoRoot, "test/harness/vast_client.py"), "--route", opts.route, "--payload", file];
   if (opts.autoscalerUrl) args.push("--autoscaler", opts.autoscalerUrl);
   if (opts.stream) args.push("--stream");
+  if (opts.session) args.push("--session");
   args.push("--timeout", String(opts.timeoutS ?? 120));
   const { stdout } = await run(join(bin, "python"), args, {
     timeout: ((opts.timeoutS ?? 120) + 30) * 1000,

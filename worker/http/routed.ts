@@ -11,6 +11,15 @@ import { numeric } from "../../lib/numbers.js";
 import { PayloadTooLargeError } from "../../lib/errors.js";
 import { errorHandler, jsonBody, sendError } from "./body.js";
 
+/**
+ * A session's workload is the `cost` in its auth_data, which /session/create does not verify (as upstream): bound
+ * it as a request's workload is bounded, so that a caller cannot make the reported load absurd.
+ */
+function sessionCost(auth: AuthData): number {
+  const cost = numeric(auth.cost);
+  return Number.isFinite(cost) ? Math.min(DEFAULT_WORKLOAD * 100, Math.max(0, cost)) : 0;
+}
+
 const AUTH_FIELDS = ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"] as const;
 
 export interface RoutedDeps {
@@ -50,6 +59,8 @@ export interface Session {
   createdAt: number;
   onCloseRoute: string | null;
   onClosePayload: unknown;
+  /** Its entry in the request tracker (an open session is a request in flight, as upstream reports it). */
+  trackKey: number;
 }
 
 /**
@@ -60,6 +71,7 @@ export class SessionStore {
   readonly sessions = new Map<string, Session>();
   constructor(
     readonly maxSessions: number,
+    private readonly tracker: RequestTracker,
     private readonly onClose: (s: Session) => void = () => undefined,
   ) {}
 
@@ -76,28 +88,37 @@ export class SessionStore {
       createdAt: now,
       onCloseRoute: typeof payload.on_close_route === "string" ? payload.on_close_route : null,
       onClosePayload: payload.on_close_payload ?? null,
+      trackKey: this.tracker.openSession(auth, sessionCost(auth)),
     };
     this.sessions.set(id, s);
     return s;
   }
 
+  /** Ends a session (its on_close_route hears of it); false when there was none. */
+  close(id: string): boolean {
+    const s = this.sessions.get(id);
+    if (!s) return false;
+    this.sessions.delete(id);
+    this.tracker.closeSession(s.trackKey);
+    this.onClose(s);
+    return true;
+  }
+
   expire(now: number): Session[] {
     const gone = [...this.sessions.values()].filter((s) => s.expiration <= now);
-    for (const s of gone) this.end(s.id);
+    for (const s of gone) this.close(s.id);
     return gone;
   }
 
-  end(id: string): void {
-    const s = this.sessions.get(id);
-    if (!s) return;
-    this.sessions.delete(id);
-    this.onClose(s);
+  /** Workload of the open sessions. */
+  workload(): number {
+    return this.tracker.sessionWorkload([...this.sessions.values()].map((s) => s.trackKey));
   }
 }
 
 /**
  * The routed port: the router's envelope `{auth_data, payload, session_id}`. Checks in upstream's order:
- * invalid JSON 422, missing fields 422, unknown session 410, bad signature 401 (empty body), replayed reqnum 401,
+ * invalid JSON 422, missing fields or a payload that is not an object 422, unknown session 410, bad signature 401 (empty body), replayed reqnum 401,
  * overload 429 (empty body); then the route answers. The bare `{input}` form is refused (422) unless UNSECURED.
  */
 export function createRoutedApp(deps: RoutedDeps): Express {
@@ -180,7 +201,7 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     if (s === undefined) return;
     const id = String((req.body as Record<string, unknown>).session_id);
     if (s === null) return void res.status(400).json({ error: `session with id ${id} not found` });
-    deps.sessions.end(id);
+    deps.sessions.close(id);
     res.json({ ended: true, removed_session: id });
   });
   app.post("/pyworker/update", async (req, res) => {
@@ -231,6 +252,8 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
       errors.auth_data = Object.fromEntries(missing.map((k) => [k, "missing parameter"]));
   }
   if (!("payload" in env)) errors.payload = "field missing";
+  else if (env.payload === null || typeof env.payload !== "object" || Array.isArray(env.payload))
+    errors.payload = { data: "payload must be a dictionary" };
   if (Object.keys(errors).length > 0) {
     res.status(422).json(errors);
     return;
@@ -260,19 +283,22 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
         `refused: ${refusal}`,
       );
       // An unauthenticated caller chooses its workflow: what it adds to rej_load is capped at one default request.
-      if (isWork) deps.tracker.rejected(authData, Math.min(workload, DEFAULT_WORKLOAD));
+      if (isWork) {
+        const inSession = sessionId !== undefined && sessionId !== null;
+        deps.tracker.rejected(authData, Math.min(workload, DEFAULT_WORKLOAD), inSession);
+      }
       res.status(401).end();
       return;
     }
   }
   if (isWork && !deps.admission.admits()) {
-    deps.tracker.rejected(authData, workload);
+    deps.tracker.rejected(authData, workload, sessionId !== undefined && sessionId !== null);
     res.status(429).end();
     return;
   }
   res.locals.payload = env.payload;
   res.locals.workload = workload;
-  if (isWork) deps.tracker.track(authData, workload, res);
+  if (isWork) deps.tracker.track(authData, workload, res, sessionId !== undefined && sessionId !== null);
   next();
 }
 

@@ -26,7 +26,9 @@ export async function fetchPublicKey(
           throwHttpErrors: false,
           ...(opts.signal && { signal: opts.signal }),
         });
-        if (res.statusCode === 200 && res.body.includes("BEGIN PUBLIC KEY")) return res.body.trim();
+        // SPKI or PKCS#1 PEM: upstream's worker library (pycryptodome's RSA.import_key) takes either.
+        if (res.statusCode === 200 && /-----BEGIN (RSA )?PUBLIC KEY-----/.test(res.body))
+          return res.body.trim();
         last = `${url} answered ${res.statusCode}`;
       } catch (err) {
         last = `${url}: ${err instanceof Error ? err.message : String(err)}`;

@@ -2,7 +2,13 @@ import { statfs } from "node:fs/promises";
 import { got, type Got } from "got";
 import type { Logger } from "../../lib/logger.js";
 import { delay } from "../../lib/backoff.js";
-import type { IntervalCounters, RequestTracker } from "./tracker.js";
+import { newLoad, type IntervalCounters, type RequestTracker } from "./tracker.js";
+
+/**
+ * Vast's REPORT_ADDR may list this Redis-backed API next to the router; upstream (vastai 1.9.1) never sends
+ * /delete_requests/ to it (worker_status still goes to each address in turn), and neither do we.
+ */
+export const NO_DELETE_REQUESTS_ADDR = "https://cloud.vast.ai/api/v0";
 
 /** The protocol version the autoscaler sees (upstream's backend VERSION). */
 export const WORKER_VERSION = "1.1.0";
@@ -144,7 +150,7 @@ export class AutoscalerReporter {
       loadtime: s.loadtime(),
       cur_load: s.currentLoad(),
       rej_load: sent.rej_load,
-      new_load: sent.new_load,
+      new_load: newLoad(sent),
       error_msg: s.errorMsg(),
       max_perf: s.maxPerf(),
       cur_perf: sent.cur_perf,
@@ -184,6 +190,7 @@ export class AutoscalerReporter {
   private async post(path: string, body: Record<string, unknown>): Promise<boolean> {
     const attempts = this.opts.attempts ?? 3;
     for (const addr of this.opts.addrs) {
+      if (path === "/delete_requests/" && addr === NO_DELETE_REQUESTS_ADDR) continue;
       for (let attempt = 1; attempt <= attempts; attempt++) {
         if (this.stopSignal.signal.aborted && path !== "/worker_status/") return false;
         try {

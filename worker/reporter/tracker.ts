@@ -19,11 +19,20 @@ interface Working {
   enteredAt: number;
 }
 
-/** Interval counters, reset only after a report was delivered. */
+/**
+ * Interval counters, reset only after a report was delivered. As upstream, new_load is what was received minus
+ * what was cancelled in the same interval, floored at 0 (a request received in one interval and cancelled in the
+ * next takes its workload off the next interval's arrivals).
+ */
 export interface IntervalCounters {
-  new_load: number;
+  received: number;
+  cancelled: number;
   rej_load: number;
   cur_perf: number;
+}
+
+export function newLoad(c: IntervalCounters): number {
+  return Math.max(0, c.received - c.cancelled);
 }
 
 /**
@@ -35,13 +44,15 @@ export const MAX_FINISHED = 10_000;
 /**
  * What the autoscaler is told about routed requests: those in flight, interval counters, and finished requests
  * for /delete_requests/. In-flight requests are keyed by a counter of our own (upstream keys them by reqnum, so
- * duplicates overwrite each other).
+ * duplicates overwrite each other). As upstream: an open session is one request in flight (its workload is the
+ * router's cost) until it ends or expires, then a success; a request inside a session counts in the load counters
+ * only (it is neither in flight nor deleted on its own); a rejected request counts as received.
  */
 export class RequestTracker {
   private readonly working = new Map<number, Working>();
   private nextKey = 0;
   private received = 0;
-  counters: IntervalCounters = { new_load: 0, rej_load: 0, cur_perf: 0 };
+  counters: IntervalCounters = { received: 0, cancelled: 0, rej_load: 0, cur_perf: 0 };
   finished: FinishedRequest[] = [];
   /** Set when something changed since the last delivered report. */
   pending = false;
@@ -63,19 +74,20 @@ export class RequestTracker {
     }
   }
 
-  track(auth: AuthData, workload: number, res: Response): void {
+  track(auth: AuthData, workload: number, res: Response, inSession = false): void {
+    if (inSession) return this.trackInSession(workload, res);
     const key = this.nextKey++;
     const entry: Working = { requestIdx: numeric(auth.request_idx) || 0, workload, enteredAt: this.now() };
     this.working.set(key, entry);
     this.received++;
-    this.counters.new_load += workload;
+    this.counters.received += workload;
     this.pending = true;
     res.once("close", () => {
       this.working.delete(key);
       const disconnected = !res.writableFinished;
       const status: FinishedStatus = disconnected ? "Cancelled" : res.statusCode >= 500 ? "Error" : "Success";
       if (status === "Success") this.counters.cur_perf += workload;
-      if (status === "Cancelled") this.counters.new_load = Math.max(0, this.counters.new_load - workload);
+      if (status === "Cancelled") this.counters.cancelled += workload;
       this.addFinished({
         request_idx: entry.requestIdx,
         success: status !== "Error",
@@ -88,13 +100,61 @@ export class RequestTracker {
     });
   }
 
-  rejected(auth: AuthData, workload: number): void {
+  private trackInSession(workload: number, res: Response): void {
+    this.counters.received += workload;
+    this.pending = true;
+    res.once("close", () => {
+      if (!res.writableFinished) this.counters.cancelled += workload;
+      else if (res.statusCode < 500) this.counters.cur_perf += workload;
+      this.pending = true;
+    });
+  }
+
+  /** A session opened: in flight until `closeSession` with the returned key. */
+  openSession(auth: AuthData, workload: number): number {
+    const key = this.nextKey++;
+    this.working.set(key, { requestIdx: numeric(auth.request_idx) || 0, workload, enteredAt: this.now() });
+    this.received++;
+    this.counters.received += workload;
+    this.pending = true;
+    return key;
+  }
+
+  /** A session ended or expired: upstream reports it as a successful request. */
+  closeSession(key: number): void {
+    const entry = this.working.get(key);
+    if (!entry) return;
+    this.working.delete(key);
+    this.counters.cur_perf += entry.workload;
+    this.addFinished({
+      request_idx: entry.requestIdx,
+      success: true,
+      status: "Success",
+      entered_queue_at: entry.enteredAt,
+      work_started_at: entry.enteredAt,
+      work_completed_at: this.now(),
+    });
+    this.pending = true;
+  }
+
+  /** Workload of the open sessions (part of cur_load upstream). */
+  sessionWorkload(keys: Iterable<number>): number {
+    let total = 0;
+    for (const k of keys) total += this.working.get(k)?.workload ?? 0;
+    return total;
+  }
+
+  /** A refused request; one inside a session only counts in rej_load (upstream neither receives nor deletes it). */
+  rejected(auth: AuthData, workload: number, inSession = false): void {
     this.counters.rej_load += workload;
+    this.pending = true;
+    if (inSession) return;
+    this.received++;
     this.addFinished({
       request_idx: numeric(auth.request_idx) || 0,
       success: false,
       status: "Rejected",
-      entered_queue_at: 0,
+      entered_queue_at: this.now(),
       work_started_at: 0,
       work_completed_at: 0,
     });
@@ -116,7 +176,8 @@ export class RequestTracker {
   /** Called once a worker_status report carrying `sent` was delivered. */
   commit(sent: IntervalCounters): void {
     this.counters = {
-      new_load: Math.max(0, this.counters.new_load - sent.new_load),
+      received: Math.max(0, this.counters.received - sent.received),
+      cancelled: Math.max(0, this.counters.cancelled - sent.cancelled),
       rej_load: Math.max(0, this.counters.rej_load - sent.rej_load),
       cur_perf: Math.max(0, this.counters.cur_perf - sent.cur_perf),
     };
