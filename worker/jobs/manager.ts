@@ -14,6 +14,7 @@ import { resolveS3, s3FromRequest, type ObjectStorage } from "../../handlers/sto
 import { validateCallbackUrl, type WebhookSender } from "../../handlers/webhook.js";
 import {
   BadRequestError,
+  ConflictError,
   CancelledError,
   ExecutionError,
   DeviceFailedError,
@@ -28,6 +29,7 @@ import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
 import { Semaphore } from "../../lib/semaphore.js";
 import { Job } from "./job.js";
+import type { SharedJobs } from "./shared.js";
 import { UPLOADED_MARKER } from "../janitor.js";
 
 /** What the manager tells observers (metrics); an observer that throws is logged and ignored. */
@@ -52,6 +54,8 @@ export interface JobManagerDeps {
   clientId: string;
   now?: () => number;
   observer?: JobObserver;
+  /** Job documents in the operator's bucket, for endpoints of several workers. */
+  shared?: SharedJobs;
 }
 
 /**
@@ -69,6 +73,10 @@ export class JobManager {
   private readonly slots: Semaphore;
   private accepting = true;
   private sweepTimer: NodeJS.Timeout | undefined;
+  private sharedTimer: NodeJS.Timeout | undefined;
+  /** Claims in progress (started at submission, awaited before ComfyUI) and when each job's document was written. */
+  private readonly claims = new Map<string, Promise<void>>();
+  private readonly lastShared = new Map<string, number>();
   private readonly now: () => number;
 
   constructor(private readonly deps: JobManagerDeps) {
@@ -79,6 +87,11 @@ export class JobManager {
   start(): void {
     this.sweepTimer = setInterval(() => this.sweep(), 60_000);
     this.sweepTimer.unref();
+    if (this.deps.shared) {
+      // Cancel requests from other workers are seen within a second; running jobs' documents refreshed.
+      this.sharedTimer = setInterval(() => void this.syncShared(), 1_000);
+      this.sharedTimer.unref();
+    }
   }
 
   get(id: string): Job | undefined {
@@ -115,6 +128,7 @@ export class JobManager {
     const job = new Job(input, workload, this.now());
     if (existing) this.forget(existing.id);
     this.jobs.set(job.id, job);
+    this.claim(job);
     void this.run(job);
     return { job, created: true };
   }
@@ -144,6 +158,64 @@ export class JobManager {
       await Promise.all(this.active().map((j) => j.done));
     }
     clearInterval(this.sweepTimer);
+    clearInterval(this.sharedTimer);
+    await this.deps.shared?.flush();
+  }
+
+  /**
+   * Claims the job's id in the shared bucket, in the background: the claim runs while the job preprocesses, so
+   * it costs the answer nothing. Another worker's live job under that id fails this one with 409 (the caller polls
+   * `/result/{id}`); a bucket that cannot be reached leaves the job local (logged), not failed.
+   */
+  private claim(job: Job): void {
+    const shared = this.deps.shared;
+    if (!shared || job.input.internal) return;
+    const claimed = shared.claim(job.result()).then(
+      (r) => {
+        if (r.claimed) {
+          this.lastShared.set(job.id, this.now());
+          return;
+        }
+        const err = new ConflictError(
+          `request_id ${job.id} is already ${r.existing.status} on another worker; poll /result/${job.id}`,
+        );
+        job.abort.abort(err);
+        throw err;
+      },
+      (err: unknown) =>
+        this.deps.logger.warn(
+          { request_id: job.id, stage: "shared", err },
+          "could not claim the job in the bucket: it runs, but other workers will not see it",
+        ),
+    );
+    claimed.catch(() => undefined); // awaited by run(); a conflict must not be an unhandled rejection meanwhile
+    this.claims.set(job.id, claimed);
+  }
+
+  /** Looks for other workers' cancel requests and refreshes the documents of running jobs (their heartbeat). */
+  private async syncShared(): Promise<void> {
+    const shared = this.deps.shared!;
+    await Promise.all(
+      [...this.lastShared.entries()].map(async ([id, writtenAt]) => {
+        const job = this.jobs.get(id);
+        if (!job || job.final) return;
+        try {
+          if (await shared.cancelRequested(id, AbortSignal.timeout(5_000))) {
+            this.cancel(id, "Cancelled by the caller (through another worker)");
+            return;
+          }
+        } catch (err) {
+          this.deps.logger.warn(
+            { request_id: id, stage: "shared", err },
+            "could not check for a cancel request",
+          );
+        }
+        if (this.now() - writtenAt >= shared.heartbeatMs) {
+          this.lastShared.set(id, this.now());
+          shared.write(job.result(), 202, false);
+        }
+      }),
+    );
   }
 
   private sweep(): void {
@@ -210,7 +282,8 @@ export class JobManager {
       job.timings.preprocess_ms = this.now() - t;
       stage("preprocess", job.timings.preprocess_ms);
 
-      // 2. Wait for a ComfyUI slot, then run the prompt.
+      // 2. The id is this worker's (claimed in the bucket meanwhile); wait for a ComfyUI slot, run the prompt.
+      await this.claims.get(job.id);
       t = this.now();
       job.setStatus("queued", "Waiting for ComfyUI");
       release = await this.slots.acquire(signal);
@@ -275,6 +348,9 @@ export class JobManager {
       job.timings.total_ms = job.finishedAt - job.createdAt;
       job.setStatus(outcome.status, outcome.message);
       this.observe(() => this.deps.observer?.finished?.(job));
+      this.claims.delete(job.id);
+      this.lastShared.delete(job.id);
+      this.deps.shared?.write(job.result(), job.httpStatus(), job.error?.retryable ?? false);
       const level = job.status === "completed" ? "info" : "warn";
       log[level](
         {
