@@ -78,6 +78,22 @@ test("a retried request_id landing on the other worker is answered with the firs
   expect(b.worker.jobs.get(id)).toBeUndefined(); // it did not run on b
 });
 
+test("the same request_id sent to both workers at once runs once: the conditional create lets one claim win", async () => {
+  const id = `race-${randomUUID()}`;
+  const input = { input: { request_id: id, workflow_json: tinyText2Image(4) } };
+  const [ra, rb] = await Promise.all([
+    postJson(`${a.api}/generate/sync`, input),
+    postJson(`${b.api}/generate/sync`, input),
+  ]);
+  const completed = [a, b].filter((w) => w.worker.jobs.get(id)?.status === "completed");
+  expect(completed).toHaveLength(1);
+  // The other caller got the same job (it found the document) or a 409 naming the id to poll, never a second run.
+  for (const r of [ra, rb]) {
+    if (r.body.status === "completed") expect(r.body.id).toBe(id);
+    else expect([r.status, r.body.status, r.body.error.code]).toEqual([409, "failed", "conflict"]);
+  }
+});
+
 test("a sync retry that arrives while the job still runs elsewhere waits for it", async () => {
   const id = `wait-${randomUUID()}`;
   const slow = tinyText2Image(8);

@@ -75,8 +75,9 @@ export class JobManager {
   private sweepTimer: NodeJS.Timeout | undefined;
   private sharedTimer: NodeJS.Timeout | undefined;
   /** Claims in progress (started at submission, awaited before ComfyUI) and when each job's document was written. */
-  private readonly claims = new Map<string, Promise<void>>();
+  private readonly claims = new Map<string, Promise<boolean>>();
   private readonly lastShared = new Map<string, number>();
+  private readonly publishing = new Set<Promise<void>>();
   private readonly now: () => number;
 
   constructor(private readonly deps: JobManagerDeps) {
@@ -159,13 +160,15 @@ export class JobManager {
     }
     clearInterval(this.sweepTimer);
     clearInterval(this.sharedTimer);
+    await Promise.all(this.publishing);
     await this.deps.shared?.flush();
   }
 
   /**
-   * Claims the job's id in the shared bucket, in the background: the claim runs while the job preprocesses, so
-   * it costs the answer nothing. Another worker's live job under that id fails this one with 409 (the caller polls
-   * `/result/{id}`); a bucket that cannot be reached leaves the job local (logged), not failed.
+   * Claims the job's id in the shared bucket, in the background: the claim runs while the job preprocesses and
+   * generates, so it costs the answer nothing. Resolves false when another worker's live job holds the id: this
+   * one is then aborted with 409 (the caller polls `/result/{id}`), and its document is never written over the
+   * other's. A bucket that cannot be reached leaves the job local (logged), not failed.
    */
   private claim(job: Job): void {
     const shared = this.deps.shared;
@@ -174,22 +177,40 @@ export class JobManager {
       (r) => {
         if (r.claimed) {
           this.lastShared.set(job.id, this.now());
-          return;
+          return true;
         }
-        const err = new ConflictError(
-          `request_id ${job.id} is already ${r.existing.status} on another worker; poll /result/${job.id}`,
+        job.abort.abort(
+          new ConflictError(
+            `request_id ${job.id} is already ${r.existing.status} on another worker; poll /result/${job.id}`,
+          ),
         );
-        job.abort.abort(err);
-        throw err;
+        return false;
       },
-      (err: unknown) =>
+      (err: unknown) => {
         this.deps.logger.warn(
           { request_id: job.id, stage: "shared", err },
           "could not claim the job in the bucket: it runs, but other workers will not see it",
-        ),
+        );
+        return true;
+      },
     );
-    claimed.catch(() => undefined); // awaited by run(); a conflict must not be an unhandled rejection meanwhile
     this.claims.set(job.id, claimed);
+  }
+
+  /** Writes the final document once the claim settled (never over another worker's job). */
+  private publish(job: Job): void {
+    const shared = this.deps.shared;
+    const claimed = this.claims.get(job.id);
+    this.claims.delete(job.id);
+    if (!shared || !claimed) return;
+    const doc = job.result();
+    const status = job.httpStatus();
+    const retryable = job.error?.retryable ?? false;
+    const published = claimed.then((ours) => {
+      if (ours) shared.write(doc, status, retryable);
+    });
+    this.publishing.add(published);
+    void published.then(() => this.publishing.delete(published));
   }
 
   /** Looks for other workers' cancel requests and refreshes the documents of running jobs (their heartbeat). */
@@ -282,8 +303,7 @@ export class JobManager {
       job.timings.preprocess_ms = this.now() - t;
       stage("preprocess", job.timings.preprocess_ms);
 
-      // 2. The id is this worker's (claimed in the bucket meanwhile); wait for a ComfyUI slot, run the prompt.
-      await this.claims.get(job.id);
+      // 2. Wait for a ComfyUI slot, then run the prompt.
       t = this.now();
       job.setStatus("queued", "Waiting for ComfyUI");
       release = await this.slots.acquire(signal);
@@ -311,7 +331,9 @@ export class JobManager {
       job.timings.generation_ms = this.now() - t;
       stage("generation", job.timings.generation_ms);
 
-      // 3. Outputs and storage (the ComfyUI slot is already free for the next job).
+      // 3. Outputs and storage (the ComfyUI slot is already free for the next job). The claim of the id in the
+      // bucket ran meanwhile: a job another worker holds goes no further (a conflict aborted it already).
+      if ((await this.claims.get(job.id)) === false) throw job.abort.signal.reason;
       t = this.now();
       job.setStatus("processing", "Collecting outputs");
       job.output = await collectOutputs(run.history, {
@@ -348,9 +370,8 @@ export class JobManager {
       job.timings.total_ms = job.finishedAt - job.createdAt;
       job.setStatus(outcome.status, outcome.message);
       this.observe(() => this.deps.observer?.finished?.(job));
-      this.claims.delete(job.id);
       this.lastShared.delete(job.id);
-      this.deps.shared?.write(job.result(), job.httpStatus(), job.error?.retryable ?? false);
+      this.publish(job);
       const level = job.status === "completed" ? "info" : "warn";
       log[level](
         {
