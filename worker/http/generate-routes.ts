@@ -68,7 +68,8 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     if (!deps.shared || typeof given !== "string" || given.trim() === "" || deps.jobs.get(input.requestId)) {
       return undefined;
     }
-    const doc = await deps.shared.read(input.requestId, AbortSignal.timeout(10_000));
+    // A bucket that cannot be read does not refuse work: the job runs here (its claim logs the problem).
+    const doc = await deps.shared.read(input.requestId, AbortSignal.timeout(10_000)).catch(() => undefined);
     return doc && !(doc.status === "failed" && doc.retryable) ? doc : undefined;
   };
 
