@@ -38,6 +38,12 @@ export interface Config {
     resultRetentionMax: number;
     /** Total size of the result documents kept at most. */
     resultRetentionMaxBytes: number;
+    /** Job documents in the operator's bucket, so every worker of an endpoint answers for every job. */
+    shared: boolean;
+    /** Key prefix of the job documents ("" puts them beside the outputs: `<request_id>/job.json`). */
+    sharedPrefix: string;
+    /** How often a running job's document is rewritten; silent for 3 of these, its owner is taken as lost. */
+    heartbeatMs: number;
   };
   inputs: {
     allowPrivate: boolean;
@@ -148,6 +154,9 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       resultRetentionMs: e.int("RESULT_RETENTION_MS", 3_600_000, { min: 0 }),
       resultRetentionMax: e.int("RESULT_RETENTION_MAX", 1_000, { min: 0 }),
       resultRetentionMaxBytes: e.int("RESULT_RETENTION_MAX_BYTES", 64 * 1024 * 1024, { min: 0 }),
+      shared: e.bool("SHARED_JOBS", true),
+      sharedPrefix: e.string("SHARED_JOBS_PREFIX", ""),
+      heartbeatMs: e.int("JOB_HEARTBEAT_MS", 5_000, { min: 100 }),
     },
     inputs: {
       allowPrivate: e.bool("INPUT_URL_ALLOW_PRIVATE", false),

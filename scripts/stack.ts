@@ -5,6 +5,8 @@
  *   router emulator                       http://127.0.0.1:8080   (REPORT_ADDR of the worker, the client's autoscaler)
  *   worker, routed port (signed)          http://127.0.0.1:3000
  *   worker, local API, page at /, /docs   http://127.0.0.1:18288
+ * STACK_WORKERS=N starts an endpoint of N workers on the same S3 and router, worker i (from 0) with its own
+ * ComfyUI on 18188+i and ports 3000+i / 18288+i.
  * Every variable the worker reads can be set in the environment to override the stack's defaults.
  * Ctrl-C or SIGTERM stops every child.
  */
@@ -30,16 +32,19 @@ const ports = {
 const stackDir = env.STACK_DIR ?? join(repoRoot, ".stack");
 const say = (line: string) => process.stdout.write(`[stack] ${line}\n`);
 
+/** STACK_WORKERS=N: an endpoint of N workers, each with its own ComfyUI and ports (+i), one S3 and one router. */
+const workerCount = Math.max(1, Math.floor(num("STACK_WORKERS", 1)));
+
 const services: Service[] = [];
 let stopping = false;
-let stopWorker: (() => Promise<void>) | undefined;
+const stopWorkers: (() => Promise<void>)[] = [];
 let router: RouterEmulator | undefined;
 
 async function shutdown(code: number): Promise<never> {
   if (!stopping) {
     stopping = true;
     say("stopping...");
-    await stopWorker?.().catch(() => undefined);
+    await Promise.all(stopWorkers.map((stop) => stop().catch(() => undefined)));
     await router?.close().catch(() => undefined);
     await Promise.all(services.map((s) => s.stop()));
   }
@@ -51,16 +56,10 @@ process.on("SIGTERM", () => void shutdown(0));
 try {
   say("installing what is missing (the first run takes a few minutes)...");
   const install = await ensureComfyUI();
-  const baseDir = join(stackDir, "comfyui");
-  await ensureTinyCheckpoint(install, baseDir);
-  const [comfy, s3] = await Promise.all([
-    startComfyUI({
-      install,
-      host: "127.0.0.1",
-      port: ports.comfy,
-      baseDir,
-      logFile: join(stackDir, "logs", "comfyui.log"),
-    }),
+  const suffix = (i: number) => (i === 0 ? "" : `-${i + 1}`);
+  const baseDirs = Array.from({ length: workerCount }, (_, i) => join(stackDir, `comfyui${suffix(i)}`));
+  for (const dir of baseDirs) await ensureTinyCheckpoint(install, dir);
+  const [s3, ...comfys] = await Promise.all([
     startS3({
       host: "127.0.0.1",
       port: ports.s3,
@@ -70,55 +69,69 @@ try {
       buckets: ["outputs"],
       logFile: join(stackDir, "logs", "seaweedfs.log"),
     }),
+    ...baseDirs.map((baseDir, i) =>
+      startComfyUI({
+        install,
+        host: "127.0.0.1",
+        port: ports.comfy + i,
+        baseDir,
+        logFile: join(stackDir, "logs", `comfyui${suffix(i)}.log`),
+      }),
+    ),
   ]);
-  services.push(comfy, s3);
-  say(`ComfyUI        ${comfy.url}   (log ${comfy.logFile})`);
+  services.push(s3, ...comfys);
+  for (const comfy of comfys) say(`ComfyUI        ${comfy.url}   (log ${comfy.logFile})`);
   say(`S3             ${s3.endpoint}   bucket outputs, key local-access-key / local-secret-key`);
 
   router = new RouterEmulator({ port: ports.router, log: (l) => say(`router: ${l}`) });
   say(`router         ${await router.listen()}   (REPORT_ADDR, /route/, GET /workers)`);
 
-  const config = loadConfig(
-    {
-      WORKER_PORT: String(ports.worker),
-      WORKER_HOST: "127.0.0.1",
-      API_PORT: String(ports.api),
-      COMFYUI_URL: comfy.url,
-      COMFYUI_BASE_DIR: baseDir,
-      S3_ACCESS_KEY_ID: s3.accessKeyId,
-      S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
-      S3_ENDPOINT_URL: s3.endpoint,
-      S3_BUCKET_NAME: "outputs",
-      S3_REGION: s3.region,
-      REPORT_ADDR: router.url,
-      CONTAINER_ID: "1",
-      MASTER_TOKEN: "local-master-token",
-      PUBLIC_IPADDR: "127.0.0.1",
-      [`VAST_TCP_PORT_${ports.worker}`]: String(ports.worker),
-      INPUT_URL_ALLOW_PRIVATE: "true",
-      // The local stack's webhook receivers are on loopback; an explicit WEBHOOK_ALLOW_PRIVATE wins.
-      WEBHOOK_ALLOW_PRIVATE: "true",
-      // SD1.5 at 512x512 takes minutes per image on a CPU: the stack benchmarks a 64x64, 4-step image unless told.
-      BENCHMARK_TEST_WIDTH: "64",
-      BENCHMARK_TEST_HEIGHT: "64",
-      BENCHMARK_TEST_STEPS: "4",
-      BENCHMARK_CACHE_FILE: join(stackDir, ".has_benchmark"),
-      LOG_PRETTY: "true",
-      ...env,
-    },
-    repoRoot,
-  );
-  const logger = createLogger(config.log);
-  const worker = createWorker({ config, logger, root: repoRoot });
-  stopWorker = () => worker.stop(10_000);
-  await worker.start();
-  say(`worker routed  ${worker.routedUrl()}   (signed by the router)`);
-  say(
-    `worker API     ${worker.apiUrl() ?? "disabled"}   (the operator page at /, /generate/sync, /docs, /metrics)`,
-  );
-  say(
-    `state: ${worker.phase()}${worker.errorMsg() ? ` (${worker.errorMsg()})` : ""}. Ctrl-C stops everything.`,
-  );
+  for (const [i, comfy] of comfys.entries()) {
+    const workerPort = ports.worker + i;
+    const config = loadConfig(
+      {
+        WORKER_PORT: String(workerPort),
+        WORKER_HOST: "127.0.0.1",
+        API_PORT: String(ports.api + i),
+        COMFYUI_URL: comfy.url,
+        COMFYUI_BASE_DIR: baseDirs[i]!,
+        S3_ACCESS_KEY_ID: s3.accessKeyId,
+        S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+        S3_ENDPOINT_URL: s3.endpoint,
+        S3_BUCKET_NAME: "outputs",
+        S3_REGION: s3.region,
+        REPORT_ADDR: router.url,
+        CONTAINER_ID: String(i + 1),
+        MASTER_TOKEN: "local-master-token",
+        PUBLIC_IPADDR: "127.0.0.1",
+        [`VAST_TCP_PORT_${workerPort}`]: String(workerPort),
+        INPUT_URL_ALLOW_PRIVATE: "true",
+        // The local stack's webhook receivers are on loopback; an explicit WEBHOOK_ALLOW_PRIVATE wins.
+        WEBHOOK_ALLOW_PRIVATE: "true",
+        // SD1.5 at 512x512 takes minutes per image on a CPU: the stack benchmarks a 64x64, 4-step image unless told.
+        BENCHMARK_TEST_WIDTH: "64",
+        BENCHMARK_TEST_HEIGHT: "64",
+        BENCHMARK_TEST_STEPS: "4",
+        BENCHMARK_CACHE_FILE: join(stackDir, `.has_benchmark${suffix(i)}`),
+        LOG_PRETTY: "true",
+        ...env,
+        // Per-worker values win over the environment when there are several.
+        ...(workerCount > 1 && { WORKER_PORT: String(workerPort), API_PORT: String(ports.api + i) }),
+      },
+      repoRoot,
+    );
+    const logger = createLogger(config.log).child({ worker: i + 1 });
+    const worker = createWorker({ config, logger, root: repoRoot });
+    stopWorkers.push(() => worker.stop(10_000));
+    await worker.start();
+    const name = workerCount > 1 ? ` ${i + 1}` : "";
+    say(`worker${name} routed  ${worker.routedUrl()}   (signed by the router)`);
+    say(
+      `worker${name} API     ${worker.apiUrl() ?? "disabled"}   (the operator page at /, /generate/sync, /docs, /metrics)`,
+    );
+    say(`worker${name} state: ${worker.phase()}${worker.errorMsg() ? ` (${worker.errorMsg()})` : ""}.`);
+  }
+  say("Ctrl-C stops everything.");
 } catch (err) {
   process.stderr.write(`[stack] failed: ${err instanceof Error ? err.message : String(err)}\n`);
   await shutdown(1);

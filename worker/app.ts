@@ -18,6 +18,7 @@ import { createLocalApp } from "./http/local.js";
 import { SessionStore, createRoutedApp } from "./http/routed.js";
 import { SessionCloseNotifier } from "../handlers/session-close.js";
 import type { JobManager } from "./jobs/manager.js";
+import type { SharedJobs } from "./jobs/shared.js";
 import { Janitor } from "./janitor.js";
 import type { Logger } from "../lib/logger.js";
 import type { WorkerMetrics } from "./metrics.js";
@@ -52,6 +53,8 @@ export interface Worker {
   readonly metrics: WorkerMetrics;
   readonly admission: Admission;
   readonly janitor: Janitor;
+  /** Job documents in the operator's bucket; undefined without S3 or with SHARED_JOBS=false. */
+  readonly shared: SharedJobs | undefined;
   /** Workloads, the cost model and the live score. */
   readonly load: LoadSignal;
   routedUrl(): string;
@@ -67,7 +70,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const { config, logger } = deps;
   const now = deps.now ?? Date.now;
   const startedAt = now();
-  const { client, events, catalog, downloader, storage, webhooks, jobs, metrics } = createPipeline(
+  const { client, events, catalog, downloader, storage, webhooks, jobs, metrics, shared } = createPipeline(
     config,
     logger,
     now,
@@ -184,6 +187,8 @@ export function createWorker(deps: WorkerDeps): Worker {
   // One router for both ports: a job is the same job whichever port its callers came through.
   const generate = generateRoutes({
     jobs,
+    ...(shared && { shared }),
+    remoteWaitMs: config.jobs.timeoutMs,
     maxWorkflowNodes: config.limits.maxWorkflowNodes,
     workloadOf: (input) => workloadOfWorkflow(input.workflow),
   });
@@ -305,6 +310,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     metrics,
     admission,
     janitor,
+    shared,
     load,
     phase: () => phase,
     errorMsg: () => errorMsg,

@@ -4,10 +4,11 @@ import { ComfyClient } from "../handlers/comfyui/client.js";
 import { ComfyEvents } from "../handlers/comfyui/events.js";
 import { NodeCatalog } from "../handlers/comfyui/node-catalog.js";
 import { InputDownloader } from "../handlers/preprocess/downloads.js";
-import { ObjectStorage } from "../handlers/storage/s3.js";
+import { ObjectStorage, resolveS3 } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
 import type { Job } from "./jobs/job.js";
 import { JobManager } from "./jobs/manager.js";
+import { SharedJobs } from "./jobs/shared.js";
 import type { Logger } from "../lib/logger.js";
 import { WorkerMetrics } from "./metrics.js";
 
@@ -21,6 +22,8 @@ export interface Pipeline {
   webhooks: WebhookSender;
   jobs: JobManager;
   metrics: WorkerMetrics;
+  /** Job documents in the operator's bucket (SHARED_JOBS, with S3 configured). */
+  shared: SharedJobs | undefined;
 }
 
 export interface PipelineHooks {
@@ -58,7 +61,21 @@ export function createPipeline(
     logger,
     onAttempt: (outcome) => metrics.webhookAttempts.inc({ outcome }),
   });
+  const operatorBucket = resolveS3(config.s3, undefined);
+  const shared =
+    config.jobs.shared && operatorBucket
+      ? new SharedJobs({
+          storage,
+          target: operatorBucket,
+          prefix: config.jobs.sharedPrefix,
+          owner: `${config.worker.publicUrl} ${clientId}`,
+          heartbeatMs: config.jobs.heartbeatMs,
+          logger,
+          now,
+        })
+      : undefined;
   const jobs = new JobManager({
+    ...(shared && { shared }),
     config,
     client,
     events,
@@ -79,5 +96,5 @@ export function createPipeline(
       ...(hooks.deviceFailed && { deviceFailed: hooks.deviceFailed }),
     },
   });
-  return { client, events, catalog, downloader, storage, webhooks, jobs, metrics };
+  return { client, events, catalog, downloader, storage, webhooks, jobs, metrics, shared };
 }

@@ -17,6 +17,7 @@ import { measureRetention, type RetentionResult } from "./retention-memory.js";
 import { startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
 import { fmt, median, quantile, spread } from "./stats.js";
 import { measureThroughput, type ThroughputResult } from "./throughput.js";
+import { measureSharedCost, type SharedCostResult } from "./shared-cost.js";
 import { eightRoundScore, measureSignal, signalSection, type SignalRun } from "./load-signal.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 
@@ -29,10 +30,12 @@ const retentionRequests = Number(process.env.BENCH_RETENTION_REQUESTS ?? 150);
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 /**
  * BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing; BENCH_ONLY=signal
- * measures the load signal (BENCH_SIGNAL_REPEATS, 5) and replaces only its section of BENCHMARKS.md.
+ * (the load signal, BENCH_SIGNAL_REPEATS 5) or shared (job documents, BENCH_SHARED_RUNS 100) measures that part and
+ * replaces only its section of BENCHMARKS.md.
  */
 const only = process.env.BENCH_ONLY;
 const signalRepeats = Number(process.env.BENCH_SIGNAL_REPEATS ?? 5);
+const sharedRuns = Number(process.env.BENCH_SHARED_RUNS ?? 100);
 
 async function loadSignal(parts: BenchParts): Promise<string> {
   const router = new RouterEmulator({ port: 0 });
@@ -51,9 +54,39 @@ async function loadSignal(parts: BenchParts): Promise<string> {
   }
 }
 
-/** Replaces (or appends) the "## Load signal" section, leaving the other figures as they were measured. */
+async function sharedCost(parts: BenchParts): Promise<string> {
+  const results: SharedCostResult[] = [];
+  for (let i = 0; i < repeats; i++) {
+    log(`shared job documents ${i + 1}/${repeats} (${sharedRuns} interleaved pairs)`);
+    results.push(await measureSharedCost(parts, sharedRuns));
+  }
+  const col = (f: (r: SharedCostResult) => number, digits = 2) =>
+    `${fmt(median(results.map(f)), digits)} | ${spread(results.map(f), digits)}`;
+  return `## Job documents in the bucket
+
+Written by \`BENCH_ONLY=shared npm run bench\` on ${new Date().toISOString().slice(0, 10)}; median of ${repeats} repetitions, spread min–max.
+
+| measurement | figure | spread | target |
+| --- | --- | --- | --- |
+| latency added to /generate/sync, p50 ms | ${col((r) => r.addedP50Ms)} | < 5 |
+| same, with a caller-chosen request_id (one read first), p50 ms | ${col((r) => r.addedP50WithIdMs)} | |
+| S3 writes (PUT) per job | ${col((r) => r.putsPerJob)} | ≤ 3 |
+| S3 reads (GET) per job | ${col((r) => r.getsPerJob)} | |
+| S3 HEADs per job (cancel checks, one per running second) | ${col((r) => r.headsPerJob)} | |
+
+Method: two workers on the same ComfyUI and SeaweedFS, one with \`SHARED_JOBS=true\` (the default with S3) and
+one with \`SHARED_JOBS=false\`, each uploading its outputs. ${sharedRuns} pairs of \`/generate/sync\` of an 8×8
+EmptyImage → SaveImage workflow, interleaved (alternating which goes first) after 10 warm-up pairs; every other
+pair brings its own request_id. The figure is the median of the per-pair differences. Requests are counted by the
+worker's job-document store over the same runs (the claim, the final document, and what the owner's once-a-second
+cancel check and 5 s heartbeat add while a job runs).
+`;
+}
+
+/** Replaces (or appends) the section with `section`'s heading, leaving the other figures as they were measured. */
 function withSection(doc: string, section: string): string {
-  const start = doc.indexOf("## Load signal");
+  const heading = section.slice(0, section.indexOf("\n"));
+  const start = doc.indexOf(`${heading}\n`);
   if (start < 0) return `${doc.trimEnd()}\n\n${section}`;
   const next = doc.indexOf("\n## ", start + 1);
   return `${doc.slice(0, start)}${section}${next < 0 ? "" : doc.slice(next + 1)}`;
@@ -152,6 +185,13 @@ async function main() {
     if (only === "retention") {
       for (let i = 0; i < repeats; i++)
         process.stdout.write(`${JSON.stringify(await measureRetention(parts, retentionRequests))}\n`);
+      return;
+    }
+    if (only === "shared") {
+      const section = await sharedCost(parts);
+      const path = join(repoRoot, "BENCHMARKS.md");
+      await writeFile(path, withSection(await readFile(path, "utf8"), section));
+      process.stdout.write(section);
       return;
     }
     if (only === "signal") {
@@ -259,7 +299,8 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
   finished job stays retained (1 h), so what is left is what retention costs.
 `;
     const signal = await loadSignal(parts);
-    await writeFile(join(repoRoot, "BENCHMARKS.md"), withSection(doc, signal));
+    const shared = await sharedCost(parts);
+    await writeFile(join(repoRoot, "BENCHMARKS.md"), withSection(withSection(doc, signal), shared));
     process.stdout.write(doc);
   } finally {
     await parts.stop();

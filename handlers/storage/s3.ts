@@ -6,6 +6,7 @@ import {
   CreateMultipartUploadCommand,
   GetObjectCommand,
   HeadBucketCommand,
+  HeadObjectCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
@@ -19,6 +20,13 @@ import { contentTypeFor } from "./content-type.js";
 export class UploadError extends WorkerError {
   readonly code = "upload_failed";
   readonly httpStatus = 502;
+  override readonly retryable = true;
+}
+
+/** The storage could not be read or written (unreachable, refused): another attempt may succeed. */
+export class StorageUnavailableError extends WorkerError {
+  readonly code = "storage_unavailable";
+  readonly httpStatus = 503;
   override readonly retryable = true;
 }
 
@@ -106,6 +114,15 @@ export function isSafeKey(key: string): boolean {
   if (Buffer.byteLength(key) > 1024 || key.includes("\\")) return false;
   if ([...key].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f)) return false;
   return key.split("/").every((seg) => seg !== "" && seg !== "." && seg !== "..");
+}
+
+function statusOf(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
+}
+
+function describe(err: unknown): string {
+  const e = err as { name?: string; message?: string };
+  return `${e.name ?? "error"} ${statusOf(err) ?? ""} ${e.message ?? ""}`.replace(/\s+/g, " ").trim();
 }
 
 function snake(k: keyof S3Settings): string {
@@ -316,6 +333,70 @@ export class ObjectStorage {
           cause: err,
         },
       );
+    }
+  }
+
+  /**
+   * Writes a small document (JSON) at `key`. With `ifAbsent` the write is conditional (`If-None-Match: *`): it
+   * resolves false, writing nothing, when an object already has that key. Failure contract: anything else that
+   * goes wrong rejects with StorageUnavailableError.
+   */
+  async putDocument(
+    target: ResolvedS3,
+    key: string,
+    body: string,
+    opts: { ifAbsent?: boolean; signal?: AbortSignal } = {},
+  ): Promise<boolean> {
+    if (!isSafeKey(key)) throw new StorageUnavailableError(`refused object key ${JSON.stringify(key)}`);
+    try {
+      await this.using(target, (client) =>
+        client.send(
+          new PutObjectCommand({
+            Bucket: target.bucketName,
+            Key: key,
+            Body: body,
+            ContentType: "application/json",
+            ...(opts.ifAbsent && { IfNoneMatch: "*" }),
+          }),
+          { abortSignal: opts.signal ?? AbortSignal.timeout(10_000) },
+        ),
+      );
+      return true;
+    } catch (err) {
+      if (opts.ifAbsent && statusOf(err) === 412) return false;
+      throw new StorageUnavailableError(`writing ${key}: ${describe(err)}`, undefined, { cause: err });
+    }
+  }
+
+  /** Reads a small document; undefined when there is none. Other failures reject with StorageUnavailableError. */
+  async getDocument(target: ResolvedS3, key: string, signal?: AbortSignal): Promise<string | undefined> {
+    if (!isSafeKey(key)) return undefined;
+    try {
+      return await this.using(target, async (client) => {
+        const res = await client.send(new GetObjectCommand({ Bucket: target.bucketName, Key: key }), {
+          abortSignal: signal ?? AbortSignal.timeout(10_000),
+        });
+        return (await res.Body?.transformToString("utf8")) ?? "";
+      });
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined;
+      throw new StorageUnavailableError(`reading ${key}: ${describe(err)}`, undefined, { cause: err });
+    }
+  }
+
+  /** Whether an object exists (HeadObject). Failures other than "not found" reject with StorageUnavailableError. */
+  async exists(target: ResolvedS3, key: string, signal?: AbortSignal): Promise<boolean> {
+    if (!isSafeKey(key)) return false;
+    try {
+      await this.using(target, (client) =>
+        client.send(new HeadObjectCommand({ Bucket: target.bucketName, Key: key }), {
+          abortSignal: signal ?? AbortSignal.timeout(10_000),
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (statusOf(err) === 404) return false;
+      throw new StorageUnavailableError(`checking ${key}: ${describe(err)}`, undefined, { cause: err });
     }
   }
 

@@ -2,7 +2,7 @@ import { once } from "node:events";
 import { mkdtemp } from "node:fs/promises";
 import { got } from "got";
 import { createServer, type AddressInfo } from "node:net";
-import { join, resolve, dirname } from "node:path";
+import { basename, join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
 import { createWorker, type Worker } from "../../worker/app.js";
@@ -61,6 +61,8 @@ export async function startTestWorker(
       BENCHMARK_SKIP: "true",
       BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
       PYWORKER_UPDATE_FLAG_FILE: join(dir, ".force_update"),
+      // Each test worker is an endpoint of its own unless a test puts several under one prefix.
+      SHARED_JOBS_PREFIX: `${basename(dir)}/`,
       INPUT_URL_ALLOW_PRIVATE: "true",
       COMFYUI_HISTORY_POLL_MS: "250",
       LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",

@@ -1,7 +1,9 @@
 import { Router, type Request, type Response } from "express";
-import { NotFoundError, type WorkerError } from "../../lib/errors.js";
+import { NotFoundError } from "../../lib/errors.js";
 import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
+import type { SharedDocument, SharedJobs } from "../jobs/shared.js";
+import { delay } from "../../lib/backoff.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";
 import { sendError } from "./body.js";
 
@@ -10,17 +12,27 @@ export interface GenerateRoutesDeps {
   maxWorkflowNodes: number;
   /** Workload of a parsed request that admission did not count (the local API). */
   workloadOf: (input: ParsedInput) => number;
+  /** Job documents of the whole endpoint (S3); without it, only this worker's jobs are known. */
+  shared?: SharedJobs;
+  /** How long a caller waiting on another worker's job is kept waiting at most (the job deadline). */
+  remoteWaitMs?: number;
 }
+
+/** What a reader of the bucket is shown: the result document, without the bookkeeping fields. */
+function publicDocument(doc: SharedDocument): ResultDocument {
+  const { owner: _o, heartbeat_at: _h, http_status: _s, retryable: _r, ...rest } = doc;
+  return rest;
+}
+
+const isFinal = (doc: SharedDocument) =>
+  doc.status === "completed" || doc.status === "failed" || doc.status === "cancelled";
 
 /**
  * The HTTP status for a finished job: its error's status for client mistakes (4xx) and retryable failures (5xx),
  * else 200 with the failure in the document (a 5xx for a deterministic failure would be retried forever).
  */
 export function statusFor(job: Job): number {
-  const err: WorkerError | undefined = job.error;
-  if (!err) return 200;
-  if (err.httpStatus >= 500) return err.retryable ? err.httpStatus : 200;
-  return err.httpStatus >= 400 ? err.httpStatus : 200;
+  return job.httpStatus();
 }
 
 function sendResult(res: Response, job: Job): void {
@@ -38,8 +50,45 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   const router = Router({ caseSensitive: true, strict: true });
   const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
 
-  const submit = (res: Response) => {
+  const notHere = (id: string) =>
+    new NotFoundError(
+      deps.shared
+        ? `no job ${id} on this endpoint (unknown, or past its retention)`
+        : `no job ${id} on this worker (unknown, or past its retention). Without S3 storage configured, a job is ` +
+            "known only to the worker that ran it: send the request and its polls in one session (session_id) " +
+            "to reach the same worker",
+    );
+
+  /**
+   * A request whose caller-chosen request_id names a job another worker of the endpoint holds (running, or
+   * finished and not retryable): that job, read from the bucket, instead of running it twice.
+   */
+  const elsewhere = async (input: ParsedInput, res: Response): Promise<SharedDocument | undefined> => {
+    const given = (res.locals.payload as { input?: { request_id?: unknown } } | undefined)?.input?.request_id;
+    if (!deps.shared || typeof given !== "string" || given.trim() === "" || deps.jobs.get(input.requestId)) {
+      return undefined;
+    }
+    // A bucket that cannot be read does not refuse work: the job runs here (its claim logs the problem).
+    const doc = await deps.shared.read(input.requestId, AbortSignal.timeout(10_000)).catch(() => undefined);
+    return doc && !(doc.status === "failed" && doc.retryable) ? doc : undefined;
+  };
+
+  /** Polls the bucket until another worker's job is final, the caller left, or the wait ran out. */
+  const followRemote = async (doc: SharedDocument, res: Response): Promise<SharedDocument> => {
+    const until = Date.now() + (deps.remoteWaitMs ?? 3_600_000);
+    let current = doc;
+    while (!isFinal(current) && !res.destroyed && Date.now() < until) {
+      await delay(500);
+      current = (await deps.shared!.read(doc.id, AbortSignal.timeout(10_000))) ?? current;
+    }
+    return current;
+  };
+
+  type Submitted = { job: Job; created: boolean; remote?: undefined } | { remote: SharedDocument };
+  const submit = async (res: Response): Promise<Submitted> => {
     const input = parseGenerateInput(res.locals.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
+    const remote = await elsewhere(input, res);
+    if (remote) return { remote };
     const counted = res.locals.workload as number | undefined;
     return deps.jobs.submit(input, counted ?? deps.workloadOf(input));
   };
@@ -64,11 +113,19 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     return leave;
   };
 
-  /** Submits and attaches this caller to the job; undefined (after answering the error) when refused. */
-  const submitWatched = (res: Response): { job: Job; leave: () => void } | undefined => {
+  /**
+   * Submits and attaches this caller to the job; a job of another worker is followed in the bucket; undefined
+   * (after answering the error) when refused.
+   */
+  const submitWatched = async (
+    res: Response,
+  ): Promise<
+    { job: Job; leave: () => void; remote?: undefined } | { remote: SharedDocument } | undefined
+  > => {
     try {
-      const { job } = submit(res);
-      return { job, leave: watch(job, res) };
+      const submitted = await submit(res);
+      if (submitted.remote) return submitted;
+      return { job: submitted.job, leave: watch(submitted.job, res) };
     } catch (err) {
       sendError(res, err);
       return undefined;
@@ -76,17 +133,24 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   router.post("/generate/sync", async (req, res) => {
-    const watched = submitWatched(res);
+    const watched = await submitWatched(res);
     if (!watched) return;
+    if (watched.remote) {
+      const doc = await followRemote(watched.remote, res);
+      if (!res.destroyed) res.status(isFinal(doc) ? doc.http_status : 202).json(publicDocument(doc));
+      return;
+    }
     const { job, leave } = watched;
     await job.done;
     leave();
     if (!res.destroyed) sendResult(res, job);
   });
 
-  router.post("/generate", (req, res) => {
+  router.post("/generate", async (req, res) => {
     try {
-      const { job, created } = submit(res);
+      const submitted = await submit(res);
+      if (submitted.remote) return void res.status(200).json(publicDocument(submitted.remote));
+      const { job, created } = submitted;
       const w = watchers.get(job) ?? { count: 0, detached: true };
       w.detached = true;
       watchers.set(job, w);
@@ -97,15 +161,22 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   });
 
   router.post("/generate/stream", async (req, res) => {
-    const watched = submitWatched(res);
+    const watched = await submitWatched(res);
     if (!watched) return;
-    const { job, leave } = watched;
     res.status(200).setHeader("content-type", "application/x-ndjson");
     res.setHeader("cache-control", "no-store");
     res.flushHeaders();
     const write = (obj: unknown) => {
       if (!res.destroyed) res.write(`${JSON.stringify(obj)}\n`);
     };
+    if (watched.remote) {
+      const first = watched.remote;
+      write({ id: first.id, type: "status", status: first.status, message: first.message });
+      const doc = await followRemote(first, res);
+      write({ type: "result", http_status: isFinal(doc) ? doc.http_status : 202, ...publicDocument(doc) });
+      return void res.end();
+    }
+    const { job, leave } = watched;
     const onEvent = (event: JobEvent) => write({ id: job.id, ...event });
     write({ id: job.id, type: "status", status: job.status, message: job.message });
     job.on("event", onEvent);
@@ -121,18 +192,42 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     res.end();
   });
 
-  const result = (req: Request<{ id: string }>, res: Response) => {
+  /** Another worker's job, from the bucket; undefined (after answering) when there is none or it failed. */
+  const remoteJob = async (id: string, res: Response): Promise<SharedDocument | undefined> => {
+    try {
+      const doc = deps.shared ? await deps.shared.read(id, AbortSignal.timeout(10_000)) : undefined;
+      if (!doc) sendError(res, notHere(id));
+      return doc;
+    } catch (err) {
+      sendError(res, err);
+      return undefined;
+    }
+  };
+
+  const result = async (req: Request<{ id: string }>, res: Response) => {
     const job = deps.jobs.get(req.params.id);
-    if (!job)
-      return sendError(res, new NotFoundError(`no job ${req.params.id} (unknown, or past its retention)`));
-    res.status(200).json(job.result());
+    if (job) return void res.status(200).json(job.result());
+    const doc = await remoteJob(req.params.id, res);
+    if (doc) res.status(200).json(publicDocument(doc));
   };
   router.get("/result/:id", result);
   router.post("/result/:id", result);
 
-  router.post("/cancel/:id", (req, res) => {
+  router.post("/cancel/:id", async (req, res) => {
     const job = deps.jobs.cancel(req.params.id);
-    if (!job) return sendError(res, new NotFoundError(`no job ${req.params.id}`));
+    if (!job) {
+      // Another worker's: leave it a cancel request (it looks every second) and answer the document as it stands.
+      const doc = await remoteJob(req.params.id, res);
+      if (!doc) return;
+      if (!isFinal(doc)) {
+        try {
+          await deps.shared!.requestCancel(doc.id, AbortSignal.timeout(10_000));
+        } catch (err) {
+          return sendError(res, err);
+        }
+      }
+      return void res.status(200).json(publicDocument(doc));
+    }
     // A queued job settles at once; a running one once ComfyUI stopped it. Answer with its state either way.
     void job.done.then(() => res.status(200).json(job.result()));
   });

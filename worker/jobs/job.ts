@@ -105,6 +105,17 @@ export class Job extends EventEmitter {
     return Buffer.byteLength(JSON.stringify(this.result()));
   }
 
+  /**
+   * The HTTP status of the job's answer: its error's status for client mistakes (4xx) and retryable failures (5xx);
+   * 200 otherwise, a terminal failure included (the document says it failed; a 5xx would make the client retry).
+   */
+  httpStatus(): number {
+    const err = this.error;
+    if (!err) return 200;
+    if (err.httpStatus >= 500) return err.retryable ? err.httpStatus : 200;
+    return err.httpStatus >= 400 ? err.httpStatus : 200;
+  }
+
   result(): ResultDocument {
     const comfyui_response =
       this.history || this.details

@@ -14,6 +14,7 @@ import { resolveS3, s3FromRequest, type ObjectStorage } from "../../handlers/sto
 import { validateCallbackUrl, type WebhookSender } from "../../handlers/webhook.js";
 import {
   BadRequestError,
+  ConflictError,
   CancelledError,
   ExecutionError,
   DeviceFailedError,
@@ -28,6 +29,7 @@ import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
 import { Semaphore } from "../../lib/semaphore.js";
 import { Job } from "./job.js";
+import type { SharedJobs } from "./shared.js";
 import { UPLOADED_MARKER } from "../janitor.js";
 
 /** What the manager tells observers (metrics); an observer that throws is logged and ignored. */
@@ -52,6 +54,8 @@ export interface JobManagerDeps {
   clientId: string;
   now?: () => number;
   observer?: JobObserver;
+  /** Job documents in the operator's bucket, for endpoints of several workers. */
+  shared?: SharedJobs;
 }
 
 /**
@@ -69,6 +73,11 @@ export class JobManager {
   private readonly slots: Semaphore;
   private accepting = true;
   private sweepTimer: NodeJS.Timeout | undefined;
+  private sharedTimer: NodeJS.Timeout | undefined;
+  /** Claims in progress (started at submission, awaited before ComfyUI) and when each job's document was written. */
+  private readonly claims = new Map<string, Promise<boolean>>();
+  private readonly lastShared = new Map<string, number>();
+  private readonly publishing = new Set<Promise<void>>();
   private readonly now: () => number;
   private readonly watchers = new Set<(job: Job) => void>();
 
@@ -80,6 +89,11 @@ export class JobManager {
   start(): void {
     this.sweepTimer = setInterval(() => this.sweep(), 60_000);
     this.sweepTimer.unref();
+    if (this.deps.shared) {
+      // Cancel requests from other workers are seen within a second; running jobs' documents refreshed.
+      this.sharedTimer = setInterval(() => void this.syncShared(), 1_000);
+      this.sharedTimer.unref();
+    }
   }
 
   get(id: string): Job | undefined {
@@ -123,6 +137,7 @@ export class JobManager {
     if (existing) this.forget(existing.id);
     this.jobs.set(job.id, job);
     for (const fn of this.watchers) this.observe(() => fn(job));
+    this.claim(job);
     void this.run(job);
     return { job, created: true };
   }
@@ -152,6 +167,84 @@ export class JobManager {
       await Promise.all(this.active().map((j) => j.done));
     }
     clearInterval(this.sweepTimer);
+    clearInterval(this.sharedTimer);
+    await Promise.all(this.publishing);
+    await this.deps.shared?.flush();
+  }
+
+  /**
+   * Claims the job's id in the shared bucket, in the background: the claim runs while the job preprocesses and
+   * generates, so it costs the answer nothing. Resolves false when another worker's live job holds the id: this
+   * one is then aborted with 409 (the caller polls `/result/{id}`), and its document is never written over the
+   * other's. A bucket that cannot be reached leaves the job local (logged), not failed.
+   */
+  private claim(job: Job): void {
+    const shared = this.deps.shared;
+    if (!shared || job.input.internal) return;
+    const claimed = shared.claim(job.result()).then(
+      (r) => {
+        if (r.claimed) {
+          this.lastShared.set(job.id, this.now());
+          return true;
+        }
+        job.abort.abort(
+          new ConflictError(
+            `request_id ${job.id} is already ${r.existing.status} on another worker; poll /result/${job.id}`,
+          ),
+        );
+        return false;
+      },
+      (err: unknown) => {
+        this.deps.logger.warn(
+          { request_id: job.id, stage: "shared", err },
+          "could not claim the job in the bucket: it runs, but other workers will not see it",
+        );
+        return true;
+      },
+    );
+    this.claims.set(job.id, claimed);
+  }
+
+  /** Writes the final document once the claim settled (never over another worker's job). */
+  private publish(job: Job): void {
+    const shared = this.deps.shared;
+    const claimed = this.claims.get(job.id);
+    this.claims.delete(job.id);
+    if (!shared || !claimed) return;
+    const doc = job.result();
+    const status = job.httpStatus();
+    const retryable = job.error?.retryable ?? false;
+    const published = claimed.then((ours) => {
+      if (ours) shared.write(doc, status, retryable);
+    });
+    this.publishing.add(published);
+    void published.then(() => this.publishing.delete(published));
+  }
+
+  /** Looks for other workers' cancel requests and refreshes the documents of running jobs (their heartbeat). */
+  private async syncShared(): Promise<void> {
+    const shared = this.deps.shared!;
+    await Promise.all(
+      [...this.lastShared.entries()].map(async ([id, writtenAt]) => {
+        const job = this.jobs.get(id);
+        if (!job || job.final) return;
+        try {
+          if (await shared.cancelRequested(id, AbortSignal.timeout(5_000))) {
+            this.cancel(id, "Cancelled by the caller (through another worker)");
+            return;
+          }
+        } catch (err) {
+          this.deps.logger.warn(
+            { request_id: id, stage: "shared", err },
+            "could not check for a cancel request",
+          );
+        }
+        if (this.now() - writtenAt >= shared.heartbeatMs) {
+          this.lastShared.set(id, this.now());
+          shared.write(job.result(), 202, false);
+        }
+      }),
+    );
   }
 
   private sweep(): void {
@@ -246,7 +339,9 @@ export class JobManager {
       job.timings.generation_ms = this.now() - t;
       stage("generation", job.timings.generation_ms);
 
-      // 3. Outputs and storage (the ComfyUI slot is already free for the next job).
+      // 3. Outputs and storage (the ComfyUI slot is already free for the next job). The claim of the id in the
+      // bucket ran meanwhile: a job another worker holds goes no further (a conflict aborted it already).
+      if ((await this.claims.get(job.id)) === false) throw job.abort.signal.reason;
       t = this.now();
       job.setStatus("processing", "Collecting outputs");
       job.output = await collectOutputs(run.history, {
@@ -283,6 +378,8 @@ export class JobManager {
       job.timings.total_ms = job.finishedAt - job.createdAt;
       job.setStatus(outcome.status, outcome.message);
       this.observe(() => this.deps.observer?.finished?.(job));
+      this.lastShared.delete(job.id);
+      this.publish(job);
       const level = job.status === "completed" ? "info" : "warn";
       log[level](
         {

@@ -1,0 +1,165 @@
+import type { ObjectStorage, ResolvedS3 } from "../../handlers/storage/s3.js";
+import type { Logger } from "../../lib/logger.js";
+import type { ResultDocument } from "./job.js";
+
+/** A job's result document as it lives in the operator's bucket, with who runs it and when it was last heard of. */
+export interface SharedDocument extends ResultDocument {
+  /** The worker that runs the job (its advertised URL and a per-process id). */
+  owner: string;
+  /** When the owner last wrote the document (ms since the epoch); a running job is rewritten every heartbeat. */
+  heartbeat_at: number;
+  /** The HTTP status the owner answered (or would answer) with. */
+  http_status: number;
+  /** A final failure that another attempt may fix: a retry with the same request_id runs again. */
+  retryable: boolean;
+}
+
+export interface SharedJobsOptions {
+  storage: ObjectStorage;
+  /** The operator's bucket, never a caller's override. */
+  target: ResolvedS3;
+  /** Key prefix ("" puts documents beside the outputs: `<request_id>/job.json`). */
+  prefix: string;
+  owner: string;
+  /** How often a running job's document is rewritten; a document silent for 3 heartbeats is the owner's loss. */
+  heartbeatMs: number;
+  logger: Logger;
+  now?: () => number;
+}
+
+/** What a claim found: the id is ours now, or another worker's live (or finished) job holds it. */
+export type ClaimResult = { claimed: true } | { claimed: false; existing: SharedDocument };
+
+/**
+ * Job documents in the operator's bucket, so that any worker of an endpoint can answer for a job another worker
+ * runs: `/result/{id}`, `/cancel/{id}` and a retried request land wherever the router sends them.
+ *   `<prefix><id>/job.json`  the result document (written when accepted, at most every heartbeat while it runs,
+ *                            and when it ends)
+ *   `<prefix><id>/cancel`    a cancel request left by another worker; the owner looks for it while the job runs
+ * Ids are claimed with a conditional create (`If-None-Match: *`), so two workers never both run one request_id.
+ * Failure contract: reads and claims reject with StorageUnavailableError; background writes are logged, never thrown
+ * (a job does not fail because its shared copy could not be written).
+ */
+export class SharedJobs {
+  private readonly now: () => number;
+  /** Writes in flight per id, chained so that a later document never lands before an earlier one. */
+  private readonly writes = new Map<string, Promise<void>>();
+  /** S3 requests made, by kind (for the benchmark and /metrics). */
+  readonly requests = { put: 0, get: 0, head: 0 };
+
+  constructor(private readonly opts: SharedJobsOptions) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  get owner(): string {
+    return this.opts.owner;
+  }
+
+  get heartbeatMs(): number {
+    return this.opts.heartbeatMs;
+  }
+
+  private docKey(id: string): string {
+    return `${this.opts.prefix}${id}/job.json`;
+  }
+
+  private cancelKey(id: string): string {
+    return `${this.opts.prefix}${id}/cancel`;
+  }
+
+  private stamp(doc: ResultDocument, httpStatus: number, retryable: boolean): SharedDocument {
+    return { ...doc, owner: this.opts.owner, heartbeat_at: this.now(), http_status: httpStatus, retryable };
+  }
+
+  /**
+   * Claims `doc.id` for this worker by creating its document. An existing document that a retry may replace (a
+   * retryable failure, or a job whose owner went silent) is overwritten; any other means the job is another's.
+   */
+  async claim(doc: ResultDocument, signal?: AbortSignal): Promise<ClaimResult> {
+    const body = JSON.stringify(this.stamp(doc, 202, false));
+    this.requests.put++;
+    if (
+      await this.opts.storage.putDocument(this.opts.target, this.docKey(doc.id), body, {
+        ifAbsent: true,
+        signal,
+      })
+    ) {
+      return { claimed: true };
+    }
+    const existing = await this.read(doc.id, signal);
+    if (existing && !(existing.status === "failed" && existing.retryable))
+      return { claimed: false, existing };
+    this.requests.put++;
+    await this.opts.storage.putDocument(this.opts.target, this.docKey(doc.id), body, { signal });
+    return { claimed: true };
+  }
+
+  /** Writes the document in the background, in order per id; a failure is logged. */
+  write(doc: ResultDocument, httpStatus: number, retryable: boolean): void {
+    const body = JSON.stringify(this.stamp(doc, httpStatus, retryable));
+    const key = this.docKey(doc.id);
+    const previous = this.writes.get(doc.id) ?? Promise.resolve();
+    const next = previous.then(async () => {
+      this.requests.put++;
+      try {
+        await this.opts.storage.putDocument(this.opts.target, key, body);
+      } catch (err) {
+        this.opts.logger.warn(
+          { request_id: doc.id, stage: "shared", err },
+          "could not write the shared job document",
+        );
+      }
+    });
+    this.writes.set(doc.id, next);
+    void next.then(() => {
+      if (this.writes.get(doc.id) === next) this.writes.delete(doc.id);
+    });
+  }
+
+  /** Waits for the background writes (shutdown, tests). */
+  async flush(): Promise<void> {
+    await Promise.all([...this.writes.values()]);
+  }
+
+  /**
+   * The document of a job, as a reader should see it: a job that is not final and whose owner has not written for
+   * 3 heartbeats is shown as failed (retryable: the owner stopped, a retry may run it), so nobody waits forever.
+   */
+  async read(id: string, signal?: AbortSignal): Promise<SharedDocument | undefined> {
+    this.requests.get++;
+    const text = await this.opts.storage.getDocument(this.opts.target, this.docKey(id), signal);
+    if (text === undefined) return undefined;
+    let doc: SharedDocument;
+    try {
+      doc = JSON.parse(text) as SharedDocument;
+    } catch {
+      return undefined; // not ours (an output that happened to be called job.json)
+    }
+    if (typeof doc !== "object" || doc === null || doc.id !== id) return undefined;
+    const final = doc.status === "completed" || doc.status === "failed" || doc.status === "cancelled";
+    const silentMs = this.now() - Number(doc.heartbeat_at);
+    if (!final && !(silentMs <= 3 * this.opts.heartbeatMs)) {
+      return {
+        ...doc,
+        status: "failed",
+        message: `the worker running this job stopped answering (no heartbeat for ${Math.round(silentMs / 1000)} s)`,
+        error: { error: "the worker running this job stopped answering", code: "owner_lost" },
+        http_status: 503,
+        retryable: true,
+      };
+    }
+    return doc;
+  }
+
+  /** Leaves a cancel request for the owner. */
+  async requestCancel(id: string, signal?: AbortSignal): Promise<void> {
+    this.requests.put++;
+    await this.opts.storage.putDocument(this.opts.target, this.cancelKey(id), "{}", { signal });
+  }
+
+  /** Whether another worker asked to cancel this job. */
+  async cancelRequested(id: string, signal?: AbortSignal): Promise<boolean> {
+    this.requests.head++;
+    return this.opts.storage.exists(this.opts.target, this.cancelKey(id), signal);
+  }
+}
