@@ -41,6 +41,9 @@ describe("loadConfig", () => {
       resultRetentionMs: 3_600_000,
       resultRetentionMax: 1_000,
       resultRetentionMaxBytes: 64 * 1024 * 1024,
+      shared: true,
+      sharedPrefix: "",
+      heartbeatMs: 5_000,
     });
     expect(c.inputs).toEqual({
       allowPrivate: false,
