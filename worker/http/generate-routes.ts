@@ -23,6 +23,20 @@ export function statusFor(job: Job): number {
   return err.httpStatus >= 400 ? err.httpStatus : 200;
 }
 
+/** What the app mounting the routes hands them for a request: its `{input}` payload and, where admission counted
+ * it, its workload. */
+export interface Work {
+  payload: unknown;
+  workload?: number;
+}
+
+const works = new WeakMap<Request, Work>();
+
+/** Called by the app that mounts the routes (the body itself, or the envelope's `payload`), before them. */
+export function attachWork(req: Request, work: Work): void {
+  works.set(req, work);
+}
+
 function sendResult(res: Response, job: Job): void {
   res.status(statusFor(job)).json(job.result());
 }
@@ -30,17 +44,16 @@ function sendResult(res: Response, job: Job): void {
 /**
  * /generate/sync, /generate (async), /generate/stream, /result/{id}, /cancel/{id}. A caller that disconnects from
  * sync or stream cancels the job, unless someone else also waits on it or it was submitted asynchronously.
- * The app that mounts it puts the request's `{input}` payload in `res.locals.payload` (the body itself, or the
- * envelope's `payload`) and, where admission counted it, its workload in `res.locals.workload`.
+ * The app that mounts it hands each request's payload and workload over with `attachWork`.
  */
 export function generateRoutes(deps: GenerateRoutesDeps): Router {
   const router = Router();
   const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
 
-  const submit = (res: Response) => {
-    const input = parseGenerateInput(res.locals.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
-    const counted = res.locals.workload as number | undefined;
-    return deps.jobs.submit(input, counted ?? deps.workloadOf(input));
+  const submit = (req: Request) => {
+    const work = works.get(req);
+    const input = parseGenerateInput(work?.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
+    return deps.jobs.submit(input, work?.workload ?? deps.workloadOf(input));
   };
 
   const watch = (job: Job, res: Response) => {
@@ -64,9 +77,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   /** Submits and attaches this caller to the job; undefined (after answering the error) when refused. */
-  const submitWatched = (res: Response): { job: Job; leave: () => void } | undefined => {
+  const submitWatched = (req: Request, res: Response): { job: Job; leave: () => void } | undefined => {
     try {
-      const { job } = submit(res);
+      const { job } = submit(req);
       return { job, leave: watch(job, res) };
     } catch (err) {
       sendError(res, err);
@@ -75,7 +88,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   router.post("/generate/sync", async (req, res) => {
-    const watched = submitWatched(res);
+    const watched = submitWatched(req, res);
     if (!watched) return;
     const { job, leave } = watched;
     await job.done;
@@ -85,7 +98,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
 
   router.post("/generate", (req, res) => {
     try {
-      const { job, created } = submit(res);
+      const { job, created } = submit(req);
       const w = watchers.get(job) ?? { count: 0, detached: true };
       w.detached = true;
       watchers.set(job, w);
@@ -96,7 +109,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   });
 
   router.post("/generate/stream", async (req, res) => {
-    const watched = submitWatched(res);
+    const watched = submitWatched(req, res);
     if (!watched) return;
     const { job, leave } = watched;
     res.status(200).setHeader("content-type", "application/x-ndjson");

@@ -1,5 +1,6 @@
 import express, { type Express, type Router } from "express";
 import { errorHandler, jsonBody } from "./body.js";
+import { attachWork } from "./generate-routes.js";
 
 export interface LocalDeps {
   maxBodyBytes: number;
@@ -21,8 +22,8 @@ export function createLocalApp(deps: LocalDeps): Express {
   app.use("/", deps.docs);
   if (deps.metrics) app.use("/", deps.metrics);
   app.use(jsonBody(deps.maxBodyBytes));
-  app.use((req, res, next) => {
-    res.locals.payload = req.body as unknown;
+  app.use((req, _res, next) => {
+    attachWork(req, { payload: req.body as unknown });
     next();
   });
   app.use("/", deps.generate);

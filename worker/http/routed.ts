@@ -7,6 +7,7 @@ import type { Logger } from "../../lib/logger.js";
 import type { RequestTracker } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
 import { errorHandler, jsonBody } from "./body.js";
+import { attachWork } from "./generate-routes.js";
 
 const AUTH_FIELDS = ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"] as const;
 
@@ -24,7 +25,7 @@ export interface RoutedDeps {
   masterToken: string;
   /** The file /pyworker/update creates (upstream's `/.force_update`): the start script updates the worker on it. */
   updateFlagFile: string;
-  /** Generation routes; they read `res.locals.payload`. */
+  /** Generation routes; they read what `attachWork` hands them. */
   generate: express.Router;
   health: express.Router;
   /** Routes whose requests count as work (admission, reports). */
@@ -242,8 +243,7 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
     res.status(429).end();
     return;
   }
-  res.locals.payload = env.payload;
-  res.locals.workload = workload;
+  attachWork(req, { payload: env.payload, workload });
   if (isWork) deps.tracker.track(authData, workload, res);
   next();
 }

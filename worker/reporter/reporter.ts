@@ -1,7 +1,7 @@
 import { statfs } from "node:fs/promises";
 import { got, type Got } from "got";
 import type { Logger } from "../../lib/logger.js";
-import { delay } from "../../lib/backoff.js";
+import { retry } from "../../lib/retry.js";
 import type { IntervalCounters, RequestTracker } from "./tracker.js";
 
 /** The protocol version the autoscaler sees (upstream's backend VERSION). */
@@ -153,20 +153,24 @@ export class AutoscalerReporter {
 
   private async post(path: string, body: Record<string, unknown>): Promise<boolean> {
     const attempts = this.opts.attempts ?? 3;
+    // Once stopping, only the last status report is still worth the wait.
+    const stopping = () => this.stopSignal.signal.aborted && path !== "/worker_status/";
     for (const addr of this.opts.addrs) {
-      for (let attempt = 1; attempt <= attempts; attempt++) {
-        if (this.stopSignal.signal.aborted && path !== "/worker_status/") return false;
-        try {
-          await this.http.post(`${addr}${path}`, { json: body });
-          return true;
-        } catch (err) {
+      if (stopping()) return false;
+      const ok = await retry(async () => void (await this.http.post(`${addr}${path}`, { json: body })), {
+        attempts,
+        delayMs: () => this.opts.retryDelayMs ?? 2_000,
+        retryable: () => !stopping(),
+        onFailure: (err, attempt) =>
           this.opts.logger.warn(
             { stage: "report", path, addr, attempt },
             `report failed: ${err instanceof Error ? err.message : String(err)}`,
-          );
-          if (attempt < attempts) await delay(this.opts.retryDelayMs ?? 2_000).catch(() => undefined);
-        }
-      }
+          ),
+      }).then(
+        () => true,
+        () => false,
+      );
+      if (ok) return true;
     }
     return false;
   }
