@@ -45,7 +45,7 @@ test("an abort during a wait rejects with the signal's reason", async () => {
   const ac = new AbortController();
   const p = retry(
     async () => {
-      queueMicrotask(() => ac.abort(new Error("stopped")));
+      setTimeout(() => ac.abort(new Error("stopped")), 10);
       throw new Error("fail");
     },
     { attempts: 5, delayMs: () => 60_000, signal: ac.signal },
