@@ -43,12 +43,6 @@ export class PayloadTooLargeError extends WorkerError {
   readonly httpStatus = 413;
 }
 
-/** The envelope is well-formed JSON but its fields are wrong (upstream answers 422 here). */
-export class UnprocessableError extends WorkerError {
-  readonly code = "unprocessable";
-  readonly httpStatus = 422;
-}
-
 export class UnauthorizedError extends WorkerError {
   readonly code = "unauthorized";
   readonly httpStatus = 401;
@@ -59,16 +53,10 @@ export class NotFoundError extends WorkerError {
   readonly httpStatus = 404;
 }
 
+/** The request_id is another worker's job (job documents in the bucket): the caller polls /result/{id}. */
 export class ConflictError extends WorkerError {
   readonly code = "conflict";
   readonly httpStatus = 409;
-}
-
-/** Admission control: the expected wait is above max_queue_time. Upstream answers 429 with an empty body. */
-export class OverloadedError extends WorkerError {
-  readonly code = "overloaded";
-  readonly httpStatus = 429;
-  override readonly retryable = true;
 }
 
 /** ComfyUI is down, restarting, or failed in a way another attempt may not (OOM, lost connection). */
@@ -134,6 +122,5 @@ export function asWorkerError(err: unknown): WorkerError {
 /** The one place that turns an error into an HTTP answer. */
 export function toHttp(err: unknown): { status: number; body: Record<string, unknown> | undefined } {
   const e = asWorkerError(err);
-  if (e instanceof OverloadedError) return { status: 429, body: undefined };
   return { status: e.httpStatus, body: e.toJSON() };
 }

@@ -20,6 +20,7 @@ import { SessionCloseNotifier } from "../handlers/session-close.js";
 import type { JobManager } from "./jobs/manager.js";
 import type { SharedJobs } from "./jobs/shared.js";
 import { Janitor } from "./janitor.js";
+import { Lifecycle, type Phase } from "./lifecycle.js";
 import type { Logger } from "../lib/logger.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { createPipeline } from "./pipeline.js";
@@ -41,8 +42,7 @@ export interface WorkerDeps {
   now?: () => number;
 }
 
-export type Phase =
-  "starting" | "waiting-for-comfyui" | "benchmarking" | "ready" | "error" | "draining" | "stopped";
+export type { Phase } from "./lifecycle.js";
 
 export interface Worker {
   start(): Promise<void>;
@@ -76,10 +76,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     now,
     {
       // The device is unusable until the process restarts: stop taking work and tell the autoscaler.
-      deviceFailed: (message) => {
-        phase = "error";
-        setError(message);
-      },
+      deviceFailed: (message) => life.fail(message),
       finished: (job) => load.completed(job),
     },
   );
@@ -101,10 +98,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const sessions = new SessionStore(10, tracker, (s) => void sessionClose.notify(s));
   const replay = new ReplayGuard(config.autoscaler.replayWindow);
 
-  let phase: Phase = "starting";
-  let errorMsg = "";
-  let comfyUp = false;
-  let loadtime = 0;
+  const life = new Lifecycle(logger, () => reporter?.poke());
   let verifier: SignatureVerifier | undefined;
   let benchmark: BenchmarkResult | undefined;
 
@@ -121,27 +115,20 @@ export function createWorker(deps: WorkerDeps): Worker {
           heartbeatMs: config.autoscaler.heartbeatIntervalMs,
           diskPath: config.outputDir,
           state: {
-            maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
-            loadtime: () => loadtime,
-            errorMsg: () => errorMsg,
+            maxPerf: () => (life.phase === "ready" ? admission.maxPerf : 0),
+            loadtime: () => life.loadtime,
+            errorMsg: () => life.errorMsg,
             // Upstream's cur_load also counts open sessions (at the router's cost).
             currentLoad: () => jobs.activeWorkload() + sessions.workload(),
           },
         })
       : undefined;
 
-  const setError = (msg: string, level: "error" | "info" = "error") => {
-    if (errorMsg === msg) return;
-    errorMsg = msg;
-    if (msg) logger[level]({ stage: "lifecycle" }, msg);
-    reporter?.poke();
-  };
-
   let cacheWrite: Promise<void> = Promise.resolve();
   const load = new LoadSignal({
-    maxPerf: () => (phase === "ready" ? admission.maxPerf : 0),
+    maxPerf: () => (life.phase === "ready" ? admission.maxPerf : 0),
     onScore: (maxPerf) => {
-      if (phase !== "ready") return;
+      if (life.phase !== "ready") return;
       logger.info(
         { stage: "score", max_perf: maxPerf, previous: admission.maxPerf },
         `max_perf ${admission.maxPerf} -> ${maxPerf} (measured on completed jobs)`,
@@ -163,22 +150,22 @@ export function createWorker(deps: WorkerDeps): Worker {
     workloadOfWorkflow((payload as { input?: { workflow_json?: unknown } } | null)?.input?.workflow_json);
 
   const health = healthRoutes({
-    live: () => phase !== "stopped",
+    live: () => life.phase !== "stopped",
     readiness: () => {
       const reasons: string[] = [];
-      if (!comfyUp) reasons.push("ComfyUI is not answering");
-      if (phase !== "ready") reasons.push(`phase is ${phase}`);
+      if (!life.comfyUp) reasons.push("ComfyUI is not answering");
+      if (life.phase !== "ready") reasons.push(`phase is ${life.phase}`);
       if (!admission.admits()) reasons.push("overloaded: expected wait above MAX_QUEUE_TIME");
       return {
         ready: reasons.length === 0,
         reasons,
         details: {
-          phase,
-          comfyui_up: comfyUp,
+          phase: life.phase,
+          comfyui_up: life.comfyUp,
           max_perf: admission.maxPerf,
           expected_wait_s: admission.expectedWaitS(),
           active_jobs: jobs.active().length,
-          ...(errorMsg && { error_msg: errorMsg }),
+          ...(life.errorMsg && { error_msg: life.errorMsg }),
         },
       };
     },
@@ -221,9 +208,9 @@ export function createWorker(deps: WorkerDeps): Worker {
       admission,
       janitor,
       reporter,
-      phase: () => phase,
-      errorMsg: () => errorMsg,
-      comfyUp: () => comfyUp,
+      phase: () => life.phase,
+      errorMsg: () => life.errorMsg,
+      comfyUp: () => life.comfyUp,
       benchmark: () => benchmark,
       probeS3: s3 && ((signal) => storage.probe(s3, signal)),
       settings: {
@@ -254,7 +241,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           metrics.queueDepth.set(jobs.active().length);
           const wait = admission.expectedWaitS();
           metrics.expectedWait.set(Number.isFinite(wait) ? wait : -1);
-          metrics.comfyUp.set(comfyUp ? 1 : 0);
+          metrics.comfyUp.set(life.comfyUp ? 1 : 0);
         }),
       })
     : undefined;
@@ -288,18 +275,18 @@ export function createWorker(deps: WorkerDeps): Worker {
   const watchComfy = () => {
     const tick = async () => {
       const up = await checkComfy();
-      if (up !== comfyUp) {
-        comfyUp = up;
+      if (up !== life.comfyUp) {
+        life.comfyUp = up;
         if (up) {
           logger.info({ stage: "health" }, "ComfyUI is answering again");
           catalog.invalidate();
           events.reconnect();
-          if (errorMsg.startsWith("ComfyUI")) setError("");
+          if (life.errorMsg.startsWith("ComfyUI")) life.setError("");
         } else {
-          setError("ComfyUI stopped answering");
+          life.setError("ComfyUI stopped answering");
         }
       }
-      if (phase !== "stopped" && phase !== "draining") watcher = setTimeout(tick, 2_000);
+      if (life.serving) watcher = setTimeout(tick, 2_000);
     };
     watcher = setTimeout(tick, 2_000);
   };
@@ -312,8 +299,8 @@ export function createWorker(deps: WorkerDeps): Worker {
     janitor,
     shared,
     load,
-    phase: () => phase,
-    errorMsg: () => errorMsg,
+    phase: () => life.phase,
+    errorMsg: () => life.errorMsg,
     benchmark: () => benchmark,
     routedUrl() {
       const a = routedServer?.address() as AddressInfo | null;
@@ -340,8 +327,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           await listen(localServer, config.api.port, config.api.host);
         }
       } catch (err) {
-        phase = "error";
-        setError(`Worker Server failed to launch: ${err instanceof Error ? err.message : String(err)}`);
+        life.fail(`Worker Server failed to launch: ${err instanceof Error ? err.message : String(err)}`);
         throw err;
       }
       logger.info(
@@ -365,20 +351,20 @@ export function createWorker(deps: WorkerDeps): Worker {
       }, 5_000);
       sessionSweep.unref();
 
-      phase = "waiting-for-comfyui";
+      life.enter("waiting-for-comfyui");
       const deadline = now() + config.comfyui.startupTimeoutMs;
       // Past the deadline the autoscaler hears the error, but the worker keeps waiting: a ComfyUI that comes up
       // late (a slow provisioning script) still gets served.
-      while (!(comfyUp = await checkComfy())) {
-        if (now() >= deadline && !errorMsg) {
-          setError(
+      while (!(life.comfyUp = await checkComfy())) {
+        if (now() >= deadline && !life.errorMsg) {
+          life.setError(
             `ComfyUI did not answer at ${config.comfyui.url} within ${config.comfyui.startupTimeoutMs} ms`,
           );
         }
         await delay(500, lifecycle.signal).catch(() => undefined);
         if (lifecycle.signal.aborted) return;
       }
-      if (errorMsg.startsWith("ComfyUI did not answer")) setError("");
+      if (life.errorMsg.startsWith("ComfyUI did not answer")) life.setError("");
       logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${config.comfyui.url}`);
       events.start();
       jobs.start();
@@ -392,13 +378,12 @@ export function createWorker(deps: WorkerDeps): Worker {
           verifier = new SignatureVerifier(pem);
           logger.info({ stage: "lifecycle" }, "router public key loaded");
         } catch (err) {
-          phase = "error";
-          setError(err instanceof Error ? err.message : String(err));
+          life.fail(err instanceof Error ? err.message : String(err));
           return;
         }
       }
 
-      phase = "benchmarking";
+      life.enter("benchmarking");
       try {
         const payload = await loadBenchmarkPayload(config.benchmark, deps.root);
         load.setBenchmark(payload.make());
@@ -422,16 +407,13 @@ export function createWorker(deps: WorkerDeps): Worker {
         }
         metrics.benchmarkScore.set(admission.maxPerf);
       } catch (err) {
-        phase = "error";
-        setError(err instanceof Error ? err.message : String(err));
+        life.fail(err instanceof Error ? err.message : String(err));
         return;
       }
       if (lifecycle.signal.aborted) return;
-      phase = "ready";
-      loadtime = (now() - startedAt) / 1000;
-      reporter?.poke();
+      life.ready((now() - startedAt) / 1000);
       logger.info(
-        { stage: "lifecycle", max_perf: admission.maxPerf, loadtime_s: loadtime },
+        { stage: "lifecycle", max_perf: admission.maxPerf, loadtime_s: life.loadtime },
         `ready: max_perf ${admission.maxPerf}`,
       );
     },
@@ -441,14 +423,13 @@ export function createWorker(deps: WorkerDeps): Worker {
       return (drainMs = 30_000) => {
         stopping ??= (async () => {
           logger.info({ stage: "lifecycle", active_jobs: jobs.active().length }, "stopping: no new jobs");
-          const previous = phase;
-          phase = "draining";
+          const previous = life.enter("draining");
           lifecycle.abort();
           clearTimeout(watcher);
           clearInterval(sessionSweep);
           jobs.stopAccepting();
           // A normal shutdown: the autoscaler hears it as error_msg, but it is no error in our log.
-          if (previous === "ready") setError("worker is shutting down", "info");
+          if (previous === "ready") life.setError("worker is shutting down", "info");
           await jobs.drain(drainMs);
           await webhooks.drain(5_000);
           await Promise.all(
@@ -466,7 +447,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           events.stop();
           janitor.stop();
           storage.close();
-          phase = "stopped";
+          life.enter("stopped");
           logger.info({ stage: "lifecycle" }, "stopped");
         })();
         return stopping;

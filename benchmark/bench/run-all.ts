@@ -291,7 +291,7 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
 - **Memory**: idle RSS of the compiled worker (\`node dist/worker/cli.js start\`), read from /proc 3 s after it
   reported ready. Upload growth: a separate process uploads a ${uploadMb} MiB file through the worker's storage
   module (streamed, multipart, 8 MiB parts read by range, 3 at a time) while sampling its RSS every 20 ms; growth = peak − baseline.
-- **Retention**: the compiled worker (default RESULT_RETENTION_* limits, S3 not configured) serves
+- **Retention**: the compiled worker (default \`RESULT_RETENTION_*\` limits, S3 not configured) serves
   ${retentionRequests} \`/generate/sync\` requests, 4 at a time, each carrying its own PNG of random pixels
   (${fmt((retention[0]?.imageBytes ?? 0) / 2 ** 20, 2)} MiB, about 1.3 MiB as base64) as a data: URI into
   LoadImage → ImageScale 8×8 → SaveImage. RSS is read from /proc after one warm-up request and 2 s of rest

@@ -26,6 +26,13 @@ export interface ExecutionDetails {
   reconciled_from_history: boolean;
 }
 
+/** What a caller following the prompt hears, read from ComfyUI's events in the one switch below. */
+export type PromptEvent =
+  | { type: "progress"; node: string | null; value: number; max: number }
+  | { type: "executing"; node: string }
+  | { type: "executed"; node: string; output: unknown }
+  | { type: "cached"; nodes: string[] };
+
 export interface RunPromptOptions {
   client: ComfyClient;
   events: ComfyEvents;
@@ -38,7 +45,7 @@ export interface RunPromptOptions {
   pollMs: number;
   /** ComfyUI failing to answer for this long fails the prompt as retryable. */
   unavailableAfterMs?: number;
-  onEvent?: (event: ComfyEvent, details: ExecutionDetails) => void;
+  onEvent?: (event: PromptEvent, details: ExecutionDetails) => void;
   now?: () => number;
 }
 
@@ -71,13 +78,17 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
   let endedByEvent = false;
   const onEvent = (event: ComfyEvent) => {
     const d = event.data;
+    let heard: PromptEvent | undefined;
     switch (event.type) {
       case "execution_start":
         details.started_at = typeof d.timestamp === "number" ? d.timestamp : now();
         break;
-      case "execution_cached":
-        if (Array.isArray(d.nodes)) details.cached_nodes.push(...d.nodes.map(String));
+      case "execution_cached": {
+        const nodes = Array.isArray(d.nodes) ? d.nodes.map(String) : [];
+        details.cached_nodes.push(...nodes);
+        heard = { type: "cached", nodes };
         break;
+      }
       case "executing":
         if (d.node === null || d.node === undefined) {
           endedByEvent = true;
@@ -86,16 +97,23 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
           details.current_node = String(d.node);
           if (!details.nodes_executed.includes(details.current_node))
             details.nodes_executed.push(details.current_node);
+          heard = { type: "executing", node: details.current_node };
         }
         break;
-      case "progress":
-        details.progress_updates.push({
+      case "executed":
+        heard = { type: "executed", node: String(d.node), output: d.output };
+        break;
+      case "progress": {
+        const update = {
           time: now(),
           node: d.node === undefined || d.node === null ? null : String(d.node),
           value: Number(d.value),
           max: Number(d.max),
-        });
+        };
+        details.progress_updates.push(update);
+        heard = { type: "progress", node: update.node, value: update.value, max: update.max };
         break;
+      }
       case "execution_error":
         details.error = { ...d };
         wake();
@@ -108,7 +126,7 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
         wake();
         break;
     }
-    opts.onEvent?.(event, details);
+    if (heard) opts.onEvent?.(heard, details);
   };
   const onSocketChange = () => wake();
   const unsubscribe = opts.events.subscribe(opts.promptId, onEvent);

@@ -227,7 +227,12 @@ test("janitor, second rule: still below the bound, it removes the oldest uploade
     });
     expect(ok.body.status).toBe("completed");
     const bad = await postJson(`${w.api}/generate/sync`, {
-      input: { request_id: failed, workflow_json: modelFree(), s3: { bucket_name: "no-such-bucket" } },
+      // Storage that refuses connections (a bucket that does not exist would be created by SeaweedFS).
+      input: {
+        request_id: failed,
+        workflow_json: modelFree(),
+        s3: { endpoint_url: `http://127.0.0.1:${await freePort()}` },
+      },
     });
     expect(bad.body.status).toBe("failed");
     expect(bad.body.output[0].upload_error).toBeTruthy();

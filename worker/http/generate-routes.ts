@@ -18,6 +18,22 @@ export interface GenerateRoutesDeps {
   remoteWaitMs?: number;
 }
 
+/**
+ * What the app mounting the routes hands them for a request: its `{input}` payload and, where admission counted
+ * it, its workload.
+ */
+export interface Work {
+  payload: unknown;
+  workload?: number;
+}
+
+const works = new WeakMap<Request, Work>();
+
+/** Called by the app that mounts the routes (the body itself, or the envelope's `payload`), before them. */
+export function attachWork(req: Request, work: Work): void {
+  works.set(req, work);
+}
+
 /** What a reader of the bucket is shown: the result document, without the bookkeeping fields. */
 function publicDocument(doc: SharedDocument): ResultDocument {
   const { owner: _o, heartbeat_at: _h, http_status: _s, retryable: _r, ...rest } = doc;
@@ -42,8 +58,7 @@ function sendResult(res: Response, job: Job): void {
 /**
  * /generate/sync, /generate (async), /generate/stream, /result/{id}, /cancel/{id}. A caller that disconnects from
  * sync or stream cancels the job, unless someone else also waits on it or it was submitted asynchronously.
- * The app that mounts it puts the request's `{input}` payload in `res.locals.payload` (the body itself, or the
- * envelope's `payload`) and, where admission counted it, its workload in `res.locals.workload`.
+ * The app that mounts it hands each request's payload and workload over with `attachWork`.
  */
 export function generateRoutes(deps: GenerateRoutesDeps): Router {
   // Exact paths on both ports (as upstream's): no case folding, no optional trailing slash.
@@ -63,8 +78,8 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
    * A request whose caller-chosen request_id names a job another worker of the endpoint holds (running, or
    * finished and not retryable): that job, read from the bucket, instead of running it twice.
    */
-  const elsewhere = async (input: ParsedInput, res: Response): Promise<SharedDocument | undefined> => {
-    const given = (res.locals.payload as { input?: { request_id?: unknown } } | undefined)?.input?.request_id;
+  const elsewhere = async (input: ParsedInput, payload: unknown): Promise<SharedDocument | undefined> => {
+    const given = (payload as { input?: { request_id?: unknown } } | undefined)?.input?.request_id;
     if (!deps.shared || typeof given !== "string" || given.trim() === "" || deps.jobs.get(input.requestId)) {
       return undefined;
     }
@@ -85,12 +100,12 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   type Submitted = { job: Job; created: boolean; remote?: undefined } | { remote: SharedDocument };
-  const submit = async (res: Response): Promise<Submitted> => {
-    const input = parseGenerateInput(res.locals.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
-    const remote = await elsewhere(input, res);
+  const submit = async (req: Request): Promise<Submitted> => {
+    const work = works.get(req);
+    const input = parseGenerateInput(work?.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
+    const remote = await elsewhere(input, work?.payload);
     if (remote) return { remote };
-    const counted = res.locals.workload as number | undefined;
-    return deps.jobs.submit(input, counted ?? deps.workloadOf(input));
+    return deps.jobs.submit(input, work?.workload ?? deps.workloadOf(input));
   };
 
   const watch = (job: Job, res: Response) => {
@@ -118,12 +133,13 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
    * (after answering the error) when refused.
    */
   const submitWatched = async (
+    req: Request,
     res: Response,
   ): Promise<
     { job: Job; leave: () => void; remote?: undefined } | { remote: SharedDocument } | undefined
   > => {
     try {
-      const submitted = await submit(res);
+      const submitted = await submit(req);
       if (submitted.remote) return submitted;
       return { job: submitted.job, leave: watch(submitted.job, res) };
     } catch (err) {
@@ -133,7 +149,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   };
 
   router.post("/generate/sync", async (req, res) => {
-    const watched = await submitWatched(res);
+    const watched = await submitWatched(req, res);
     if (!watched) return;
     if (watched.remote) {
       const doc = await followRemote(watched.remote, res);
@@ -148,7 +164,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
 
   router.post("/generate", async (req, res) => {
     try {
-      const submitted = await submit(res);
+      const submitted = await submit(req);
       if (submitted.remote) return void res.status(200).json(publicDocument(submitted.remote));
       const { job, created } = submitted;
       const w = watchers.get(job) ?? { count: 0, detached: true };
@@ -161,7 +177,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   });
 
   router.post("/generate/stream", async (req, res) => {
-    const watched = await submitWatched(res);
+    const watched = await submitWatched(req, res);
     if (!watched) return;
     res.status(200).setHeader("content-type", "application/x-ndjson");
     res.setHeader("cache-control", "no-store");

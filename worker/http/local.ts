@@ -1,5 +1,6 @@
 import express, { type Express, type Router } from "express";
 import { errorHandler, jsonBody } from "./body.js";
+import { attachWork } from "./generate-routes.js";
 
 export interface LocalDeps {
   maxBodyBytes: number;
@@ -29,8 +30,8 @@ export function createLocalApp(deps: LocalDeps): Express {
   if (deps.debug) app.use("/", deps.debug);
   if (deps.console) app.use("/", deps.console);
   app.use(jsonBody(deps.maxBodyBytes));
-  app.use((req, res, next) => {
-    res.locals.payload = req.body as unknown;
+  app.use((req, _res, next) => {
+    attachWork(req, { payload: req.body as unknown });
     next();
   });
   app.use("/", deps.generate);

@@ -10,6 +10,7 @@ import type { RequestTracker } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
 import { PayloadTooLargeError } from "../../lib/errors.js";
 import { errorHandler, jsonBody, sendError } from "./body.js";
+import { attachWork } from "./generate-routes.js";
 
 /**
  * A session's workload is the `cost` in its auth_data, which /session/create does not verify (as upstream): bound
@@ -42,7 +43,7 @@ export interface RoutedDeps {
   masterToken: string;
   /** The file /pyworker/update creates (upstream's `/.force_update`): the start script updates the worker on it. */
   updateFlagFile: string;
-  /** Generation routes; they read `res.locals.payload`. */
+  /** Generation routes; they read what `attachWork` hands them. */
   generate: express.Router;
   health: express.Router;
   /** Routes whose requests count as work (admission, reports). */
@@ -296,8 +297,7 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
     res.status(429).end();
     return;
   }
-  res.locals.payload = env.payload;
-  res.locals.workload = workload;
+  attachWork(req, { payload: env.payload, workload });
   if (isWork) deps.tracker.track(authData, workload, res, sessionId !== undefined && sessionId !== null);
   next();
 }

@@ -329,7 +329,11 @@ export class JobManager {
         pollMs: config.comfyui.historyPollMs,
         onEvent: (event, details) => {
           job.details = details;
-          forwardEvent(job, event.type, event.data);
+          job.emitEvent(
+            event.type === "progress"
+              ? { ...event, percent: event.max > 0 ? Math.round((event.value / event.max) * 1000) / 10 : 0 }
+              : event,
+          );
         },
       });
       release();
@@ -499,32 +503,5 @@ export class JobManager {
         signingKey: this.deps.config.webhook.signingKey,
       },
     });
-  }
-}
-
-function forwardEvent(job: Job, type: string, data: Record<string, unknown>): void {
-  switch (type) {
-    case "progress": {
-      const value = Number(data.value);
-      const max = Number(data.max);
-      const node = data.node === undefined || data.node === null ? null : String(data.node);
-      job.emitEvent({
-        type: "progress",
-        node,
-        value,
-        max,
-        percent: max > 0 ? Math.round((value / max) * 1000) / 10 : 0,
-      });
-      break;
-    }
-    case "executing":
-      if (typeof data.node === "string") job.emitEvent({ type: "executing", node: data.node });
-      break;
-    case "executed":
-      job.emitEvent({ type: "executed", node: String(data.node), output: data.output });
-      break;
-    case "execution_cached":
-      job.emitEvent({ type: "cached", nodes: Array.isArray(data.nodes) ? data.nodes.map(String) : [] });
-      break;
   }
 }

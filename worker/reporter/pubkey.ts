@@ -1,6 +1,6 @@
 import { got } from "got";
 import type { Logger } from "../../lib/logger.js";
-import { delay } from "../../lib/backoff.js";
+import { retry } from "../../lib/retry.js";
 
 export class PubkeyError extends Error {
   override readonly name = "PubkeyError";
@@ -16,7 +16,7 @@ export async function fetchPublicKey(
 ): Promise<string> {
   const attempts = opts.attempts ?? 5;
   let last = "no REPORT_ADDR";
-  for (let attempt = 1; attempt <= attempts; attempt++) {
+  const fetchOnce = async (): Promise<string> => {
     for (const addr of addrs) {
       const url = `${addr}/pubkey/`;
       try {
@@ -34,8 +34,18 @@ export async function fetchPublicKey(
         last = `${url}: ${err instanceof Error ? err.message : String(err)}`;
       }
     }
-    opts.logger.warn({ stage: "pubkey", attempt, attempts }, `public key fetch failed: ${last}`);
-    if (attempt < attempts) await delay((opts.baseDelayMs ?? 1_000) * 2 ** (attempt - 1), opts.signal);
+    throw new PubkeyError(last);
+  };
+  try {
+    return await retry(fetchOnce, {
+      attempts,
+      delayMs: (attempt) => (opts.baseDelayMs ?? 1_000) * 2 ** (attempt - 1),
+      signal: opts.signal,
+      onFailure: (_err, attempt) =>
+        opts.logger.warn({ stage: "pubkey", attempt, attempts }, `public key fetch failed: ${last}`),
+    });
+  } catch (err) {
+    if (opts.signal?.aborted) throw opts.signal.reason ?? err;
+    throw new PubkeyError(`Failed to get Serverless public key after all retry attempts (${last})`);
   }
-  throw new PubkeyError(`Failed to get Serverless public key after all retry attempts (${last})`);
 }

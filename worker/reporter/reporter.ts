@@ -1,7 +1,7 @@
 import { statfs } from "node:fs/promises";
 import { got, type Got } from "got";
 import type { Logger } from "../../lib/logger.js";
-import { delay } from "../../lib/backoff.js";
+import { retry } from "../../lib/retry.js";
 import { newLoad, type IntervalCounters, type RequestTracker } from "./tracker.js";
 
 /**
@@ -189,21 +189,25 @@ export class AutoscalerReporter {
 
   private async post(path: string, body: Record<string, unknown>): Promise<boolean> {
     const attempts = this.opts.attempts ?? 3;
+    // Once stopping, only the last status report is still worth the wait.
+    const stopping = () => this.stopSignal.signal.aborted && path !== "/worker_status/";
     for (const addr of this.opts.addrs) {
       if (path === "/delete_requests/" && addr === NO_DELETE_REQUESTS_ADDR) continue;
-      for (let attempt = 1; attempt <= attempts; attempt++) {
-        if (this.stopSignal.signal.aborted && path !== "/worker_status/") return false;
-        try {
-          await this.http.post(`${addr}${path}`, { json: body });
-          return true;
-        } catch (err) {
+      if (stopping()) return false;
+      const ok = await retry(async () => void (await this.http.post(`${addr}${path}`, { json: body })), {
+        attempts,
+        delayMs: () => this.opts.retryDelayMs ?? 2_000,
+        retryable: () => !stopping(),
+        onFailure: (err, attempt) =>
           this.opts.logger.warn(
             { stage: "report", path, addr, attempt },
             `report failed: ${err instanceof Error ? err.message : String(err)}`,
-          );
-          if (attempt < attempts) await delay(this.opts.retryDelayMs ?? 2_000).catch(() => undefined);
-        }
-      }
+          ),
+      }).then(
+        () => true,
+        () => false,
+      );
+      if (ok) return true;
     }
     return false;
   }
