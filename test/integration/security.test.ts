@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
+import { createPrivateKey, randomUUID, sign } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { existsSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
@@ -12,7 +12,8 @@ import { isBlockedAddress } from "../../handlers/preprocess/address-policy.js";
 import { ObjectStorage, resolveS3 } from "../../handlers/storage/s3.js";
 import { RecordingServer } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
-import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { postJson, repoRoot, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { legacyMessages } from "../../worker/auth/signature.js";
 import { modelFree } from "../harness/workflows.js";
 
 /**
@@ -92,6 +93,38 @@ describe("hole 1: reqnum is not signed and must not gate requests", () => {
         envelope({ ...router.authData(own), reqnum }, notAWorkflow),
       );
       expect([reqnum, r.status]).toEqual([reqnum, 400]);
+    }
+  });
+
+  test("under SIGNATURE_LEGACY=true (reqnum signed) a bounded replay window stays", async () => {
+    const keys = join(repoRoot, "test", "fixtures", "keys");
+    const privateKey = createPrivateKey(await readFile(join(keys, "router-private.pem"), "utf8"));
+    const legacy = await startTestWorker(
+      { UNSECURED: "false", REPORT_ADDR: router.url, SIGNATURE_LEGACY: "true", REQNUM_REPLAY_WINDOW: "10" },
+      { publicKeyPem: await readFile(join(keys, "router-public.pem"), "utf8") },
+    );
+    try {
+      const url = legacy.routed;
+      /** Signs every field but `signature`, as the legacy router did. */
+      const legacyAuth = (reqnum: number) => {
+        const fields = { url, cost: 100, endpoint: "e", reqnum, request_idx: reqnum };
+        const [message] = legacyMessages(fields);
+        return {
+          ...fields,
+          signature: sign("sha256", Buffer.from(message!, "utf8"), privateKey).toString("base64"),
+        };
+      };
+      const send = async (auth: Record<string, unknown>) =>
+        (await postJson(`${url}/generate`, envelope(auth, notAWorkflow))).status;
+      expect(await send(legacyAuth(100))).toBe(400);
+      expect(await send(legacyAuth(100))).toBe(401); // replayed
+      expect(await send(legacyAuth(80))).toBe(401); // older than the window
+      expect(await send(legacyAuth(95))).toBe(400); // inside it
+      // An edited (unsigned) reqnum breaks the legacy signature: it cannot move the window.
+      expect(await send({ ...legacyAuth(101), reqnum: 1e15 })).toBe(401);
+      expect(await send(legacyAuth(102))).toBe(400);
+    } finally {
+      await legacy.stop();
     }
   });
 });
