@@ -450,6 +450,15 @@ describe("hole 8: tokens", () => {
     }
   });
 
+  test("/session/create needs the router's signature for this worker (upstream creates sessions for anyone)", async () => {
+    const forged = { ...router.authData(own), signature: router.signUrl("http://127.0.0.1:2") };
+    const other = router.authData("http://127.0.0.1:2");
+    for (const auth_data of [forged, other, { url: own }]) {
+      const r = await postJson(`${own}/session/create`, { auth_data, payload: { lifetime: 1e9 } });
+      expect(r.status).toBe(401);
+    }
+  });
+
   test("session auth is compared by value, whatever the key order", async () => {
     const auth = router.authData(own);
     const created = await postJson(`${own}/session/create`, { auth_data: auth, payload: { lifetime: 5 } });
