@@ -53,6 +53,7 @@ export function createPipeline(
     partSizeBytes: config.s3.partSizeBytes,
     presignExpirySeconds: config.s3.presignExpirySeconds,
     uploadTimeoutMs: Math.max(60_000, config.jobs.timeoutMs),
+    allowPrivateEndpoints: config.webhook.allowPrivate,
   });
   const webhooks = new WebhookSender({
     timeoutMs: config.webhook.timeoutMs,

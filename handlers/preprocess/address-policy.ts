@@ -83,7 +83,11 @@ function refusedHost(u: URL, allowPrivate: boolean): string | undefined {
   if (u.protocol !== "http:" && u.protocol !== "https:") return `unsupported scheme ${u.protocol}`;
   if (u.username !== "" || u.password !== "") return "credentials in the URL are not allowed";
   if (allowPrivate) return undefined;
-  const host = u.hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  // A trailing dot is the same name to DNS ("localhost." is localhost).
+  const host = u.hostname
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.+$/, "")
+    .toLowerCase();
   if (host === "localhost" || host.endsWith(".localhost")) return `address ${host} is not allowed`;
   // A bare number or dotted form (http://2130706433/) is an IPv4 address to the resolver too.
   if (/^[\d.]+$/.test(host) || /^0x/i.test(host) || host.includes(":")) {

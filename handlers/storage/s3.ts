@@ -1,5 +1,7 @@
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
+import { Agent as HttpAgent } from "node:http";
+import { Agent as HttpsAgent } from "node:https";
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -14,6 +16,7 @@ import {
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { S3Settings } from "../../config/index.js";
 import { BadRequestError, WorkerError } from "../../lib/errors.js";
+import { checkCallbackUrl, policyLookup } from "../preprocess/address-policy.js";
 import { contentTypeFor } from "./content-type.js";
 
 /** A failed upload. Reported on its output (`upload_error`) and in the job's status, never as success. */
@@ -39,6 +42,8 @@ export interface ResolvedS3 {
   endpointUrl: string | undefined;
   bucketName: string;
   region: string;
+  /** The endpoint came from the request: the address policy applies to it (submission and connect time). */
+  callerEndpoint?: boolean;
 }
 
 /** A request's `s3` object as the schema gives it (snake case, each field optional). */
@@ -69,7 +74,11 @@ export function s3FromRequest(s3: S3Request | undefined): S3Settings | undefined
  * points elsewhere (or brings one key but not the other) must bring both of its own keys, else BadRequestError
  * naming the missing field. Otherwise anyone could have the operator's key sign requests to a server they run.
  */
-export function resolveS3(env: S3Settings, request: S3Settings | undefined): ResolvedS3 | undefined {
+export function resolveS3(
+  env: S3Settings,
+  request: S3Settings | undefined,
+  policy?: { allowPrivate: boolean },
+): ResolvedS3 | undefined {
   const given = (k: keyof S3Settings) => {
     const v = request?.[k];
     return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
@@ -93,6 +102,10 @@ export function resolveS3(env: S3Settings, request: S3Settings | undefined): Res
       );
     }
   }
+  const callerEndpoint = retargets.includes("endpointUrl");
+  // A caller-chosen endpoint is an outbound URL like a webhook: no private or metadata address unless allowed.
+  if (callerEndpoint && policy)
+    checkCallbackUrl(given("endpointUrl")!, policy.allowPrivate, "s3.endpoint_url");
   const accessKeyId = pick("accessKeyId");
   const secretAccessKey = pick("secretAccessKey");
   const bucketName = pick("bucketName");
@@ -103,6 +116,7 @@ export function resolveS3(env: S3Settings, request: S3Settings | undefined): Res
     bucketName,
     endpointUrl: pick("endpointUrl"),
     region: pick("region") ?? "us-east-1",
+    callerEndpoint,
   };
 }
 
@@ -137,6 +151,8 @@ export interface StorageOptions {
   uploadTimeoutMs: number;
   /** Clients kept (one per distinct target and credentials), least recently used dropped first. */
   maxClients?: number;
+  /** WEBHOOK_ALLOW_PRIVATE: a caller-chosen endpoint may resolve to a private address. */
+  allowPrivateEndpoints?: boolean;
 }
 
 export interface StoredObject {
@@ -182,7 +198,9 @@ export class ObjectStorage {
   }
 
   private entry(target: ResolvedS3): { client: S3Client; inUse: number } {
+    const guarded = target.callerEndpoint === true && this.opts.allowPrivateEndpoints !== true;
     const key = JSON.stringify([
+      guarded,
       target.endpointUrl,
       target.region,
       target.accessKeyId,
@@ -201,6 +219,13 @@ export class ObjectStorage {
         ...(target.endpointUrl !== undefined && { endpoint: target.endpointUrl }),
         forcePathStyle: this.opts.forcePathStyle,
         credentials: { accessKeyId: target.accessKeyId, secretAccessKey: target.secretAccessKey },
+        // The address actually connected to is checked (a public name may resolve to a private address).
+        ...(guarded && {
+          requestHandler: {
+            httpAgent: new HttpAgent({ lookup: policyLookup }),
+            httpsAgent: new HttpsAgent({ lookup: policyLookup }),
+          },
+        }),
         maxAttempts: 3,
         // Checksums added by recent SDKs are not understood by every S3-compatible server.
         requestChecksumCalculation: "WHEN_REQUIRED",

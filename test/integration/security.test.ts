@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
+import { createPrivateKey, randomUUID, sign } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { existsSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
@@ -10,9 +10,10 @@ import { pino } from "pino";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { isBlockedAddress } from "../../handlers/preprocess/address-policy.js";
 import { ObjectStorage, resolveS3 } from "../../handlers/storage/s3.js";
-import { RecordingServer } from "../harness/http-fixtures.js";
+import { RecordingServer, type Received } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
-import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { postJson, repoRoot, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { legacyMessages } from "../../worker/auth/signature.js";
 import { modelFree } from "../harness/workflows.js";
 
 /**
@@ -94,6 +95,38 @@ describe("hole 1: reqnum is not signed and must not gate requests", () => {
       expect([reqnum, r.status]).toEqual([reqnum, 400]);
     }
   });
+
+  test("under SIGNATURE_LEGACY=true (reqnum signed) a bounded replay window stays", async () => {
+    const keys = join(repoRoot, "test", "fixtures", "keys");
+    const privateKey = createPrivateKey(await readFile(join(keys, "router-private.pem"), "utf8"));
+    const legacy = await startTestWorker(
+      { UNSECURED: "false", REPORT_ADDR: router.url, SIGNATURE_LEGACY: "true", REQNUM_REPLAY_WINDOW: "10" },
+      { publicKeyPem: await readFile(join(keys, "router-public.pem"), "utf8") },
+    );
+    try {
+      const url = legacy.routed;
+      /** Signs every field but `signature`, as the legacy router did. */
+      const legacyAuth = (reqnum: number) => {
+        const fields = { url, cost: 100, endpoint: "e", reqnum, request_idx: reqnum };
+        const [message] = legacyMessages(fields);
+        return {
+          ...fields,
+          signature: sign("sha256", Buffer.from(message!, "utf8"), privateKey).toString("base64"),
+        };
+      };
+      const send = async (auth: Record<string, unknown>) =>
+        (await postJson(`${url}/generate`, envelope(auth, notAWorkflow))).status;
+      expect(await send(legacyAuth(100))).toBe(400);
+      expect(await send(legacyAuth(100))).toBe(401); // replayed
+      expect(await send(legacyAuth(80))).toBe(401); // older than the window
+      expect(await send(legacyAuth(95))).toBe(400); // inside it
+      // An edited (unsigned) reqnum breaks the legacy signature: it cannot move the window.
+      expect(await send({ ...legacyAuth(101), reqnum: 1e15 })).toBe(401);
+      expect(await send(legacyAuth(102))).toBe(400);
+    } finally {
+      await legacy.stop();
+    }
+  });
 });
 
 describe("hole 2: a signature made for another worker", () => {
@@ -109,17 +142,20 @@ describe("hole 2: a signature made for another worker", () => {
   });
 
   test("the router emulator hands out exactly the URL the worker reported", async () => {
-    const reported = router.reports.filter((r) => r.path === "/worker_status/").at(-1)!.body.url;
-    expect(reported).toBe(own);
-    await router.waitFor(() => router.pick()?.url === own);
+    // Other workers of this file report to the same router: route to this one.
+    const reported = router.reports.filter((r) => r.path === "/worker_status/").map((r) => r.body.url);
+    expect(reported).toContain(own);
+    router.pickOverride = (ready) => ready.find((r) => r.url === own);
+    await router.waitFor(() => router.pick() !== undefined);
     const res = await fetch(`${router.url}/route/`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ endpoint: "e", cost: 100 }),
       signal: AbortSignal.timeout(10_000),
     });
+    router.pickOverride = undefined;
     const auth = (await res.json()) as Record<string, unknown>;
-    expect(auth.url).toBe(reported);
+    expect(auth.url).toBe(own);
   });
 
   test("AUTH_CHECK_URL=false lets a signature for another URL through (for unusual networks)", async () => {
@@ -208,15 +244,17 @@ describe("hole 4: the operator's S3 keys stay with the operator's bucket", () =>
   });
 
   test("with the caller's own keys the upload goes to the caller's endpoint, signed with the caller's key only", async () => {
+    // A loopback endpoint stands in for the caller's server: this worker allows private addresses (the default of
+    // the test harness), the address policy itself is tested under hole 5.
+    const open = await startTestWorker();
     const evil = await new RecordingServer().start();
     try {
-      const r = await postJson(
-        `${own}/generate/sync`,
-        envelope(router.authData(own), {
+      const r = await postJson(`${open.api}/generate/sync`, {
+        input: {
           workflow_json: modelFree(),
           s3: { endpoint_url: evil.url, access_key_id: "CALLERKEY", secret_access_key: "caller-secret" },
-        }),
-      );
+        },
+      });
       expect(r.status).toBe(200);
       expect(evil.received.length).toBeGreaterThan(0);
       const operatorKey = stack().s3AccessKeyId;
@@ -226,6 +264,7 @@ describe("hole 4: the operator's S3 keys stay with the operator's bucket", () =>
       }
     } finally {
       await evil.stop();
+      await open.stop();
     }
   });
 
@@ -304,6 +343,37 @@ describe("hole 5: caller-chosen webhook and callback URLs (SSRF)", () => {
     expect(hooks.received.slice(before).filter((h) => h.url === "/internal")).toEqual([]);
   });
 
+  test("a caller's s3.endpoint_url gets the same policy: 400 for a literal private address, refused at connect time for a name", async () => {
+    const evil = await new RecordingServer().start();
+    try {
+      const keys = { access_key_id: "CALLERKEY", secret_access_key: "caller-secret" };
+      for (const endpoint_url of [evil.url, "http://169.254.169.254", "http://[::1]:9"]) {
+        const id = `s3ssrf-${randomUUID()}`;
+        const r = await postJson(
+          `${own}/generate`,
+          envelope(router.authData(own), {
+            request_id: id,
+            workflow_json: modelFree(),
+            s3: { endpoint_url, ...keys },
+          }),
+        );
+        expect([endpoint_url, r.status]).toEqual([endpoint_url, 400]);
+        expect(r.body.error ?? r.body.message).toMatch(/s3\.endpoint_url/);
+      }
+      const byName = `http://${hostname()}:${new URL(evil.url).port}`;
+      const r = await postJson(
+        `${own}/generate/sync`,
+        envelope(router.authData(own), { workflow_json: modelFree(), s3: { endpoint_url: byName, ...keys } }),
+      );
+      expect(r.status).toBe(200);
+      expect(r.body.status).toBe("failed");
+      for (const o of r.body.output) expect(o.upload_error).toMatch(/resolves to .*not allowed/);
+      expect(evil.received).toEqual([]);
+    } finally {
+      await evil.stop();
+    }
+  });
+
   test("the operator's own WEBHOOK_URL (loopback here) is trusted", async () => {
     const before = hooks.received.length;
     const id = `op-${randomUUID()}`;
@@ -312,8 +382,8 @@ describe("hole 5: caller-chosen webhook and callback URLs (SSRF)", () => {
       envelope(router.authData(own), { request_id: id, workflow_json: modelFree() }),
     );
     expect(r.status).toBe(200);
-    await hooks.waitFor(before + 1);
-    expect(hooks.received.slice(before).some((h) => JSON.parse(h.body).id === id)).toBe(true);
+    const hook = await waitForHook((h) => h.url.startsWith("/operator/") && JSON.parse(h.body).id === id);
+    expect(hooks.received.indexOf(hook)).toBeGreaterThanOrEqual(before);
   });
 
   test("a session on_close_route to metadata or loopback is refused at /session/create with 400", async () => {
@@ -417,6 +487,15 @@ describe("hole 8: tokens", () => {
     }
   });
 
+  test("/session/create needs the router's signature for this worker (upstream creates sessions for anyone)", async () => {
+    const forged = { ...router.authData(own), signature: router.signUrl("http://127.0.0.1:2") };
+    const other = router.authData("http://127.0.0.1:2");
+    for (const auth_data of [forged, other, { url: own }]) {
+      const r = await postJson(`${own}/session/create`, { auth_data, payload: { lifetime: 1e9 } });
+      expect(r.status).toBe(401);
+    }
+  });
+
   test("session auth is compared by value, whatever the key order", async () => {
     const auth = router.authData(own);
     const created = await postJson(`${own}/session/create`, { auth_data: auth, payload: { lifetime: 5 } });
@@ -503,6 +582,23 @@ describe("hole 10: the routed port's body limit", () => {
     expect(((await r.json()) as any).error).toMatch(/ROUTED_MAX_BODY_BYTES=16777216/);
   });
 });
+
+/** The first webhook received that matches, waiting for more as they arrive (at most 20 s). */
+async function waitForHook(match: (h: Received) => boolean): Promise<Received> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const hit = hooks.received.find(match);
+    if (hit) return hit;
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error("no matching webhook arrived");
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      hooks.waitFor(hooks.received.length + 1),
+      new Promise((r) => (timer = setTimeout(r, left))),
+    ]);
+    clearTimeout(timer);
+  }
+}
 
 /** Resolves once a log line matches (one already written, or the next ones), or rejects after 20 s. */
 function waitForLog(pattern: RegExp): Promise<void> {

@@ -141,6 +141,15 @@ export function createRoutedApp(deps: RoutedDeps): Express {
       res.status(422).json({ error: "auth_data and payload are required" });
       return;
     }
+    // Upstream creates sessions for anyone; unsigned callers could then hold every slot (and choose callbacks).
+    if (!deps.unsecured) {
+      const refusal = authRefusal(deps, auth, true);
+      if (refusal !== undefined) {
+        deps.logger.warn({ stage: "auth", path: req.path }, `refused: ${refusal}`);
+        res.status(401).end();
+        return;
+      }
+    }
     if (payload.on_close_route !== undefined && payload.on_close_route !== null) {
       if (typeof payload.on_close_route !== "string") {
         res.status(400).json({ error: "on_close_route must be a URL string" });

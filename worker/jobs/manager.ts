@@ -132,7 +132,11 @@ export class JobManager {
     // Security checks on caller-chosen targets (issue 9): refused here with 400, before anything runs.
     const callerWebhook = input.webhook?.url?.trim();
     if (callerWebhook) validateCallbackUrl(callerWebhook, this.deps.config.webhook.allowPrivate);
-    if (!input.internal?.skipStorage) resolveS3(this.deps.config.s3, s3FromRequest(input.s3));
+    if (!input.internal?.skipStorage) {
+      resolveS3(this.deps.config.s3, s3FromRequest(input.s3), {
+        allowPrivate: this.deps.config.webhook.allowPrivate,
+      });
+    }
     const job = new Job(input, workload, this.now());
     if (existing) this.forget(existing.id);
     this.jobs.set(job.id, job);
