@@ -1,8 +1,6 @@
-import { lookup as dnsLookup, type LookupAddress } from "node:dns";
-import { isIP } from "node:net";
 import { got, type Got } from "got";
 import type { Logger } from "../lib/logger.js";
-import { isBlockedAddress } from "./preprocess/address-policy.js";
+import { CallbackAddressError, callbackGuards } from "./preprocess/address-policy.js";
 
 export interface ClosingSession {
   id: string;
@@ -11,7 +9,7 @@ export interface ClosingSession {
 }
 
 export interface SessionCloseOptions {
-  /** Whether private and loopback addresses may be called (the same switch as URL inputs). */
+  /** Whether private and loopback addresses may be called (WEBHOOK_ALLOW_PRIVATE, as for webhooks). */
   allowPrivate: boolean;
   /** Upstream bounds the call to 10 s. */
   timeoutMs?: number;
@@ -19,8 +17,6 @@ export interface SessionCloseOptions {
 }
 
 export type SessionCloseOutcome = "delivered" | "failed" | "refused" | "skipped";
-
-class RefusedAddressError extends Error {}
 
 /**
  * Upstream's session callback: when a session ends (`/session/end` or expiry), its `on_close_payload` is POSTed
@@ -37,7 +33,8 @@ export class SessionCloseNotifier {
       retry: { limit: 0 },
       followRedirect: false,
       throwHttpErrors: false,
-      ...(!opts.allowPrivate && { dnsLookup: policyLookup }),
+      // The webhook address policy, checked on the address actually connected to (DNS included).
+      ...callbackGuards(opts.allowPrivate),
     });
   }
 
@@ -55,11 +52,7 @@ export class SessionCloseNotifier {
       log.warn({ on_close_route: route }, "on_close_route is not an http(s) URL: not called");
       return "skipped";
     }
-    const host = url.hostname.replace(/^\[|\]$/g, "");
-    if (!this.opts.allowPrivate && (isLocalName(host) || (isIP(host) !== 0 && isBlockedAddress(host)))) {
-      log.warn({ host }, "on_close_route refused: private or reserved address");
-      return "refused";
-    }
+    const host = url.host;
     const payload = session.onClosePayload;
     const body: Record<string, unknown> =
       payload && typeof payload === "object" && !Array.isArray(payload)
@@ -79,7 +72,7 @@ export class SessionCloseNotifier {
       return ok ? "delivered" : "failed";
     } catch (err) {
       const cause = (err as { cause?: unknown }).cause;
-      if (err instanceof RefusedAddressError || cause instanceof RefusedAddressError) {
+      if (err instanceof CallbackAddressError || cause instanceof CallbackAddressError) {
         log.warn({ host }, `on_close_route refused: ${(cause as Error | undefined)?.message ?? String(err)}`);
         return "refused";
       }
@@ -90,28 +83,4 @@ export class SessionCloseNotifier {
       return "failed";
     }
   }
-}
-
-function isLocalName(host: string): boolean {
-  return host === "localhost" || host.endsWith(".localhost");
-}
-
-type LookupCallback = (
-  err: NodeJS.ErrnoException | null,
-  address: string | LookupAddress[],
-  family?: number,
-) => void;
-
-/** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
-function policyLookup(hostname: string, options: object, callback: LookupCallback): void {
-  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
-    if (err) return callback(err, []);
-    const list = addresses as LookupAddress[];
-    const bad = list.find((a) => isBlockedAddress(a.address));
-    if (bad) return callback(new RefusedAddressError(`${hostname} resolves to ${bad.address}`), []);
-    if ((options as { all?: boolean }).all) return callback(null, list);
-    const first = list[0];
-    if (!first) return callback(new RefusedAddressError(`${hostname} did not resolve`), []);
-    callback(null, first.address, first.family);
-  });
 }

@@ -94,7 +94,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   });
   const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
   const tracker = new RequestTracker();
-  const sessionClose = new SessionCloseNotifier({ allowPrivate: config.inputs.allowPrivate, logger });
+  const sessionClose = new SessionCloseNotifier({ allowPrivate: config.webhook.allowPrivate, logger });
   const sessions = new SessionStore(10, tracker, (s) => void sessionClose.notify(s));
   const replay = new ReplayGuard(config.autoscaler.replayWindow);
 
