@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, symlink, writeFile } from "node:fs/promises";
-import { createServer, type Server } from "node:net";
+import { connect, createServer, type Server } from "node:net";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
@@ -27,6 +27,7 @@ const run = promisify(execFile);
 let router: RouterEmulator;
 let clone: string;
 let python: string;
+let toolsBin: string;
 let npmCache: string;
 let occupier: Server;
 let busyPort: number;
@@ -37,6 +38,21 @@ async function freePort(): Promise<number> {
   const port = (probe.address() as { port: number }).port;
   await new Promise((r) => probe.close(r));
   return port;
+}
+
+/** Resolves once something accepts connections on the port (another program's start has no event to await). */
+async function untilListening(port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, "127.0.0.1");
+      socket.once("connect", () => (socket.destroy(), resolve(true)));
+      socket.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 /** A clone of this repository with the working tree's current files (committed or not) checked out in it. */
@@ -120,7 +136,8 @@ async function untilReadyOrExit(child: ChildProcess, output: () => string, url: 
 }
 
 beforeAll(async () => {
-  python = join(await runInstallScript("install-tools.sh"), "python");
+  toolsBin = await runInstallScript("install-tools.sh");
+  python = join(toolsBin, "python");
   npmCache = (await run("npm", ["config", "get", "cache"])).stdout.trim();
   clone = join(await mkdtemp(join(stack().tmpRoot, "dropin-")), "vast-pyworker");
   await cloneRepo(clone);
@@ -189,3 +206,65 @@ test("a bootstrap failure is reported to /worker_status/ with error_msg and exit
   expect(report?.body).toMatchObject({ id: 16, mtoken: "token-16", version: "1.1.0" });
   expect(report?.body.error_msg).toMatch(/^worker bootstrap failed: USE_SSL=true but .* is missing or empty/);
 }, 180_000);
+
+test("the stock API wrapper under supervisor is stopped (supervisorctl stop api-wrapper) and our local API takes its port", async () => {
+  // Vast's image runs the API wrapper as supervisor's program `api-wrapper` on 18288; here a real supervisord runs a
+  // program of that name holding a free port (Python's http.server, which answers 404 on /health).
+  const dir = await mkdtemp(join(stack().tmpRoot, "supervisor-"));
+  const wrapperPort = await freePort();
+  const conf = join(dir, "supervisord.conf");
+  await writeFile(
+    conf,
+    [
+      "[unix_http_server]",
+      `file=${dir}/supervisor.sock`,
+      "[supervisord]",
+      `logfile=${dir}/supervisord.log`,
+      `pidfile=${dir}/supervisord.pid`,
+      "nodaemon=true",
+      "[rpcinterface:supervisor]",
+      "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+      "[supervisorctl]",
+      `serverurl=unix://${dir}/supervisor.sock`,
+      "[program:api-wrapper]",
+      `command=${python} -m http.server ${wrapperPort} --bind 127.0.0.1`,
+      "autorestart=unexpected",
+      "startsecs=1",
+      "",
+    ].join("\n"),
+  );
+  // On the image supervisorctl finds /etc/supervisor/supervisord.conf by itself; here it is told where.
+  const bin = join(dir, "bin");
+  await mkdir(bin);
+  await writeFile(join(bin, "supervisorctl"), `#!/bin/sh\nexec ${toolsBin}/supervisorctl -c ${conf} "$@"\n`, {
+    mode: 0o755,
+  });
+  const supervisord = spawn(join(toolsBin, "supervisord"), ["-c", conf], { stdio: "ignore" });
+  const port = await freePort();
+  let worker: ChildProcess | undefined;
+  try {
+    await untilListening(wrapperPort, 30_000);
+    const env = await vastEnv({
+      WORKER_PORT: String(port),
+      API_PORT: String(wrapperPort),
+      PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin`,
+    });
+    const started = startWorker(env);
+    worker = started.child;
+    await untilReadyOrExit(worker, started.output, `http://127.0.0.1:${port}`);
+    expect(started.output()).toContain("stopped the stock API wrapper (supervisorctl stop api-wrapper)");
+    expect(started.output()).toContain(`local API on 127.0.0.1:${wrapperPort}`);
+    const status = await run(join(bin, "supervisorctl"), ["status", "api-wrapper"]).catch(
+      (e: { stdout: string }) => e,
+    );
+    expect(status.stdout).toMatch(/^api-wrapper\s+STOPPED/);
+    const health = await fetch(`http://127.0.0.1:${wrapperPort}/health`);
+    expect(health.status).toBe(200);
+    worker.kill("SIGTERM");
+    expect(await exited(worker, 90_000)).toBe(0);
+  } finally {
+    if (worker && worker.exitCode === null) worker.kill("SIGKILL");
+    supervisord.kill("SIGTERM");
+    await exited(supervisord, 30_000);
+  }
+}, 300_000);
