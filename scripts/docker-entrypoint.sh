@@ -367,6 +367,13 @@ fi
 
 worker_cmd=("$NODE" "$WORKER_DIR/dist/worker/cli.js" start)
 worker_log="$LOG_DIR/comfyui-worker.log"
+# Copies a program's output to stdout and a log file. It ignores SIGTERM/SIGINT, which supervisor (stopasgroup)
+# and a terminal send to the whole process group: it ends when the program closes its output, so the lines a
+# draining worker writes after the signal are kept (and its writes do not fail).
+log_to() {
+  trap '' TERM INT
+  exec tee -a "$1"
+}
 run mkdir -p "$LOG_DIR"
 
 # --- under supervisor: the worker replaces this script (supervisor's signals reach it; it restarts ComfyUI) ---
@@ -378,7 +385,7 @@ if [ "$supervised" = 1 ]; then
     exit 0
   fi
   cd "$WORKER_DIR"
-  exec "${worker_cmd[@]}" > >(tee -a "$worker_log") 2>&1
+  exec "${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1
 fi
 
 # --- 5. ComfyUI in the background --------------------------------------------------------------------------
@@ -396,7 +403,7 @@ if [ "$DRY_RUN" = 1 ]; then
   exit 0
 fi
 # Vast shows the container's stdout as the instance log: ComfyUI's lines go there and to its own log file.
-(cd "$COMFYUI_DIR" && exec "${comfy_cmd[@]}") > >(tee -a "$comfy_log") 2>&1 &
+(cd "$COMFYUI_DIR" && exec "${comfy_cmd[@]}") > >(log_to "$comfy_log") 2>&1 &
 comfy_pid=$!
 
 # --- 6. the worker in the foreground -----------------------------------------------------------------------
@@ -417,7 +424,7 @@ trap 'forward INT' INT
 
 log "worker: starting ${worker_cmd[*]}"
 cd "$WORKER_DIR"
-"${worker_cmd[@]}" > >(tee -a "$worker_log") 2>&1 &
+"${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1 &
 worker_pid=$!
 [ -z "$pending_signal" ] || forward "$pending_signal"
 

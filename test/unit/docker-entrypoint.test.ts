@@ -39,6 +39,8 @@ fs.writeFileSync(
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     fs.appendFileSync(env.FAKE_ORDER_LOG, "worker got " + signal + "\\n");
+    // Synchronously, as a draining worker logs: this throws (and the exit code shows it) if its output is gone.
+    fs.writeSync(1, "fake-node: got " + signal + "\\n");
     process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
   });
 }
@@ -805,17 +807,25 @@ describe("docker-entrypoint.sh", () => {
         WORKER_UNDER_SUPERVISOR: "true",
         PROVISIONING_SCRIPT: script,
         COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190",
-        FAKE_NODE_EXIT_AFTER_READY: "0",
       });
+      await run.waitForStdout("fake-node: running");
+      // supervisor (stopasgroup) signals the whole group: the worker's log copier outlives the worker's drain.
+      process.kill(-run.pid, "SIGTERM");
       expect((await run.done).code).toBe(0);
-      expect(await lines(s.orderLog)).toEqual([`worker ${s.workerDir}/dist/worker/cli.js start`]);
+      expect(await lines(s.orderLog)).toEqual([
+        `worker ${s.workerDir}/dist/worker/cli.js start`,
+        "worker got SIGTERM",
+      ]);
       const workerEnv = await lines(join(s.records, "worker.env"));
       expect(workerEnv).toContain(`BENCHMARK_JSON_PATH=${seedBenchmark}`);
       expect(workerEnv).toContain(`BENCHMARK_CACHE_FILE=${s.env.WORKSPACE}/.has_benchmark`);
       expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18190");
       expect(workerEnv.some((l) => l.startsWith("SSL_CERT_FILE="))).toBe(false);
       expect(run.stdout()).toContain("fake-node: started");
-      expect(await readFile(join(s.logDir, "comfyui-worker.log"), "utf8")).toContain("fake-node: started");
+      const workerLog = await readFile(join(s.logDir, "comfyui-worker.log"), "utf8");
+      expect(workerLog).toContain("fake-node: started");
+      expect(workerLog).toContain("fake-node: got SIGTERM");
+      expect(run.stdout()).toContain("fake-node: got SIGTERM");
     },
     TEST_TIMEOUT_MS,
   );
