@@ -2,14 +2,15 @@
 # Starts the worker in our image (FROM Vast's ComfyUI image), as supervisor's program `comfyui-worker`, or on its
 # own as a container's entry point:
 #
+#   0. Under supervisor (WORKER_UNDER_SUPERVISOR=true, our image): load the environment Vast's programs load.
 #   1. PYWORKER_REPO set: install this worker from that git repository (once per repository + PYWORKER_REF). A
 #      seed user's value (Vast's Python PyWorker, or any repository that is not this worker) is logged and ignored.
 #   2. USE_SSL=true: a fresh certificate for the routed port signed by Vast at each start (with retries); if that
 #      fails, a pair already on disk whose key matches and which has not expired; else the failure is reported to
 #      the autoscaler (/worker_status/ error_msg) and the script exits 1.
-#   3. Provisioning. Under supervisor (WORKER_UNDER_SUPERVISOR=true, our image): Vast's boot runs
-#      PROVISIONING_SCRIPT once; wait while /.provisioning exists. On its own: run PROVISIONING_SCRIPT (a path or an
-#      http(s) URL) once (marker PROVISIONING_MARKER); a failure is logged (ERROR), not fatal.
+#   3. Provisioning. Under supervisor: Vast's boot runs PROVISIONING_SCRIPT once; wait while /.provisioning exists.
+#      On its own: run PROVISIONING_SCRIPT (a path or an http(s) URL) once (marker PROVISIONING_MARKER); a failure
+#      is logged (ERROR), not fatal.
 #   4. A seed user's custom benchmark ($WORKSPACE/vast-pyworker/workers/comfyui-json/misc/benchmark.json, the API
 #      wrapper's pyworker_benchmark.json) unless BENCHMARK_JSON_PATH is set; the score cached in $WORKSPACE.
 #   5. On its own only: ComfyUI in the background (supervisor runs it in the image); its log to stdout and
@@ -33,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
-      sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $arg (known: --dry-run, --help)" ;;
@@ -41,6 +42,19 @@ for arg in "$@"; do
 done
 case "$DRY_RUN" in 1 | true | yes) DRY_RUN=1 ;; *) DRY_RUN=0 ;; esac
 
+# Under supervisor, the environment Vast's own programs see: /etc/environment and the user's $WORKSPACE/.env, as
+# Vast's supervisor scripts load them (utils/environment.sh).
+case "${WORKER_UNDER_SUPERVISOR:-false}" in
+  true | 1 | yes)
+    VAST_ENVIRONMENT_SCRIPT="${VAST_ENVIRONMENT_SCRIPT:-/opt/supervisor-scripts/utils/environment.sh}"
+    if [ -f "$VAST_ENVIRONMENT_SCRIPT" ]; then
+      set +u
+      # shellcheck source=/dev/null
+      . "$VAST_ENVIRONMENT_SCRIPT"
+      set -u
+    fi
+    ;;
+esac
 WORKER_DIR="${WORKER_DIR:-/opt/worker}"
 WORKSPACE="${WORKSPACE:-/workspace}"
 COMFYUI_DIR="${COMFYUI_DIR:-$WORKSPACE/ComfyUI}"

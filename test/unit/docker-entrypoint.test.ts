@@ -802,8 +802,12 @@ describe("docker-entrypoint.sh", () => {
       await writeFile(join(s.records, "comfyui.ready"), "");
       const script = join(s.dir, "provision.sh");
       await writeFile(script, `echo "provisioning" >> "$FAKE_ORDER_LOG"\n`);
+      // Vast's utils/environment.sh: what its programs load (here, one variable of the user's .env).
+      const vastEnvironment = join(s.dir, "environment.sh");
+      await writeFile(vastEnvironment, "set -a\nUSER_DOT_ENV_VARIABLE=from-workspace-env\nset +a\n");
       const run = runEntrypoint({
         ...s.env,
+        VAST_ENVIRONMENT_SCRIPT: vastEnvironment,
         WORKER_UNDER_SUPERVISOR: "true",
         PROVISIONING_SCRIPT: script,
         COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190",
@@ -820,6 +824,7 @@ describe("docker-entrypoint.sh", () => {
       expect(workerEnv).toContain(`BENCHMARK_JSON_PATH=${seedBenchmark}`);
       expect(workerEnv).toContain(`BENCHMARK_CACHE_FILE=${s.env.WORKSPACE}/.has_benchmark`);
       expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18190");
+      expect(workerEnv).toContain("USER_DOT_ENV_VARIABLE=from-workspace-env");
       expect(workerEnv.some((l) => l.startsWith("SSL_CERT_FILE="))).toBe(false);
       expect(run.stdout()).toContain("fake-node: started");
       const workerLog = await readFile(join(s.logDir, "comfyui-worker.log"), "utf8");
