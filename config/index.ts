@@ -1,4 +1,5 @@
 import { join, resolve } from "node:path";
+import { parseComfyArgs } from "./comfyui-args.js";
 import { ConfigError, EnvReader, type Env } from "./env.js";
 import { redactUrl } from "../lib/redact.js";
 
@@ -117,9 +118,17 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
   const useSsl = e.bool("USE_SSL", false);
   const publicIp = e.optional("PUBLIC_IPADDR") ?? "127.0.0.1";
   const publicPort = e.int(`VAST_TCP_PORT_${workerPort}`, workerPort, { min: 0, max: 65535 });
-  const comfyBase = e.optional("COMFYUI_BASE_DIR");
-  const comfyInput = e.optional("COMFYUI_INPUT_DIR") ?? (comfyBase ? join(comfyBase, "input") : undefined);
-  const comfyOutput = e.optional("COMFYUI_OUTPUT_DIR") ?? (comfyBase ? join(comfyBase, "output") : undefined);
+  // ComfyUI's own arguments describe what it really does; COMFYUI_BASE_DIR is where we expect it by default.
+  const comfyArgs = parseComfyArgs(e.optional("COMFYUI_ARGS"));
+  const comfyBase = comfyArgs.baseDir ?? e.optional("COMFYUI_BASE_DIR");
+  const comfyInput =
+    e.optional("COMFYUI_INPUT_DIR") ??
+    comfyArgs.inputDir ??
+    (comfyBase ? join(comfyBase, "input") : undefined);
+  const comfyOutput =
+    e.optional("COMFYUI_OUTPUT_DIR") ??
+    comfyArgs.outputDir ??
+    (comfyBase ? join(comfyBase, "output") : undefined);
   if (comfyInput === undefined) throw new ConfigError("COMFYUI_INPUT_DIR", "set it, or COMFYUI_BASE_DIR");
   if (comfyOutput === undefined) throw new ConfigError("COMFYUI_OUTPUT_DIR", "set it, or COMFYUI_BASE_DIR");
   const webhookSecret = e.optional("WEBHOOK_SECRET");
@@ -131,8 +140,9 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       port: workerPort,
       publicUrl: `${useSsl ? "https" : "http"}://${publicIp}:${publicPort}`,
       useSsl,
-      sslCert: e.string("SSL_CERT_FILE", "/etc/instance.crt"),
-      sslKey: e.string("SSL_KEY_FILE", "/etc/instance.key"),
+      // Not SSL_CERT_FILE: OpenSSL, curl and Python read that as their list of trusted CAs.
+      sslCert: e.string("WORKER_SSL_CERT_FILE", "/etc/instance.crt"),
+      sslKey: e.string("WORKER_SSL_KEY_FILE", "/etc/instance.key"),
     },
     api: {
       host: e.string("API_HOST", "127.0.0.1"),
@@ -140,7 +150,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       enabled: e.bool("API_ENABLED", true),
     },
     comfyui: {
-      url: e.url("COMFYUI_URL", "http://127.0.0.1:18188")!,
+      url: e.url("COMFYUI_URL", `http://127.0.0.1:${comfyArgs.port ?? 18188}`)!,
       inputDir: resolve(comfyInput),
       outputDir: resolve(comfyOutput),
       startupTimeoutMs: e.int("COMFYUI_STARTUP_TIMEOUT_MS", 300_000, { min: 0 }),

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# The container's entry point (under tini): ComfyUI in the background, the worker in the foreground.
+# Starts the worker in our image (FROM Vast's ComfyUI image), as supervisor's program `comfyui-worker`, or on its
+# own as a container's entry point:
 #
-#   1. PYWORKER_REPO set: install this worker from that git repository (once per repository + PYWORKER_REF).
-#   2. USE_SSL=true and no certificate yet: get one signed by Vast, as upstream's start_server.sh does.
-#   3. PROVISIONING_SCRIPT set: run it (a local path, or an http(s) URL that is downloaded first).
-#   4. Start ComfyUI in the background (its log: $LOG_DIR/comfyui.log).
-#   5. Run the worker in the foreground; SIGTERM/SIGINT are forwarded to it (it drains). When it exits, ComfyUI
-#      is stopped (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the
-#      worker's code. If ComfyUI dies on its own, the worker notices (it watches ComfyUI's health).
+#   0. Under supervisor (WORKER_UNDER_SUPERVISOR=true, our image): load the environment Vast's programs load.
+#   1. PYWORKER_REPO set: install this worker from that git repository (once per repository + PYWORKER_REF). A
+#      seed user's value (Vast's Python PyWorker, or any repository that is not this worker) is logged and ignored.
+#   2. USE_SSL=true: a fresh certificate for the routed port signed by Vast at each start (with retries); if that
+#      fails, a pair already on disk whose key matches and which has not expired; else the failure is reported to
+#      the autoscaler (/worker_status/ error_msg) and the script exits 1.
+#   3. Provisioning. Under supervisor: Vast's boot runs PROVISIONING_SCRIPT once; wait while /.provisioning exists.
+#      On its own: run PROVISIONING_SCRIPT (a path or an http(s) URL) once (marker PROVISIONING_MARKER); a failure
+#      is logged (ERROR), not fatal.
+#   4. A seed user's custom benchmark ($WORKSPACE/vast-pyworker/workers/comfyui-json/misc/benchmark.json, the API
+#      wrapper's pyworker_benchmark.json) unless BENCHMARK_JSON_PATH is set; the score cached in $WORKSPACE.
+#   5. On its own only: ComfyUI in the background (supervisor runs it in the image); its log to stdout and
+#      $LOG_DIR/comfyui.log.
+#   6. The worker (log to stdout and $LOG_DIR/comfyui-worker.log). Under supervisor it replaces this script (exec).
+#      On its own, SIGTERM/SIGINT are forwarded to it (it drains); when it exits, ComfyUI is stopped (SIGTERM, then
+#      SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the worker's code.
 #
 # --dry-run (or ENTRYPOINT_DRY_RUN=1) prints the commands instead of running them, after the same validation.
 # Every path and program comes from the environment (defaults below), so that tests can stand fakes in.
@@ -24,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
-      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $arg (known: --dry-run, --help)" ;;
@@ -32,27 +42,103 @@ for arg in "$@"; do
 done
 case "$DRY_RUN" in 1 | true | yes) DRY_RUN=1 ;; *) DRY_RUN=0 ;; esac
 
+# Under supervisor, the environment Vast's own programs see: /etc/environment and the user's $WORKSPACE/.env, as
+# Vast's supervisor scripts load them (utils/environment.sh).
+case "${WORKER_UNDER_SUPERVISOR:-false}" in
+  true | 1 | yes)
+    VAST_ENVIRONMENT_SCRIPT="${VAST_ENVIRONMENT_SCRIPT:-/opt/supervisor-scripts/utils/environment.sh}"
+    if [ -f "$VAST_ENVIRONMENT_SCRIPT" ]; then
+      set +u
+      # shellcheck source=/dev/null
+      . "$VAST_ENVIRONMENT_SCRIPT"
+      set -u
+    fi
+    ;;
+esac
 WORKER_DIR="${WORKER_DIR:-/opt/worker}"
-COMFYUI_DIR="${COMFYUI_DIR:-/opt/ComfyUI}"
+WORKSPACE="${WORKSPACE:-/workspace}"
+COMFYUI_DIR="${COMFYUI_DIR:-$WORKSPACE/ComfyUI}"
 COMFYUI_PORT="${COMFYUI_PORT:-18188}"
 COMFYUI_STOP_TIMEOUT="${COMFYUI_STOP_TIMEOUT:-30}"
 LOG_DIR="${LOG_DIR:-/var/log/portal}"
 INSTALL_MARKER_DIR="${INSTALL_MARKER_DIR:-$WORKER_DIR}"
-SSL_CERT_FILE="${SSL_CERT_FILE:-/etc/instance.crt}"
-SSL_KEY_FILE="${SSL_KEY_FILE:-/etc/instance.key}"
+# Not SSL_CERT_FILE/SSL_KEY_FILE: OpenSSL, curl and Python take SSL_CERT_FILE as their list of trusted CAs.
+WORKER_SSL_CERT_FILE="${WORKER_SSL_CERT_FILE:-/etc/instance.crt}"
+WORKER_SSL_KEY_FILE="${WORKER_SSL_KEY_FILE:-/etc/instance.key}"
 VAST_SIGN_CERT_URL="${VAST_SIGN_CERT_URL:-https://console.vast.ai/api/v0/sign_cert/}"
+CERT_SIGN_ATTEMPTS="${CERT_SIGN_ATTEMPTS:-5}"
+CERT_RETRY_DELAY="${CERT_RETRY_DELAY:-2}"
+PROVISIONING_MARKER="${PROVISIONING_MARKER:-/.provisioning_complete}"
+PROVISIONING_FLAG="${PROVISIONING_FLAG:-/.provisioning}"
+WORKER_UNDER_SUPERVISOR="${WORKER_UNDER_SUPERVISOR:-false}"
 GIT="${GIT:-git}"
 NPM="${NPM:-npm}"
 CURL="${CURL:-curl}"
 NODE="${NODE:-node}"
 OPENSSL="${OPENSSL:-openssl}"
 COMFYUI_PYTHON="${COMFYUI_PYTHON:-python3}"
-# The worker finds ComfyUI's input/output folders below COMFYUI_BASE_DIR (unless set otherwise).
+# This repository's package name: PYWORKER_REPO is honoured only for a repository that is this worker.
+WORKER_PACKAGE_NAME="comfyui-serverless-worker"
+# The protocol version the autoscaler sees (worker/reporter/reporter.ts WORKER_VERSION).
+WORKER_VERSION="1.1.0"
+# The worker finds ComfyUI's input/output folders below COMFYUI_BASE_DIR, unless COMFYUI_ARGS moves them (the
+# worker reads COMFYUI_ARGS back) or COMFYUI_INPUT_DIR/COMFYUI_OUTPUT_DIR say otherwise.
 COMFYUI_BASE_DIR="${COMFYUI_BASE_DIR:-$COMFYUI_DIR}"
-COMFYUI_URL="${COMFYUI_URL:-http://127.0.0.1:$COMFYUI_PORT}"
-export WORKER_DIR COMFYUI_DIR COMFYUI_PORT LOG_DIR COMFYUI_BASE_DIR COMFYUI_URL SSL_CERT_FILE SSL_KEY_FILE
+export WORKER_DIR WORKSPACE COMFYUI_DIR LOG_DIR COMFYUI_BASE_DIR WORKER_SSL_CERT_FILE WORKER_SSL_KEY_FILE
+case "$WORKER_UNDER_SUPERVISOR" in true | 1 | yes) supervised=1 ;; *) supervised=0 ;; esac
 
 case "$COMFYUI_STOP_TIMEOUT" in '' | *[!0-9]*) die "COMFYUI_STOP_TIMEOUT must be a whole number of seconds" ;; esac
+case "$CERT_SIGN_ATTEMPTS" in '' | 0 | *[!0-9]*) die "CERT_SIGN_ATTEMPTS must be a whole number above 0" ;; esac
+case "$CERT_RETRY_DELAY" in '' | *[!0-9]*) die "CERT_RETRY_DELAY must be a whole number of seconds" ;; esac
+
+# ComfyUI's port: the last --port in COMFYUI_ARGS wins (as in ComfyUI's own parsing), else COMFYUI_PORT.
+comfy_port="$COMFYUI_PORT"
+read -r -a comfy_extra <<<"${COMFYUI_ARGS:-}"
+for ((i = 0; i < ${#comfy_extra[@]}; i++)); do
+  case "${comfy_extra[$i]}" in
+    --port=*) comfy_port="${comfy_extra[$i]#--port=}" ;;
+    --port) [ $((i + 1)) -lt ${#comfy_extra[@]} ] && comfy_port="${comfy_extra[$((i + 1))]}" ;;
+  esac
+done
+COMFYUI_URL="${COMFYUI_URL:-http://127.0.0.1:$comfy_port}"
+export COMFYUI_URL
+
+# Tells the autoscaler why this worker cannot start, as pyworker's start_server.sh does: {id, mtoken, version,
+# error_msg, url} to each REPORT_ADDR's /worker_status/ until one accepts it.
+json_string() {
+  local s="${1//\\/\\\\}"
+  s="${s//\"/\\\"}"
+  s="${s//$'\n'/ }"
+  printf '"%s"' "$s"
+}
+report_failure() {
+  local message="$1" id="${CONTAINER_ID:-0}" port="${WORKER_PORT:-3000}" scheme=http body addr
+  case "$id" in '' | *[!0-9]*) id=0 ;; esac
+  case "${USE_SSL:-false}" in true | 1 | yes) scheme=https ;; esac
+  local public_port_var="VAST_TCP_PORT_$port"
+  local url="$scheme://${PUBLIC_IPADDR:-127.0.0.1}:${!public_port_var:-$port}"
+  body="{\"id\": $id, \"mtoken\": $(json_string "${MASTER_TOKEN:-}"), \"version\": \"$WORKER_VERSION\", \"error_msg\": $(json_string "$message"), \"url\": $(json_string "$url")}"
+  IFS=',' read -r -a addrs <<<"${REPORT_ADDR:-}"
+  for addr in "${addrs[@]}"; do
+    addr="${addr// /}"
+    [ -n "$addr" ] || continue
+    if [ "$DRY_RUN" = 1 ]; then
+      run "$CURL" -fsS -m 10 -H 'Content-Type: application/json' --data-binary "$body" "${addr%/}/worker_status/"
+      return 0
+    fi
+    if "$CURL" -fsS -m 10 -o /dev/null -H 'Content-Type: application/json' --data-binary "$body" \
+      "${addr%/}/worker_status/"; then
+      log "reported to ${addr%/}/worker_status/: $message"
+      return 0
+    fi
+  done
+  log "could not report to the autoscaler (REPORT_ADDR=${REPORT_ADDR:-}): $message"
+}
+fail() {
+  log "ERROR: $*"
+  report_failure "$*"
+  exit 1
+}
 
 # Runs a command, or prints it (shell-quoted, on stdout) in a dry run.
 run() {
@@ -84,6 +170,13 @@ need_program() {
 
 # --- 1. the worker from a git repository -----------------------------------------------------------------
 will_install=0
+# The seed template's default (and any fork of Vast's PyWorker) is a Python worker that has no place here.
+case "${PYWORKER_REPO:-}" in
+  *vast-ai/pyworker | *vast-ai/pyworker.git | *vast-ai/pyworker/)
+    log "worker: ignoring PYWORKER_REPO=$PYWORKER_REPO${PYWORKER_REF:+ @ $PYWORKER_REF}: that is Vast's Python PyWorker, which this image replaces; running the worker in $WORKER_DIR"
+    PYWORKER_REPO=""
+    ;;
+esac
 if [ -n "${PYWORKER_REPO:-}" ]; then
   ref="${PYWORKER_REF:-}"
   key="$(printf '%s#%s' "$PYWORKER_REPO" "$ref" | sha256sum | cut -c1-16)"
@@ -103,9 +196,8 @@ if [ -n "${PYWORKER_REPO:-}" ]; then
       tmp="$(mktemp -d "$parent/.worker-install.XXXXXX")"
     fi
     install_failed() {
-      log "ERROR: worker install from $PYWORKER_REPO${ref:+ @ $ref} failed at: $1 (the worker in $WORKER_DIR is unchanged)"
       [ "$DRY_RUN" = 1 ] || rm -rf "$tmp"
-      exit 1
+      fail "worker install from $PYWORKER_REPO${ref:+ @ $ref} failed at: $1 (the worker in $WORKER_DIR is unchanged)"
     }
     if [[ "$ref" =~ ^[0-9a-fA-F]{40}$ ]]; then
       # A full commit id: clone --branch does not take one, fetch does.
@@ -117,6 +209,19 @@ if [ -n "${PYWORKER_REPO:-}" ]; then
     else
       run "$GIT" clone -q --depth 1 "$PYWORKER_REPO" "$tmp" || install_failed "git clone"
     fi
+    package_name=""
+    if [ "$DRY_RUN" = 1 ]; then
+      package_name="$WORKER_PACKAGE_NAME"
+    elif [ -f "$tmp/package.json" ]; then
+      package_name="$(grep -o -m1 '"name" *: *"[^"]*"' "$tmp/package.json" | sed -E 's/.*"([^"]*)"$/\1/')" || true
+    fi
+    if [ "$package_name" != "$WORKER_PACKAGE_NAME" ]; then
+      log "worker: ignoring PYWORKER_REPO=$PYWORKER_REPO${ref:+ @ $ref}: it is not this worker (its package.json names ${package_name:-nothing}, not $WORKER_PACKAGE_NAME; a seed template's PyWorker repository?); running the worker in $WORKER_DIR"
+      rm -rf "$tmp"
+      will_install=0
+    fi
+  fi
+  if [ "$will_install" = 1 ]; then
     run_in "$tmp" "$NPM" ci --no-audit --no-fund || install_failed "npm ci"
     run_in "$tmp" "$NPM" run build || install_failed "npm run build"
     run_in "$tmp" "$NPM" prune --omit=dev --no-audit --no-fund || install_failed "npm prune --omit=dev"
@@ -143,28 +248,62 @@ if [ -n "${PYWORKER_REPO:-}" ]; then
 fi
 
 # --- 2. the routed port's certificate ---------------------------------------------------------------------
+# A pair that can serve: both files there, the certificate not expired, and its public key the key's.
+pair_usable() {
+  local crt="$1" key="$2" a b
+  [ -s "$crt" ] && [ -s "$key" ] || return 1
+  "$OPENSSL" x509 -noout -checkend 0 -in "$crt" >/dev/null 2>&1 || return 1
+  a="$("$OPENSSL" x509 -noout -pubkey -in "$crt" 2>/dev/null)" || return 1
+  b="$("$OPENSSL" pkey -pubout -in "$key" 2>/dev/null)" || return 1
+  [ -n "$a" ] && [ "$a" = "$b" ]
+}
+# A fresh key and certificate request, signed by Vast's console (retried with doubling delays, as upstream); the
+# pair replaces the one on disk only once signed and checked.
+sign_certificate() {
+  local new_key="$WORKER_SSL_KEY_FILE.new" csr="$WORKER_SSL_KEY_FILE.csr" new_crt="$WORKER_SSL_CERT_FILE.new"
+  local attempt=1 delay="$CERT_RETRY_DELAY"
+  run "$OPENSSL" req -newkey rsa:2048 -nodes -sha256 -subj "/C=US/ST=CA/CN=pyworker.vast.ai/" \
+    -addext "subjectAltName=IP:0.0.0.0" -keyout "$new_key" -out "$csr" || return 1
+  while :; do
+    if run "$CURL" -fsS -m 30 -H 'Content-Type: application/octet-stream' --data-binary "@$csr" \
+      -o "$new_crt" "$VAST_SIGN_CERT_URL?instance_id=$CONTAINER_ID"; then
+      if [ "$DRY_RUN" = 1 ] || pair_usable "$new_crt" "$new_key"; then break; fi
+      log "ssl: attempt $attempt: the console's answer is not a valid certificate for the new key"
+    else
+      log "ssl: attempt $attempt: signing failed ($VAST_SIGN_CERT_URL)"
+    fi
+    if [ "$attempt" -ge "$CERT_SIGN_ATTEMPTS" ]; then
+      [ "$DRY_RUN" = 1 ] || rm -f "$new_key" "$new_crt" "$csr"
+      return 1
+    fi
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+  run mv "$new_key" "$WORKER_SSL_KEY_FILE" && run mv "$new_crt" "$WORKER_SSL_CERT_FILE" && run rm -f "$csr"
+}
 case "${USE_SSL:-false}" in true | 1 | yes) use_ssl=1 ;; *) use_ssl=0 ;; esac
 if [ "$use_ssl" = 1 ]; then
-  if [ -s "$SSL_CERT_FILE" ] && [ -s "$SSL_KEY_FILE" ]; then
-    log "ssl: using $SSL_CERT_FILE and $SSL_KEY_FILE"
+  need_program "$OPENSSL" "USE_SSL=true"
+  need_program "$CURL" "USE_SSL=true"
+  if [ -z "${CONTAINER_ID:-}" ]; then
+    log "ssl: no CONTAINER_ID (set by Vast): not asking the console for a certificate"
   else
-    [ -n "${CONTAINER_ID:-}" ] || die "ssl: USE_SSL=true needs CONTAINER_ID (set by Vast) to get a certificate, or the files SSL_CERT_FILE/SSL_KEY_FILE, or USE_SSL=false"
-    need_program "$OPENSSL" "USE_SSL=true"
-    need_program "$CURL" "USE_SSL=true"
-    log "ssl: getting $SSL_CERT_FILE signed by $VAST_SIGN_CERT_URL for instance $CONTAINER_ID"
-    csr="$SSL_KEY_FILE.csr"
-    run "$OPENSSL" req -newkey rsa:2048 -nodes -sha256 -subj "/C=US/ST=CA/CN=pyworker.vast.ai/" \
-      -addext "subjectAltName=IP:0.0.0.0" -keyout "$SSL_KEY_FILE" -out "$csr" ||
-      die "ssl: openssl could not make a key and certificate request"
-    run "$CURL" -fsS --retry 3 -H 'Content-Type: application/octet-stream' --data-binary "@$csr" \
-      -o "$SSL_CERT_FILE.partial" "$VAST_SIGN_CERT_URL?instance_id=$CONTAINER_ID" ||
-      die "ssl: signing the certificate request failed ($VAST_SIGN_CERT_URL)"
-    run mv "$SSL_CERT_FILE.partial" "$SSL_CERT_FILE"
+    log "ssl: getting a fresh $WORKER_SSL_CERT_FILE signed by $VAST_SIGN_CERT_URL for instance $CONTAINER_ID"
+  fi
+  if [ -n "${CONTAINER_ID:-}" ] && sign_certificate; then
+    log "ssl: certificate signed ($WORKER_SSL_CERT_FILE, $WORKER_SSL_KEY_FILE)"
+  elif [ "$DRY_RUN" = 0 ] && pair_usable "$WORKER_SSL_CERT_FILE" "$WORKER_SSL_KEY_FILE"; then
+    log "ssl: using the certificate already in $WORKER_SSL_CERT_FILE (its key matches and it has not expired)"
+  else
+    fail "ssl: no usable certificate for USE_SSL=true: signing by $VAST_SIGN_CERT_URL failed after $CERT_SIGN_ATTEMPTS attempts and $WORKER_SSL_CERT_FILE/$WORKER_SSL_KEY_FILE are not a valid pair"
   fi
 fi
 
-# --- 3. the provisioning script ---------------------------------------------------------------------------
-if [ -n "${PROVISIONING_SCRIPT:-}" ]; then
+# --- 3. provisioning ----------------------------------------------------------------------------------------
+# Runs PROVISIONING_SCRIPT; returns non-zero (with the reason logged) when it could not be fetched or failed.
+provision() {
+  local script_file status
   case "$PROVISIONING_SCRIPT" in
     http://* | https://*)
       need_program "$CURL" "PROVISIONING_SCRIPT"
@@ -176,56 +315,112 @@ if [ -n "${PROVISIONING_SCRIPT:-}" ]; then
       fi
       if ! run "$CURL" -fsSL --retry 3 -o "$script_file" "$PROVISIONING_SCRIPT"; then
         [ "$DRY_RUN" = 1 ] || rm -f "$script_file"
-        die "provisioning: could not download $PROVISIONING_SCRIPT"
+        provisioning_error="could not download $PROVISIONING_SCRIPT"
+        return 1
       fi
       ;;
     *)
-      [ -f "$PROVISIONING_SCRIPT" ] || die "provisioning: no such file: $PROVISIONING_SCRIPT"
-      [ -r "$PROVISIONING_SCRIPT" ] || die "provisioning: cannot read $PROVISIONING_SCRIPT"
+      if [ ! -f "$PROVISIONING_SCRIPT" ] || [ ! -r "$PROVISIONING_SCRIPT" ]; then
+        provisioning_error="no such file (or not readable): $PROVISIONING_SCRIPT"
+        return 1
+      fi
       log "provisioning: running $PROVISIONING_SCRIPT"
       script_file="$PROVISIONING_SCRIPT"
       ;;
   esac
-  if run bash "$script_file"; then
-    status=0
-  else
-    status=$?
-  fi
+  if run bash "$script_file"; then status=0; else status=$?; fi
   if [ "$script_file" != "$PROVISIONING_SCRIPT" ] && [ "$DRY_RUN" = 0 ]; then rm -f "$script_file"; fi
-  [ "$status" = 0 ] || die "provisioning: $PROVISIONING_SCRIPT failed (exit $status); not starting ComfyUI and the worker"
-  log "provisioning: done"
+  if [ "$status" != 0 ]; then
+    provisioning_error="$PROVISIONING_SCRIPT failed (exit $status)"
+    return 1
+  fi
+}
+if [ "$supervised" = 1 ]; then
+  # Vast's boot runs PROVISIONING_SCRIPT once and flags the run with /.provisioning, as for its own services.
+  while [ -e "$PROVISIONING_FLAG" ] && [ "$DRY_RUN" = 0 ]; do
+    log "provisioning: waiting for the image's provisioning to finish ($PROVISIONING_FLAG present)"
+    sleep 5
+  done
+elif [ -n "${PROVISIONING_SCRIPT:-}" ]; then
+  if [ -f "$PROVISIONING_MARKER" ]; then
+    log "provisioning: already done ($PROVISIONING_MARKER), not running $PROVISIONING_SCRIPT again"
+  else
+    provisioning_error=""
+    if provision; then
+      [ "$DRY_RUN" = 1 ] || printf '%s\n' "$PROVISIONING_SCRIPT" >"$PROVISIONING_MARKER"
+      log "provisioning: done"
+    else
+      # Not fatal, as in Vast's images: the worker starts, and a missing model shows in its benchmark and jobs.
+      log "ERROR: provisioning: $provisioning_error; starting ComfyUI and the worker anyway (provisioning runs again at the next start)"
+    fi
+  fi
 fi
 
+# --- 4. a seed user's custom benchmark ------------------------------------------------------------------------
+if [ -z "${BENCHMARK_JSON_PATH:-}" ]; then
+  for candidate in "$WORKSPACE/vast-pyworker/workers/comfyui-json/misc/benchmark.json" \
+    "${API_WRAPPER_BENCHMARK:-/opt/comfyui-api-wrapper/workflows/pyworker_benchmark.json}"; do
+    if [ -f "$candidate" ]; then
+      export BENCHMARK_JSON_PATH="$candidate"
+      log "benchmark: using $candidate"
+      break
+    fi
+  done
+fi
+export BENCHMARK_CACHE_FILE="${BENCHMARK_CACHE_FILE:-$WORKSPACE/.has_benchmark}"
+
 # --- validation before anything starts ---------------------------------------------------------------------
-need_program "$COMFYUI_PYTHON" "COMFYUI_PYTHON"
 need_program "$NODE" "NODE"
-[ -f "$COMFYUI_DIR/main.py" ] || die "no ComfyUI in COMFYUI_DIR=$COMFYUI_DIR (no main.py)"
+if [ "$supervised" = 0 ]; then
+  need_program "$COMFYUI_PYTHON" "COMFYUI_PYTHON"
+  [ -f "$COMFYUI_DIR/main.py" ] || die "no ComfyUI in COMFYUI_DIR=$COMFYUI_DIR (no main.py)"
+fi
 if [ "$will_install" = 0 ] || [ "$DRY_RUN" = 0 ]; then
   [ -f "$WORKER_DIR/dist/worker/cli.js" ] || die "no worker in WORKER_DIR=$WORKER_DIR (no dist/worker/cli.js)"
 fi
 
-# --- 4. ComfyUI in the background --------------------------------------------------------------------------
-read -r -a comfy_extra <<<"${COMFYUI_ARGS:-}"
+worker_cmd=("$NODE" "$WORKER_DIR/dist/worker/cli.js" start)
+worker_log="$LOG_DIR/comfyui-worker.log"
+# Copies a program's output to stdout and a log file. It ignores SIGTERM/SIGINT, which supervisor (stopasgroup)
+# and a terminal send to the whole process group: it ends when the program closes its output, so the lines a
+# draining worker writes after the signal are kept (and its writes do not fail).
+log_to() {
+  trap '' TERM INT
+  exec tee -a "$1"
+}
+run mkdir -p "$LOG_DIR"
+
+# --- under supervisor: the worker replaces this script (supervisor's signals reach it; it restarts ComfyUI) ---
+if [ "$supervised" = 1 ]; then
+  log "worker: starting ${worker_cmd[*]} (ComfyUI is supervisor's program; log $worker_log)"
+  if [ "$DRY_RUN" = 1 ]; then
+    run_in "$WORKER_DIR" "${worker_cmd[@]}"
+    log "dry run: done"
+    exit 0
+  fi
+  cd "$WORKER_DIR"
+  exec "${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1
+fi
+
+# --- 5. ComfyUI in the background --------------------------------------------------------------------------
 comfy_cmd=("$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch
   ${comfy_extra[@]+"${comfy_extra[@]}"})
 comfy_log="$LOG_DIR/comfyui.log"
-log "comfyui: starting in $COMFYUI_DIR on 127.0.0.1:$COMFYUI_PORT, log $comfy_log"
-worker_cmd=("$NODE" "$WORKER_DIR/dist/worker/cli.js" start)
+log "comfyui: starting in $COMFYUI_DIR on 127.0.0.1:$comfy_port, log on stdout and in $comfy_log"
 if [ "$DRY_RUN" = 1 ]; then
-  run mkdir -p "$LOG_DIR"
   printf '+ (cd %q &&' "$COMFYUI_DIR"
   printf ' %q' "${comfy_cmd[@]}"
-  printf ') >>%q 2>&1 &\n' "$comfy_log"
+  printf ') 2>&1 | tee -a %q &\n' "$comfy_log"
   log "worker: starting ${worker_cmd[*]}"
   run_in "$WORKER_DIR" "${worker_cmd[@]}"
   log "dry run: done"
   exit 0
 fi
-mkdir -p "$LOG_DIR"
-(cd "$COMFYUI_DIR" && exec "${comfy_cmd[@]}") >>"$comfy_log" 2>&1 &
+# Vast shows the container's stdout as the instance log: ComfyUI's lines go there and to its own log file.
+(cd "$COMFYUI_DIR" && exec "${comfy_cmd[@]}") > >(log_to "$comfy_log") 2>&1 &
 comfy_pid=$!
 
-# --- 5. the worker in the foreground -----------------------------------------------------------------------
+# --- 6. the worker in the foreground -----------------------------------------------------------------------
 worker_pid=""
 pending_signal=""
 got_signal=0
@@ -243,7 +438,7 @@ trap 'forward INT' INT
 
 log "worker: starting ${worker_cmd[*]}"
 cd "$WORKER_DIR"
-"${worker_cmd[@]}" &
+"${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1 &
 worker_pid=$!
 [ -z "$pending_signal" ] || forward "$pending_signal"
 

@@ -28,13 +28,24 @@ export default async function globalSetup(): Promise<void> {
         const install = await ensureComfyUI();
         const baseDir = join(root, "comfyui");
         await ensureTinyCheckpoint(install, baseDir);
-        const comfy = await startComfyUI({
-          install,
-          host: "127.0.0.1",
-          port: await freePort(),
-          baseDir,
-          logFile: join(root, "logs", "comfyui.log"),
-        });
+        // A free port can be taken by another process before ComfyUI binds it (a busy machine): try another.
+        let comfy: Service | undefined;
+        for (let attempt = 1; !comfy; attempt++) {
+          try {
+            comfy = await startComfyUI({
+              install,
+              host: "127.0.0.1",
+              port: await freePort(),
+              baseDir,
+              logFile: join(root, "logs", `comfyui-${attempt}.log`),
+            });
+          } catch (err) {
+            if (attempt >= 3) throw err;
+            log(
+              `ComfyUI did not start (${err instanceof Error ? err.message : String(err)}); trying another port`,
+            );
+          }
+        }
         services.push(comfy);
         process.env.TEST_COMFYUI_URL = comfy.url;
         process.env.TEST_COMFYUI_BASE_DIR = baseDir;

@@ -56,6 +56,8 @@ test("check reaches ComfyUI, S3 and the autoscaler, and fails naming what is wro
     expect(ok.out).toMatch(/ok {4}S3: bucket outputs/);
     expect(ok.out).toMatch(/ok {4}autoscaler: public key served/);
     expect(ok.code).toBe(0);
+    // Under Node 20 the AWS SDK's Node-support warning is switched off for the user.
+    expect(ok.out).not.toContain("NodeVersionSupportWarning");
     const bad = await cli(["check"], { ...stackEnv(dir), S3_BUCKET_NAME: "no-such-bucket" });
     expect(bad.code).toBe(1);
     expect(bad.out).toMatch(/FAIL {2}S3: bucket no-such-bucket/);

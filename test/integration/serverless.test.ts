@@ -374,8 +374,8 @@ test("USE_SSL=true serves the routed port over https with the instance certifica
   );
   const tls = await startTestWorker({
     USE_SSL: "true",
-    SSL_CERT_FILE: join(dir, "crt.pem"),
-    SSL_KEY_FILE: join(dir, "key.pem"),
+    WORKER_SSL_CERT_FILE: join(dir, "crt.pem"),
+    WORKER_SSL_KEY_FILE: join(dir, "key.pem"),
     PUBLIC_IPADDR: "203.0.113.5",
   });
   try {

@@ -355,3 +355,52 @@ describe("describeConfig", () => {
     expect(withSecrets.webhook.secret).toBe("whsec_c2VjcmV0LWJ5dGVz");
   });
 });
+
+describe("ComfyUI's own arguments (COMFYUI_ARGS) are read back", () => {
+  test("the stock image's arguments: the port moves the URL, the folders stay below COMFYUI_BASE_DIR", () => {
+    const c = loadConfig(
+      { ...BASE, COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190" },
+      ROOT,
+    );
+    expect(c.comfyui).toMatchObject({
+      url: "http://127.0.0.1:18190",
+      inputDir: "/opt/comfy/input",
+      outputDir: "/opt/comfy/output",
+    });
+  });
+
+  test("moved folders are followed, in both spellings; explicit variables still win", () => {
+    const args = "--base-directory /data/comfy --output-directory=/mnt/out --port=9000";
+    const c = loadConfig({ ...BASE, COMFYUI_ARGS: args }, ROOT);
+    expect(c.comfyui).toMatchObject({
+      url: "http://127.0.0.1:9000",
+      inputDir: "/data/comfy/input",
+      outputDir: "/mnt/out",
+    });
+    expect(c.outputDir).toBe("/mnt/out");
+    const explicit = loadConfig(
+      { ...BASE, COMFYUI_ARGS: args, COMFYUI_URL: "http://127.0.0.1:1234", COMFYUI_INPUT_DIR: "/in" },
+      ROOT,
+    );
+    expect(explicit.comfyui).toMatchObject({
+      url: "http://127.0.0.1:1234",
+      inputDir: "/in",
+      outputDir: "/mnt/out",
+    });
+  });
+
+  test("a flag without a usable value is ignored, not taken from the next flag", () => {
+    const c = loadConfig({ ...BASE, COMFYUI_ARGS: "--port notaport --output-directory --cpu" }, ROOT);
+    expect(c.comfyui).toMatchObject({ url: "http://127.0.0.1:18188", outputDir: "/opt/comfy/output" });
+  });
+});
+
+test("the certificate comes from WORKER_SSL_CERT_FILE, never from SSL_CERT_FILE (a CA list for OpenSSL)", () => {
+  const c = loadConfig(
+    { ...BASE, SSL_CERT_FILE: "/etc/ssl/certs/ca-certificates.crt", SSL_KEY_FILE: "/x" },
+    ROOT,
+  );
+  expect(c.worker).toMatchObject({ sslCert: "/etc/instance.crt", sslKey: "/etc/instance.key" });
+  const mine = loadConfig({ ...BASE, WORKER_SSL_CERT_FILE: "/c.pem", WORKER_SSL_KEY_FILE: "/k.pem" }, ROOT);
+  expect(mine.worker).toMatchObject({ sslCert: "/c.pem", sslKey: "/k.pem" });
+});

