@@ -29,7 +29,7 @@ export default async function globalSetup(): Promise<void> {
         const baseDir = join(root, "comfyui");
         await ensureTinyCheckpoint(install, baseDir);
         // A free port can be taken by another process before ComfyUI binds it (a busy machine): try another.
-        let comfy: Service | undefined;
+        let comfy: (Service & { url: string }) | undefined;
         for (let attempt = 1; !comfy; attempt++) {
           try {
             comfy = await startComfyUI({
