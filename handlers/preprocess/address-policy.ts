@@ -103,24 +103,27 @@ type LookupCallback = (
   family?: number,
 ) => void;
 
-/** dns.lookup that refuses a name resolving to any blocked address: the check is on the address connected to. */
-export function policyLookup(hostname: string, options: object, callback: LookupCallback): void {
-  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
-    if (err) return callback(err, []);
-    const list = addresses;
-    const bad = list.find((a) => isBlockedAddress(a.address));
-    if (bad) {
-      return callback(
-        new CallbackAddressError(`${hostname} resolves to ${bad.address}, which is not allowed`),
-        [],
-      );
-    }
-    if ((options as { all?: boolean }).all) return callback(null, list);
-    const first = list[0];
-    if (!first) return callback(new CallbackAddressError(`${hostname} did not resolve`), []);
-    callback(null, first.address, first.family);
-  });
+/**
+ * A dns.lookup that refuses a name resolving to any blocked address, with the error `refuse` makes: the check is on
+ * the address actually connected to, so a public name pointing at a private address is caught.
+ */
+export function blockingLookup(refuse: (message: string) => Error) {
+  return (hostname: string, options: object, callback: LookupCallback): void => {
+    dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err, []);
+      const list = addresses;
+      const bad = list.find((a) => isBlockedAddress(a.address));
+      if (bad) return callback(refuse(`${hostname} resolves to ${bad.address}, which is not allowed`), []);
+      if ((options as { all?: boolean }).all) return callback(null, list);
+      const first = list[0];
+      if (!first) return callback(refuse(`${hostname} did not resolve`), []);
+      callback(null, first.address, first.family);
+    });
+  };
 }
+
+/** The lookup of caller-chosen callbacks (webhooks, on_close_route): refusals are 400s. */
+export const policyLookup = blockingLookup((message) => new CallbackAddressError(message));
 
 /**
  * got options that enforce the policy at connect time: the DNS answer and every redirect's target are checked,

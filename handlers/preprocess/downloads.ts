@@ -1,5 +1,4 @@
 import { createHash, randomUUID } from "node:crypto";
-import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { createWriteStream } from "node:fs";
 import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { extname, join } from "node:path";
@@ -7,7 +6,7 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { got, type Got } from "got";
 import { InputError, PayloadTooLargeError } from "../../lib/errors.js";
-import { isBlockedAddress } from "./address-policy.js";
+import { blockingLookup, isBlockedAddress } from "./address-policy.js";
 
 export interface DownloaderOptions {
   inputDir: string;
@@ -276,30 +275,8 @@ function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean):
   }
 }
 
-type LookupCallback = (
-  err: NodeJS.ErrnoException | null,
-  address: string | LookupAddress[],
-  family?: number,
-) => void;
-
 /** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
-function safeLookup(hostname: string, options: object, callback: LookupCallback): void {
-  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
-    if (err) return callback(err, []);
-    const list = addresses as LookupAddress[];
-    const bad = list.find((a) => isBlockedAddress(a.address));
-    if (bad) {
-      return callback(
-        new BlockedAddressError(`${hostname} resolves to ${bad.address}, which is not allowed`),
-        [],
-      );
-    }
-    if ((options as { all?: boolean }).all) return callback(null, list);
-    const first = list[0];
-    if (!first) return callback(new BlockedAddressError(`${hostname} did not resolve`), []);
-    callback(null, first.address, first.family);
-  });
-}
+const safeLookup = blockingLookup((message) => new BlockedAddressError(message));
 
 function describeDownloadError(err: unknown, timeoutMs: number): string {
   const e = err as { name?: string; code?: string; message?: string; response?: { statusCode?: number } };
