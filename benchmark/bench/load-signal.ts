@@ -5,17 +5,16 @@
  */
 import { mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
-import { loadConfig } from "../../config/index.js";
 import type { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import { createLogger } from "../../lib/logger.js";
-import { createWorker, type Worker } from "../../worker/app.js";
+import type { Worker } from "../../worker/app.js";
 import { runBenchmark, hardwareKey } from "../runner.js";
 import { loadBenchmarkPayload } from "../payload.js";
 import { readFileSync } from "node:fs";
 import { ComfyClient } from "../../handlers/comfyui/client.js";
 import type { BenchParts } from "./parts.js";
-import { workerEnv } from "./parts.js";
+import { workerEnv, startWorker } from "./parts.js";
 import { fmt, median, spread } from "./stats.js";
 
 export interface SignalRun {
@@ -78,7 +77,7 @@ export async function measureSignal(
 ): Promise<SignalRun> {
   const dir = await mkdtemp(join(parts.dir, "signal-"));
   const containerId = 100 + rep;
-  const config = loadConfig(
+  const { worker } = await startWorker(
     workerEnv(parts, {
       OUTPUT_DIR: join(dir, "output"),
       BENCHMARK_SKIP: "false",
@@ -91,14 +90,7 @@ export async function measureSignal(
       MASTER_TOKEN: "bench",
       MAX_QUEUE_TIME: "1000",
     }),
-    repoRoot,
   );
-  const worker = createWorker({
-    config,
-    logger: createLogger({ level: "silent", pretty: false }),
-    root: repoRoot,
-  });
-  await worker.start();
   const readyAt = Date.now();
   try {
     await router.waitFor(
@@ -138,18 +130,15 @@ export async function measureSignal(
 /** The score after 8 timed rounds (median), for the provisional score's error. */
 export async function eightRoundScore(parts: BenchParts): Promise<number> {
   const dir = await mkdtemp(join(parts.dir, "eight-"));
-  const config = loadConfig(
+  const { worker, config } = await startWorker(
     workerEnv(parts, {
       OUTPUT_DIR: join(dir, "output"),
       BENCHMARK_TEST_WIDTH: "64",
       BENCHMARK_TEST_HEIGHT: "64",
       BENCHMARK_TEST_STEPS: "4",
     }),
-    repoRoot,
   );
   const logger = createLogger({ level: "silent", pretty: false });
-  const worker = createWorker({ config, logger, root: repoRoot });
-  await worker.start();
   try {
     const result = await runBenchmark({
       force: true,

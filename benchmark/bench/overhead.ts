@@ -1,11 +1,7 @@
 import { randomUUID } from "node:crypto";
 import WebSocket from "ws";
-import { loadConfig } from "../../config/index.js";
-import { createWorker } from "../../worker/app.js";
-import { createLogger } from "../../lib/logger.js";
-import { repoRoot } from "../../scripts/services/paths.js";
 import type { BenchParts } from "./parts.js";
-import { workerEnv } from "./parts.js";
+import { workerEnv, startWorker } from "./parts.js";
 import { median, quantile } from "./stats.js";
 
 /** A model-free workflow that ComfyUI runs in a few milliseconds; the prefix makes every run unique. */
@@ -72,13 +68,7 @@ export interface OverheadResult {
  * (no storage configured, so uploads are not counted), interleaved; differences of paired runs.
  */
 export async function measureOverhead(parts: BenchParts, runs = 200): Promise<OverheadResult> {
-  const config = loadConfig(workerEnv(parts), repoRoot);
-  const worker = createWorker({
-    config,
-    logger: createLogger({ level: "silent", pretty: false }),
-    root: repoRoot,
-  });
-  await worker.start();
+  const { worker } = await startWorker(workerEnv(parts));
   const direct = new DirectComfy(parts.comfyUrl);
   await direct.open();
   const api = worker.apiUrl()!;

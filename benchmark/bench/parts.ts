@@ -4,6 +4,10 @@ import { join } from "node:path";
 import { freePort, type Service } from "../../scripts/services/child.js";
 import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "../../scripts/services/comfyui.js";
 import { startS3, type S3Service } from "../../scripts/services/seaweedfs.js";
+import { loadConfig, type FrozenConfig } from "../../config/index.js";
+import { createLogger } from "../../lib/logger.js";
+import { repoRoot } from "../../scripts/services/paths.js";
+import { createWorker, type Worker } from "../../worker/app.js";
 
 export interface BenchParts {
   dir: string;
@@ -70,4 +74,18 @@ export function s3Env(parts: BenchParts): Record<string, string> {
     S3_ENDPOINT_URL: parts.s3.endpoint,
     S3_BUCKET_NAME: "bench",
   };
+}
+
+/** A worker built in this process from `env` (silent logs) and started; the caller stops it. */
+export async function startWorker(
+  env: Record<string, string>,
+): Promise<{ worker: Worker; config: FrozenConfig }> {
+  const config = loadConfig(env, repoRoot);
+  const worker = createWorker({
+    config,
+    logger: createLogger({ level: "silent", pretty: false }),
+    root: repoRoot,
+  });
+  await worker.start();
+  return { worker, config };
 }

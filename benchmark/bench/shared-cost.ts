@@ -4,11 +4,8 @@
  */
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
-import { loadConfig } from "../../config/index.js";
-import { createLogger } from "../../lib/logger.js";
-import { repoRoot } from "../../scripts/services/paths.js";
-import { createWorker, type Worker } from "../../worker/app.js";
-import { s3Env, workerEnv, type BenchParts } from "./parts.js";
+import type { Worker } from "../../worker/app.js";
+import { s3Env, workerEnv, type BenchParts, startWorker } from "./parts.js";
 import { median } from "./stats.js";
 
 export interface SharedCostResult {
@@ -29,16 +26,9 @@ function tinyWorkflow() {
 }
 
 async function start(parts: BenchParts, shared: boolean, dir: string): Promise<Worker> {
-  const config = loadConfig(
+  const { worker } = await startWorker(
     workerEnv(parts, { ...s3Env(parts), OUTPUT_DIR: join(dir, "output"), SHARED_JOBS: String(shared) }),
-    repoRoot,
   );
-  const worker = createWorker({
-    config,
-    logger: createLogger({ level: "silent", pretty: false }),
-    root: repoRoot,
-  });
-  await worker.start();
   return worker;
 }
 

@@ -1,10 +1,6 @@
 import { randomUUID } from "node:crypto";
-import { loadConfig } from "../../config/index.js";
-import { createWorker } from "../../worker/app.js";
-import { createLogger } from "../../lib/logger.js";
-import { repoRoot } from "../../scripts/services/paths.js";
 import type { BenchParts } from "./parts.js";
-import { s3Env, workerEnv } from "./parts.js";
+import { s3Env, workerEnv, startWorker } from "./parts.js";
 
 /** A model-free job with real work in ComfyUI (a blur over 4 images) and 4 PNGs to upload. */
 function job() {
@@ -51,20 +47,13 @@ export async function measureThroughput(
   jobs: number,
   mode: "pipelined" | "serial",
 ): Promise<ThroughputResult> {
-  const config = loadConfig(
+  const { worker } = await startWorker(
     workerEnv(parts, {
       ...s3Env(parts),
       MAX_INFLIGHT_PROMPTS: mode === "pipelined" ? "2" : "1",
       MAX_QUEUE_TIME: "100000",
     }),
-    repoRoot,
   );
-  const worker = createWorker({
-    config,
-    logger: createLogger({ level: "silent", pretty: false }),
-    root: repoRoot,
-  });
-  await worker.start();
   const api = worker.apiUrl()!;
   const send = async (): Promise<Result> => {
     const res = await fetch(`${api}/generate/sync`, {
