@@ -235,6 +235,8 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     envelope(deps, req, res, next);
   });
   app.use("/", deps.generate);
+  // Any other path: the bare 404 upstream's server (aiohttp) answers, never a page of ours.
+  app.use((_req: Request, res: Response) => void res.status(404).type("text/plain").send("404: Not Found"));
   app.use(
     errorHandler({
       invalidJsonStatus: 422,

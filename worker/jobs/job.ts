@@ -100,7 +100,14 @@ export class Job extends EventEmitter {
    * what `result()` reads. Returns the size of the result document, for the retention caps.
    */
   compact(): number {
-    this.input = { requestId: this.input.requestId, workflow: {}, s3: undefined, webhook: undefined };
+    const { requestId, internal } = this.input;
+    this.input = {
+      requestId,
+      workflow: {},
+      s3: undefined,
+      webhook: undefined,
+      ...(internal && { internal }),
+    };
     this.removeAllListeners();
     return Buffer.byteLength(JSON.stringify(this.result()));
   }
