@@ -172,9 +172,15 @@ function finishedOn(id: number, idx: number, status: string): Promise<void> {
   );
 }
 
-test("attack: an unsigned /session/create with a huge cost cannot make the reported load absurd", async () => {
-  // /session/create verifies no signature (as upstream), so its cost is the caller's word.
-  const auth = { ...router.authData(healthy.routed), cost: 1e12, signature: "forged" };
+test("attack: /session/create needs this worker's signature, and a signed one's huge cost cannot make the load absurd", async () => {
+  // Upstream verifies nothing here; ours refuses a forged signature (issue 9)...
+  const forged = await postJson(`${healthy.routed}/session/create`, {
+    auth_data: { ...router.authData(healthy.routed), signature: "forged" },
+    payload: { lifetime: 30 },
+  });
+  expect(forged.status).toBe(401);
+  // ...and the cost, which the router's signature does not cover, is bounded.
+  const auth = { ...router.authData(healthy.routed), cost: 1e12 };
   const created = await postJson(`${healthy.routed}/session/create`, {
     auth_data: auth,
     payload: { lifetime: 30 },

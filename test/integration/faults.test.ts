@@ -231,7 +231,12 @@ test("janitor, second rule: still below the bound, it removes the oldest uploade
       input: {
         request_id: failed,
         workflow_json: modelFree(),
-        s3: { endpoint_url: `http://127.0.0.1:${await freePort()}` },
+        // Another endpoint needs the caller's own keys (the worker's never leave for it).
+        s3: {
+          endpoint_url: `http://127.0.0.1:${await freePort()}`,
+          access_key_id: stack().s3AccessKeyId,
+          secret_access_key: stack().s3SecretAccessKey,
+        },
       },
     });
     expect(bad.body.status).toBe("failed");

@@ -130,7 +130,8 @@ test("one caller disconnecting while the node catalog loads does not cancel the 
 });
 
 test("finished jobs keep only their result, capped by RESULT_RETENTION_MAX (oldest evicted first)", async () => {
-  const own = await startTestWorker({ RESULT_RETENTION_MAX: "2" });
+  // This worker alone (no job documents in the bucket): what is evicted from memory is gone.
+  const own = await startTestWorker({ RESULT_RETENTION_MAX: "2", SHARED_JOBS: "false" });
   try {
     const ids = [1, 2, 3].map((i) => `kept-${i}-${randomUUID()}`);
     for (const id of ids) {
@@ -154,7 +155,7 @@ test("finished jobs keep only their result, capped by RESULT_RETENTION_MAX (olde
 });
 
 test("RESULT_RETENTION_MAX_BYTES caps the bytes of kept results", async () => {
-  const own = await startTestWorker({ RESULT_RETENTION_MAX_BYTES: "1" });
+  const own = await startTestWorker({ RESULT_RETENTION_MAX_BYTES: "1", SHARED_JOBS: "false" });
   try {
     const id = `bytes-${randomUUID()}`;
     const { body } = await postJson(`${own.api}/generate/sync`, {
