@@ -92,6 +92,8 @@ export interface Config {
     minRounds: number;
     tolerance: number;
     skip: boolean;
+    /** max_perf follows the throughput measured on completed jobs (false: the boot benchmark's score stays). */
+    liveScore: boolean;
     gpuKey: string;
   };
   log: { level: string; pretty: boolean };
@@ -230,6 +232,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       minRounds: e.int("BENCHMARK_MIN_ROUNDS", 1, { min: 1 }),
       tolerance: e.number("BENCHMARK_TOLERANCE", 0.05, { min: 0, max: 1 }),
       skip: e.bool("BENCHMARK_SKIP", false),
+      liveScore: e.bool("LIVE_SCORE", true),
       gpuKey: e.string("BENCHMARK_GPU_KEY", ""),
     },
     log: {

@@ -128,7 +128,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const load = new LoadSignal({
     maxPerf: () => (life.phase === "ready" ? admission.maxPerf : 0),
     onScore: (maxPerf) => {
-      if (life.phase !== "ready") return;
+      if (life.phase !== "ready" || !config.benchmark.liveScore) return;
       logger.info(
         { stage: "score", max_perf: maxPerf, previous: admission.maxPerf },
         `max_perf ${admission.maxPerf} -> ${maxPerf} (measured on completed jobs)`,

@@ -21,12 +21,30 @@ export const DELIBERATE_DIFFERENCES: readonly DeliberateDifference[] = [
       "load-balancer health checks; upstream's library has no such routes (404).",
   },
   {
-    id: "reqnum-replay-guard",
-    keys: /^reqnum\./,
+    id: "learned-workload",
+    keys: /\.(reports\.sum\((new_load|rej_load|cur_perf)\)|in-flight-report\.cur_load)$/,
+    applies: (reference, ours) => Number(ours) < Number(reference),
     reason:
-      "ours refuses (401, reported Rejected) a reqnum already used or more than REQNUM_REPLAY_WINDOW below the " +
-      "highest seen, so a captured envelope cannot be replayed; upstream only tracks the highest reqnum and serves " +
-      "replays. A security matter owned by issue 9 (replay handling under url-only signatures).",
+      "ours weighs a request by its predicted execution time (the cost model learned per workflow shape: a " +
+      "millisecond model-free job weighs 1, the floor), where upstream counts every request as 100; a request " +
+      "refused with 401 adds at most that estimate to rej_load, never the caller's own figure. So the load sums " +
+      "and cur_load fall below upstream's, and cur_load / max_perf stays the expected drain time.",
+  },
+  {
+    id: "signed-session-create",
+    keys: /^session\.((create|end)-unsigned\.|deleted\[unsigned\]$|reports\.last\.num_requests_recieved\(\+\)$)/,
+    reason:
+      "ours refuses a /session/create whose signature does not verify for this worker (401); upstream checks " +
+      "nothing there, so anyone could fill every session slot and inflate the reported load. The unsigned " +
+      "session then does not exist (its /session/end is a 400) and is never reported.",
+  },
+  {
+    id: "own-request-keys",
+    keys: /^reqnum\.reports\.last\.num_requests_recieved\(\+\)$/,
+    applies: (reference, ours) => Number(ours) > Number(reference),
+    reason:
+      "ours keys requests by a counter of its own; upstream keys them by reqnum, which the router's signature " +
+      "does not cover, so two requests under one reqnum (a replay, or an edited one) count once there.",
   },
   {
     id: "client-mistakes-4xx",

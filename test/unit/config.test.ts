@@ -90,6 +90,7 @@ describe("loadConfig", () => {
       minRounds: 1,
       tolerance: 0.05,
       skip: false,
+      liveScore: true,
       gpuKey: "",
     });
     expect(c.log).toEqual({ level: "info", pretty: false });
