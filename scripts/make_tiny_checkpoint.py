@@ -33,6 +33,15 @@ UNET_CONFIG = {
     "transformer_depth_middle": 1, "use_linear_in_transformer": False,
     "context_dim": 768, "use_temporal_resblock": False, "use_temporal_attention": False,
 }
+# --full-size: the real SD1.5 UNet (4 levels, 2 res blocks each, 860M parameters), for timings on a GPU that
+# match a real checkpoint's; the text encoder is full size either way, the VAE stays TAESD.
+FULL_UNET_CONFIG = {
+    **UNET_CONFIG,
+    "image_size": 32,
+    "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+}
 # SD15.unet_extra_config: 8 heads of 40 channels, as in real SD1.5.
 UNET_EXTRA = {"num_heads": 8, "num_head_channels": -1}
 
@@ -63,7 +72,7 @@ def init_params(module, gen):
                 p.fill_(1.0)
 
 
-def build_state_dict():
+def build_state_dict(unet_config):
     import torch
     import comfy.ops
     import comfy.clip_model
@@ -76,7 +85,7 @@ def build_state_dict():
     gen = torch.Generator().manual_seed(SEED)
     sd = {}
 
-    unet = UNetModel(**UNET_CONFIG, **UNET_EXTRA, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+    unet = UNetModel(**unet_config, **UNET_EXTRA, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
     init_params(unet, gen)
     sd.update({"model.diffusion_model." + k: v for k, v in unet.state_dict().items()})
 
@@ -105,8 +114,8 @@ def build_state_dict():
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
 
     detected = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
-    if detected != UNET_CONFIG:
-        raise AssertionError(f"detect_unet_config mismatch:\n detected {detected}\n built    {UNET_CONFIG}")
+    if detected != unet_config:
+        raise AssertionError(f"detect_unet_config mismatch:\n detected {detected}\n built    {unet_config}")
     mc = comfy.model_detection.model_config_from_unet_config(detected, sd)
     if type(mc).__name__ != "SD15":
         raise AssertionError(f"detected as {type(mc).__name__}, expected SD15")
@@ -189,6 +198,7 @@ def main():
     ap.add_argument("--comfyui", required=True, help="ComfyUI source folder")
     ap.add_argument("--out", required=True, help="output .safetensors path")
     ap.add_argument("--verify-only", action="store_true", help="only load and check an existing file")
+    ap.add_argument("--full-size", action="store_true", help="the real SD1.5 UNet (for GPU timings)")
     args = ap.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -196,7 +206,7 @@ def main():
     t0 = time.perf_counter()
     import_comfy(args.comfyui)
     if not args.verify_only:
-        save_atomic(build_state_dict(), args.out)
+        save_atomic(build_state_dict(FULL_UNET_CONFIG if args.full_size else UNET_CONFIG), args.out)
         print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s")
     verify(args.out)
     size = os.path.getsize(args.out)

@@ -11,7 +11,7 @@ export interface LiveScoreOptions {
 
 /**
  * max_perf as real work measures it. The boot benchmark gives a provisional score from one timed run; after that
- * every completed job is a measurement of throughput (its workload / its execution seconds). The estimate is the
+ * every completed job is a measurement of throughput in benchmark units per second (see LoadSignal). The estimate is the
  * median of the newest measurements after dropping outliers (beyond 3 scaled median absolute deviations: a job
  * that waited on a model load, a cache hit that took no time), and it replaces the score only when it moved by more
  * than `threshold`, so that the autoscaler is not told about noise.
@@ -28,10 +28,10 @@ export class LiveScore {
     this.threshold = opts.threshold ?? 0.05;
   }
 
-  /** Records a job; returns the new score when the estimate moved more than the threshold from `current`. */
-  observe(workload: number, seconds: number, current: number): number | undefined {
-    if (!(workload > 0) || !(seconds > 0) || !Number.isFinite(workload / seconds)) return undefined;
-    this.samples.push(workload / seconds);
+  /** Records a measurement; returns the new score when the estimate moved more than the threshold from `current`. */
+  observe(perf: number, current: number): number | undefined {
+    if (!(perf > 0) || !Number.isFinite(perf)) return undefined;
+    this.samples.push(perf);
     if (this.samples.length > this.window) this.samples.shift();
     const estimate = this.estimate();
     if (estimate === undefined) return undefined;

@@ -69,26 +69,49 @@ export class LoadSignal {
       return { workload, seconds: 0, source: "prior", ...f };
     }
     const benchmarkSeconds = DEFAULT_WORKLOAD / maxPerf;
-    const prior = (units: number) =>
-      benchmarkSeconds * (units > 0 && this.benchmark.units > 0 ? units / this.benchmark.units : 1);
+    const prior = this.prior(benchmarkSeconds);
     const { seconds, source } = this.model.predict(f, prior);
     const raw = (DEFAULT_WORKLOAD * seconds) / benchmarkSeconds;
     const workload = Math.min(MAX_WORKLOAD, Math.max(MIN_WORKLOAD, Math.round(raw * 100) / 100));
     return { workload, seconds, source, ...f };
   }
 
+  /** A shape never seen: the benchmark's time scaled by sampling units (one benchmark's worth when unknown). */
+  private prior(benchmarkSeconds: number): (units: number) => number {
+    return (units) =>
+      benchmarkSeconds * (units > 0 && this.benchmark.units > 0 ? units / this.benchmark.units : 1);
+  }
+
   workloadOf(workflow: unknown): number {
     return this.estimate(workflow).workload;
   }
 
-  /** A finished job teaches the model and the score; only completed jobs count, and never the warm-up. */
+  /**
+   * A finished job teaches the model and the score; only completed jobs count, and never the warm-up. The score's
+   * measurement is the job's time turned into benchmark runs by the model's own proportions, predicted before the
+   * job is learned: 100 x predicted(job) / predicted(benchmark) / seconds. For a benchmark run that is 100 /
+   * seconds, its definition; for other jobs it stays right as the model learns their cost, where their workload
+   * (fixed when they were accepted, from what the model knew then) would carry the model's early errors into the
+   * score for good.
+   */
   completed(job: Job): void {
     if (job.status !== "completed" || job.input.internal?.warmup) return;
     const seconds = executionSeconds(job);
     if (seconds === undefined) return;
-    const next = this.score.observe(job.workload, seconds, this.opts.maxPerf());
-    if (next !== undefined) this.opts.onScore(next);
-    this.model.observe(jobFeatures(job.input.workflow), seconds);
+    const f = jobFeatures(job.input.workflow);
+    const maxPerf = this.opts.maxPerf();
+    // The benchmark's time as the model knows it; a shape never seen is that time scaled by units, so that the
+    // ratio of the two is the model's own (not the current score's, which this measurement is meant to correct).
+    const benchmark = this.model.predict(
+      this.benchmark,
+      this.prior(maxPerf > 0 ? DEFAULT_WORKLOAD / maxPerf : seconds),
+    ).seconds;
+    const predicted = this.model.predict(f, this.prior(benchmark)).seconds;
+    if (predicted > 0 && benchmark > 0) {
+      const next = this.score.observe((DEFAULT_WORKLOAD * predicted) / (benchmark * seconds), maxPerf);
+      if (next !== undefined) this.opts.onScore(next);
+    }
+    this.model.observe(f, seconds);
   }
 
   state(): {

@@ -142,15 +142,15 @@ describe("CostModel", () => {
 describe("LiveScore", () => {
   test("needs a few measurements, rejects outliers, and moves only past the threshold", () => {
     const s = new LiveScore({ minSamples: 3, threshold: 0.05 });
-    expect(s.observe(100, 1, 100)).toBeUndefined();
-    expect(s.observe(100, 1.02, 100)).toBeUndefined();
-    expect(s.observe(100, 1.01, 100)).toBeUndefined(); // ~99: within 5 %
-    expect(s.observe(100, 50, 100)).toBeUndefined(); // a model load: an outlier
+    expect(s.observe(100 / 1, 100)).toBeUndefined();
+    expect(s.observe(100 / 1.02, 100)).toBeUndefined();
+    expect(s.observe(100 / 1.01, 100)).toBeUndefined(); // ~99: within 5 %
+    expect(s.observe(100 / 50, 100)).toBeUndefined(); // a model load: an outlier
     expect(s.estimate()).toBeCloseTo(99.01, 2); // the median of the three others
-    s.observe(100, 2, 100);
-    s.observe(100, 2, 100);
-    s.observe(100, 2, 100);
-    expect(s.observe(100, 2, 100)).toBe(50);
+    s.observe(100 / 2, 100);
+    s.observe(100 / 2, 100);
+    s.observe(100 / 2, 100);
+    expect(s.observe(100 / 2, 100)).toBe(50);
   });
 });
 
@@ -175,8 +175,8 @@ describe("LoadSignal", () => {
     expect(load.workloadOf("nonsense")).toBe(100);
   });
 
-  test("once learned, cur_load / max_perf is the sum of the predicted seconds", () => {
-    const { load } = signal(100); // the benchmark takes 1 s
+  test("once learned, cur_load / max_perf is the sum of the predicted seconds, and the score keeps its meaning", () => {
+    const { load, state } = signal(100); // the benchmark takes 1 s
     // Real cost: 0.5 s fixed + 0.5 s per benchmark's worth of sampling; the prior says 1 s per benchmark's worth.
     const cost = (wf: Workflow) => 0.5 + (0.5 * jobFeatures(wf).units) / jobFeatures(sd15()).units;
     const mix = [sd15(64, 64, 4), sd15(128, 128, 4), sd15(64, 64, 12)];
@@ -186,8 +186,12 @@ describe("LoadSignal", () => {
     for (const wf of mix) {
       const e = load.estimate(wf);
       expect(e.source).toBe("fit");
-      expect(e.workload / 100).toBeCloseTo(cost(wf), 2); // predicted seconds = workload / max_perf
+      expect(e.workload / state.maxPerf).toBeCloseTo(cost(wf), 2); // predicted seconds = workload / max_perf
     }
+    // The prior (proportional to units) overestimated the larger jobs at first; the score still says 100 / the
+    // benchmark's 1 s, not the inflated throughput those first jobs seemed to show.
+    expect(state.maxPerf).toBeGreaterThan(95);
+    expect(state.maxPerf).toBeLessThan(105);
   });
 
   test("completed jobs that take longer than predicted lower the score; failures and the warm-up teach nothing", () => {
