@@ -100,7 +100,9 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
     );
     opts.onJob?.(label, job);
     await job.done;
-    const seconds = (now() - started) / 1000;
+    // ComfyUI's own execution time of the prompt when its events told it (what the live score measures too, so
+    // the two agree); the round's wall time otherwise.
+    const seconds = (job.executionMs() ?? now() - started) / 1000;
     await rm(join(opts.outputDir, id), { recursive: true, force: true });
     if (job.status !== "completed") {
       opts.logger.warn(

@@ -134,10 +134,6 @@ export class LoadSignal {
  * excludes the wait behind the previous prompt that the worker keeps queued; the generation stage otherwise.
  */
 function executionSeconds(job: Job): number | undefined {
-  const d = job.details;
-  if (d?.started_at != null && d.completed_at != null && d.completed_at > d.started_at) {
-    return (d.completed_at - d.started_at) / 1000;
-  }
-  const ms = job.timings.generation_ms;
+  const ms = job.executionMs() ?? job.timings.generation_ms;
   return ms > 0 ? ms / 1000 : undefined;
 }

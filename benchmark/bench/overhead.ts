@@ -16,7 +16,7 @@ function tinyWorkflow(prefix: string) {
  * What a bare caller of ComfyUI does at best: POST /prompt, wait on the WebSocket for the prompt's end, GET its
  * history. One WebSocket for all runs, as the worker has.
  */
-class DirectComfy {
+export class DirectComfy {
   private ws!: WebSocket;
   private waiters = new Map<string, () => void>();
   readonly clientId = randomUUID();

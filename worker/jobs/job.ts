@@ -112,6 +112,13 @@ export class Job extends EventEmitter {
     return Buffer.byteLength(JSON.stringify(this.result()));
   }
 
+  /** ComfyUI's own execution time of the prompt (execution_start to its end, from its events), if known. */
+  executionMs(): number | undefined {
+    const d = this.details;
+    if (d?.started_at == null || d.completed_at == null || !(d.completed_at > d.started_at)) return undefined;
+    return d.completed_at - d.started_at;
+  }
+
   /**
    * The HTTP status of the job's answer: its error's status for client mistakes (4xx) and retryable failures (5xx);
    * 200 otherwise, a terminal failure included (the document says it failed; a 5xx would make the client retry).
