@@ -106,19 +106,32 @@ export class CostModel {
     this.now = opts.now ?? Date.now;
   }
 
-  /** Predicted seconds for a request; `prior(units)` is used where the shape teaches nothing yet. */
-  predict(f: JobFeatures, prior: (units: number) => number): { seconds: number; source: PredictionSource } {
+  /**
+   * Predicted seconds for a request; `prior(units)` is used where the shape teaches nothing yet. `measured` says
+   * the prediction rests on this shape's own jobs alone (a fit, or jobs of this very size), not on the prior's
+   * proportions.
+   */
+  predict(
+    f: JobFeatures,
+    prior: (units: number) => number,
+  ): { seconds: number; source: PredictionSource; measured: boolean } {
     const rec = this.shapes.get(f.shape);
-    if (!rec || rec.samples.length === 0) return { seconds: prior(f.units), source: "prior" };
+    if (!rec || rec.samples.length === 0)
+      return { seconds: prior(f.units), source: "prior", measured: false };
     if (rec.fit) {
-      return { seconds: Math.max(0, rec.fit.fixedS + rec.fit.perUnitS * f.units), source: "fit" };
+      return {
+        seconds: Math.max(0, rec.fit.fixedS + rec.fit.perUnitS * f.units),
+        source: "fit",
+        measured: true,
+      };
     }
     // One size seen: what it took, scaled as the prior scales sizes.
     const meanUnits = mean(rec.samples.map((s) => s.units));
     const meanSeconds = median(rec.samples.map((s) => s.seconds));
     const base = prior(meanUnits);
     const ratio = base > 0 ? prior(f.units) / base : 1;
-    return { seconds: meanSeconds * ratio, source: "scaled" };
+    const measured = rec.samples.every((s) => s.units === f.units);
+    return { seconds: meanSeconds * ratio, source: "scaled", measured };
   }
 
   /** A completed job: `seconds` is ComfyUI's execution time for it. Non-finite or non-positive times are ignored. */

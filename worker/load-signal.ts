@@ -100,18 +100,30 @@ export class LoadSignal {
     if (seconds === undefined) return;
     const f = jobFeatures(job.input.workflow);
     const maxPerf = this.opts.maxPerf();
+    if (f.shape === this.benchmark.shape && f.units === this.benchmark.units) {
+      // A run of the benchmark itself (the boot's timed round, or traffic like it): 100 / seconds, by definition.
+      this.measure(DEFAULT_WORKLOAD / seconds, maxPerf);
+      this.model.observe(f, seconds);
+      return;
+    }
     // The benchmark's time as the model knows it; a shape never seen is that time scaled by units, so that the
     // ratio of the two is the model's own (not the current score's, which this measurement is meant to correct).
     const benchmark = this.model.predict(
       this.benchmark,
       this.prior(maxPerf > 0 ? DEFAULT_WORKLOAD / maxPerf : seconds),
-    ).seconds;
-    const predicted = this.model.predict(f, this.prior(benchmark)).seconds;
-    if (predicted > 0 && benchmark > 0) {
-      const next = this.score.observe((DEFAULT_WORKLOAD * predicted) / (benchmark * seconds), maxPerf);
-      if (next !== undefined) this.opts.onScore(next);
+    );
+    const predicted = this.model.predict(f, this.prior(benchmark.seconds));
+    // Only predictions that rest on measured jobs: the prior's proportions (pixels x steps, no fixed part) would
+    // carry their error into the score.
+    if (predicted.measured && benchmark.measured && predicted.seconds > 0 && benchmark.seconds > 0) {
+      this.measure((DEFAULT_WORKLOAD * predicted.seconds) / (benchmark.seconds * seconds), maxPerf);
     }
     this.model.observe(f, seconds);
+  }
+
+  private measure(perf: number, current: number): void {
+    const next = this.score.observe(perf, current);
+    if (next !== undefined) this.opts.onScore(next);
   }
 
   state(): {
