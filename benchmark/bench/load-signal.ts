@@ -3,6 +3,7 @@
  * how long until the router hears Ready, and how well cur_load / max_perf (as reported right after a burst is
  * accepted) predicts the time the burst takes to drain, next to upstream's rule (every request weighs 100).
  */
+import { randomUUID } from "node:crypto";
 import { mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import type { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
@@ -32,10 +33,17 @@ export interface SignalRun {
 /** The mix of the issue: 64x64x4, 128x128x4 and 64x64x12 steps, four of each, shuffled. */
 function mix(): Record<string, unknown>[] {
   const base = JSON.parse(readFileSync(join(repoRoot, "misc/workflows/sd15_text2image.json"), "utf8"));
+  // A prompt of its own per job, as real traffic has (a repeated prompt's text encoding would come from
+  // ComfyUI's cache, and the jobs would be cheaper than the benchmark's runs, which draw theirs at random too).
+  const prompts = readFileSync(join(repoRoot, "misc/test_prompts.txt"), "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean);
   const make = (w: number, h: number, steps: number) => {
     const wf = structuredClone(base);
     Object.assign(wf["5"].inputs, { width: w, height: h, batch_size: 1 });
     Object.assign(wf["3"].inputs, { steps, seed: Math.floor(Math.random() * 2 ** 32) });
+    wf["6"].inputs.text = `${prompts[Math.floor(Math.random() * prompts.length)]}, ${randomUUID()}`;
     return wf;
   };
   const jobs = [0, 1, 2, 3].flatMap(() => [make(64, 64, 4), make(128, 128, 4), make(64, 64, 12)]);
@@ -201,7 +209,7 @@ ${rows}
 Method: the worker boots with the default benchmark at 64×64, 4 steps (one warm-up, one timed run), reporting to
 the router emulator; "router heard Ready" is the time from \`start()\` returning (phase ready) to the emulator
 receiving the first \`/worker_status/\` with \`max_perf\` > 0. A learning burst of 12 jobs (4 each of 64×64×4
-steps, 128×128×4 and 64×64×12, shuffled, random seeds) is submitted at once through \`POST /generate\` on the
+steps, 128×128×4 and 64×64×12, shuffled, random seeds, each with a prompt of its own) is submitted at once through \`POST /generate\` on the
 local API and drained; then a second burst of the same mix. Right after its 12 submissions are accepted, the
 prediction is what the reporter sends at that moment, \`cur_load / max_perf\`; upstream's rule is the same with
 every request counted as 100. "Actual" is the time from that moment until the last job of the burst completed.
