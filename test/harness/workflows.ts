@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { repoRoot } from "./worker.js";
 
@@ -27,4 +28,15 @@ export function loadImageWorkflow(image: string): Record<string, any> {
     "11": { class_type: "ImageInvert", inputs: { image: ["10", 0] } },
     "12": { class_type: "SaveImage", inputs: { images: ["11", 0], filename_prefix: "loaded" } },
   };
+}
+
+/** Writes a benchmark that runs in milliseconds (the model-free workflow, seeded) under `root`; returns its path. */
+export async function fastBenchmarkFile(root: string): Promise<string> {
+  const dir = await mkdtemp(join(root, "bench-"));
+  const wf = modelFree();
+  wf["3"].inputs.filename_prefix = "bench-__RANDOM_INT__";
+  delete wf["4"];
+  const path = join(dir, "benchmark.json");
+  await writeFile(path, JSON.stringify(wf));
+  return path;
 }

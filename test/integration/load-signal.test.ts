@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { stack } from "../harness/stack.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { modelFree } from "../harness/workflows.js";
+import { modelFree, fastBenchmarkFile } from "../harness/workflows.js";
 
 /**
  * The signal the autoscaler routes on, on the real stack: ready after two workflow runs and heard at once, a score
@@ -23,16 +23,6 @@ afterAll(async () => {
   await router.close();
 });
 
-/** A benchmark that runs in milliseconds: the model-free workflow. */
-async function fastBenchmark(dir: string): Promise<string> {
-  const wf = modelFree();
-  wf["3"].inputs.filename_prefix = "bench-__RANDOM_INT__";
-  delete wf["4"];
-  const path = join(dir, "benchmark.json");
-  await writeFile(path, JSON.stringify(wf));
-  return path;
-}
-
 async function start(extra: Record<string, string> = {}): Promise<{ w: TestWorker; dir: string }> {
   const dir = await mkdtemp(join(stack().tmpRoot, "load-"));
   const w = await startTestWorker({
@@ -40,7 +30,7 @@ async function start(extra: Record<string, string> = {}): Promise<{ w: TestWorke
     CONTAINER_ID: "12",
     MASTER_TOKEN: "token-12",
     BENCHMARK_SKIP: "false",
-    BENCHMARK_JSON_PATH: await fastBenchmark(dir),
+    BENCHMARK_JSON_PATH: await fastBenchmarkFile(dir),
     BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
     // Far longer than any wait below: a report that arrives was sent because something changed, not by the timer.
     REPORT_INTERVAL_MS: "600000",

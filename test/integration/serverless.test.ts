@@ -1,29 +1,18 @@
 import { generateKeyPairSync, sign } from "node:crypto";
 import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
+import { RouterEmulator, WORKER_STATUS_FIELDS } from "../../scripts/router-emulator/emulator.js";
 import { urlMessage } from "../../worker/auth/signature.js";
 import { stack } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import type { Worker } from "../../worker/app.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { modelFree, tinyText2Image } from "../harness/workflows.js";
+import { modelFree, tinyText2Image, fastBenchmarkFile } from "../harness/workflows.js";
 
 /** The worker as the Vast side sees it: signed envelopes, reports, admission, the boot benchmark, the client. */
 
 let router: RouterEmulator;
 let w: TestWorker;
-
-/** A benchmark that runs in milliseconds: the model-free workflow, seeded. */
-async function fastBenchmarkFile(): Promise<string> {
-  const dir = await mkdtemp(join(stack().tmpRoot, "bench-"));
-  const wf = modelFree();
-  wf["3"].inputs.filename_prefix = "bench-__RANDOM_INT__";
-  delete wf["4"];
-  const path = join(dir, "benchmark.json");
-  await writeFile(path, JSON.stringify(wf));
-  return path;
-}
 
 const securedEnv = async (extra: Record<string, string> = {}) => ({
   UNSECURED: "false",
@@ -32,7 +21,7 @@ const securedEnv = async (extra: Record<string, string> = {}) => ({
   MASTER_TOKEN: "token-7",
   PUBLIC_IPADDR: "127.0.0.1",
   BENCHMARK_SKIP: "false",
-  BENCHMARK_JSON_PATH: await fastBenchmarkFile(),
+  BENCHMARK_JSON_PATH: await fastBenchmarkFile(stack().tmpRoot),
   REPORT_INTERVAL_MS: "100",
   REPORT_HEARTBEAT_MS: "1000",
   ...extra,
@@ -83,25 +72,7 @@ test("start-up: public key fetched, benchmark run, ready reported with max_perf 
   const report = router.reports
     .filter((r) => r.path === "/worker_status/" && Number(r.body.max_perf) > 0)
     .at(-1)!.body;
-  const types: Record<string, string> = {
-    id: "number",
-    mtoken: "string",
-    version: "string",
-    loadtime: "number",
-    cur_load: "number",
-    rej_load: "number",
-    new_load: "number",
-    error_msg: "string",
-    max_perf: "number",
-    cur_perf: "number",
-    cur_capacity: "number",
-    max_capacity: "number",
-    num_requests_working: "number",
-    num_requests_recieved: "number",
-    additional_disk_usage: "number",
-    working_request_idxs: "object",
-    url: "string",
-  };
+  const types = WORKER_STATUS_FIELDS;
   for (const [k, t] of Object.entries(types)) expect([k, typeof report[k]]).toEqual([k, t]);
   expect(report).toMatchObject({ id: 7, mtoken: "token-7", version: "1.1.0", error_msg: "", url: w.routed });
   expect(report.max_perf).toBeCloseTo(w.worker.admission.maxPerf, 3);
