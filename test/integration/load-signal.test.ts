@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { stack } from "../harness/stack.js";
