@@ -61,7 +61,8 @@ test("ready after one warm-up and one timed run, and the router hears it at once
 });
 
 test("BENCHMARK_MIN_ROUNDS still insists on more rounds before ready", async () => {
-  const { w } = await start({ BENCHMARK_MIN_ROUNDS: "3", BENCHMARK_TOLERANCE: "1" });
+  // At most 3 rounds too: millisecond rounds, timed by ComfyUI's millisecond clock, rarely agree within 5 %.
+  const { w } = await start({ BENCHMARK_MIN_ROUNDS: "3", BENCHMARK_MAX_ROUNDS: "3" });
   expect(w.worker.benchmark()!.rounds).toHaveLength(3);
   expect(await completedJobs(w)).toBe(4);
 });
