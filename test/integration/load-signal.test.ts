@@ -107,5 +107,7 @@ test("runs slower than the score says lower max_perf, which is re-reported and c
   ]);
   const metrics = await (await fetch(`${w.api}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
   expect(metrics).toMatch(/comfyui_worker_cost_model_samples\{shape="[0-9a-f]{16}"\} 4/);
-  expect(metrics).toMatch(new RegExp(`comfyui_worker_live_max_perf ${after}`));
+  // The gauge is the live estimate; max_perf took its value when it last moved by more than 5 %.
+  const live = Number(/comfyui_worker_live_max_perf ([\d.]+)/.exec(metrics)?.[1]);
+  expect(Math.abs(live / after - 1)).toBeLessThanOrEqual(0.05);
 });
