@@ -56,17 +56,27 @@ export class EnvReader {
 
   url(name: string, fallback?: string): string | undefined {
     const v = this.raw(name) ?? fallback;
-    if (v === undefined) return undefined;
-    let parsed: URL;
-    try {
-      parsed = new URL(v);
-    } catch {
-      throw new ConfigError(name, `not a URL: ${JSON.stringify(v)}`);
-    }
-    if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
-      throw new ConfigError(name, `expected an http(s) URL, got ${JSON.stringify(v)}`);
-    }
-    return v.replace(/\/+$/, "");
+    return v === undefined ? undefined : checkUrl(name, v);
+  }
+
+  /** A comma-separated list (empty entries dropped); undefined when unset. */
+  list(name: string): string[] | undefined {
+    const v = this.raw(name);
+    return v === undefined
+      ? undefined
+      : v
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean);
+  }
+
+  /** A comma-separated list of distinct http(s) URLs; undefined when unset. */
+  urlList(name: string): string[] | undefined {
+    const urls = this.list(name)?.map((v) => checkUrl(name, v));
+    if (urls === undefined) return undefined;
+    const twice = urls.find((u, i) => urls.indexOf(u) !== i);
+    if (twice !== undefined) throw new ConfigError(name, `${twice} is listed twice`);
+    return urls;
   }
 
   oneOf<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
@@ -77,4 +87,17 @@ export class EnvReader {
     }
     return v as T;
   }
+}
+
+function checkUrl(name: string, v: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(v);
+  } catch {
+    throw new ConfigError(name, `not a URL: ${JSON.stringify(v)}`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new ConfigError(name, `expected an http(s) URL, got ${JSON.stringify(v)}`);
+  }
+  return v.replace(/\/+$/, "");
 }

@@ -13,16 +13,27 @@ export interface S3Settings {
   region?: string;
 }
 
+export interface ComfyBackendConfig {
+  url: string;
+  outputDir: string;
+}
+
 export interface Config {
   /** The routed port: the Vast router's signed envelope. */
   worker: { host: string; port: number; publicUrl: string; useSsl: boolean; sslCert: string; sslKey: string };
   /** The local API port: bare `{input}` and /docs, for interactive use over an SSH tunnel. */
   api: { host: string; port: number; enabled: boolean };
   comfyui: {
-    url: string;
-    /** ComfyUI's own folders on this machine; outputs are moved from there, inputs written there. */
+    /**
+     * The ComfyUI servers this worker drives (COMFYUI_URLS, or the one COMFYUI_URL), typically one per GPU, each
+     * with its own output folder on this machine (outputs are moved from there).
+     */
+    backends: ComfyBackendConfig[];
+    /**
+     * The input folder every backend reads: inputs are downloaded before a backend is chosen, so all of them must
+     * share it (start every ComfyUI with the same --input-directory).
+     */
     inputDir: string;
-    outputDir: string;
     startupTimeoutMs: number;
     requestTimeoutMs: number;
     /** How often the history is polled when the WebSocket is quiet. */
@@ -127,12 +138,13 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     e.optional("COMFYUI_INPUT_DIR") ??
     comfyArgs.inputDir ??
     (comfyBase ? join(comfyBase, "input") : undefined);
-  const comfyOutput =
-    e.optional("COMFYUI_OUTPUT_DIR") ??
-    comfyArgs.outputDir ??
-    (comfyBase ? join(comfyBase, "output") : undefined);
+  const comfyOutputs =
+    e.list("COMFYUI_OUTPUT_DIR") ??
+    (comfyArgs.outputDir !== undefined ? [comfyArgs.outputDir] : undefined) ??
+    (comfyBase ? [join(comfyBase, "output")] : undefined);
   if (comfyInput === undefined) throw new ConfigError("COMFYUI_INPUT_DIR", "set it, or COMFYUI_BASE_DIR");
-  if (comfyOutput === undefined) throw new ConfigError("COMFYUI_OUTPUT_DIR", "set it, or COMFYUI_BASE_DIR");
+  if (comfyOutputs === undefined) throw new ConfigError("COMFYUI_OUTPUT_DIR", "set it, or COMFYUI_BASE_DIR");
+  const backends = comfyBackends(e, comfyArgs.port, comfyOutputs);
   const webhookSecret = e.optional("WEBHOOK_SECRET");
   const webhookSigningKey = e.optional("WEBHOOK_SIGNING_KEY");
 
@@ -152,14 +164,13 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       enabled: e.bool("API_ENABLED", true),
     },
     comfyui: {
-      url: e.url("COMFYUI_URL", `http://127.0.0.1:${comfyArgs.port ?? 18188}`)!,
+      backends,
       inputDir: resolve(comfyInput),
-      outputDir: resolve(comfyOutput),
       startupTimeoutMs: e.int("COMFYUI_STARTUP_TIMEOUT_MS", 300_000, { min: 0 }),
       requestTimeoutMs: e.int("COMFYUI_REQUEST_TIMEOUT_MS", 30_000, { min: 100 }),
       historyPollMs: e.int("COMFYUI_HISTORY_POLL_MS", 1_000, { min: 10 }),
     },
-    outputDir: resolve(e.optional("OUTPUT_DIR") ?? comfyOutput),
+    outputDir: resolve(e.optional("OUTPUT_DIR") ?? backends[0]!.outputDir),
     jobs: {
       timeoutMs: e.int("JOB_TIMEOUT_MS", 600_000, { min: 1 }),
       maxInFlightPrompts: e.int("MAX_INFLIGHT_PROMPTS", 2, { min: 1, max: 64 }),
@@ -260,4 +271,37 @@ export function describeConfig(config: FrozenConfig): unknown {
     },
     autoscaler: { ...config.autoscaler, masterToken: mask(config.autoscaler.masterToken) },
   };
+}
+
+/**
+ * COMFYUI_URLS (several backends) or COMFYUI_URL (one), paired with COMFYUI_OUTPUT_DIR's folders in order. Backends
+ * never share an output folder: ComfyUI numbers its files by what the folder holds, so two servers writing into
+ * one would overwrite each other's outputs.
+ */
+function comfyBackends(e: EnvReader, argsPort: number | undefined, outputs: string[]): ComfyBackendConfig[] {
+  const urls = e.urlList("COMFYUI_URLS");
+  if (urls !== undefined && e.optional("COMFYUI_URL") !== undefined) {
+    throw new ConfigError("COMFYUI_URLS", "set either COMFYUI_URL (one ComfyUI) or COMFYUI_URLS, not both");
+  }
+  const list = urls ?? [e.url("COMFYUI_URL", `http://127.0.0.1:${argsPort ?? 18188}`)!];
+  if (list.length === 0) throw new ConfigError("COMFYUI_URLS", "lists no URL");
+  if (list.length > 1 && outputs.length !== list.length) {
+    throw new ConfigError(
+      "COMFYUI_OUTPUT_DIR",
+      `${list.length} backends in COMFYUI_URLS need ${list.length} output folders (comma-separated, one per ` +
+        `backend, in order), got ${outputs.length}: backends sharing a folder overwrite each other's files`,
+    );
+  }
+  if (list.length === 1 && outputs.length !== 1) {
+    throw new ConfigError("COMFYUI_OUTPUT_DIR", `one ComfyUI needs one output folder, got ${outputs.length}`);
+  }
+  const dirs = outputs.map((d) => resolve(d));
+  const twice = dirs.find((d, i) => dirs.indexOf(d) !== i);
+  if (twice !== undefined) {
+    throw new ConfigError(
+      "COMFYUI_OUTPUT_DIR",
+      `${twice} is listed twice: each backend needs its own folder`,
+    );
+  }
+  return list.map((url, i) => ({ url, outputDir: dirs[i]! }));
 }

@@ -4,6 +4,13 @@ import { ConfigError, describeConfig, loadConfig } from "../../config/index.js";
 const ROOT = "/srv/worker";
 const BASE = { COMFYUI_BASE_DIR: "/opt/comfy", REPORT_ADDR: "https://report.example" } as const;
 
+/** The one ComfyUI of a config, flattened: its URL and folders. */
+function oneComfy(c: ReturnType<typeof loadConfig>) {
+  expect(c.comfyui.backends).toHaveLength(1);
+  const [{ url, outputDir }] = c.comfyui.backends as [{ url: string; outputDir: string }];
+  return { url, outputDir, inputDir: c.comfyui.inputDir };
+}
+
 function configError(fn: () => unknown): ConfigError {
   try {
     fn();
@@ -27,9 +34,8 @@ describe("loadConfig", () => {
     });
     expect(c.api).toEqual({ host: "127.0.0.1", port: 18288, enabled: true });
     expect(c.comfyui).toEqual({
-      url: "http://127.0.0.1:18188",
+      backends: [{ url: "http://127.0.0.1:18188", outputDir: "/opt/comfy/output" }],
       inputDir: "/opt/comfy/input",
-      outputDir: "/opt/comfy/output",
       startupTimeoutMs: 300_000,
       requestTimeoutMs: 30_000,
       historyPollMs: 1_000,
@@ -117,9 +123,8 @@ describe("loadConfig", () => {
     expect(c.api.enabled).toBe(false);
     expect(c.autoscaler.maxQueueTimeS).toBe(2.5);
     expect(c.log.level).toBe("debug");
-    expect(c.comfyui.url).toBe("http://10.0.0.5:8188");
+    expect(c.comfyui.backends).toEqual([{ url: "http://10.0.0.5:8188", outputDir: "/opt/comfy/output" }]);
     expect(c.comfyui.inputDir).toBe("/data/in");
-    expect(c.comfyui.outputDir).toBe("/opt/comfy/output");
     expect(c.outputDir).toBe("/data/results");
     expect(c.jobs.timeoutMs).toBe(600_000);
     expect(c.autoscaler.legacySignatures).toBe(true);
@@ -185,7 +190,55 @@ describe("loadConfig", () => {
     );
     const c = loadConfig({ ...noBase, COMFYUI_INPUT_DIR: "/in", COMFYUI_OUTPUT_DIR: "/out" }, ROOT);
     expect(c.comfyui.inputDir).toBe("/in");
-    expect(c.comfyui.outputDir).toBe("/out");
+    expect(c.comfyui.backends.map((b) => b.outputDir)).toEqual(["/out"]);
+  });
+
+  describe("COMFYUI_URLS: several ComfyUI backends", () => {
+    const urls = "http://127.0.0.1:18188, http://127.0.0.1:18189/";
+    test("each URL is paired with its own output folder, in order; the input folder is shared", () => {
+      const c = loadConfig(
+        { ...BASE, COMFYUI_URLS: urls, COMFYUI_OUTPUT_DIR: "/out/gpu0,/out/gpu1", COMFYUI_INPUT_DIR: "/in" },
+        ROOT,
+      );
+      expect(c.comfyui.backends).toEqual([
+        { url: "http://127.0.0.1:18188", outputDir: "/out/gpu0" },
+        { url: "http://127.0.0.1:18189", outputDir: "/out/gpu1" },
+      ]);
+      expect(c.comfyui.inputDir).toBe("/in");
+      expect(c.outputDir).toBe("/out/gpu0");
+    });
+
+    test.each([
+      [
+        "one output folder for two backends (they would overwrite each other's files)",
+        { COMFYUI_URLS: urls },
+        "COMFYUI_OUTPUT_DIR",
+      ],
+      [
+        "as many folders, one listed twice",
+        { COMFYUI_URLS: urls, COMFYUI_OUTPUT_DIR: "/o,/o/" },
+        "COMFYUI_OUTPUT_DIR",
+      ],
+      ["a list of folders for one ComfyUI", { COMFYUI_OUTPUT_DIR: "/a,/b" }, "COMFYUI_OUTPUT_DIR"],
+      [
+        "both COMFYUI_URL and COMFYUI_URLS",
+        { COMFYUI_URLS: urls, COMFYUI_URL: "http://h:1" },
+        "COMFYUI_URLS",
+      ],
+      [
+        "a URL listed twice",
+        { COMFYUI_URLS: "http://h:1,http://h:1/", COMFYUI_OUTPUT_DIR: "/a,/b" },
+        "COMFYUI_URLS",
+      ],
+      [
+        "a bad URL in the list",
+        { COMFYUI_URLS: "http://h:1,ftp://h:2", COMFYUI_OUTPUT_DIR: "/a,/b" },
+        "COMFYUI_URLS",
+      ],
+      ["a list of commas only", { COMFYUI_URLS: " , ," }, "COMFYUI_URLS"],
+    ])("%s is refused, naming the variable", (_what, env, variable) => {
+      expect(configError(() => loadConfig({ ...BASE, ...env }, ROOT)).variable).toBe(variable);
+    });
   });
 
   describe("REPORT_ADDR", () => {
@@ -363,7 +416,7 @@ describe("ComfyUI's own arguments (COMFYUI_ARGS) are read back", () => {
       { ...BASE, COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190" },
       ROOT,
     );
-    expect(c.comfyui).toMatchObject({
+    expect(oneComfy(c)).toMatchObject({
       url: "http://127.0.0.1:18190",
       inputDir: "/opt/comfy/input",
       outputDir: "/opt/comfy/output",
@@ -373,7 +426,7 @@ describe("ComfyUI's own arguments (COMFYUI_ARGS) are read back", () => {
   test("moved folders are followed, in both spellings; explicit variables still win", () => {
     const args = "--base-directory /data/comfy --output-directory=/mnt/out --port=9000";
     const c = loadConfig({ ...BASE, COMFYUI_ARGS: args }, ROOT);
-    expect(c.comfyui).toMatchObject({
+    expect(oneComfy(c)).toMatchObject({
       url: "http://127.0.0.1:9000",
       inputDir: "/data/comfy/input",
       outputDir: "/mnt/out",
@@ -383,7 +436,7 @@ describe("ComfyUI's own arguments (COMFYUI_ARGS) are read back", () => {
       { ...BASE, COMFYUI_ARGS: args, COMFYUI_URL: "http://127.0.0.1:1234", COMFYUI_INPUT_DIR: "/in" },
       ROOT,
     );
-    expect(explicit.comfyui).toMatchObject({
+    expect(oneComfy(explicit)).toMatchObject({
       url: "http://127.0.0.1:1234",
       inputDir: "/in",
       outputDir: "/mnt/out",
@@ -392,7 +445,7 @@ describe("ComfyUI's own arguments (COMFYUI_ARGS) are read back", () => {
 
   test("a flag without a usable value is ignored, not taken from the next flag", () => {
     const c = loadConfig({ ...BASE, COMFYUI_ARGS: "--port notaport --output-directory --cpu" }, ROOT);
-    expect(c.comfyui).toMatchObject({ url: "http://127.0.0.1:18188", outputDir: "/opt/comfy/output" });
+    expect(oneComfy(c)).toMatchObject({ url: "http://127.0.0.1:18188", outputDir: "/opt/comfy/output" });
   });
 });
 
