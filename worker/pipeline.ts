@@ -1,8 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { FrozenConfig } from "../config/index.js";
-import { ComfyClient } from "../handlers/comfyui/client.js";
-import { ComfyEvents } from "../handlers/comfyui/events.js";
-import { NodeCatalog } from "../handlers/comfyui/node-catalog.js";
+import { ComfyPool, type ComfyBackend } from "../handlers/comfyui/pool.js";
 import { InputDownloader } from "../handlers/preprocess/downloads.js";
 import { ObjectStorage, resolveS3 } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
@@ -14,9 +12,8 @@ import { WorkerMetrics } from "./metrics.js";
 
 /** The job pipeline and its clients of external systems, without any listener: the worker and the CLI share it. */
 export interface Pipeline {
-  client: ComfyClient;
-  events: ComfyEvents;
-  catalog: NodeCatalog;
+  /** The ComfyUI backends (COMFYUI_URLS), their clients, event sockets and health. */
+  pool: ComfyPool;
   downloader: InputDownloader;
   storage: ObjectStorage;
   webhooks: WebhookSender;
@@ -27,8 +24,8 @@ export interface Pipeline {
 }
 
 export interface PipelineHooks {
-  /** An unrecoverable device error happened in a job. */
-  deviceFailed?(message: string): void;
+  /** An unrecoverable device error happened in a job; its backend left the rotation. */
+  deviceFailed?(message: string, backend: ComfyBackend): void;
   /** A job reached its final status (after metrics saw it). */
   finished?(job: Job): void;
 }
@@ -40,12 +37,13 @@ export function createPipeline(
   hooks: PipelineHooks = {},
 ): Pipeline {
   const clientId = `comfyui-worker-${randomUUID()}`;
-  const client = new ComfyClient({
-    baseUrl: config.comfyui.url,
+  const pool = new ComfyPool({
+    backends: config.comfyui.backends,
     requestTimeoutMs: config.comfyui.requestTimeoutMs,
+    clientId,
+    slotsPerBackend: config.jobs.maxInFlightPrompts,
+    logger,
   });
-  const events = new ComfyEvents({ url: client.wsUrl(clientId), logger });
-  const catalog = new NodeCatalog(client, config.comfyui.requestTimeoutMs);
   const metrics = new WorkerMetrics();
   const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });
   const storage = new ObjectStorage({
@@ -78,9 +76,7 @@ export function createPipeline(
   const jobs = new JobManager({
     ...(shared && { shared }),
     config,
-    client,
-    events,
-    catalog,
+    pool,
     downloader,
     storage,
     webhooks,
@@ -97,5 +93,5 @@ export function createPipeline(
       ...(hooks.deviceFailed && { deviceFailed: hooks.deviceFailed }),
     },
   });
-  return { client, events, catalog, downloader, storage, webhooks, jobs, metrics, shared };
+  return { pool, downloader, storage, webhooks, jobs, metrics, shared };
 }

@@ -64,7 +64,12 @@ export interface ParsedInput {
   s3: z.infer<typeof S3Override> | undefined;
   webhook: z.infer<typeof WebhookSpec> | undefined;
   /** Set by the worker itself (the benchmark), never from a request. */
-  internal?: { skipStorage?: boolean; warmup?: boolean };
+  internal?: {
+    skipStorage?: boolean;
+    warmup?: boolean;
+    /** Run on this ComfyUI backend only (the benchmark measures each). */
+    backend?: number;
+  };
 }
 
 /** Validates `{input}` (the payload). Client mistakes are BadRequestError (400) or PayloadTooLargeError (413). */

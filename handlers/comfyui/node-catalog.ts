@@ -1,4 +1,3 @@
-import type { ComfyClient } from "./client.js";
 import type { ObjectInfoNode } from "./types.js";
 
 /**
@@ -10,13 +9,13 @@ export class NodeCatalog {
   private info: Promise<Record<string, ObjectInfoNode>> | undefined;
 
   constructor(
-    private readonly client: ComfyClient,
+    private readonly source: { objectInfo(signal?: AbortSignal): Promise<Record<string, ObjectInfoNode>> },
     private readonly timeoutMs: number,
   ) {}
 
   get(signal?: AbortSignal): Promise<Record<string, ObjectInfoNode>> {
     if (!this.info) {
-      const pending = this.client.objectInfo(AbortSignal.timeout(this.timeoutMs));
+      const pending = this.source.objectInfo(AbortSignal.timeout(this.timeoutMs));
       this.info = pending;
       pending.catch(() => {
         if (this.info === pending) this.info = undefined;

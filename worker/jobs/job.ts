@@ -49,6 +49,8 @@ export class Job extends EventEmitter {
   readonly abort = new AbortController();
   readonly timings: Timings;
   finishedAt: number | undefined;
+  /** The index of the ComfyUI backend that ran it, once dispatched. */
+  backend: number | undefined;
   /** Settles when the job reaches a final status. Never rejects. */
   readonly done: Promise<void>;
   private resolveDone!: () => void;

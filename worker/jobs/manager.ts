@@ -2,9 +2,7 @@ import { randomUUID } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { FrozenConfig } from "../../config/index.js";
-import type { ComfyClient } from "../../handlers/comfyui/client.js";
-import type { ComfyEvents } from "../../handlers/comfyui/events.js";
-import type { NodeCatalog } from "../../handlers/comfyui/node-catalog.js";
+import type { ComfyBackend, ComfyPool, Lease } from "../../handlers/comfyui/pool.js";
 import { classifyFailure } from "../../handlers/comfyui/failures.js";
 import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
 import { collectOutputs } from "../../handlers/outputs.js";
@@ -27,7 +25,6 @@ import {
 } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
-import { Semaphore } from "../../lib/semaphore.js";
 import { Job } from "./job.js";
 import type { SharedJobs } from "./shared.js";
 import { UPLOADED_MARKER } from "../janitor.js";
@@ -37,15 +34,14 @@ export interface JobObserver {
   stage?(stage: "preprocess" | "queue" | "generation" | "postprocess", ms: number): void;
   finished?(job: Job): void;
   upload?(ok: boolean, bytes: number): void;
-  /** An unrecoverable device error: the worker should stop taking work. */
-  deviceFailed?(message: string): void;
+  /** An unrecoverable device error: the backend left the rotation for good. */
+  deviceFailed?(message: string, backend: ComfyBackend): void;
 }
 
 export interface JobManagerDeps {
   config: FrozenConfig;
-  client: ComfyClient;
-  events: ComfyEvents;
-  catalog: NodeCatalog;
+  /** The ComfyUI backends prompts are dispatched to. */
+  pool: ComfyPool;
   downloader: InputDownloader;
   storage: ObjectStorage;
   webhooks: WebhookSender;
@@ -59,8 +55,9 @@ export interface JobManagerDeps {
 }
 
 /**
- * Accepts jobs and runs them: preprocess (ahead of time), ComfyUI (at most `maxInFlightPrompts` prompts submitted,
- * so the next prompt is already queued in ComfyUI while the previous job uploads), outputs, storage, webhook.
+ * Accepts jobs and runs them: preprocess (ahead of time), ComfyUI (the pool's best backend; at most
+ * `maxInFlightPrompts` prompts submitted to each, so the next prompt is already queued in ComfyUI while the previous
+ * job uploads), outputs, storage, webhook.
  * A request_id seen again while its job runs or is retained returns that job (idempotency). A retryable failure is
  * retained too (pollers of /result see it), but a retry with its request_id runs again. A finished job keeps only
  * its result document, and finished jobs are capped by age, count and bytes (oldest evicted first).
@@ -70,7 +67,6 @@ export class JobManager {
   /** Finished jobs in the order they finished, with the size of their result document. */
   private readonly retained = new Map<string, number>();
   private retainedBytes = 0;
-  private readonly slots: Semaphore;
   private accepting = true;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sharedTimer: NodeJS.Timeout | undefined;
@@ -82,7 +78,6 @@ export class JobManager {
   private readonly watchers = new Set<(job: Job) => void>();
 
   constructor(private readonly deps: JobManagerDeps) {
-    this.slots = new Semaphore(deps.config.jobs.maxInFlightPrompts);
     this.now = deps.now ?? Date.now;
   }
 
@@ -295,7 +290,7 @@ export class JobManager {
     const stage = (name: "preprocess" | "queue" | "generation" | "postprocess", ms: number) =>
       this.observe(() => this.deps.observer?.stage?.(name, ms));
     let inputFiles: string[] = [];
-    let release: (() => void) | undefined;
+    let lease: Lease | undefined;
     let outcome: { status: "completed" | "failed" | "cancelled"; message: string } = {
       status: "failed",
       message: "the job ended unexpectedly",
@@ -304,7 +299,7 @@ export class JobManager {
     try {
       // 1. Preprocess: seeds, URL inputs, output-node nonce.
       job.setStatus("processing", "Preparing inputs");
-      const nodes = await this.deps.catalog.get(signal);
+      const nodes = await this.deps.pool.catalog.get(signal);
       const prepared = await prepareWorkflow(job.input.workflow, {
         requestId: job.id,
         nodes,
@@ -315,17 +310,23 @@ export class JobManager {
       job.timings.preprocess_ms = this.now() - t;
       stage("preprocess", job.timings.preprocess_ms);
 
-      // 2. Wait for a ComfyUI slot, then run the prompt.
+      // 2. Wait for a slot on a ComfyUI backend, then run the prompt there.
       t = this.now();
       job.setStatus("queued", "Waiting for ComfyUI");
-      release = await this.slots.acquire(signal);
+      lease = await this.deps.pool.acquire({
+        workload: job.workload,
+        signal,
+        backend: job.input.internal?.backend,
+      });
+      const { backend } = lease;
+      job.backend = backend.index;
       job.timings.queue_ms = this.now() - t;
       stage("queue", job.timings.queue_ms);
       t = this.now();
       job.setStatus("generating", "Submitted to ComfyUI");
       const run = await runPrompt({
-        client: this.deps.client,
-        events: this.deps.events,
+        client: backend.client,
+        events: backend.events,
         clientId: this.deps.clientId,
         promptId: randomUUID(),
         workflow: prepared.workflow,
@@ -340,8 +341,7 @@ export class JobManager {
           );
         },
       });
-      release();
-      release = undefined;
+      lease.release();
       job.history = run.history;
       job.details = run.details;
       job.timings.generation_ms = this.now() - t;
@@ -354,10 +354,10 @@ export class JobManager {
       job.setStatus("processing", "Collecting outputs");
       job.output = await collectOutputs(run.history, {
         requestId: job.id,
-        comfyOutputDir: config.comfyui.outputDir,
+        comfyOutputDir: backend.outputDir,
         comfyInputDir: config.comfyui.inputDir,
         outputDir: config.outputDir,
-        client: this.deps.client,
+        client: backend.client,
         signal,
       });
       const failedUploads = await this.upload(job, signal);
@@ -371,8 +371,8 @@ export class JobManager {
             }
           : { status: "completed", message: `Completed with ${job.output.length} output(s)` };
     } catch (raw) {
-      release?.();
-      const err = this.classify(raw, job, deadline);
+      lease?.release();
+      const err = this.classify(raw, job, deadline, lease?.backend);
       job.error = err;
       outcome = { status: err instanceof CancelledError ? "cancelled" : "failed", message: err.message };
       if (err instanceof InternalError) {
@@ -393,6 +393,7 @@ export class JobManager {
         {
           status: job.status,
           outputs: job.output.length,
+          ...(job.backend !== undefined && { backend: job.backend }),
           timings: job.timings,
           ...(job.error && { code: job.error.code }),
         },
@@ -403,19 +404,24 @@ export class JobManager {
     }
   }
 
-  private classify(raw: unknown, job: Job, deadline: AbortSignal): WorkerError {
+  private classify(
+    raw: unknown,
+    job: Job,
+    deadline: AbortSignal,
+    backend: ComfyBackend | undefined,
+  ): WorkerError {
     if (job.abort.signal.aborted) return asWorkerError(job.abort.signal.reason);
     if (deadline.aborted) {
       return new JobTimeoutError(`the job ran longer than JOB_TIMEOUT_MS=${this.deps.config.jobs.timeoutMs}`);
     }
     const err = asWorkerError(raw);
-    if (err instanceof ExecutionError && err.details) {
+    if (err instanceof ExecutionError && err.details && backend) {
       const { execution_details, comfyui_response } = err.details as Record<string, never>;
       if (execution_details) job.details = execution_details;
       if (comfyui_response) job.history = comfyui_response;
       const kind = classifyFailure(job.details?.error ?? null);
       if (kind === "out_of_memory") {
-        void this.deps.client.free(AbortSignal.timeout(10_000)).then(
+        void backend.client.free(AbortSignal.timeout(10_000)).then(
           () =>
             this.deps.logger.warn(
               { request_id: job.id, stage: "generation" },
@@ -428,7 +434,8 @@ export class JobManager {
       }
       if (kind === "device_failed") {
         const failed = new DeviceFailedError(`unrecoverable device error: ${err.message}`);
-        this.observe(() => this.deps.observer?.deviceFailed?.(failed.message));
+        this.deps.pool.fail(backend, failed.message);
+        this.observe(() => this.deps.observer?.deviceFailed?.(failed.message, backend));
         return failed;
       }
     }

@@ -1,0 +1,280 @@
+import { EventEmitter } from "node:events";
+import { ComfyUnavailableError } from "../../lib/errors.js";
+import type { Logger } from "../../lib/logger.js";
+import { ComfyClient } from "./client.js";
+import { ComfyEvents } from "./events.js";
+import { NodeCatalog } from "./node-catalog.js";
+
+export interface ComfyBackendSpec {
+  url: string;
+  /** Where this ComfyUI writes its outputs on this machine. */
+  outputDir: string;
+}
+
+/** One ComfyUI server (typically one GPU): its HTTP client, its event socket, its health and what it runs now. */
+export class ComfyBackend {
+  readonly client: ComfyClient;
+  readonly events: ComfyEvents;
+  /** Answered its last health check. */
+  up = false;
+  /** Why it left the rotation for good (an unrecoverable device error, a benchmark that never completed). */
+  failed: string | undefined;
+  /** Its score in benchmark runs per 100 s, as measured on it: what it adds to max_perf. 0 until measured. */
+  perf = 0;
+  /** Prompts it holds now (running or queued in it), and their workload. */
+  running = 0;
+  workload = 0;
+
+  constructor(
+    readonly index: number,
+    readonly url: string,
+    readonly outputDir: string,
+    opts: { requestTimeoutMs: number; clientId: string; logger: Logger },
+  ) {
+    this.client = new ComfyClient({ baseUrl: url, requestTimeoutMs: opts.requestTimeoutMs });
+    this.events = new ComfyEvents({ url: this.client.wsUrl(opts.clientId), logger: opts.logger });
+  }
+
+  /** Takes new prompts: answering, and not failed. */
+  get inRotation(): boolean {
+    return this.up && this.failed === undefined;
+  }
+
+  /** The state an operator or a status document shows. */
+  state(): { index: number; url: string; up: boolean; failed: string | null; perf: number; running: number } {
+    return {
+      index: this.index,
+      url: this.url,
+      up: this.up,
+      failed: this.failed ?? null,
+      perf: this.perf,
+      running: this.running,
+    };
+  }
+}
+
+/** A backend held for one prompt; release it once the prompt left ComfyUI (outputs may still be collected). */
+export interface Lease {
+  backend: ComfyBackend;
+  release(): void;
+}
+
+export interface ComfyPoolOptions {
+  backends: readonly ComfyBackendSpec[];
+  requestTimeoutMs: number;
+  /** The WebSocket client id all prompts are queued under. */
+  clientId: string;
+  /** Prompts kept submitted to one backend at once (the one running plus those queued behind it). */
+  slotsPerBackend: number;
+  logger: Logger;
+}
+
+interface Waiter {
+  workload: number;
+  backend: number | undefined;
+  resolve(lease: Lease): void;
+  reject(err: unknown): void;
+}
+
+/**
+ * The ComfyUI servers one worker drives. A prompt goes to the backend in rotation, with a free slot, that would
+ * finish it first: (the workload it holds + this one) / its score; prompts wait here (in order) while every backend
+ * is full, so that a backend that frees up first takes the next one. A backend that stops answering its health
+ * check leaves the rotation (its running prompts fail on their own, retryable) and rejoins when it answers again;
+ * with none left, waiting and new prompts fail at once (retryable) rather than wait for a timeout.
+ *
+ * Emits "change" (backend) when a backend leaves or rejoins the rotation.
+ */
+export class ComfyPool extends EventEmitter {
+  readonly backends: ComfyBackend[];
+  /** ComfyUI's node definitions, read from a backend in rotation (every backend runs the same installation). */
+  readonly catalog: NodeCatalog;
+  private waiters: Waiter[] = [];
+
+  constructor(private readonly opts: ComfyPoolOptions) {
+    super();
+    if (opts.backends.length === 0) throw new Error("a ComfyUI pool needs at least one backend");
+    this.backends = opts.backends.map(
+      (b, i) =>
+        new ComfyBackend(i, b.url, b.outputDir, {
+          requestTimeoutMs: opts.requestTimeoutMs,
+          clientId: opts.clientId,
+          logger: opts.logger.child({ backend: i }),
+        }),
+    );
+    this.catalog = new NodeCatalog(
+      { objectInfo: (signal) => this.anyClient().objectInfo(signal) },
+      opts.requestTimeoutMs,
+    );
+  }
+
+  /** A backend in rotation if any, else the first (whose failure then says what is wrong). */
+  anyClient(): ComfyClient {
+    return (this.backends.find((b) => b.inRotation) ?? this.backends[0]!).client;
+  }
+
+  get anyInRotation(): boolean {
+    return this.backends.some((b) => b.inRotation);
+  }
+
+  /** The sum of the scores of the backends in rotation: the worker's capacity now. */
+  capacity(): number {
+    return this.backends.reduce((sum, b) => sum + (b.inRotation ? b.perf : 0), 0);
+  }
+
+  /**
+   * Waits for a slot on the best backend (or on `backend` only, for the benchmark), until `signal` aborts.
+   * Failure contract: no backend in rotation (or the pinned one out of it) -> ComfyUnavailableError; abort -> the
+   * signal's reason.
+   */
+  acquire(opts: { workload: number; signal: AbortSignal; backend?: number | undefined }): Promise<Lease> {
+    const { signal } = opts;
+    if (signal.aborted) return Promise.reject(signal.reason as Error);
+    const unavailable = this.unavailable(opts.backend);
+    if (unavailable) return Promise.reject(unavailable);
+    return new Promise<Lease>((resolve, reject) => {
+      const onAbort = () => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(signal.reason as Error);
+      };
+      const waiter: Waiter = {
+        workload: opts.workload,
+        backend: opts.backend,
+        resolve: (lease) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(lease);
+        },
+        reject: (err) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(err as Error);
+        },
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.waiters.push(waiter);
+      this.dispatch();
+    });
+  }
+
+  /** Why a prompt for `backend` (or any) cannot be placed now, or undefined. */
+  private unavailable(backend: number | undefined): ComfyUnavailableError | undefined {
+    if (backend !== undefined) {
+      const b = this.backends[backend];
+      if (!b) return new ComfyUnavailableError(`there is no ComfyUI backend ${backend}`);
+      if (!b.inRotation) {
+        return new ComfyUnavailableError(
+          `ComfyUI at ${b.url} ${b.failed ? `is out of service (${b.failed})` : "is not answering"}`,
+        );
+      }
+      return undefined;
+    }
+    if (this.anyInRotation) return undefined;
+    return new ComfyUnavailableError(
+      this.backends.length === 1
+        ? `ComfyUI at ${this.backends[0]!.url} is not answering`
+        : `none of the ${this.backends.length} ComfyUI backends is answering`,
+    );
+  }
+
+  /** Places waiting prompts, oldest first; a prompt pinned to a full backend does not hold up the others. */
+  private dispatch(): void {
+    for (const waiter of [...this.waiters]) {
+      const err = this.unavailable(waiter.backend);
+      if (err) {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        waiter.reject(err);
+        continue;
+      }
+      const backend = this.best(waiter);
+      if (!backend) continue;
+      this.waiters = this.waiters.filter((w) => w !== waiter);
+      waiter.resolve(this.lease(backend, waiter.workload));
+    }
+  }
+
+  /** The backend with a free slot that would finish this prompt first (ties: the lower index). */
+  private best(waiter: Waiter): ComfyBackend | undefined {
+    let best: ComfyBackend | undefined;
+    let bestFinish = Infinity;
+    for (const b of this.backends) {
+      if (!b.inRotation || b.running >= this.opts.slotsPerBackend) continue;
+      if (waiter.backend !== undefined && b.index !== waiter.backend) continue;
+      // Unmeasured backends (before the benchmark) count as equals: the one holding less goes first.
+      const perf = b.perf > 0 ? b.perf : 1;
+      const finish = (b.workload + Math.max(waiter.workload, 1e-9)) / perf;
+      if (finish < bestFinish) {
+        best = b;
+        bestFinish = finish;
+      }
+    }
+    return best;
+  }
+
+  private lease(backend: ComfyBackend, workload: number): Lease {
+    backend.running++;
+    backend.workload += workload;
+    let released = false;
+    return {
+      backend,
+      release: () => {
+        if (released) return;
+        released = true;
+        backend.running--;
+        backend.workload -= workload;
+        this.dispatch();
+      },
+    };
+  }
+
+  /** Records a health check's answer; a change of rotation is logged, emitted and acted on. */
+  setUp(backend: ComfyBackend, up: boolean): void {
+    if (backend.up === up) return;
+    backend.up = up;
+    const log = this.opts.logger.child({ stage: "health", backend: backend.index, comfyui: backend.url });
+    if (up) {
+      log.info("ComfyUI is answering");
+      // It may have restarted: other custom nodes, and a socket to open again.
+      this.catalog.invalidate();
+      backend.events.reconnect();
+    } else {
+      log.warn("ComfyUI stopped answering: out of the rotation until it answers again");
+    }
+    this.emit("change", backend);
+    this.dispatch();
+  }
+
+  /** Takes a backend out of the rotation for good (until the process restarts). */
+  fail(backend: ComfyBackend, reason: string): void {
+    if (backend.failed !== undefined) return;
+    backend.failed = reason;
+    this.opts.logger.error(
+      { stage: "health", backend: backend.index, comfyui: backend.url },
+      `ComfyUI at ${backend.url} is out of service: ${reason}`,
+    );
+    this.emit("change", backend);
+    this.dispatch();
+  }
+
+  /** Asks every backend once (in parallel) and records the answers. */
+  async checkAll(timeoutMs = 5_000): Promise<void> {
+    await Promise.all(
+      this.backends.map(async (b) => {
+        const up = await b.client.systemStats(AbortSignal.timeout(timeoutMs)).then(
+          () => true,
+          () => false,
+        );
+        this.setUp(b, up);
+      }),
+    );
+  }
+
+  startEvents(): void {
+    for (const b of this.backends) b.events.start();
+  }
+
+  stop(): void {
+    for (const b of this.backends) b.events.stop();
+    const waiting = this.waiters;
+    this.waiters = [];
+    for (const w of waiting) w.reject(new ComfyUnavailableError("the worker is shutting down"));
+  }
+}

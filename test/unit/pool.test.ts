@@ -1,0 +1,121 @@
+import { ComfyPool, type Lease } from "../../handlers/comfyui/pool.js";
+import { ComfyUnavailableError } from "../../lib/errors.js";
+import { createLogger } from "../../lib/logger.js";
+
+/** Dispatch only: no prompt is sent, so the backends' URLs are never called. */
+function pool(n: number, slotsPerBackend = 1): ComfyPool {
+  const p = new ComfyPool({
+    backends: Array.from({ length: n }, (_, i) => ({
+      url: `http://backend-${i}.invalid`,
+      outputDir: `/out/${i}`,
+    })),
+    requestTimeoutMs: 1_000,
+    clientId: "test",
+    slotsPerBackend,
+    logger: createLogger({ level: "silent", pretty: false }),
+  });
+  for (const b of p.backends) {
+    p.setUp(b, true);
+    b.perf = 1;
+  }
+  return p;
+}
+
+const never = () => new AbortController().signal;
+const take = (p: ComfyPool, workload = 100, backend?: number) =>
+  p.acquire({ workload, signal: never(), backend });
+/** Whether a promise has settled, without waiting for it. */
+const settled = async (promise: Promise<unknown>) => {
+  let done = false;
+  void promise.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  await new Promise((r) => setImmediate(r));
+  return done;
+};
+
+describe("ComfyPool dispatch", () => {
+  test("each prompt goes to the backend that would finish it first", async () => {
+    const p = pool(2, 2);
+    p.backends[1]!.perf = 3; // three times as fast
+    const a = await take(p);
+    const b = await take(p);
+    const c = await take(p);
+    // Backend 1 finishes the first at t=33 and the second at t=67, before backend 0 would (t=100); then it is full.
+    expect([a, b, c].map((l) => l.backend.index)).toEqual([1, 1, 0]);
+    expect(p.backends.map((b) => b.workload)).toEqual([100, 200]);
+  });
+
+  test("while every backend is full, prompts wait in order and take the first slot freed", async () => {
+    const p = pool(2);
+    const [a, b] = [await take(p), await take(p)];
+    const third = take(p, 100);
+    const fourth = take(p, 100);
+    expect(await settled(third)).toBe(false);
+    b.release();
+    expect((await third).backend.index).toBe(b.backend.index);
+    expect(await settled(fourth)).toBe(false);
+    a.release();
+    expect((await fourth).backend.index).toBe(a.backend.index);
+  });
+
+  test("a pinned prompt waits for its backend without holding up the others", async () => {
+    const p = pool(2);
+    const first = await take(p, 100, 0);
+    const pinned = take(p, 100, 0);
+    const free = await take(p); // backend 1, although the pinned prompt came first
+    expect(free.backend.index).toBe(1);
+    expect(await settled(pinned)).toBe(false);
+    first.release();
+    expect((await pinned).backend.index).toBe(0);
+  });
+
+  test("a backend out of the rotation takes nothing; prompts fail at once only when none is left", async () => {
+    const p = pool(2);
+    p.setUp(p.backends[0]!, false);
+    const leases: Lease[] = [await take(p)];
+    expect(leases[0]!.backend.index).toBe(1);
+    const waiting = take(p);
+    const pinned = take(p, 100, 0);
+    await expect(pinned).rejects.toBeInstanceOf(ComfyUnavailableError);
+    p.fail(p.backends[1]!, "device lost");
+    await expect(waiting).rejects.toThrow(/none of the 2 ComfyUI backends/);
+    await expect(take(p)).rejects.toBeInstanceOf(ComfyUnavailableError);
+    expect(p.capacity()).toBe(0);
+    // Backend 0 answers again: it rejoins; backend 1 stays out for good.
+    p.setUp(p.backends[0]!, true);
+    expect((await take(p)).backend.index).toBe(0);
+    expect(p.capacity()).toBe(1);
+  });
+
+  test("an aborted wait leaves the queue (its listener removed) and releases are idempotent", async () => {
+    const p = pool(1);
+    const held = await take(p);
+    const ac = new AbortController();
+    const waiting = p.acquire({ workload: 1, signal: ac.signal });
+    ac.abort(new Error("caller went away"));
+    await expect(waiting).rejects.toThrow("caller went away");
+    held.release();
+    held.release();
+    expect(p.backends[0]!.running).toBe(0);
+    expect(p.backends[0]!.workload).toBe(0);
+    // The aborted waiter did not take the freed slot.
+    expect((await take(p)).backend.index).toBe(0);
+    expect(p.backends[0]!.running).toBe(1);
+  });
+
+  test("the capacity is the sum of the scores of the backends in rotation, and each change is emitted", () => {
+    const p = pool(3);
+    p.backends[2]!.perf = 2;
+    const changes: number[] = [];
+    p.on("change", (b: { index: number }) => changes.push(b.index));
+    expect(p.capacity()).toBe(4);
+    p.setUp(p.backends[2]!, false);
+    expect(p.capacity()).toBe(2);
+    p.setUp(p.backends[2]!, false); // no change, no event
+    p.fail(p.backends[0]!, "gone");
+    expect(p.capacity()).toBe(1);
+    expect(changes).toEqual([2, 0]);
+  });
+});
