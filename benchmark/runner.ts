@@ -15,27 +15,32 @@ export class BenchmarkFailedError extends Error {
 export interface BenchmarkOptions {
   /** Ignore a cached score (the CLI's `benchmark` command). */
   force?: boolean;
-  /** Sees every event of the round's job (progress bars). */
-  onJob?: (label: string, job: Job) => void;
+  /** Sees every event of the round's job (progress bars); `backend` is the ComfyUI backend it runs on. */
+  onJob?: (label: string, job: Job, backend: number) => void;
   jobs: JobManager;
   payload: BenchmarkPayload;
   logger: Logger;
   outputDir: string;
   cacheFile: string;
-  /** What else makes a score valid: the GPU (ComfyUI's device names) and BENCHMARK_GPU_KEY. */
+  /** What else makes a score valid: every backend's GPU (ComfyUI's device names) and BENCHMARK_GPU_KEY. */
   hardwareKey: string;
+  /** The ComfyUI backends to measure (indices into the pool), each on its own and all at once. */
+  backends: number;
   minRounds: number;
   maxRounds: number;
   tolerance: number;
-  onRound?: (round: number, seconds: number, perf: number) => void;
+  onRound?: (round: number, seconds: number, perf: number, backend: number) => void;
   now?: () => number;
 }
 
 export interface BenchmarkResult {
+  /** The worker's score: the sum of the backends' scores. */
   maxPerf: number;
+  /** Each backend's score; 0 for one whose every round failed. */
+  perBackend: number[];
+  /** Every backend's timed rounds (perf), in the order they finished. */
   rounds: number[];
   cached: boolean;
-  /** Sampling cost of the benchmark workflow (for workload estimates). */
   source: string;
 }
 
@@ -43,20 +48,26 @@ interface CacheRecord {
   max_perf: number;
   key: string;
   rounds: number[];
+  /** Each backend's score (absent in records written for one backend). */
+  backends?: number[];
   source: string;
   at: string;
   /** True once real work replaced the benchmark's figure. */
   live?: boolean;
 }
 
-/** What makes a score valid besides the workflow: ComfyUI's device names and BENCHMARK_GPU_KEY. */
+/** What makes a score valid besides the workflow: each backend's device names, and BENCHMARK_GPU_KEY. */
 export async function hardwareKey(
-  client: { systemStats(): Promise<Record<string, unknown>> },
+  clients: readonly { systemStats(signal?: AbortSignal): Promise<Record<string, unknown>> }[],
   gpuKey: string,
 ) {
-  const stats = await client.systemStats().catch(() => ({}));
-  const devices = ((stats as { devices?: { name?: string }[] }).devices ?? []).map((d) => d.name).join(",");
-  return `${devices}|${gpuKey}`;
+  const names = await Promise.all(
+    clients.map(async (client) => {
+      const stats = await client.systemStats(AbortSignal.timeout(10_000)).catch(() => ({}));
+      return ((stats as { devices?: { name?: string }[] }).devices ?? []).map((d) => d.name).join(",");
+    }),
+  );
+  return `${names.join(";")}|${gpuKey}`;
 }
 
 export function cacheKey(payload: BenchmarkPayload, hardwareKey: string): string {
@@ -64,14 +75,16 @@ export function cacheKey(payload: BenchmarkPayload, hardwareKey: string): string
 }
 
 /**
- * The boot benchmark. One warm-up (it loads the models), then timed rounds of one request each through the same
- * generation path as real requests; perf of a round = 100 / seconds. With `minRounds` = 1 (the default) one timed
- * round gives a provisional score and the worker is ready after two workflow runs; the score then keeps improving
- * from real work (worker/live-score.ts). With more, it stops once the last `minRounds` rounds agree within
- * `tolerance` (max/min - 1), or after `maxRounds`, and the score is their median. Upstream runs 1 + 8 rounds and
- * keeps the max. A failed round is logged and skipped; no successful round is BenchmarkFailedError. The score is
- * cached with a key of the workflow and the hardware, so a restart skips the benchmark but a changed one runs
- * again; the live score updates the cache (`updateCachedScore`).
+ * The boot benchmark, on every ComfyUI backend at once (each backend is one GPU, measured while the others run as
+ * they will under traffic). On each: one warm-up (it loads the models), then timed rounds of one request each
+ * through the same generation path as real requests; perf of a round = 100 / seconds. With `minRounds` = 1 (the
+ * default) one timed round gives a provisional score and the worker is ready after two workflow runs; the score then
+ * keeps improving from real work (worker/live-score.ts). With more, it stops once the last `minRounds` rounds agree
+ * within `tolerance` (max/min - 1), or after `maxRounds`, and the score is their median. Upstream runs 1 + 8 rounds
+ * and keeps the max. The worker's score is the sum of the backends'. A failed round is logged and skipped; a backend
+ * with no successful round scores 0; no successful round at all is BenchmarkFailedError. The scores are cached with
+ * a key of the workflow and the hardware, so a restart skips the benchmark but a changed one runs again; the live
+ * score updates the cache (`updateCachedScore`).
  */
 export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkResult> {
   const key = cacheKey(opts.payload, opts.hardwareKey);
@@ -81,11 +94,17 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
       { stage: "benchmark", max_perf: cached.max_perf },
       `benchmark score reused from ${opts.cacheFile}`,
     );
-    return { maxPerf: cached.max_perf, rounds: cached.rounds, cached: true, source: cached.source };
+    return {
+      maxPerf: cached.max_perf,
+      perBackend: splitScore(cached, opts.backends),
+      rounds: cached.rounds,
+      cached: true,
+      source: cached.source,
+    };
   }
   const now = opts.now ?? performance.now.bind(performance);
-  const runOnce = async (label: string): Promise<number | undefined> => {
-    const id = `benchmark-${label}-${randomUUID().slice(0, 8)}`;
+  const runOnce = async (label: string, backend: number): Promise<number | undefined> => {
+    const id = `benchmark-${label}-${opts.backends > 1 ? `b${backend}-` : ""}${randomUUID().slice(0, 8)}`;
     const started = now();
     const { job } = opts.jobs.submit(
       {
@@ -94,11 +113,11 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
         s3: undefined,
         webhook: undefined,
         // The warm-up loads models: a time that says nothing about the next jobs, so the cost model skips it.
-        internal: { skipStorage: true, ...(label === "warmup" && { warmup: true }) },
+        internal: { skipStorage: true, backend, ...(label === "warmup" && { warmup: true }) },
       },
       DEFAULT_WORKLOAD,
     );
-    opts.onJob?.(label, job);
+    opts.onJob?.(label, job, backend);
     await job.done;
     // ComfyUI's own execution time of the prompt when its events told it (what the live score measures too, so
     // the two agree); the round's wall time otherwise.
@@ -106,7 +125,7 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
     await rm(join(opts.outputDir, id), { recursive: true, force: true });
     if (job.status !== "completed") {
       opts.logger.warn(
-        { stage: "benchmark", round: label, status: job.status },
+        { stage: "benchmark", round: label, backend, status: job.status },
         `benchmark ${label} failed: ${job.message}`,
       );
       return undefined;
@@ -114,53 +133,81 @@ export async function runBenchmark(opts: BenchmarkOptions): Promise<BenchmarkRes
     return seconds;
   };
 
-  opts.logger.info({ stage: "benchmark", source: opts.payload.source }, "benchmark: warm-up");
-  await runOnce("warmup");
-  const perfs: number[] = [];
-  let failures = 0;
-  for (let round = 1; round <= opts.maxRounds; round++) {
-    const seconds = await runOnce(String(round));
-    if (seconds === undefined) {
-      failures++;
-      continue;
+  const measure = async (backend: number): Promise<number[]> => {
+    const log = opts.backends > 1 ? { backend } : {};
+    opts.logger.info({ stage: "benchmark", source: opts.payload.source, ...log }, "benchmark: warm-up");
+    await runOnce("warmup", backend);
+    const perfs: number[] = [];
+    for (let round = 1; round <= opts.maxRounds; round++) {
+      const seconds = await runOnce(String(round), backend);
+      if (seconds === undefined) continue;
+      const perf = DEFAULT_WORKLOAD / seconds;
+      perfs.push(perf);
+      opts.onRound?.(round, seconds, perf, backend);
+      opts.logger.info(
+        { stage: "benchmark", round, seconds: round3(seconds), perf: round3(perf), ...log },
+        `benchmark round ${round}: ${seconds.toFixed(2)} s -> ${perf.toFixed(3)}`,
+      );
+      const last = perfs.slice(-opts.minRounds);
+      if (last.length >= opts.minRounds && agree(last, opts.tolerance)) break;
     }
-    const perf = DEFAULT_WORKLOAD / seconds;
-    perfs.push(perf);
-    opts.onRound?.(round, seconds, perf);
-    opts.logger.info(
-      { stage: "benchmark", round, seconds: round3(seconds), perf: round3(perf) },
-      `benchmark round ${round}: ${seconds.toFixed(2)} s -> ${perf.toFixed(3)}`,
-    );
-    const last = perfs.slice(-opts.minRounds);
-    if (last.length >= opts.minRounds && agree(last, opts.tolerance)) break;
-  }
-  if (perfs.length === 0) throw new BenchmarkFailedError("No successful responses from benchmark");
-  const maxPerf = median(perfs.slice(-opts.minRounds));
+    return perfs;
+  };
+
+  const measured = await Promise.all(Array.from({ length: opts.backends }, (_, b) => measure(b)));
+  const perBackend = measured.map((perfs) =>
+    perfs.length > 0 ? round3(median(perfs.slice(-opts.minRounds))) : 0,
+  );
+  const rounds = measured.flat();
+  if (rounds.length === 0) throw new BenchmarkFailedError("No successful responses from benchmark");
   const record: CacheRecord = {
-    max_perf: round3(maxPerf),
+    max_perf: round3(perBackend.reduce((a, b) => a + b, 0)),
     key,
-    rounds: perfs.map(round3),
+    rounds: rounds.map(round3),
+    ...(opts.backends > 1 && { backends: perBackend }),
     source: opts.payload.source,
     at: new Date().toISOString(),
   };
   await writeCache(opts.cacheFile, record);
   opts.logger.info(
-    { stage: "benchmark", max_perf: record.max_perf, rounds: perfs.length, failures },
-    `benchmark done: max_perf ${record.max_perf} after ${perfs.length} round(s)`,
+    {
+      stage: "benchmark",
+      max_perf: record.max_perf,
+      rounds: rounds.length,
+      ...(opts.backends > 1 && { backends: perBackend }),
+    },
+    `benchmark done: max_perf ${record.max_perf} after ${rounds.length} round(s)`,
   );
-  return { maxPerf: record.max_perf, rounds: record.rounds, cached: false, source: opts.payload.source };
+  return {
+    maxPerf: record.max_perf,
+    perBackend,
+    rounds: record.rounds,
+    cached: false,
+    source: opts.payload.source,
+  };
+}
+
+/** Each backend's share of a cached score (an even split when the record has none, or not as many). */
+function splitScore(record: CacheRecord, backends: number): number[] {
+  if (record.backends?.length === backends) return record.backends;
+  return Array.from({ length: backends }, () => round3(record.max_perf / backends));
 }
 
 /**
  * Stores a score measured on real work in the cache, under the key the boot benchmark wrote, so a restart starts
  * from the better figure. Without a cache record (BENCHMARK_SKIP) there is nothing to update.
  */
-export async function updateCachedScore(cacheFile: string, maxPerf: number): Promise<boolean> {
+export async function updateCachedScore(
+  cacheFile: string,
+  maxPerf: number,
+  perBackend?: readonly number[],
+): Promise<boolean> {
   const record = await readCache(cacheFile);
   if (!record) return false;
   await writeCache(cacheFile, {
     ...record,
     max_perf: round3(maxPerf),
+    ...(perBackend && perBackend.length > 1 && { backends: perBackend.map(round3) }),
     at: new Date().toISOString(),
     live: true,
   });

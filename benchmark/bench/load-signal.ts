@@ -156,9 +156,10 @@ export async function eightRoundScore(parts: BenchParts): Promise<number> {
       outputDir: config.outputDir,
       cacheFile: join(dir, ".has_benchmark"),
       hardwareKey: await hardwareKey(
-        new ComfyClient({ baseUrl: parts.comfyUrl, requestTimeoutMs: 10_000 }),
+        [new ComfyClient({ baseUrl: parts.comfyUrl, requestTimeoutMs: 10_000 })],
         "",
       ),
+      backends: 1,
       minRounds: 8,
       maxRounds: 8,
       tolerance: 1,

@@ -20,20 +20,21 @@ export async function benchmarkCommand(
   const logger = createLogger({ level: "warn", pretty: config.log.pretty });
   const pipeline = createPipeline(config, logger);
   const out = process.stdout;
+  const { pool } = pipeline;
   const deadline = Date.now() + config.comfyui.startupTimeoutMs;
   for (;;) {
-    try {
-      await pipeline.client.systemStats(AbortSignal.timeout(5_000));
-      break;
-    } catch {
-      if (Date.now() > deadline) {
-        out.write(`ComfyUI does not answer at ${config.comfyui.url}\n`);
-        return 1;
-      }
-      await delay(500);
+    await pool.checkAll();
+    const missing = pool.backends.filter((b) => !b.up);
+    if (missing.length === 0) break;
+    if (Date.now() > deadline) {
+      out.write(`ComfyUI does not answer at ${missing.map((b) => b.url).join(", ")}\n`);
+      return 1;
     }
+    await delay(500);
   }
-  pipeline.events.start();
+  pool.startEvents();
+  // One progress bar redrawn in place; with several backends running at once, a line per finished round.
+  const several = pool.backends.length > 1;
   pipeline.jobs.start();
   try {
     const payload = await loadBenchmarkPayload(config.benchmark, root);
@@ -44,15 +45,20 @@ export async function benchmarkCommand(
       logger,
       outputDir: config.outputDir,
       cacheFile: config.benchmark.cacheFile,
-      hardwareKey: await hardwareKey(pipeline.client, config.benchmark.gpuKey),
+      hardwareKey: await hardwareKey(
+        pool.backends.map((b) => b.client),
+        config.benchmark.gpuKey,
+      ),
+      backends: pool.backends.length,
       minRounds: config.benchmark.minRounds,
       maxRounds: config.benchmark.maxRounds,
       tolerance: config.benchmark.tolerance,
       force: opts.force,
-      onJob: (label, job) => {
-        const name = label === "warmup" ? "warm-up " : `round ${label.padStart(2)}`;
+      onJob: (label, job, backend) => {
+        const name = `${several ? `backend ${backend} ` : ""}${label === "warmup" ? "warm-up " : `round ${label.padStart(2)}`}`;
+        const inPlace = out.isTTY && !several;
         const draw = (fraction: number, note: string) => {
-          if (out.isTTY) out.write(`\r${name} ${bar(fraction)} ${note}`.padEnd(70));
+          if (inPlace) out.write(`\r${name} ${bar(fraction)} ${note}`.padEnd(70));
         };
         draw(0, "");
         job.on("event", (e: JobEvent) => {
@@ -61,14 +67,16 @@ export async function benchmarkCommand(
         job.once("done", () => {
           const secs = (job.timings.total_ms / 1000).toFixed(2);
           const line = `${name} ${bar(1)} ${job.status === "completed" ? `${secs} s` : `failed: ${job.message}`}`;
-          out.write(out.isTTY ? `\r${line.padEnd(70)}\n` : `${line}\n`);
+          out.write(inPlace ? `\r${line.padEnd(70)}\n` : `${line}\n`);
         });
       },
     });
     out.write(
       result.cached
         ? `max_perf ${result.maxPerf} (cached in ${config.benchmark.cacheFile}; --force runs it again)\n`
-        : `max_perf ${result.maxPerf} after ${result.rounds.length} round(s): ${result.rounds.join(", ")}\n`,
+        : `max_perf ${result.maxPerf} after ${result.rounds.length} round(s): ${result.rounds.join(", ")}${
+            several ? ` (per backend: ${result.perBackend.join(", ")})` : ""
+          }\n`,
     );
     return 0;
   } catch (err) {
@@ -76,7 +84,7 @@ export async function benchmarkCommand(
     return 1;
   } finally {
     await pipeline.jobs.drain(1_000);
-    pipeline.events.stop();
+    pool.stop();
     pipeline.storage.close();
   }
 }

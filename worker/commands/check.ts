@@ -17,14 +17,16 @@ export async function checkCommand(config: FrozenConfig): Promise<number> {
     }
   };
   out.write("ok    config: every variable parsed\n");
-  await report("ComfyUI", async () => {
-    const client = new ComfyClient({ baseUrl: config.comfyui.url, requestTimeoutMs: 5_000 });
-    const stats = (await client.systemStats(AbortSignal.timeout(5_000))) as {
-      system?: { comfyui_version?: string };
-      devices?: { name?: string }[];
-    };
-    return `${config.comfyui.url}, ComfyUI ${stats.system?.comfyui_version ?? "?"} on ${(stats.devices ?? []).map((d) => d.name).join(", ")}`;
-  });
+  for (const [i, backend] of config.comfyui.backends.entries()) {
+    await report(config.comfyui.backends.length > 1 ? `ComfyUI backend ${i}` : "ComfyUI", async () => {
+      const client = new ComfyClient({ baseUrl: backend.url, requestTimeoutMs: 5_000 });
+      const stats = (await client.systemStats(AbortSignal.timeout(5_000))) as {
+        system?: { comfyui_version?: string };
+        devices?: { name?: string }[];
+      };
+      return `${backend.url}, ComfyUI ${stats.system?.comfyui_version ?? "?"} on ${(stats.devices ?? []).map((d) => d.name).join(", ")}`;
+    });
+  }
   await report("S3", async () => {
     const target = resolveS3(config.s3, undefined);
     if (!target) return "not configured (outputs stay local unless a request names its bucket)";
