@@ -70,16 +70,15 @@ export function createWorker(deps: WorkerDeps): Worker {
   const { config, logger } = deps;
   const now = deps.now ?? Date.now;
   const startedAt = now();
-  const { client, events, catalog, downloader, storage, webhooks, jobs, metrics, shared } = createPipeline(
-    config,
-    logger,
-    now,
-    {
-      // The device is unusable until the process restarts: stop taking work and tell the autoscaler.
-      deviceFailed: (message) => life.fail(message),
-      finished: (job) => load.completed(job),
+  const { pool, downloader, storage, webhooks, jobs, metrics, shared } = createPipeline(config, logger, now, {
+    // That device is unusable until the process restarts (its backend left the rotation): with none left, stop
+    // taking work and tell the autoscaler.
+    deviceFailed: (message) => {
+      if (pool.backends.every((b) => b.failed !== undefined)) life.fail(message);
     },
-  );
+    finished: (job) => load.completed(job),
+  });
+  const comfyUrls = config.comfyui.backends.map((b) => b.url).join(", ");
   const janitor = new Janitor({
     outputDir: config.outputDir,
     inputDir: config.comfyui.inputDir,
@@ -125,20 +124,55 @@ export function createWorker(deps: WorkerDeps): Worker {
       : undefined;
 
   let cacheWrite: Promise<void> = Promise.resolve();
+  /**
+   * One backend's score, the unit of workloads and of the live score (a job runs on one backend): their mean, as
+   * the GPUs of one machine are alike. max_perf is the sum over the backends in rotation.
+   */
+  const unitPerf = (): number => {
+    const measured = pool.backends.filter((b) => b.perf > 0);
+    return measured.length > 0 ? measured.reduce((s, b) => s + b.perf, 0) / measured.length : 0;
+  };
+  /** max_perf follows the backends in rotation; a change is reported at once. */
+  const refreshScore = () => {
+    const capacity = Math.round(pool.capacity() * 1000) / 1000;
+    if (capacity === admission.maxPerf) return;
+    admission.maxPerf = capacity;
+    metrics.benchmarkScore.set(capacity);
+    reporter?.poke();
+  };
+  /**
+   * Each backend's benchmark score. One that scored nothing while answering cannot run the benchmark workflow: out
+   * of the rotation. One that was not answering gets the others' mean when it joins (the GPUs of a machine are
+   * alike), as the live score then corrects.
+   */
+  const applyBenchmark = (perBackend: readonly number[]) => {
+    const measured = perBackend.filter((p) => p > 0);
+    const mean = measured.reduce((s, p) => s + p, 0) / Math.max(1, measured.length);
+    for (const b of pool.backends) {
+      const perf = perBackend[b.index] ?? 0;
+      if (perf > 0) b.perf = perf;
+      else if (b.up) pool.fail(b, "no benchmark round completed on it");
+      else b.perf = mean;
+    }
+  };
   const load = new LoadSignal({
-    maxPerf: () => (life.phase === "ready" ? admission.maxPerf : 0),
-    onScore: (maxPerf) => {
+    maxPerf: () => (life.phase === "ready" ? unitPerf() : 0),
+    onScore: (unit) => {
       if (life.phase !== "ready" || !config.benchmark.liveScore) return;
+      // Every backend moves by the same factor: the live score measures a backend's speed, not which one.
+      const before = unitPerf();
+      for (const b of pool.backends) b.perf = before > 0 ? (b.perf * unit) / before : unit;
+      const previous = admission.maxPerf;
+      refreshScore();
       logger.info(
-        { stage: "score", max_perf: maxPerf, previous: admission.maxPerf },
-        `max_perf ${admission.maxPerf} -> ${maxPerf} (measured on completed jobs)`,
+        { stage: "score", max_perf: admission.maxPerf, previous },
+        `max_perf ${previous} -> ${admission.maxPerf} (measured on completed jobs)`,
       );
-      admission.maxPerf = maxPerf;
-      metrics.benchmarkScore.set(maxPerf);
-      reporter?.poke();
+      const perBackend = pool.backends.map((b) => b.perf);
+      const total = perBackend.reduce((a, b) => a + b, 0);
       // One write at a time, in order: the last score is the one a restart starts from.
       cacheWrite = cacheWrite
-        .then(() => updateCachedScore(config.benchmark.cacheFile, maxPerf))
+        .then(() => updateCachedScore(config.benchmark.cacheFile, total, perBackend))
         .then(
           () => undefined,
           (err: unknown) => logger.warn({ stage: "score", err }, "could not update the benchmark cache"),
@@ -153,7 +187,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     live: () => life.phase !== "stopped",
     readiness: () => {
       const reasons: string[] = [];
-      if (!life.comfyUp) reasons.push("ComfyUI is not answering");
+      if (!life.comfyUp) reasons.push("no ComfyUI backend is answering");
       if (life.phase !== "ready") reasons.push(`phase is ${life.phase}`);
       if (!admission.admits()) reasons.push("overloaded: expected wait above MAX_QUEUE_TIME");
       return {
@@ -162,6 +196,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         details: {
           phase: life.phase,
           comfyui_up: life.comfyUp,
+          ...(pool.backends.length > 1 && { backends: pool.backends.map((b) => b.state()) }),
           max_perf: admission.maxPerf,
           expected_wait_s: admission.expectedWaitS(),
           active_jobs: jobs.active().length,
@@ -210,11 +245,10 @@ export function createWorker(deps: WorkerDeps): Worker {
       reporter,
       phase: () => life.phase,
       errorMsg: () => life.errorMsg,
-      comfyUp: () => life.comfyUp,
+      backends: () => pool.backends.map((b) => b.state()),
       benchmark: () => benchmark,
       probeS3: s3 && ((signal) => storage.probe(s3, signal)),
       settings: {
-        comfyUrl: config.comfyui.url,
         maxQueueTimeS: config.autoscaler.maxQueueTimeS,
         benchmarkSkip: config.benchmark.skip,
         benchmarkMaxRounds: config.benchmark.maxRounds,
@@ -262,30 +296,22 @@ export function createWorker(deps: WorkerDeps): Worker {
       });
     });
 
-  const checkComfy = async (): Promise<boolean> => {
-    try {
-      await client.systemStats(AbortSignal.timeout(5_000));
-      return true;
-    } catch {
-      return false;
+  // A backend leaving or rejoining the rotation: readiness, error_msg and max_perf follow, and the autoscaler hears
+  // it now. Only when none is left is it an error: the others still serve.
+  pool.on("change", () => {
+    const up = pool.anyInRotation;
+    if (up !== life.comfyUp) {
+      life.comfyUp = up;
+      if (up && life.errorMsg.startsWith("ComfyUI")) life.setError("");
+      if (!up && life.serving) life.setError("ComfyUI stopped answering");
     }
-  };
+    refreshScore();
+  });
 
-  /** Watches ComfyUI every 2 s: readiness, error_msg to the autoscaler, and recovery. */
+  /** Asks every backend every 2 s. */
   const watchComfy = () => {
     const tick = async () => {
-      const up = await checkComfy();
-      if (up !== life.comfyUp) {
-        life.comfyUp = up;
-        if (up) {
-          logger.info({ stage: "health" }, "ComfyUI is answering again");
-          catalog.invalidate();
-          events.reconnect();
-          if (life.errorMsg.startsWith("ComfyUI")) life.setError("");
-        } else {
-          life.setError("ComfyUI stopped answering");
-        }
-      }
+      await pool.checkAll();
       if (life.serving) watcher = setTimeout(tick, 2_000);
     };
     watcher = setTimeout(tick, 2_000);
@@ -312,7 +338,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     },
 
     async start() {
-      logger.info({ stage: "lifecycle", comfyui: config.comfyui.url }, "starting");
+      logger.info({ stage: "lifecycle", comfyui: comfyUrls }, "starting");
       reporter?.start();
       try {
         routedServer = config.worker.useSsl
@@ -353,20 +379,32 @@ export function createWorker(deps: WorkerDeps): Worker {
 
       life.enter("waiting-for-comfyui");
       const deadline = now() + config.comfyui.startupTimeoutMs;
-      // Past the deadline the autoscaler hears the error, but the worker keeps waiting: a ComfyUI that comes up
-      // late (a slow provisioning script) still gets served.
-      while (!(life.comfyUp = await checkComfy())) {
+      // Every backend, or past the deadline those that answer (the others join when they do). With none past the
+      // deadline the autoscaler hears the error, but the worker keeps waiting: a ComfyUI that comes up late (a
+      // slow provisioning script) still gets served.
+      for (;;) {
+        await pool.checkAll();
+        life.comfyUp = pool.anyInRotation;
+        const missing = pool.backends.filter((b) => !b.up);
+        if (missing.length === 0 || (life.comfyUp && now() >= deadline)) break;
         if (now() >= deadline && !life.errorMsg) {
           life.setError(
-            `ComfyUI did not answer at ${config.comfyui.url} within ${config.comfyui.startupTimeoutMs} ms`,
+            `ComfyUI did not answer at ${comfyUrls} within ${config.comfyui.startupTimeoutMs} ms`,
           );
         }
         await delay(500, lifecycle.signal).catch(() => undefined);
         if (lifecycle.signal.aborted) return;
       }
       if (life.errorMsg.startsWith("ComfyUI did not answer")) life.setError("");
-      logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${config.comfyui.url}`);
-      events.start();
+      const answering = pool.backends.filter((b) => b.up).map((b) => b.url);
+      logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${answering.join(", ")}`);
+      for (const b of pool.backends.filter((b) => !b.up)) {
+        logger.warn(
+          { stage: "lifecycle", comfyui: b.url },
+          `ComfyUI at ${b.url} did not answer within COMFYUI_STARTUP_TIMEOUT_MS: starting without it`,
+        );
+      }
+      pool.startEvents();
       jobs.start();
       watchComfy();
 
@@ -388,8 +426,8 @@ export function createWorker(deps: WorkerDeps): Worker {
         const payload = await loadBenchmarkPayload(config.benchmark, deps.root);
         load.setBenchmark(payload.make());
         if (config.benchmark.skip) {
-          admission.maxPerf = 1;
-          logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1");
+          for (const b of pool.backends) b.perf = 1;
+          logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1 per backend");
         } else {
           const result = await runBenchmark({
             jobs,
@@ -397,15 +435,19 @@ export function createWorker(deps: WorkerDeps): Worker {
             logger,
             outputDir: config.outputDir,
             cacheFile: config.benchmark.cacheFile,
-            hardwareKey: await hardwareKey(client, config.benchmark.gpuKey),
+            hardwareKey: await hardwareKey(
+              pool.backends.map((b) => b.client),
+              config.benchmark.gpuKey,
+            ),
+            backends: pool.backends.length,
             minRounds: config.benchmark.minRounds,
             maxRounds: config.benchmark.maxRounds,
             tolerance: config.benchmark.tolerance,
           });
-          admission.maxPerf = result.maxPerf;
+          applyBenchmark(result.perBackend);
           benchmark = result;
         }
-        metrics.benchmarkScore.set(admission.maxPerf);
+        refreshScore();
       } catch (err) {
         life.fail(err instanceof Error ? err.message : String(err));
         return;
@@ -444,7 +486,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           );
           // After the servers closed, so that every request that ended is in the last /delete_requests/.
           await reporter?.stop(() => reporter.flush());
-          events.stop();
+          pool.stop();
           janitor.stop();
           storage.close();
           life.enter("stopped");

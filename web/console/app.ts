@@ -47,6 +47,22 @@ const tone = (phase: string) =>
 
 let lastStatus: ConsoleStatus | undefined;
 
+/** One backend: where it is; several: how many take prompts, and what is wrong with the others. */
+function comfyCard(c: ConsoleStatus["comfyui"]): HTMLElement {
+  const serving = c.backends.filter((b) => b.up && b.failed === null);
+  if (c.backends.length <= 1)
+    return card("ComfyUI", c.up ? "answering" : "not answering", c.url, c.up ? "ok" : "bad");
+  const out = c.backends
+    .filter((b) => !serving.includes(b))
+    .map((b) => `#${b.index} ${b.url}: ${b.failed ?? "not answering"}`);
+  return card(
+    "ComfyUI",
+    `${serving.length} of ${c.backends.length} backends answering`,
+    out.length > 0 ? out.join("; ") : c.url,
+    serving.length === c.backends.length ? "ok" : serving.length > 0 ? "warn" : "bad",
+  );
+}
+
 function card(title: string, value: string, detail: string, state: "ok" | "bad" | "warn" | "busy" | "") {
   return h(
     "div",
@@ -98,7 +114,7 @@ function renderStatus(s: ConsoleStatus): void {
   $("cards").replaceChildren(
     card("Phase", PHASE_TEXT[s.phase] ?? s.phase, bench, tone(s.phase)),
     card("Score (max_perf)", s.score.max_perf.toFixed(3), s.score.how, s.score.max_perf > 0 ? "ok" : "busy"),
-    card("ComfyUI", s.comfyui.up ? "answering" : "not answering", s.comfyui.url, s.comfyui.up ? "ok" : "bad"),
+    comfyCard(s.comfyui),
     card(
       "Queue",
       `${s.queue.active} job${s.queue.active === 1 ? "" : "s"}`,

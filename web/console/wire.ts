@@ -10,7 +10,8 @@ export interface ConsoleStatus {
   /** While benchmarking: the round running ("warmup", "1", ...) and the most rounds it may take. */
   benchmark_round: { label: string; max_rounds: number } | null;
   score: { max_perf: number; how: string };
-  comfyui: { url: string; up: boolean };
+  /** `up` when any backend takes prompts; `backends` lists each (one per GPU). */
+  comfyui: { url: string; up: boolean; backends: BackendState[] };
   queue: { active: number; workload: number; expected_wait_s: number | null; max_queue_time_s: number };
   autoscaler: {
     addrs: string[];
@@ -68,4 +69,17 @@ export interface ConsoleJob {
   };
   outputs: ConsoleOutput[];
   error: { code: string; message: string; node_type: string | null; exception: string | null } | null;
+}
+
+/** One ComfyUI backend as the worker sees it. */
+export interface BackendState {
+  index: number;
+  url: string;
+  up: boolean;
+  /** Why it is out of service for good, or null. */
+  failed: string | null;
+  /** Its score (what it adds to max_perf). */
+  perf: number;
+  /** Prompts it holds now. */
+  running: number;
 }

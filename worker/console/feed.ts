@@ -1,7 +1,7 @@
 import { statfs } from "node:fs/promises";
 import { extname } from "node:path";
 import type { BenchmarkResult } from "../../benchmark/runner.js";
-import type { ConsoleJob, ConsoleOutput, ConsoleStatus } from "../../web/console/wire.js";
+import type { BackendState, ConsoleJob, ConsoleOutput, ConsoleStatus } from "../../web/console/wire.js";
 import type { Admission } from "../admission.js";
 import type { Janitor } from "../janitor.js";
 import type { Job } from "../jobs/job.js";
@@ -16,12 +16,12 @@ export interface ConsoleSources {
   reporter: AutoscalerReporter | undefined;
   phase(): string;
   errorMsg(): string;
-  comfyUp(): boolean;
+  /** Each ComfyUI backend's state (one per GPU). */
+  backends(): BackendState[];
   benchmark(): BenchmarkResult | undefined;
   /** HEAD of the default bucket; undefined when no default S3 is configured. */
   probeS3: ((signal: AbortSignal) => Promise<void>) | undefined;
   settings: {
-    comfyUrl: string;
     maxQueueTimeS: number;
     benchmarkSkip: boolean;
     benchmarkMaxRounds: number;
@@ -114,7 +114,7 @@ export class ConsoleFeed {
       error_msg: src.errorMsg(),
       benchmark_round: src.phase() === "benchmarking" ? this.benchmarkRound() : null,
       score: { max_perf: src.admission.maxPerf, how: this.scoreHow() },
-      comfyui: { url: s.comfyUrl, up: src.comfyUp() },
+      comfyui: comfyuiStatus(src.backends()),
       queue: {
         active: src.jobs.active().length,
         workload: src.jobs.activeWorkload(),
@@ -348,3 +348,13 @@ function nodeErrors(raw: unknown): string | null {
 }
 
 const str = (v: unknown): string | null => (typeof v === "string" && v ? v : null);
+
+/** Answering when any backend takes prompts; the detail names them and, with several, how many do. */
+function comfyuiStatus(backends: BackendState[]): ConsoleStatus["comfyui"] {
+  const serving = backends.filter((b) => b.up && b.failed === null);
+  return {
+    url: backends.map((b) => b.url).join(", "),
+    up: serving.length > 0,
+    backends,
+  };
+}
