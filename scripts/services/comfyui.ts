@@ -63,6 +63,10 @@ export interface ComfyUIOptions {
   baseDir: string;
   logFile: string;
   timeoutMs?: number;
+  /** Read inputs from this folder instead of `<baseDir>/input` (backends of one worker share it). */
+  inputDir?: string;
+  /** CPU threads for torch (OMP_NUM_THREADS): one per backend, as a GPU is one device per backend. */
+  threads?: number;
 }
 
 /** Starts a real ComfyUI on the CPU with its own base directory; custom nodes and API nodes disabled. */
@@ -86,9 +90,17 @@ export async function startComfyUI(opts: ComfyUIOptions): Promise<Service & { ur
       "--disable-auto-launch",
       "--database-url",
       "sqlite:///:memory:",
+      ...(opts.inputDir !== undefined ? ["--input-directory", opts.inputDir] : []),
     ],
     cwd: opts.install.comfyDir,
-    env: { ...process.env, PYTHONUNBUFFERED: "1" },
+    env: {
+      ...process.env,
+      PYTHONUNBUFFERED: "1",
+      ...(opts.threads !== undefined && {
+        OMP_NUM_THREADS: String(opts.threads),
+        MKL_NUM_THREADS: String(opts.threads),
+      }),
+    },
     logFile: opts.logFile,
     ready: (signal) => answers(`${url}/system_stats`, signal),
     timeoutMs: opts.timeoutMs ?? 180_000,
