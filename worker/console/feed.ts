@@ -184,6 +184,9 @@ export class ConsoleFeed {
       this.markDirty(job);
     });
     this.markDirty(job);
+    // A benchmark round is told now, not with the next batch: on a fast GPU (or a tiny benchmark) a round can start
+    // and end within one batch, and the page would never see it.
+    if (job.input.internal && this.clients.size > 0) this.pushStatus();
   }
 
   private markDirty(job: Job): void {
