@@ -14,10 +14,13 @@
 #   4. A seed user's custom benchmark ($WORKSPACE/vast-pyworker/workers/comfyui-json/misc/benchmark.json, the API
 #      wrapper's pyworker_benchmark.json) unless BENCHMARK_JSON_PATH is set; the score cached in $WORKSPACE.
 #   5. On its own only: ComfyUI in the background (supervisor runs it in the image); its log to stdout and
-#      $LOG_DIR/comfyui.log.
+#      $LOG_DIR/comfyui.log. COMFYUI_PER_GPU=true and more than one GPU visible (CUDA_VISIBLE_DEVICES, else
+#      `nvidia-smi -L`): one ComfyUI per GPU instead, instance i on port <port>+i with CUDA_VISIBLE_DEVICES=<i-th
+#      GPU>, its own output and temp folders (<output>/gpu<i>, <temp>/gpu<i>; the input folder is shared) and log
+#      ($LOG_DIR/comfyui-<i>.log); the worker gets COMFYUI_URLS and COMFYUI_OUTPUT_DIR as lists, no COMFYUI_URL.
 #   6. The worker (log to stdout and $LOG_DIR/comfyui-worker.log). Under supervisor it replaces this script (exec).
-#      On its own, SIGTERM/SIGINT are forwarded to it (it drains); when it exits, ComfyUI is stopped (SIGTERM, then
-#      SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the worker's code.
+#      On its own, SIGTERM/SIGINT are forwarded to it (it drains); when it exits, ComfyUI (each one) is stopped
+#      (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the worker's code.
 #
 # --dry-run (or ENTRYPOINT_DRY_RUN=1) prints the commands instead of running them, after the same validation.
 # Every path and program comes from the environment (defaults below), so that tests can stand fakes in.
@@ -34,7 +37,7 @@ for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
-      sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $arg (known: --dry-run, --help)" ;;
@@ -77,6 +80,7 @@ CURL="${CURL:-curl}"
 NODE="${NODE:-node}"
 OPENSSL="${OPENSSL:-openssl}"
 COMFYUI_PYTHON="${COMFYUI_PYTHON:-python3}"
+NVIDIA_SMI="${NVIDIA_SMI:-nvidia-smi}"
 # This repository's package name: PYWORKER_REPO is honoured only for a repository that is this worker.
 WORKER_PACKAGE_NAME="comfyui-serverless-worker"
 # The protocol version the autoscaler sees (worker/reporter/reporter.ts WORKER_VERSION).
@@ -91,17 +95,90 @@ case "$COMFYUI_STOP_TIMEOUT" in '' | *[!0-9]*) die "COMFYUI_STOP_TIMEOUT must be
 case "$CERT_SIGN_ATTEMPTS" in '' | 0 | *[!0-9]*) die "CERT_SIGN_ATTEMPTS must be a whole number above 0" ;; esac
 case "$CERT_RETRY_DELAY" in '' | *[!0-9]*) die "CERT_RETRY_DELAY must be a whole number of seconds" ;; esac
 
-# ComfyUI's port: the last --port in COMFYUI_ARGS wins (as in ComfyUI's own parsing), else COMFYUI_PORT.
-comfy_port="$COMFYUI_PORT"
+# A flag's value in COMFYUI_ARGS (empty if absent): the last one wins, as in ComfyUI's own parsing.
 read -r -a comfy_extra <<<"${COMFYUI_ARGS:-}"
-for ((i = 0; i < ${#comfy_extra[@]}; i++)); do
-  case "${comfy_extra[$i]}" in
-    --port=*) comfy_port="${comfy_extra[$i]#--port=}" ;;
-    --port) [ $((i + 1)) -lt ${#comfy_extra[@]} ] && comfy_port="${comfy_extra[$((i + 1))]}" ;;
-  esac
-done
-COMFYUI_URL="${COMFYUI_URL:-http://127.0.0.1:$comfy_port}"
-export COMFYUI_URL
+comfy_arg() {
+  local value="" i
+  for ((i = 0; i < ${#comfy_extra[@]}; i++)); do
+    case "${comfy_extra[$i]}" in
+      "$1="*) value="${comfy_extra[$i]#"$1="}" ;;
+      "$1") [ $((i + 1)) -ge ${#comfy_extra[@]} ] || value="${comfy_extra[$((i + 1))]}" ;;
+    esac
+  done
+  printf '%s' "$value"
+}
+# ComfyUI's port: COMFYUI_ARGS' --port, else COMFYUI_PORT.
+comfy_port="$(comfy_arg --port)"
+comfy_port="${comfy_port:-$COMFYUI_PORT}"
+
+# COMFYUI_PER_GPU=true, on its own: one ComfyUI per visible GPU (CUDA_VISIBLE_DEVICES' ids, else nvidia-smi's
+# GPUs), each on its own port, GPU, output and temp folder. One GPU or none: one ComfyUI, as without it.
+gpu_ids=()
+case "${COMFYUI_PER_GPU:-false}" in true | 1 | yes) per_gpu=1 ;; *) per_gpu=0 ;; esac
+if [ "$per_gpu" = 1 ] && [ "$supervised" = 1 ]; then
+  log "comfyui: COMFYUI_PER_GPU=true is ignored under supervisor, where ComfyUI is the image's one \`comfyui\` program (run the entrypoint on its own for one ComfyUI per GPU)"
+  per_gpu=0
+fi
+if [ "$per_gpu" = 1 ]; then
+  per_gpu_conflict="COMFYUI_PER_GPU=true starts one ComfyUI per GPU and gives the worker their URLs (COMFYUI_URLS)"
+  [ -z "${COMFYUI_URL:-}" ] || die "$per_gpu_conflict: unset COMFYUI_URL (now $COMFYUI_URL)"
+  [ -z "${COMFYUI_URLS:-}" ] || die "$per_gpu_conflict: unset COMFYUI_URLS (now $COMFYUI_URLS)"
+  for flag in --cuda-device --default-device; do
+    [ -z "$(comfy_arg "$flag")" ] ||
+      die "COMFYUI_PER_GPU=true gives each ComfyUI its GPU: remove $flag from COMFYUI_ARGS"
+  done
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    IFS=',' read -r -a listed_gpus <<<"$CUDA_VISIBLE_DEVICES"
+    for id in ${listed_gpus[@]+"${listed_gpus[@]}"}; do
+      id="${id// /}"
+      [ -z "$id" ] || gpu_ids+=("$id")
+    done
+  elif command -v "$NVIDIA_SMI" >/dev/null 2>&1; then
+    gpu_count="$("$NVIDIA_SMI" -L 2>/dev/null | grep -c '^GPU [0-9]')" || gpu_count=0
+    for ((i = 0; i < gpu_count; i++)); do gpu_ids+=("$i"); done
+  fi
+  if [ ${#gpu_ids[@]} -lt 2 ]; then
+    log "comfyui: COMFYUI_PER_GPU=true, ${#gpu_ids[@]} GPU visible${CUDA_VISIBLE_DEVICES+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)}: one ComfyUI"
+    per_gpu=0
+    gpu_ids=()
+  fi
+fi
+if [ "$per_gpu" = 1 ]; then
+  case "$comfy_port" in '' | *[!0-9]*) die "COMFYUI_PER_GPU=true: ComfyUI's port '$comfy_port' is not a number" ;; esac
+  [ $((comfy_port + ${#gpu_ids[@]} - 1)) -le 65535 ] ||
+    die "COMFYUI_PER_GPU=true: ${#gpu_ids[@]} ports from $comfy_port run past 65535"
+  # The folders the worker would use for one ComfyUI (config/index.ts): the input folder stays shared (inputs
+  # are downloaded before a ComfyUI is chosen); outputs and temp are one folder per ComfyUI, below the usual one
+  # (two ComfyUIs would overwrite each other's counter-numbered files; each wipes its temp folder at start).
+  comfy_base="$(comfy_arg --base-directory)"
+  comfy_base="${comfy_base:-$COMFYUI_BASE_DIR}"
+  comfy_input="${COMFYUI_INPUT_DIR:-$(comfy_arg --input-directory)}"
+  comfy_input="${comfy_input:-$comfy_base/input}"
+  comfy_output="${COMFYUI_OUTPUT_DIR:-$(comfy_arg --output-directory)}"
+  comfy_output="${comfy_output:-$comfy_base/output}"
+  comfy_temp="$(comfy_arg --temp-directory)"
+  comfy_temp="${comfy_temp:-$comfy_base/temp}"
+  comfy_outputs=()
+  # A list in COMFYUI_OUTPUT_DIR is taken as one folder per ComfyUI.
+  if [[ "$comfy_output" == *,* ]]; then
+    IFS=',' read -r -a comfy_outputs <<<"$comfy_output"
+    [ ${#comfy_outputs[@]} = ${#gpu_ids[@]} ] ||
+      die "COMFYUI_OUTPUT_DIR lists ${#comfy_outputs[@]} folders for ${#gpu_ids[@]} ComfyUIs (one per GPU: ${gpu_ids[*]})"
+  else
+    for i in "${!gpu_ids[@]}"; do comfy_outputs+=("${comfy_output%/}/gpu$i"); done
+  fi
+  comfy_urls=()
+  for i in "${!gpu_ids[@]}"; do comfy_urls+=("http://127.0.0.1:$((comfy_port + i))"); done
+  COMFYUI_URLS="$(IFS=,; printf '%s' "${comfy_urls[*]}")"
+  COMFYUI_OUTPUT_DIR="$(IFS=,; printf '%s' "${comfy_outputs[*]}")"
+  COMFYUI_INPUT_DIR="$comfy_input"
+  export COMFYUI_URLS COMFYUI_OUTPUT_DIR COMFYUI_INPUT_DIR
+  # The worker takes COMFYUI_URL or COMFYUI_URLS, not both (an empty COMFYUI_URL is not exported either).
+  unset COMFYUI_URL
+elif [ -z "${COMFYUI_URLS:-}" ]; then
+  COMFYUI_URL="${COMFYUI_URL:-http://127.0.0.1:$comfy_port}"
+  export COMFYUI_URL
+fi
 
 # Tells the autoscaler why this worker cannot start, as pyworker's start_server.sh does: {id, mtoken, version,
 # error_msg, url} to each REPORT_ADDR's /worker_status/ until one accepts it.
@@ -402,23 +479,50 @@ if [ "$supervised" = 1 ]; then
   exec "${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1
 fi
 
-# --- 5. ComfyUI in the background --------------------------------------------------------------------------
-comfy_cmd=("$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch
-  ${comfy_extra[@]+"${comfy_extra[@]}"})
-comfy_log="$LOG_DIR/comfyui.log"
-log "comfyui: starting in $COMFYUI_DIR on 127.0.0.1:$comfy_port, log on stdout and in $comfy_log"
+# --- 5. ComfyUI in the background (one per GPU with COMFYUI_PER_GPU) -------------------------------------
+comfy_pids=()
+comfy_names=()
+# Starts one ComfyUI: its name (for the log lines), port, log file and GPU (empty: the environment's), then its
+# command. Vast shows the container's stdout as the instance log: ComfyUI's lines go there and to its own log file.
+start_comfyui() {
+  local name="$1" port="$2" logfile="$3" gpu="$4"
+  shift 4
+  log "$name: starting in $COMFYUI_DIR on 127.0.0.1:$port${gpu:+ with CUDA_VISIBLE_DEVICES=$gpu}, log on stdout and in $logfile"
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '+ (cd %q &&' "$COMFYUI_DIR"
+    [ -z "$gpu" ] || printf ' CUDA_VISIBLE_DEVICES=%q' "$gpu"
+    printf ' %q' "$@"
+    printf ') 2>&1 | tee -a %q &\n' "$logfile"
+    return 0
+  fi
+  if [ -n "$gpu" ]; then
+    (cd "$COMFYUI_DIR" && export CUDA_VISIBLE_DEVICES="$gpu" && exec "$@") > >(log_to "$logfile") 2>&1 &
+  else
+    (cd "$COMFYUI_DIR" && exec "$@") > >(log_to "$logfile") 2>&1 &
+  fi
+  comfy_pids+=("$!")
+  comfy_names+=("$name")
+}
+if [ "$per_gpu" = 1 ]; then
+  run mkdir -p "${comfy_outputs[@]}"
+  for i in "${!gpu_ids[@]}"; do
+    # ComfyUI takes the last of a flag: these win over COMFYUI_ARGS'.
+    start_comfyui "comfyui-$i" $((comfy_port + i)) "$LOG_DIR/comfyui-$i.log" "${gpu_ids[$i]}" \
+      "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --disable-auto-launch ${comfy_extra[@]+"${comfy_extra[@]}"} \
+      --port $((comfy_port + i)) --input-directory "$comfy_input" --output-directory "${comfy_outputs[$i]}" \
+      --temp-directory "${comfy_temp%/}/gpu$i"
+  done
+else
+  start_comfyui comfyui "$comfy_port" "$LOG_DIR/comfyui.log" "" \
+    "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch \
+    ${comfy_extra[@]+"${comfy_extra[@]}"}
+fi
 if [ "$DRY_RUN" = 1 ]; then
-  printf '+ (cd %q &&' "$COMFYUI_DIR"
-  printf ' %q' "${comfy_cmd[@]}"
-  printf ') 2>&1 | tee -a %q &\n' "$comfy_log"
   log "worker: starting ${worker_cmd[*]}"
   run_in "$WORKER_DIR" "${worker_cmd[@]}"
   log "dry run: done"
   exit 0
 fi
-# Vast shows the container's stdout as the instance log: ComfyUI's lines go there and to its own log file.
-(cd "$COMFYUI_DIR" && exec "${comfy_cmd[@]}") > >(log_to "$comfy_log") 2>&1 &
-comfy_pid=$!
 
 # --- 6. the worker in the foreground -----------------------------------------------------------------------
 worker_pid=""
@@ -459,24 +563,39 @@ done
 trap 'log "signal received while stopping ComfyUI: already stopping"' TERM INT
 log "worker: exited with code $worker_rc"
 
-if kill -0 "$comfy_pid" 2>/dev/null; then
-  log "comfyui: stopping (pid $comfy_pid; SIGKILL after ${COMFYUI_STOP_TIMEOUT}s)"
-  kill -TERM "$comfy_pid" 2>/dev/null
-  waited=0
-  # bash collects an ended child as soon as it ends, after which kill -0 fails.
-  while kill -0 "$comfy_pid" 2>/dev/null && [ "$waited" -lt $((COMFYUI_STOP_TIMEOUT * 10)) ]; do
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  if kill -0 "$comfy_pid" 2>/dev/null; then
-    log "comfyui: still running after ${COMFYUI_STOP_TIMEOUT}s, sending SIGKILL"
-    kill -KILL "$comfy_pid" 2>/dev/null
+# Each ComfyUI still running gets SIGTERM; those left after COMFYUI_STOP_TIMEOUT (for all together) get SIGKILL.
+# bash collects an ended child as soon as it ends, after which kill -0 fails.
+stopping=()
+for i in "${!comfy_pids[@]}"; do
+  if kill -0 "${comfy_pids[$i]}" 2>/dev/null; then
+    log "${comfy_names[$i]}: stopping (pid ${comfy_pids[$i]}; SIGKILL after ${COMFYUI_STOP_TIMEOUT}s)"
+    kill -TERM "${comfy_pids[$i]}" 2>/dev/null
+    stopping+=("$i")
+  else
+    log "${comfy_names[$i]}: had already exited"
   fi
-  wait "$comfy_pid" 2>/dev/null
-  log "comfyui: stopped"
-else
-  log "comfyui: had already exited"
-  wait "$comfy_pid" 2>/dev/null
-fi
+done
+any_running() {
+  local i
+  for i in ${stopping[@]+"${stopping[@]}"}; do
+    kill -0 "${comfy_pids[$i]}" 2>/dev/null && return 0
+  done
+  return 1
+}
+waited=0
+while any_running && [ "$waited" -lt $((COMFYUI_STOP_TIMEOUT * 10)) ]; do
+  sleep 0.1
+  waited=$((waited + 1))
+done
+for i in ${stopping[@]+"${stopping[@]}"}; do
+  if kill -0 "${comfy_pids[$i]}" 2>/dev/null; then
+    log "${comfy_names[$i]}: still running after ${COMFYUI_STOP_TIMEOUT}s, sending SIGKILL"
+    kill -KILL "${comfy_pids[$i]}" 2>/dev/null
+  fi
+done
+for i in "${!comfy_pids[@]}"; do
+  wait "${comfy_pids[$i]}" 2>/dev/null
+done
+for i in ${stopping[@]+"${stopping[@]}"}; do log "${comfy_names[$i]}: stopped"; done
 log "exiting with the worker's code $worker_rc"
 exit "$worker_rc"

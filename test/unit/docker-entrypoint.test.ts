@@ -10,8 +10,9 @@ import { fileURLToPath } from "node:url";
 
 /**
  * scripts/docker-entrypoint.sh, run for real with bash in temp folders. The programs it starts are fakes written
- * here (fake-node, fake-python3, fake-git, fake-npm, fake-openssl), passed through the entrypoint's overrides
- * (NODE, COMFYUI_PYTHON, GIT, NPM, OPENSSL). Each fake appends what it did to one shared log, FAKE_ORDER_LOG.
+ * here (fake-node, fake-python3, fake-git, fake-npm, fake-openssl, fake-nvidia-smi), passed through the
+ * entrypoint's overrides (NODE, COMFYUI_PYTHON, GIT, NPM, OPENSSL, NVIDIA_SMI). Each fake appends what it did to
+ * one shared log, FAKE_ORDER_LOG.
  * curl is the real one, against local HTTP servers.
  */
 
@@ -23,8 +24,9 @@ const RUN_TIMEOUT_MS = 15_000;
 const FAKES: Record<string, string> = {
   // The worker (a Node script, so that it handles SIGINT as the real worker does: bash ignores SIGINT in background
   // jobs, and Node resets that at start-up, a bash script cannot). Records its arguments, folder and environment,
-  // waits for ComfyUI (as the real worker watches its health; here: the file fake-python3 writes once started),
-  // then runs until SIGTERM/SIGINT, or exits at once with FAKE_NODE_EXIT_AFTER_READY.
+  // waits for ComfyUI (as the real worker watches its health; here: the file each fake-python3 adds a line to once
+  // started; one line per URL of COMFYUI_URLS), then runs until SIGTERM/SIGINT, or exits at once with
+  // FAKE_NODE_EXIT_AFTER_READY.
   "fake-node": `#!/usr/bin/env node
 const fs = require("node:fs");
 const path = require("node:path");
@@ -45,9 +47,11 @@ for (const signal of ["SIGTERM", "SIGINT"]) {
   });
 }
 const ready = path.join(env.FAKE_RECORD_DIR, "comfyui.ready");
+const backends = (env.COMFYUI_URLS || "").split(",").filter(Boolean).length;
+const started = () => fs.readFileSync(ready, "utf8").split("\\n").filter(Boolean).length;
 const deadline = Date.now() + 10000;
 const poll = setInterval(() => {
-  if (fs.existsSync(ready)) {
+  if (fs.existsSync(ready) && (backends <= 1 || started() >= backends)) {
     clearInterval(poll);
     if (env.FAKE_NODE_EXIT_AFTER_READY) process.exit(Number(env.FAKE_NODE_EXIT_AFTER_READY));
     console.log("fake-node: running");
@@ -58,19 +62,21 @@ const poll = setInterval(() => {
   }
 }, 20);
 `,
-  // ComfyUI's python: records its arguments and folder, writes to its log, runs until SIGTERM (or ignores it with
-  // FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it).
+  // ComfyUI's python: records its arguments and folder, and in comfyui.<pid> its CUDA_VISIBLE_DEVICES and
+  // arguments (one a line); writes to its log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so
+  // that only SIGKILL ends it).
   "fake-python3": `#!/usr/bin/env bash
 echo "comfyui $* (in $PWD)" >> "$FAKE_ORDER_LOG"
-echo "fake ComfyUI log line"
+{ echo "\${CUDA_VISIBLE_DEVICES-<unset>}"; printf '%s\\n' "$@"; } > "$FAKE_RECORD_DIR/comfyui.$$"
+echo "fake ComfyUI log line (CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-<unset>}): $*"
 echo $$ > "$FAKE_RECORD_DIR/comfyui.pid"
 if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
   trap '' TERM
-  touch "$FAKE_RECORD_DIR/comfyui.ready"
+  echo $$ >> "$FAKE_RECORD_DIR/comfyui.ready"
   exec sleep 60
 fi
 trap 'echo "comfyui got SIGTERM" >> "$FAKE_ORDER_LOG"; kill "$sleeper" 2>/dev/null; exit 0' TERM
-touch "$FAKE_RECORD_DIR/comfyui.ready"
+echo $$ >> "$FAKE_RECORD_DIR/comfyui.ready"
 while :; do sleep 60 & sleeper=$!; wait "$sleeper"; done
 `,
   // git: "clone ... <repo> <dir>" makes <dir> a source folder with a package.json named FAKE_GIT_PACKAGE_NAME (this
@@ -97,6 +103,15 @@ if [ "$1 $2" = "run build" ]; then
   mkdir -p dist/worker
   echo "// built by fake-npm" > dist/worker/cli.js
 fi
+`,
+  // nvidia-smi -L: FAKE_GPU_COUNT GPUs; without it, what nvidia-smi says on a machine without a driver.
+  "fake-nvidia-smi": `#!/usr/bin/env bash
+[ "$1" = -L ] || exit 2
+if [ "\${FAKE_GPU_COUNT:-0}" = 0 ]; then
+  echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+  exit 9
+fi
+for ((i = 0; i < FAKE_GPU_COUNT; i++)); do echo "GPU $i: NVIDIA H200 (UUID: GPU-fake-$i)"; done
 `,
   // openssl: "req ... -keyout K -out R" writes a fake key and a fake certificate request.
   "fake-openssl": `#!/usr/bin/env bash
@@ -170,6 +185,7 @@ async function sandbox(): Promise<Sandbox> {
     GIT: join(bin, "fake-git"),
     NPM: join(bin, "fake-npm"),
     OPENSSL: join(bin, "fake-openssl"),
+    NVIDIA_SMI: join(bin, "fake-nvidia-smi"),
     FAKE_ORDER_LOG: s.orderLog,
     FAKE_RECORD_DIR: s.records,
     WORKSPACE: join(dir, "workspace"),
@@ -244,6 +260,31 @@ function runEntrypoint(env: Record<string, string>, args: string[] = []): Run {
 async function lines(file: string): Promise<string[]> {
   const text = await readFile(file, "utf8").catch(() => "");
   return text.split("\n").filter(Boolean);
+}
+
+/** A fake ComfyUI that started: its pid, CUDA_VISIBLE_DEVICES (undefined: unset) and arguments. */
+interface ComfyStart {
+  pid: number;
+  gpu: string | undefined;
+  args: string[];
+}
+
+/** The fake ComfyUIs started in a sandbox (their comfyui.<pid> records), by port. */
+async function comfyStarts(s: Sandbox): Promise<ComfyStart[]> {
+  const starts: ComfyStart[] = [];
+  for (const file of await readdir(s.records)) {
+    const pid = /^comfyui\.(\d+)$/.exec(file)?.[1];
+    if (pid === undefined) continue;
+    const [gpu, ...args] = (await readFile(join(s.records, file), "utf8")).split("\n").slice(0, -1);
+    starts.push({ pid: Number(pid), gpu: gpu === "<unset>" ? undefined : gpu, args });
+  }
+  return starts.sort((a, b) => Number(lastFlag(a.args, "--port")) - Number(lastFlag(b.args, "--port")));
+}
+
+/** A flag's value as ComfyUI's argparse takes it: the last one wins. */
+function lastFlag(args: string[], flag: string): string | undefined {
+  const at = args.lastIndexOf(flag);
+  return at < 0 ? undefined : args[at + 1];
 }
 
 async function serve(handler: (req: IncomingMessage, body: string) => { status: number; body: string }) {
@@ -491,12 +532,20 @@ describe("docker-entrypoint.sh", () => {
     TEST_TIMEOUT_MS,
   );
 
-  test(
-    "a ComfyUI that ignores SIGTERM is killed after COMFYUI_STOP_TIMEOUT; the worker's own exit code is kept",
-    async () => {
+  test.each([
+    ["a ComfyUI", {}, ["comfyui"]],
+    [
+      "each ComfyUI of COMFYUI_PER_GPU",
+      { COMFYUI_PER_GPU: "true", FAKE_GPU_COUNT: "2" },
+      ["comfyui-0", "comfyui-1"],
+    ],
+  ])(
+    "%s that ignores SIGTERM is killed after COMFYUI_STOP_TIMEOUT; the worker's own exit code is kept",
+    async (_what, extra, names) => {
       const s = await sandbox();
       const run = runEntrypoint({
         ...s.env,
+        ...extra,
         COMFYUI_STOP_TIMEOUT: "1",
         FAKE_COMFYUI_IGNORE_TERM: "1",
         FAKE_NODE_EXIT_AFTER_READY: "3",
@@ -504,9 +553,12 @@ describe("docker-entrypoint.sh", () => {
       const { code, ms } = await run.done;
       expect(code).toBe(3);
       expect(ms).toBeGreaterThanOrEqual(1000);
-      expect(run.stderr()).toContain("[entrypoint] comfyui: still running after 1s, sending SIGKILL");
-      const comfyPid = Number(await readFile(join(s.records, "comfyui.pid"), "utf8"));
-      expect(processGone(comfyPid)).toBe(true);
+      for (const name of names) {
+        expect(run.stderr()).toContain(`[entrypoint] ${name}: still running after 1s, sending SIGKILL`);
+      }
+      const started = await comfyStarts(s);
+      expect(started).toHaveLength(names.length);
+      for (const { pid } of started) expect(processGone(pid)).toBe(true);
     },
     TEST_TIMEOUT_MS,
   );
@@ -786,7 +838,7 @@ describe("docker-entrypoint.sh", () => {
   );
 
   test(
-    "under supervisor (our image): no ComfyUI and no provisioning of its own; the seed's benchmark paths, COMFYUI_ARGS' port, the worker's log in LOG_DIR",
+    "under supervisor (our image): no ComfyUI (COMFYUI_PER_GPU ignored) and no provisioning of its own; the seed's benchmark paths, COMFYUI_ARGS' port, the worker's log in LOG_DIR",
     async () => {
       const s = await sandbox();
       const seedBenchmark = join(
@@ -811,6 +863,9 @@ describe("docker-entrypoint.sh", () => {
         WORKER_UNDER_SUPERVISOR: "true",
         PROVISIONING_SCRIPT: script,
         COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190",
+        // Ignored here: ComfyUI is supervisor's one program.
+        COMFYUI_PER_GPU: "true",
+        FAKE_GPU_COUNT: "2",
       });
       await run.waitForStdout("fake-node: running");
       // supervisor (stopasgroup) signals the whole group: the worker's log copier outlives the worker's drain.
@@ -824,6 +879,10 @@ describe("docker-entrypoint.sh", () => {
       expect(workerEnv).toContain(`BENCHMARK_JSON_PATH=${seedBenchmark}`);
       expect(workerEnv).toContain(`BENCHMARK_CACHE_FILE=${s.env.WORKSPACE}/.has_benchmark`);
       expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18190");
+      expect(workerEnv.some((l) => l.startsWith("COMFYUI_URLS="))).toBe(false);
+      expect(run.stderr()).toContain(
+        "[entrypoint] comfyui: COMFYUI_PER_GPU=true is ignored under supervisor",
+      );
       expect(workerEnv).toContain("USER_DOT_ENV_VARIABLE=from-workspace-env");
       expect(workerEnv.some((l) => l.startsWith("SSL_CERT_FILE="))).toBe(false);
       expect(run.stdout()).toContain("fake-node: started");
@@ -831,6 +890,180 @@ describe("docker-entrypoint.sh", () => {
       expect(workerLog).toContain("fake-node: started");
       expect(workerLog).toContain("fake-node: got SIGTERM");
       expect(run.stdout()).toContain("fake-node: got SIGTERM");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  describe("one ComfyUI per GPU (COMFYUI_PER_GPU)", () => {
+    interface PerGpuCase {
+      what: string;
+      env: (s: Sandbox) => Record<string, string>;
+      gpus: string[];
+      port: number;
+      /** Each ComfyUI's output folder; by default <ComfyUI>/output/gpu<i>. */
+      outputs?: (s: Sandbox) => string[];
+    }
+    test.each<PerGpuCase>([
+      {
+        what: "nvidia-smi -L lists 2 GPUs",
+        env: () => ({ FAKE_GPU_COUNT: "2" }),
+        gpus: ["0", "1"],
+        port: 18188,
+      },
+      {
+        what: "nvidia-smi -L lists 4 GPUs",
+        env: () => ({ FAKE_GPU_COUNT: "4" }),
+        gpus: ["0", "1", "2", "3"],
+        port: 18188,
+      },
+      {
+        what: "CUDA_VISIBLE_DEVICES=2,5 (of 8)",
+        env: () => ({ FAKE_GPU_COUNT: "8", CUDA_VISIBLE_DEVICES: "2,5" }),
+        gpus: ["2", "5"],
+        port: 18188,
+      },
+      {
+        what: "COMFYUI_ARGS' port and output folder",
+        env: (s) => ({
+          FAKE_GPU_COUNT: "2",
+          COMFYUI_ARGS: `--port 19000 --output-directory ${s.dir}/out --lowvram`,
+        }),
+        gpus: ["0", "1"],
+        port: 19000,
+        outputs: (s) => [`${s.dir}/out/gpu0`, `${s.dir}/out/gpu1`],
+      },
+      {
+        what: "a COMFYUI_OUTPUT_DIR list",
+        env: (s) => ({ FAKE_GPU_COUNT: "2", COMFYUI_OUTPUT_DIR: `${s.dir}/a,${s.dir}/b` }),
+        gpus: ["0", "1"],
+        port: 18188,
+        outputs: (s) => [`${s.dir}/a`, `${s.dir}/b`],
+      },
+    ])(
+      "COMFYUI_PER_GPU=true, $what: one ComfyUI per GPU (its port, GPU, output and temp folders, log; one input folder); the worker gets COMFYUI_URLS",
+      async ({ env, gpus, port, outputs }) => {
+        const s = await sandbox();
+        const extra = env(s);
+        const run = runEntrypoint({
+          ...s.env,
+          ...extra,
+          COMFYUI_PER_GPU: "true",
+          FAKE_NODE_EXIT_AFTER_READY: "0",
+        });
+        expect((await run.done).code).toBe(0);
+
+        const input = join(s.comfyDir, "input");
+        const folders = outputs?.(s) ?? gpus.map((_, i) => join(s.comfyDir, "output", `gpu${i}`));
+        const urls = gpus.map((_, i) => `http://127.0.0.1:${port + i}`);
+        const started = await comfyStarts(s);
+        expect(started.map(({ gpu, args }) => ({ gpu, args }))).toEqual(
+          gpus.map((gpu, i) => ({
+            gpu,
+            args: [
+              "main.py",
+              ...["--listen", "127.0.0.1", "--disable-auto-launch"],
+              ...(extra.COMFYUI_ARGS ?? "").split(" ").filter(Boolean),
+              ...["--port", String(port + i), "--input-directory", input, "--output-directory", folders[i]],
+              ...["--temp-directory", join(s.comfyDir, "temp", `gpu${i}`)],
+            ],
+          })),
+        );
+        for (const [i, gpu] of gpus.entries()) {
+          const log = await readFile(join(s.logDir, `comfyui-${i}.log`), "utf8");
+          expect(log).toContain(`fake ComfyUI log line (CUDA_VISIBLE_DEVICES=${gpu}): `);
+          expect(log).toContain(`--port ${port + i} `);
+          await expect(readdir(folders[i]!)).resolves.toEqual([]);
+        }
+        await expect(readFile(join(s.logDir, "comfyui.log"))).rejects.toThrow();
+
+        const workerEnv = await lines(join(s.records, "worker.env"));
+        expect(workerEnv).toContain(`COMFYUI_URLS=${urls.join(",")}`);
+        expect(workerEnv).toContain(`COMFYUI_OUTPUT_DIR=${folders.join(",")}`);
+        expect(workerEnv).toContain(`COMFYUI_INPUT_DIR=${input}`);
+        expect(workerEnv.filter((l) => l.startsWith("COMFYUI_URL="))).toEqual([]);
+        // Each one stopped after the worker.
+        expect((await lines(s.orderLog)).filter((l) => l === "comfyui got SIGTERM")).toHaveLength(
+          gpus.length,
+        );
+        for (const { pid } of started) expect(processGone(pid)).toBe(true);
+      },
+      TEST_TIMEOUT_MS,
+    );
+
+    test.each([
+      ["COMFYUI_PER_GPU unset, 2 GPUs", { FAKE_GPU_COUNT: "2" }, undefined],
+      ["COMFYUI_PER_GPU=true, 1 GPU", { COMFYUI_PER_GPU: "true", FAKE_GPU_COUNT: "1" }, undefined],
+      ["COMFYUI_PER_GPU=true, no GPU (nvidia-smi fails)", { COMFYUI_PER_GPU: "true" }, undefined],
+      [
+        "COMFYUI_PER_GPU=true, CUDA_VISIBLE_DEVICES=3 (of 4)",
+        { COMFYUI_PER_GPU: "true", FAKE_GPU_COUNT: "4", CUDA_VISIBLE_DEVICES: "3" },
+        "3",
+      ],
+    ])(
+      "%s: one ComfyUI and COMFYUI_URL, as without it",
+      async (_what, extra, gpu) => {
+        const s = await sandbox();
+        const run = runEntrypoint({
+          ...s.env,
+          ...extra,
+          FAKE_NODE_EXIT_AFTER_READY: "0",
+        });
+        expect((await run.done).code).toBe(0);
+        expect((await comfyStarts(s)).map(({ gpu, args }) => ({ gpu, args }))).toEqual([
+          { gpu, args: ["main.py", "--listen", "127.0.0.1", "--port", "18188", "--disable-auto-launch"] },
+        ]);
+        expect(await readFile(join(s.logDir, "comfyui.log"), "utf8")).toContain("fake ComfyUI log line");
+        const workerEnv = await lines(join(s.records, "worker.env"));
+        expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18188");
+        expect(workerEnv.filter((l) => /^COMFYUI_(URLS|OUTPUT_DIR|INPUT_DIR)=/.test(l))).toEqual([]);
+      },
+      TEST_TIMEOUT_MS,
+    );
+
+    test.each([
+      [
+        "COMFYUI_URL",
+        { COMFYUI_URL: "http://127.0.0.1:18188" },
+        "unset COMFYUI_URL (now http://127.0.0.1:18188)",
+      ],
+      ["COMFYUI_URLS", { COMFYUI_URLS: "http://127.0.0.1:18188" }, "unset COMFYUI_URLS"],
+      [
+        "--cuda-device in COMFYUI_ARGS",
+        { COMFYUI_ARGS: "--cuda-device 1" },
+        "remove --cuda-device from COMFYUI_ARGS",
+      ],
+      [
+        "a COMFYUI_OUTPUT_DIR list of 3 for 2 GPUs",
+        { COMFYUI_OUTPUT_DIR: "/a,/b,/c" },
+        "lists 3 folders for 2 ComfyUIs",
+      ],
+    ])(
+      "COMFYUI_PER_GPU=true with %s: the start stops with the reason, before anything runs",
+      async (_what, extra, message) => {
+        const s = await sandbox();
+        const run = runEntrypoint({ ...s.env, COMFYUI_PER_GPU: "true", FAKE_GPU_COUNT: "2", ...extra });
+        expect((await run.done).code).toBe(1);
+        expect(run.stderr()).toMatch(/^\[entrypoint\] ERROR: /m);
+        expect(run.stderr()).toContain(message);
+        expect(await lines(s.orderLog)).toEqual([]);
+      },
+      TEST_TIMEOUT_MS,
+    );
+  });
+
+  test(
+    "COMFYUI_URLS set by the user (without COMFYUI_PER_GPU) is passed on without a COMFYUI_URL beside it",
+    async () => {
+      const s = await sandbox();
+      const run = runEntrypoint({
+        ...s.env,
+        COMFYUI_URLS: "http://127.0.0.1:18188",
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      expect((await run.done).code).toBe(0);
+      const workerEnv = await lines(join(s.records, "worker.env"));
+      expect(workerEnv).toContain("COMFYUI_URLS=http://127.0.0.1:18188");
+      expect(workerEnv.filter((l) => l.startsWith("COMFYUI_URL="))).toEqual([]);
     },
     TEST_TIMEOUT_MS,
   );
