@@ -7,6 +7,9 @@
  *   worker, local API, page at /, /docs   http://127.0.0.1:18288
  * STACK_WORKERS=N starts an endpoint of N workers on the same S3 and router, worker i (from 0) with its own
  * ComfyUI on 18188+i and ports 3000+i / 18288+i.
+ * STACK_COMFYUI_INSTANCES=M gives each worker M ComfyUI backends (as a machine of M GPUs): worker i's backend j on
+ * 18188+i*M+j, each with its own output folder, all reading the first one's input folder. STACK_COMFYUI_THREADS=T
+ * limits each CPU backend to T threads (one GPU each, as it were).
  * Every variable the worker reads can be set in the environment to override the stack's defaults.
  * Ctrl-C or SIGTERM stops every child.
  */
@@ -34,6 +37,9 @@ const say = (line: string) => process.stdout.write(`[stack] ${line}\n`);
 
 /** STACK_WORKERS=N: an endpoint of N workers, each with its own ComfyUI and ports (+i), one S3 and one router. */
 const workerCount = Math.max(1, Math.floor(num("STACK_WORKERS", 1)));
+/** STACK_COMFYUI_INSTANCES=M: M ComfyUI backends per worker. */
+const instances = Math.max(1, Math.floor(num("STACK_COMFYUI_INSTANCES", 1)));
+const threads = env.STACK_COMFYUI_THREADS === undefined ? undefined : num("STACK_COMFYUI_THREADS", 1);
 
 const services: Service[] = [];
 let stopping = false;
@@ -58,7 +64,16 @@ try {
   const install = await ensureComfyUI();
   const suffix = (i: number) => (i === 0 ? "" : `-${i + 1}`);
   const baseDirs = Array.from({ length: workerCount }, (_, i) => join(stackDir, `comfyui${suffix(i)}`));
-  for (const dir of baseDirs) await ensureTinyCheckpoint(install, dir);
+  // Worker i's backends: the first in baseDirs[i], the others beside it; every one reads the first's inputs.
+  const backendsOf = (i: number) =>
+    Array.from({ length: instances }, (_, j) => ({
+      port: ports.comfy + i * instances + j,
+      baseDir: j === 0 ? baseDirs[i]! : `${baseDirs[i]!}-gpu${j}`,
+      inputDir: join(baseDirs[i]!, "input"),
+      log: join(stackDir, "logs", `comfyui${suffix(i)}${j === 0 ? "" : `-gpu${j}`}.log`),
+    }));
+  const allBackends = baseDirs.flatMap((_, i) => backendsOf(i));
+  for (const b of allBackends) await ensureTinyCheckpoint(install, b.baseDir);
   const [s3, ...comfys] = await Promise.all([
     startS3({
       host: "127.0.0.1",
@@ -69,13 +84,15 @@ try {
       buckets: ["outputs"],
       logFile: join(stackDir, "logs", "seaweedfs.log"),
     }),
-    ...baseDirs.map((baseDir, i) =>
+    ...allBackends.map((b) =>
       startComfyUI({
         install,
         host: "127.0.0.1",
-        port: ports.comfy + i,
-        baseDir,
-        logFile: join(stackDir, "logs", `comfyui${suffix(i)}.log`),
+        port: b.port,
+        baseDir: b.baseDir,
+        inputDir: b.inputDir,
+        logFile: b.log,
+        ...(threads !== undefined && { threads }),
       }),
     ),
   ]);
@@ -86,14 +103,22 @@ try {
   router = new RouterEmulator({ port: ports.router, log: (l) => say(`router: ${l}`) });
   say(`router         ${await router.listen()}   (REPORT_ADDR, /route/, GET /workers)`);
 
-  for (const [i, comfy] of comfys.entries()) {
+  for (let i = 0; i < workerCount; i++) {
+    const own = comfys.slice(i * instances, (i + 1) * instances);
     const workerPort = ports.worker + i;
     const config = loadConfig(
       {
         WORKER_PORT: String(workerPort),
         WORKER_HOST: "127.0.0.1",
         API_PORT: String(ports.api + i),
-        COMFYUI_URL: comfy.url,
+        ...(instances === 1
+          ? { COMFYUI_URL: own[0]!.url }
+          : {
+              COMFYUI_URLS: own.map((c) => c.url).join(","),
+              COMFYUI_OUTPUT_DIR: backendsOf(i)
+                .map((b) => join(b.baseDir, "output"))
+                .join(","),
+            }),
         COMFYUI_BASE_DIR: baseDirs[i]!,
         S3_ACCESS_KEY_ID: s3.accessKeyId,
         S3_SECRET_ACCESS_KEY: s3.secretAccessKey,

@@ -2,7 +2,8 @@
  * `npm run bench`: measures the worker against real parts started for the purpose (ComfyUI on the CPU, SeaweedFS)
  * and writes BENCHMARKS.md. Not a test: nothing here asserts; the figures are for reading.
  *   BENCH_REPEATS (3)  repetitions of each measurement; the figure is their median, the spread min–max
- *   BENCH_OVERHEAD_RUNS (200), BENCH_JOBS (20), BENCH_UPLOAD_MB (1024), BENCH_RETENTION_REQUESTS (150)
+ *   BENCH_OVERHEAD_RUNS (200), BENCH_JOBS (20), BENCH_UPLOAD_MB (1024), BENCH_RETENTION_REQUESTS (150),
+ *   BENCH_SCALING_JOBS (12)
  */
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
@@ -19,6 +20,7 @@ import { fmt, median, quantile, spread } from "./stats.js";
 import { measureThroughput, type ThroughputResult } from "./throughput.js";
 import { measureSharedCost, type SharedCostResult } from "./shared-cost.js";
 import { eightRoundScore, measureSignal, signalSection, type SignalRun } from "./load-signal.js";
+import { measureScaling, startScalingBackends, type ScalingRun } from "./scaling.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 
 const run = promisify(execFile);
@@ -30,12 +32,13 @@ const retentionRequests = Number(process.env.BENCH_RETENTION_REQUESTS ?? 150);
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 /**
  * BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing; BENCH_ONLY=signal
- * (the load signal, BENCH_SIGNAL_REPEATS 5) or shared (job documents, BENCH_SHARED_RUNS 100) measures that part and
- * replaces only its section of BENCHMARKS.md.
+ * (the load signal, BENCH_SIGNAL_REPEATS 5), shared (job documents, BENCH_SHARED_RUNS 100) or scaling (two
+ * backends, BENCH_SCALING_JOBS 12) measures that part and replaces only its section of BENCHMARKS.md.
  */
 const only = process.env.BENCH_ONLY;
 const signalRepeats = Number(process.env.BENCH_SIGNAL_REPEATS ?? 5);
 const sharedRuns = Number(process.env.BENCH_SHARED_RUNS ?? 100);
+const scalingJobs = Number(process.env.BENCH_SCALING_JOBS ?? 12);
 
 async function loadSignal(parts: BenchParts): Promise<string> {
   const router = new RouterEmulator({ port: 0 });
@@ -82,6 +85,56 @@ worker's job-document store over the same runs (the claim, the final document, a
 cancel check and 5 s heartbeat add while a job runs).
 `;
 }
+
+async function scaling(parts: BenchParts): Promise<string> {
+  const set = await startScalingBackends(parts);
+  const runs: ScalingRun[] = [];
+  try {
+    for (let i = 0; i < repeats; i++) {
+      log(
+        `scaling ${i + 1}/${repeats}: ${scalingJobs} jobs on one backend and on two, then a backend killed`,
+      );
+      runs.push(await measureScaling(parts, set, scalingJobs, i % 2 === 1));
+      log(JSON.stringify(runs.at(-1)));
+    }
+  } finally {
+    await set.stop();
+  }
+  const col = (f: (r: ScalingRun) => number, digits = 1) =>
+    `${fmt(median(runs.map(f)), digits)} | ${spread(runs.map(f), digits)}`;
+  return `## One worker, several GPUs (ComfyUI backends)
+
+Written by \`BENCH_ONLY=scaling npm run bench\` on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpus()[0]?.model ?? "unknown CPU"}; median of ${repeats} repetitions, spread min–max.
+
+| measurement | figure | spread | target |
+| --- | --- | --- | --- |
+| one backend, jobs/min | ${col((r) => r.oneRate)} | |
+| two backends, jobs/min | ${col((r) => r.twoRate)} | |
+| two / one | ${col((r) => r.twoRate / r.oneRate, 2)} | ≥ 1.7 |
+| outputs with the same image data, whichever backend ran them | ${runs.every((r) => r.identical) ? "all" : "NOT all"} | | all |
+| backend killed mid-burst: jobs completed, of ${scalingJobs} | ${col((r) => r.killed.completed, 0)} | |
+| same: failed retryable (\`comfyui_unavailable\`) on the killed backend | ${col((r) => r.killed.failedOnKilled, 0)} | |
+| same: failed otherwise | ${col((r) => r.killed.failedOtherwise, 0)} | | 0 |
+
+Method: two CPU ComfyUI servers, each started with \`OMP_NUM_THREADS=1\` (one thread each, as each GPU is one
+device to its ComfyUI), reading one input folder and writing their own output folders. One worker with
+\`COMFYUI_URLS\` naming the first only, then one naming both (in alternating order over the repetitions), gets one
+warm-up job per backend and then a burst of ${scalingJobs} \`/generate/sync\` requests at once, each a blur of one 1024×1024
+image (about a second of one thread, no model), outputs kept local (no S3). The rate is the burst's jobs over its
+wall time. Every output's PNG image data (its IDAT chunks; the metadata names each request) is hashed: one
+workflow gives one image, whichever backend ran it. Then a worker on both gets the same burst, and the second
+backend is killed (SIGKILL) as soon as a job starts executing on it; jobs that were running or queued in it fail
+with \`comfyui_unavailable\` (503, the client retries them), the others complete on the first backend. It is
+started again for the next repetition.
+`;
+}
+
+/** The sections \`BENCH_ONLY\` can measure alone, each replacing only its own part of BENCHMARKS.md. */
+const sections: Record<string, (parts: BenchParts) => Promise<string>> = {
+  signal: loadSignal,
+  shared: sharedCost,
+  scaling,
+};
 
 /** Replaces (or appends) the section with `section`'s heading, leaving the other figures as they were measured. */
 function withSection(doc: string, section: string): string {
@@ -187,15 +240,9 @@ async function main() {
         process.stdout.write(`${JSON.stringify(await measureRetention(parts, retentionRequests))}\n`);
       return;
     }
-    if (only === "shared") {
-      const section = await sharedCost(parts);
-      const path = join(repoRoot, "BENCHMARKS.md");
-      await writeFile(path, withSection(await readFile(path, "utf8"), section));
-      process.stdout.write(section);
-      return;
-    }
-    if (only === "signal") {
-      const section = await loadSignal(parts);
+    const alone = only === undefined ? undefined : sections[only];
+    if (alone) {
+      const section = await alone(parts);
       const path = join(repoRoot, "BENCHMARKS.md");
       await writeFile(path, withSection(await readFile(path, "utf8"), section));
       process.stdout.write(section);
@@ -298,9 +345,9 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
   ("before"), sampled every 50 ms during the run ("peak"), and read again 3 s after the last answer. Every
   finished job stays retained (1 h), so what is left is what retention costs.
 `;
-    const signal = await loadSignal(parts);
-    const shared = await sharedCost(parts);
-    await writeFile(join(repoRoot, "BENCHMARKS.md"), withSection(withSection(doc, signal), shared));
+    let all = doc;
+    for (const measure of Object.values(sections)) all = withSection(all, await measure(parts));
+    await writeFile(join(repoRoot, "BENCHMARKS.md"), all);
     process.stdout.write(doc);
   } finally {
     await parts.stop();
