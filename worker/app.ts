@@ -276,6 +276,11 @@ export function createWorker(deps: WorkerDeps): Worker {
           const wait = admission.expectedWaitS();
           metrics.expectedWait.set(Number.isFinite(wait) ? wait : -1);
           metrics.comfyUp.set(life.comfyUp ? 1 : 0);
+          for (const b of pool.backends) {
+            const labels = { backend: String(b.index), url: b.url };
+            metrics.backendUp.set(labels, b.inRotation ? 1 : 0);
+            metrics.backendRunning.set(labels, b.running);
+          }
         }),
       })
     : undefined;

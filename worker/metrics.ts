@@ -57,6 +57,18 @@ export class WorkerMetrics implements JobObserver {
     labelNames: ["outcome"],
     registers: [this.registry],
   });
+  readonly backendUp = new Gauge({
+    name: "comfyui_worker_backend_in_rotation",
+    help: "1 when this ComfyUI backend takes prompts (answering, not out of service)",
+    labelNames: ["backend", "url"],
+    registers: [this.registry],
+  });
+  readonly backendRunning = new Gauge({
+    name: "comfyui_worker_backend_prompts",
+    help: "Prompts this ComfyUI backend holds (running or queued in it)",
+    labelNames: ["backend", "url"],
+    registers: [this.registry],
+  });
   readonly benchmarkScore = new Gauge({
     name: "comfyui_worker_benchmark_max_perf",
     help: "Benchmark score (max_perf)",

@@ -184,11 +184,16 @@ test("a backend killed mid-burst: only its running jobs fail (retryable), max_pe
   expect(new Set(again.map((a) => w.worker.jobs.get(a.body.id)!.backend))).toEqual(new Set([0, 1]));
 });
 
-test("the operator's status lists each backend", async () => {
+test("/ready and /metrics list each backend", async () => {
   const res = await fetch(`${w.api}/ready`, { signal: AbortSignal.timeout(10_000) });
   const body = (await res.json()) as { backends?: { url: string; up: boolean }[] };
   expect(body.backends?.map((b) => [b.url, b.up])).toEqual([
     [stack().comfyUrl, true],
     [own.url, true],
   ]);
+  const metrics = await (await fetch(`${w.api}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
+  for (const [i, url] of [stack().comfyUrl, own.url].entries()) {
+    expect(metrics).toContain(`comfyui_worker_backend_in_rotation{backend="${i}",url="${url}"} 1`);
+    expect(metrics).toContain(`comfyui_worker_backend_prompts{backend="${i}",url="${url}"} 0`);
+  }
 });
