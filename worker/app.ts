@@ -187,7 +187,11 @@ export function createWorker(deps: WorkerDeps): Worker {
     live: () => life.phase !== "stopped",
     readiness: () => {
       const reasons: string[] = [];
-      if (!life.comfyUp) reasons.push("no ComfyUI backend is answering");
+      if (!life.comfyUp) {
+        reasons.push(
+          pool.backends.length === 1 ? "ComfyUI is not answering" : "no ComfyUI backend is answering",
+        );
+      }
       if (life.phase !== "ready") reasons.push(`phase is ${life.phase}`);
       if (!admission.admits()) reasons.push("overloaded: expected wait above MAX_QUEUE_TIME");
       return {
