@@ -79,6 +79,14 @@ NPM="${NPM:-npm}"
 CURL="${CURL:-curl}"
 NODE="${NODE:-node}"
 OPENSSL="${OPENSSL:-openssl}"
+# ComfyUI's Python: by default the image's venv, as Vast's `comfyui` program runs it (it activates /venv/main first;
+# the venv's bin goes first on ComfyUI's PATH likewise), else python3 from PATH.
+COMFYUI_VENV="${COMFYUI_VENV:-/venv/main}"
+comfy_venv_bin=""
+if [ -z "${COMFYUI_PYTHON:-}" ] && [ -x "$COMFYUI_VENV/bin/python" ]; then
+  comfy_venv_bin="$COMFYUI_VENV/bin"
+  COMFYUI_PYTHON="$comfy_venv_bin/python"
+fi
 COMFYUI_PYTHON="${COMFYUI_PYTHON:-python3}"
 NVIDIA_SMI="${NVIDIA_SMI:-nvidia-smi}"
 # This repository's package name: PYWORKER_REPO is honoured only for a repository that is this worker.
@@ -490,16 +498,18 @@ start_comfyui() {
   log "$name: starting in $COMFYUI_DIR on 127.0.0.1:$port${gpu:+ with CUDA_VISIBLE_DEVICES=$gpu}, log on stdout and in $logfile"
   if [ "$DRY_RUN" = 1 ]; then
     printf '+ (cd %q &&' "$COMFYUI_DIR"
+    [ -z "$comfy_venv_bin" ] || printf ' PATH=%q:$PATH' "$comfy_venv_bin"
     [ -z "$gpu" ] || printf ' CUDA_VISIBLE_DEVICES=%q' "$gpu"
     printf ' %q' "$@"
     printf ') 2>&1 | tee -a %q &\n' "$logfile"
     return 0
   fi
-  if [ -n "$gpu" ]; then
-    (cd "$COMFYUI_DIR" && export CUDA_VISIBLE_DEVICES="$gpu" && exec "$@") > >(log_to "$logfile") 2>&1 &
-  else
-    (cd "$COMFYUI_DIR" && exec "$@") > >(log_to "$logfile") 2>&1 &
-  fi
+  (
+    cd "$COMFYUI_DIR"
+    [ -z "$comfy_venv_bin" ] || export PATH="$comfy_venv_bin:$PATH"
+    [ -z "$gpu" ] || export CUDA_VISIBLE_DEVICES="$gpu"
+    exec "$@"
+  ) > >(log_to "$logfile") 2>&1 &
   comfy_pids+=("$!")
   comfy_names+=("$name")
 }

@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from "node:child_process";
 import { createPublicKey, X509Certificate } from "node:crypto";
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
@@ -62,12 +62,13 @@ const poll = setInterval(() => {
   }
 }, 20);
 `,
-  // ComfyUI's python: records its arguments and folder, and in comfyui.<pid> its CUDA_VISIBLE_DEVICES and
-  // arguments (one a line); writes to its log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so
-  // that only SIGKILL ends it).
+  // ComfyUI's python: records its arguments and folder, in comfyui.<pid> its CUDA_VISIBLE_DEVICES and arguments
+  // (one a line), and in comfyui.<pid>.program how it was called and the first folder of its PATH; writes to its
+  // log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it).
   "fake-python3": `#!/usr/bin/env bash
 echo "comfyui $* (in $PWD)" >> "$FAKE_ORDER_LOG"
 { echo "\${CUDA_VISIBLE_DEVICES-<unset>}"; printf '%s\\n' "$@"; } > "$FAKE_RECORD_DIR/comfyui.$$"
+printf '%s\\n' "$0" "\${PATH%%:*}" > "$FAKE_RECORD_DIR/comfyui.$$.program"
 echo "fake ComfyUI log line (CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-<unset>}): $*"
 echo $$ > "$FAKE_RECORD_DIR/comfyui.pid"
 if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
@@ -422,6 +423,36 @@ describe("docker-entrypoint.sh", () => {
       const workerEnv = await lines(join(s.records, "worker.env"));
       expect(workerEnv).toContain(`COMFYUI_BASE_DIR=${s.comfyDir}`);
       expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18188");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["the image's venv has a python: that one, with the venv's bin first on ComfyUI's PATH", true],
+    ["no venv: python3 from PATH", false],
+  ])(
+    "COMFYUI_PYTHON unset, %s",
+    async (_what, withVenv) => {
+      const s = await sandbox();
+      const venvBin = join(s.dir, "venv", "bin");
+      const pathBin = join(s.dir, "path-bin");
+      await mkdir(venvBin, { recursive: true });
+      await mkdir(pathBin);
+      if (withVenv) await symlink(s.env.COMFYUI_PYTHON!, join(venvBin, "python"));
+      await symlink(s.env.COMFYUI_PYTHON!, join(pathBin, "python3"));
+      const { COMFYUI_PYTHON: _default, ...env } = s.env;
+      const run = runEntrypoint({
+        ...env,
+        COMFYUI_VENV: dirname(venvBin),
+        PATH: `${pathBin}:${env.PATH}`,
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      expect((await run.done).code).toBe(0);
+      const started = await comfyStarts(s);
+      expect(started).toHaveLength(1);
+      expect(await lines(join(s.records, `comfyui.${started[0]!.pid}.program`))).toEqual(
+        withVenv ? [join(venvBin, "python"), venvBin] : [join(pathBin, "python3"), pathBin],
+      );
     },
     TEST_TIMEOUT_MS,
   );
