@@ -41,17 +41,16 @@ fs.writeFileSync(
   path.join(env.FAKE_RECORD_DIR, "worker.env"),
   Object.entries(env).map(([k, v]) => k + "=" + v + "\\n").join(""),
 );
+const exit = () => process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
+if (env.FAKE_NODE_DRAIN_UNTIL_USR2) process.on("SIGUSR2", exit);
 let signals = 0;
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     fs.appendFileSync(env.FAKE_ORDER_LOG, "worker got " + signal + "\\n");
     // Synchronously, as a draining worker logs: this throws (and the exit code shows it) if its output is gone.
     fs.writeSync(1, "fake-node: got " + signal + "\\n");
-    const exit = () => process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
     if (!env.FAKE_NODE_DRAIN_UNTIL_USR2) return exit();
-    if (signals++ > 0) return;
-    fs.writeSync(1, "fake-node: draining\\n");
-    process.on("SIGUSR2", exit);
+    if (signals++ === 0) fs.writeSync(1, "fake-node: draining\\n");
   });
 }
 const ready = path.join(env.FAKE_RECORD_DIR, "comfyui.ready");
