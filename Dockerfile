@@ -5,7 +5,8 @@
 # instance portal, SSH, provisioning (PROVISIONING_SCRIPT, run once by Vast's boot; a failure is reported, not
 # fatal), cron, CUDA 12.8 torch (Blackwell included) and the SD1.5 checkpoint of the default benchmark. Our worker
 # replaces PyWorker and the API wrapper under supervisor; ComfyUI stays supervisor's `comfyui` program on
-# 127.0.0.1:18188 (COMFYUI_ARGS, read back by the worker).
+# 127.0.0.1:18188 (COMFYUI_ARGS, read back by the worker). With COMFYUI_PER_GPU=true, our program runs one more
+# ComfyUI per further GPU on the next ports (scripts/docker-entrypoint.sh).
 #
 #   docker build -t comfyui-serverless-worker .
 #   docker build --build-arg BASE_IMAGE=vastai/comfy:<another tag> -t comfyui-serverless-worker .

@@ -13,14 +13,19 @@
 #      is logged (ERROR), not fatal.
 #   4. A seed user's custom benchmark ($WORKSPACE/vast-pyworker/workers/comfyui-json/misc/benchmark.json, the API
 #      wrapper's pyworker_benchmark.json) unless BENCHMARK_JSON_PATH is set; the score cached in $WORKSPACE.
-#   5. On its own only: ComfyUI in the background (supervisor runs it in the image); its log to stdout and
+#   5. On its own: ComfyUI in the background (supervisor runs it in the image); its log to stdout and
 #      $LOG_DIR/comfyui.log. COMFYUI_PER_GPU=true and more than one GPU visible (CUDA_VISIBLE_DEVICES, else
 #      `nvidia-smi -L`): one ComfyUI per GPU instead, instance i on port <port>+i with CUDA_VISIBLE_DEVICES=<i-th
 #      GPU>, its own output and temp folders (<output>/gpu<i>, <temp>/gpu<i>; the input folder is shared) and log
 #      ($LOG_DIR/comfyui-<i>.log); the worker gets COMFYUI_URLS and COMFYUI_OUTPUT_DIR as lists, no COMFYUI_URL.
-#   6. The worker (log to stdout and $LOG_DIR/comfyui-worker.log). Under supervisor it replaces this script (exec).
-#      On its own, SIGTERM/SIGINT are forwarded to it (it drains); when it exits, ComfyUI (each one) is stopped
-#      (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the worker's code.
+#      Under supervisor with COMFYUI_PER_GPU=true and more than one GPU: instance 0 is the image's `comfyui`
+#      program (its port, the first GPU, its folders); instances 1..N-1 are started here as above, but with
+#      folders beside the image's ComfyUI's (<output>-gpu<i>, <temp>-gpu<i>), in sessions of their own and bound
+#      to this script (they die with it).
+#   6. The worker (log to stdout and $LOG_DIR/comfyui-worker.log). Under supervisor it replaces this script (exec),
+#      except with instances of its own (above). Otherwise SIGTERM/SIGINT are forwarded to it (it drains); when it
+#      exits, ComfyUI (each one started here) is stopped (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds)
+#      and the script exits with the worker's code.
 #
 # --dry-run (or ENTRYPOINT_DRY_RUN=1) prints the commands instead of running them, after the same validation.
 # Every path and program comes from the environment (defaults below), so that tests can stand fakes in.
@@ -79,8 +84,18 @@ NPM="${NPM:-npm}"
 CURL="${CURL:-curl}"
 NODE="${NODE:-node}"
 OPENSSL="${OPENSSL:-openssl}"
+# ComfyUI's Python: by default the image's venv, as Vast's `comfyui` program runs it (it activates /venv/main first;
+# the venv's bin goes first on ComfyUI's PATH likewise), else python3 from PATH.
+COMFYUI_VENV="${COMFYUI_VENV:-/venv/main}"
+comfy_venv_bin=""
+if [ -z "${COMFYUI_PYTHON:-}" ] && [ -x "$COMFYUI_VENV/bin/python" ]; then
+  comfy_venv_bin="$COMFYUI_VENV/bin"
+  COMFYUI_PYTHON="$comfy_venv_bin/python"
+fi
 COMFYUI_PYTHON="${COMFYUI_PYTHON:-python3}"
 NVIDIA_SMI="${NVIDIA_SMI:-nvidia-smi}"
+SETSID="${SETSID:-setsid}"
+SETPRIV="${SETPRIV:-setpriv}"
 # This repository's package name: PYWORKER_REPO is honoured only for a repository that is this worker.
 WORKER_PACKAGE_NAME="comfyui-serverless-worker"
 # The protocol version the autoscaler sees (worker/reporter/reporter.ts WORKER_VERSION).
@@ -111,14 +126,10 @@ comfy_arg() {
 comfy_port="$(comfy_arg --port)"
 comfy_port="${comfy_port:-$COMFYUI_PORT}"
 
-# COMFYUI_PER_GPU=true, on its own: one ComfyUI per visible GPU (CUDA_VISIBLE_DEVICES' ids, else nvidia-smi's
-# GPUs), each on its own port, GPU, output and temp folder. One GPU or none: one ComfyUI, as without it.
+# COMFYUI_PER_GPU=true: one ComfyUI per visible GPU (CUDA_VISIBLE_DEVICES' ids, else nvidia-smi's GPUs), each on
+# its own port, GPU, output and temp folder. One GPU or none: one ComfyUI, as without it.
 gpu_ids=()
 case "${COMFYUI_PER_GPU:-false}" in true | 1 | yes) per_gpu=1 ;; *) per_gpu=0 ;; esac
-if [ "$per_gpu" = 1 ] && [ "$supervised" = 1 ]; then
-  log "comfyui: COMFYUI_PER_GPU=true is ignored under supervisor, where ComfyUI is the image's one \`comfyui\` program (run the entrypoint on its own for one ComfyUI per GPU)"
-  per_gpu=0
-fi
 if [ "$per_gpu" = 1 ]; then
   per_gpu_conflict="COMFYUI_PER_GPU=true starts one ComfyUI per GPU and gives the worker their URLs (COMFYUI_URLS)"
   [ -z "${COMFYUI_URL:-}" ] || die "$per_gpu_conflict: unset COMFYUI_URL (now $COMFYUI_URL)"
@@ -150,6 +161,7 @@ if [ "$per_gpu" = 1 ]; then
   # The folders the worker would use for one ComfyUI (config/index.ts): the input folder stays shared (inputs
   # are downloaded before a ComfyUI is chosen); outputs and temp are one folder per ComfyUI, below the usual one
   # (two ComfyUIs would overwrite each other's counter-numbered files; each wipes its temp folder at start).
+  # ComfyUI's temp folder is <--temp-directory>/temp, or <base>/temp without it.
   comfy_base="$(comfy_arg --base-directory)"
   comfy_base="${comfy_base:-$COMFYUI_BASE_DIR}"
   comfy_input="${COMFYUI_INPUT_DIR:-$(comfy_arg --input-directory)}"
@@ -159,13 +171,28 @@ if [ "$per_gpu" = 1 ]; then
   comfy_temp="$(comfy_arg --temp-directory)"
   comfy_temp="${comfy_temp:-$comfy_base/temp}"
   comfy_outputs=()
-  # A list in COMFYUI_OUTPUT_DIR is taken as one folder per ComfyUI.
+  comfy_temps=()
+  # Under supervisor, instance 0 is the image's `comfyui` program with its usual folders; the others' folders go
+  # beside them, not inside: that ComfyUI empties its temp folder whenever it (re)starts, and the worker keeps its
+  # request folders in the first output folder, whose entries its disk care may remove (worker/janitor.ts).
+  for i in "${!gpu_ids[@]}"; do
+    if [ "$supervised" = 0 ]; then
+      comfy_outputs+=("${comfy_output%/}/gpu$i")
+      comfy_temps+=("${comfy_temp%/}/gpu$i")
+    elif [ "$i" = 0 ]; then
+      comfy_outputs+=("$comfy_output")
+      comfy_temps+=("")
+    else
+      comfy_outputs+=("${comfy_output%/}-gpu$i")
+      comfy_temps+=("${comfy_temp%/}-gpu$i")
+    fi
+  done
+  # A list in COMFYUI_OUTPUT_DIR is taken as one folder per ComfyUI (under supervisor the first is the image's
+  # ComfyUI's).
   if [[ "$comfy_output" == *,* ]]; then
     IFS=',' read -r -a comfy_outputs <<<"$comfy_output"
     [ ${#comfy_outputs[@]} = ${#gpu_ids[@]} ] ||
       die "COMFYUI_OUTPUT_DIR lists ${#comfy_outputs[@]} folders for ${#gpu_ids[@]} ComfyUIs (one per GPU: ${gpu_ids[*]})"
-  else
-    for i in "${!gpu_ids[@]}"; do comfy_outputs+=("${comfy_output%/}/gpu$i"); done
   fi
   comfy_urls=()
   for i in "${!gpu_ids[@]}"; do comfy_urls+=("http://127.0.0.1:$((comfy_port + i))"); done
@@ -448,9 +475,18 @@ export BENCHMARK_CACHE_FILE="${BENCHMARK_CACHE_FILE:-$WORKSPACE/.has_benchmark}"
 
 # --- validation before anything starts ---------------------------------------------------------------------
 need_program "$NODE" "NODE"
-if [ "$supervised" = 0 ]; then
+if [ "$supervised" = 0 ] || [ "$per_gpu" = 1 ]; then
   need_program "$COMFYUI_PYTHON" "COMFYUI_PYTHON"
   [ -f "$COMFYUI_DIR/main.py" ] || die "no ComfyUI in COMFYUI_DIR=$COMFYUI_DIR (no main.py)"
+fi
+# Under supervisor, what this script starts runs through `setsid setpriv --pdeathsig KILL` (why: at step 5).
+detach=()
+if [ "$supervised" = 1 ] && [ "$per_gpu" = 1 ]; then
+  need_program "$SETSID" "COMFYUI_PER_GPU=true under supervisor"
+  need_program "$SETPRIV" "COMFYUI_PER_GPU=true under supervisor"
+  "$SETPRIV" --pdeathsig KILL -- true 2>/dev/null ||
+    die "COMFYUI_PER_GPU=true under supervisor: '$SETPRIV --pdeathsig' does not work (util-linux 2.33 or later has it)"
+  detach=("$SETSID" "$SETPRIV" --pdeathsig KILL --)
 fi
 if [ "$will_install" = 0 ] || [ "$DRY_RUN" = 0 ]; then
   [ -f "$WORKER_DIR/dist/worker/cli.js" ] || die "no worker in WORKER_DIR=$WORKER_DIR (no dist/worker/cli.js)"
@@ -468,7 +504,7 @@ log_to() {
 run mkdir -p "$LOG_DIR"
 
 # --- under supervisor: the worker replaces this script (supervisor's signals reach it; it restarts ComfyUI) ---
-if [ "$supervised" = 1 ]; then
+if [ "$supervised" = 1 ] && [ "$per_gpu" = 0 ]; then
   log "worker: starting ${worker_cmd[*]} (ComfyUI is supervisor's program; log $worker_log)"
   if [ "$DRY_RUN" = 1 ]; then
     run_in "$WORKER_DIR" "${worker_cmd[@]}"
@@ -480,6 +516,21 @@ if [ "$supervised" = 1 ]; then
 fi
 
 # --- 5. ComfyUI in the background (one per GPU with COMFYUI_PER_GPU) -------------------------------------
+# Under supervisor with COMFYUI_PER_GPU, instance 0 is the image's `comfyui` program, which supervisor runs and
+# restarts on its own. It sees every GPU but uses only the first visible one (ComfyUI's cuda:0: --cuda-device and
+# --default-device are refused above), which is gpu_ids[0], so it needs no CUDA_VISIBLE_DEVICES of its own (its
+# environment is the image's program's, not ours to change). Instances 1..N-1 belong to this program instead of
+# being programs of their own: their number is known only here, at start, and they come and go with the worker
+# that uses them. This script then stays the program's process (no exec), starts them and the worker, and:
+# - runs each in a session of its own (setsid): supervisor's stop signals the program's whole process group
+#   (stopasgroup), which must not stop these ComfyUIs while the worker drains jobs on them (nor reach the worker
+#   twice: the one TERM it gets is forwarded from here, and a second would be its "exit now");
+# - binds each to this script with a parent-death signal (setpriv --pdeathsig KILL): when supervisor SIGKILLs the
+#   group after stopwaitsecs (killasgroup), or anything else kills this script, none of them lives on to hold a
+#   port or a GPU when supervisor starts the program again;
+# - when the worker exits (a stop, or a crash that supervisor answers with a restart), stops them (SIGTERM, then
+#   SIGKILL after COMFYUI_STOP_TIMEOUT) before exiting, so that the next start finds their ports free.
+# stopwaitsecs (100) covers the worker's drain (60 s) and COMFYUI_STOP_TIMEOUT (30 s).
 comfy_pids=()
 comfy_names=()
 # Starts one ComfyUI: its name (for the log lines), port, log file and GPU (empty: the environment's), then its
@@ -490,27 +541,38 @@ start_comfyui() {
   log "$name: starting in $COMFYUI_DIR on 127.0.0.1:$port${gpu:+ with CUDA_VISIBLE_DEVICES=$gpu}, log on stdout and in $logfile"
   if [ "$DRY_RUN" = 1 ]; then
     printf '+ (cd %q &&' "$COMFYUI_DIR"
+    [ -z "$comfy_venv_bin" ] || printf ' PATH=%q:$PATH' "$comfy_venv_bin"
     [ -z "$gpu" ] || printf ' CUDA_VISIBLE_DEVICES=%q' "$gpu"
-    printf ' %q' "$@"
+    printf ' %q' ${detach[@]+"${detach[@]}"} "$@"
     printf ') 2>&1 | tee -a %q &\n' "$logfile"
     return 0
   fi
-  if [ -n "$gpu" ]; then
-    (cd "$COMFYUI_DIR" && export CUDA_VISIBLE_DEVICES="$gpu" && exec "$@") > >(log_to "$logfile") 2>&1 &
-  else
-    (cd "$COMFYUI_DIR" && exec "$@") > >(log_to "$logfile") 2>&1 &
-  fi
+  (
+    cd "$COMFYUI_DIR"
+    [ -z "$comfy_venv_bin" ] || export PATH="$comfy_venv_bin:$PATH"
+    [ -z "$gpu" ] || export CUDA_VISIBLE_DEVICES="$gpu"
+    # A background job of this script is never a process group leader, so setsid does not fork: the ComfyUI keeps
+    # this pid, and this script as its parent for the parent-death signal.
+    exec ${detach[@]+"${detach[@]}"} "$@"
+  ) > >(log_to "$logfile") 2>&1 &
   comfy_pids+=("$!")
   comfy_names+=("$name")
 }
 if [ "$per_gpu" = 1 ]; then
   run mkdir -p "${comfy_outputs[@]}"
-  for i in "${!gpu_ids[@]}"; do
+  first=0
+  if [ "$supervised" = 1 ]; then
+    first=1
+    others="instance 1"
+    [ ${#gpu_ids[@]} = 2 ] || others="instances 1..$((${#gpu_ids[@]} - 1))"
+    log "comfyui-0: the image's \`comfyui\` program (127.0.0.1:$comfy_port, GPU ${gpu_ids[0]}, output ${comfy_outputs[0]}); $others start here and stop with the worker"
+  fi
+  for ((i = first; i < ${#gpu_ids[@]}; i++)); do
     # ComfyUI takes the last of a flag: these win over COMFYUI_ARGS'.
     start_comfyui "comfyui-$i" $((comfy_port + i)) "$LOG_DIR/comfyui-$i.log" "${gpu_ids[$i]}" \
       "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --disable-auto-launch ${comfy_extra[@]+"${comfy_extra[@]}"} \
       --port $((comfy_port + i)) --input-directory "$comfy_input" --output-directory "${comfy_outputs[$i]}" \
-      --temp-directory "${comfy_temp%/}/gpu$i"
+      --temp-directory "${comfy_temps[$i]}"
   done
 else
   start_comfyui comfyui "$comfy_port" "$LOG_DIR/comfyui.log" "" \
@@ -519,7 +581,7 @@ else
 fi
 if [ "$DRY_RUN" = 1 ]; then
   log "worker: starting ${worker_cmd[*]}"
-  run_in "$WORKER_DIR" "${worker_cmd[@]}"
+  run_in "$WORKER_DIR" ${detach[@]+"${detach[@]}"} "${worker_cmd[@]}"
   log "dry run: done"
   exit 0
 fi
@@ -542,7 +604,7 @@ trap 'forward INT' INT
 
 log "worker: starting ${worker_cmd[*]}"
 cd "$WORKER_DIR"
-"${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1 &
+${detach[@]+"${detach[@]}"} "${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1 &
 worker_pid=$!
 [ -z "$pending_signal" ] || forward "$pending_signal"
 

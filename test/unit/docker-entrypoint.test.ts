@@ -1,6 +1,7 @@
 import { execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createPublicKey, X509Certificate } from "node:crypto";
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
@@ -23,10 +24,11 @@ const RUN_TIMEOUT_MS = 15_000;
 
 const FAKES: Record<string, string> = {
   // The worker (a Node script, so that it handles SIGINT as the real worker does: bash ignores SIGINT in background
-  // jobs, and Node resets that at start-up, a bash script cannot). Records its arguments, folder and environment,
+  // jobs, and Node resets that at start-up, a bash script cannot). Records its arguments, folder, pid and environment,
   // waits for ComfyUI (as the real worker watches its health; here: the file each fake-python3 adds a line to once
   // started; one line per URL of COMFYUI_URLS), then runs until SIGTERM/SIGINT, or exits at once with
-  // FAKE_NODE_EXIT_AFTER_READY.
+  // FAKE_NODE_EXIT_AFTER_READY. With FAKE_NODE_DRAIN_UNTIL_USR2=1, a signal starts a drain (every further one is
+  // recorded too) that ends when SIGUSR2 comes.
   "fake-node": `#!/usr/bin/env node
 const fs = require("node:fs");
 const path = require("node:path");
@@ -34,16 +36,21 @@ const env = process.env;
 fs.appendFileSync(env.FAKE_ORDER_LOG, "worker " + process.argv.slice(2).join(" ") + "\\n");
 console.log("fake-node: started");
 fs.writeFileSync(path.join(env.FAKE_RECORD_DIR, "worker.cwd"), process.cwd() + "\\n");
+fs.writeFileSync(path.join(env.FAKE_RECORD_DIR, "worker.pid"), process.pid + "\\n");
 fs.writeFileSync(
   path.join(env.FAKE_RECORD_DIR, "worker.env"),
   Object.entries(env).map(([k, v]) => k + "=" + v + "\\n").join(""),
 );
+const exit = () => process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
+if (env.FAKE_NODE_DRAIN_UNTIL_USR2) process.on("SIGUSR2", exit);
+let signals = 0;
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     fs.appendFileSync(env.FAKE_ORDER_LOG, "worker got " + signal + "\\n");
     // Synchronously, as a draining worker logs: this throws (and the exit code shows it) if its output is gone.
     fs.writeSync(1, "fake-node: got " + signal + "\\n");
-    process.exit(Number(env.FAKE_NODE_EXIT_CODE || 0));
+    if (!env.FAKE_NODE_DRAIN_UNTIL_USR2) return exit();
+    if (signals++ === 0) fs.writeSync(1, "fake-node: draining\\n");
   });
 }
 const ready = path.join(env.FAKE_RECORD_DIR, "comfyui.ready");
@@ -62,12 +69,13 @@ const poll = setInterval(() => {
   }
 }, 20);
 `,
-  // ComfyUI's python: records its arguments and folder, and in comfyui.<pid> its CUDA_VISIBLE_DEVICES and
-  // arguments (one a line); writes to its log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so
-  // that only SIGKILL ends it).
+  // ComfyUI's python: records its arguments and folder, in comfyui.<pid> its CUDA_VISIBLE_DEVICES and arguments
+  // (one a line), and in comfyui.<pid>.program how it was called and the first folder of its PATH; writes to its
+  // log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it).
   "fake-python3": `#!/usr/bin/env bash
 echo "comfyui $* (in $PWD)" >> "$FAKE_ORDER_LOG"
 { echo "\${CUDA_VISIBLE_DEVICES-<unset>}"; printf '%s\\n' "$@"; } > "$FAKE_RECORD_DIR/comfyui.$$"
+printf '%s\\n' "$0" "\${PATH%%:*}" > "$FAKE_RECORD_DIR/comfyui.$$.program"
 echo "fake ComfyUI log line (CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-<unset>}): $*"
 echo $$ > "$FAKE_RECORD_DIR/comfyui.pid"
 if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
@@ -376,6 +384,34 @@ function processGone(pid: number): boolean {
   }
 }
 
+/**
+ * Ended: gone, or a zombie that its new parent has not collected yet (a process whose parent died is collected by
+ * PID 1, whenever that gets to it).
+ */
+function processEnded(pid: number): boolean {
+  if (processGone(pid)) return true;
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.startsWith("Z");
+  } catch {
+    return true;
+  }
+}
+
+/** A process's group and session (Linux: /proc/<pid>/stat). */
+function groupAndSession(pid: number): { pgid: number; sid: number } {
+  const [, , pgid, sid] = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return { pgid: Number(pgid), sid: Number(sid) };
+}
+
+/** Polls `check` every 20 ms, for processes that are not ours to wait on (no event tells when they end). */
+async function waitUntil(what: string, check: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 afterEach(async () => {
   for (const pid of groups.splice(0)) killGroup(pid);
   for (const server of servers.splice(0)) await new Promise((r) => server.close(r));
@@ -422,6 +458,36 @@ describe("docker-entrypoint.sh", () => {
       const workerEnv = await lines(join(s.records, "worker.env"));
       expect(workerEnv).toContain(`COMFYUI_BASE_DIR=${s.comfyDir}`);
       expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18188");
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["the image's venv has a python: that one, with the venv's bin first on ComfyUI's PATH", true],
+    ["no venv: python3 from PATH", false],
+  ])(
+    "COMFYUI_PYTHON unset, %s",
+    async (_what, withVenv) => {
+      const s = await sandbox();
+      const venvBin = join(s.dir, "venv", "bin");
+      const pathBin = join(s.dir, "path-bin");
+      await mkdir(venvBin, { recursive: true });
+      await mkdir(pathBin);
+      if (withVenv) await symlink(s.env.COMFYUI_PYTHON!, join(venvBin, "python"));
+      await symlink(s.env.COMFYUI_PYTHON!, join(pathBin, "python3"));
+      const { COMFYUI_PYTHON: _default, ...env } = s.env;
+      const run = runEntrypoint({
+        ...env,
+        COMFYUI_VENV: dirname(venvBin),
+        PATH: `${pathBin}:${env.PATH}`,
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      expect((await run.done).code).toBe(0);
+      const started = await comfyStarts(s);
+      expect(started).toHaveLength(1);
+      expect(await lines(join(s.records, `comfyui.${started[0]!.pid}.program`))).toEqual(
+        withVenv ? [join(venvBin, "python"), venvBin] : [join(pathBin, "python3"), pathBin],
+      );
     },
     TEST_TIMEOUT_MS,
   );
@@ -838,7 +904,7 @@ describe("docker-entrypoint.sh", () => {
   );
 
   test(
-    "under supervisor (our image): no ComfyUI (COMFYUI_PER_GPU ignored) and no provisioning of its own; the seed's benchmark paths, COMFYUI_ARGS' port, the worker's log in LOG_DIR",
+    "under supervisor (our image): no ComfyUI and no provisioning of its own, the worker replaces the script; the seed's benchmark paths, COMFYUI_ARGS' port, the worker's log in LOG_DIR",
     async () => {
       const s = await sandbox();
       const seedBenchmark = join(
@@ -863,11 +929,12 @@ describe("docker-entrypoint.sh", () => {
         WORKER_UNDER_SUPERVISOR: "true",
         PROVISIONING_SCRIPT: script,
         COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18190",
-        // Ignored here: ComfyUI is supervisor's one program.
-        COMFYUI_PER_GPU: "true",
+        // Without COMFYUI_PER_GPU, the GPUs do not matter: ComfyUI is supervisor's one program.
         FAKE_GPU_COUNT: "2",
       });
       await run.waitForStdout("fake-node: running");
+      // exec: supervisor's own process is the worker.
+      expect(Number(await readFile(join(s.records, "worker.pid"), "utf8"))).toBe(run.pid);
       // supervisor (stopasgroup) signals the whole group: the worker's log copier outlives the worker's drain.
       process.kill(-run.pid, "SIGTERM");
       expect((await run.done).code).toBe(0);
@@ -880,9 +947,6 @@ describe("docker-entrypoint.sh", () => {
       expect(workerEnv).toContain(`BENCHMARK_CACHE_FILE=${s.env.WORKSPACE}/.has_benchmark`);
       expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18190");
       expect(workerEnv.some((l) => l.startsWith("COMFYUI_URLS="))).toBe(false);
-      expect(run.stderr()).toContain(
-        "[entrypoint] comfyui: COMFYUI_PER_GPU=true is ignored under supervisor",
-      );
       expect(workerEnv).toContain("USER_DOT_ENV_VARIABLE=from-workspace-env");
       expect(workerEnv.some((l) => l.startsWith("SSL_CERT_FILE="))).toBe(false);
       expect(run.stdout()).toContain("fake-node: started");
@@ -1037,6 +1101,11 @@ describe("docker-entrypoint.sh", () => {
         { COMFYUI_OUTPUT_DIR: "/a,/b,/c" },
         "lists 3 folders for 2 ComfyUIs",
       ],
+      [
+        "under supervisor, a setpriv without --pdeathsig",
+        { WORKER_UNDER_SUPERVISOR: "true", SETPRIV: "false" },
+        "'false --pdeathsig' does not work",
+      ],
     ])(
       "COMFYUI_PER_GPU=true with %s: the start stops with the reason, before anything runs",
       async (_what, extra, message) => {
@@ -1049,6 +1118,183 @@ describe("docker-entrypoint.sh", () => {
       },
       TEST_TIMEOUT_MS,
     );
+
+    describe("under supervisor (our image): instance 0 is the image's `comfyui` program", () => {
+      /** supervisor's program `comfyui-worker` with COMFYUI_PER_GPU=true; instance 0 (not started here) is up. */
+      async function startSupervised(s: Sandbox, extra: Record<string, string>): Promise<Run> {
+        await writeFile(join(s.records, "comfyui.ready"), "the image's comfyui\n");
+        return runEntrypoint({
+          ...s.env,
+          VAST_ENVIRONMENT_SCRIPT: join(s.dir, "no-environment.sh"),
+          WORKER_UNDER_SUPERVISOR: "true",
+          COMFYUI_PER_GPU: "true",
+          ...extra,
+        });
+      }
+      const workerPid = async (s: Sandbox) => Number(await readFile(join(s.records, "worker.pid"), "utf8"));
+
+      interface SupervisedCase {
+        what: string;
+        env: (s: Sandbox) => Record<string, string>;
+        gpus: string[];
+        port: number;
+        /** The image's ComfyUI's output folder and --temp-directory (its temp folder's parent). */
+        output: (s: Sandbox) => string;
+        temp: (s: Sandbox) => string;
+      }
+      test.each<SupervisedCase>([
+        {
+          what: "2 GPUs, the image's COMFYUI_ARGS",
+          env: () => ({
+            FAKE_GPU_COUNT: "2",
+            COMFYUI_ARGS: "--disable-auto-launch --enable-cors-header --port 18188",
+          }),
+          gpus: ["0", "1"],
+          port: 18188,
+          output: (s) => join(s.comfyDir, "output"),
+          temp: (s) => join(s.comfyDir, "temp"),
+        },
+        {
+          what: "4 GPUs, COMFYUI_ARGS' port, output and temp folders",
+          env: (s) => ({
+            FAKE_GPU_COUNT: "4",
+            COMFYUI_ARGS: `--port 19000 --output-directory ${s.dir}/out --temp-directory ${s.dir}/scratch`,
+          }),
+          gpus: ["0", "1", "2", "3"],
+          port: 19000,
+          output: (s) => `${s.dir}/out`,
+          temp: (s) => `${s.dir}/scratch`,
+        },
+        {
+          what: "CUDA_VISIBLE_DEVICES=2,5 (of 8)",
+          env: () => ({ FAKE_GPU_COUNT: "8", CUDA_VISIBLE_DEVICES: "2,5" }),
+          gpus: ["2", "5"],
+          port: 18188,
+          output: (s) => join(s.comfyDir, "output"),
+          temp: (s) => join(s.comfyDir, "temp"),
+        },
+      ])(
+        "$what: instances 1..N-1 start here (port, GPU, folders beside the image's, log, each in a session of its own); the worker gets all N; supervisor's stop drains the worker, then stops them",
+        async ({ env, gpus, port, output, temp }) => {
+          const s = await sandbox();
+          const extra = env(s);
+          const run = await startSupervised(s, { ...extra, FAKE_NODE_DRAIN_UNTIL_USR2: "1" });
+          await run.waitForStdout("fake-node: running");
+
+          const input = join(s.comfyDir, "input");
+          const folders = gpus.map((_, i) => (i === 0 ? output(s) : `${output(s)}-gpu${i}`));
+          const started = await comfyStarts(s);
+          expect(started.map(({ gpu, args }) => ({ gpu, args }))).toEqual(
+            gpus.slice(1).map((gpu, j) => ({
+              gpu,
+              args: [
+                "main.py",
+                ...["--listen", "127.0.0.1", "--disable-auto-launch"],
+                ...(extra.COMFYUI_ARGS ?? "").split(" ").filter(Boolean),
+                ...["--port", String(port + j + 1), "--input-directory", input],
+                ...["--output-directory", folders[j + 1], "--temp-directory", `${temp(s)}-gpu${j + 1}`],
+              ],
+            })),
+          );
+          for (const i of gpus.keys()) {
+            const log = readFile(join(s.logDir, `comfyui-${i}.log`), "utf8");
+            if (i === 0) await expect(log).rejects.toThrow();
+            else await expect(log).resolves.toContain(`(CUDA_VISIBLE_DEVICES=${gpus[i]}): `);
+          }
+          await expect(readFile(join(s.logDir, "comfyui.log"))).rejects.toThrow();
+          for (const folder of folders.slice(1)) await expect(readdir(folder)).resolves.toEqual([]);
+          // Out of the program's process group (supervisor's stop signals it), the worker too; not the script itself.
+          const worker = await workerPid(s);
+          expect(worker).not.toBe(run.pid);
+          for (const pid of [worker, ...started.map((c) => c.pid)])
+            expect(groupAndSession(pid)).toEqual({ pgid: pid, sid: pid });
+          expect(run.stderr()).toContain(
+            `[entrypoint] comfyui-0: the image's \`comfyui\` program (127.0.0.1:${port}, GPU ${gpus[0]}, output ${folders[0]})`,
+          );
+
+          const workerEnv = await lines(join(s.records, "worker.env"));
+          expect(workerEnv).toContain(
+            `COMFYUI_URLS=${gpus.map((_, i) => `http://127.0.0.1:${port + i}`).join(",")}`,
+          );
+          expect(workerEnv).toContain(`COMFYUI_OUTPUT_DIR=${folders.join(",")}`);
+          expect(workerEnv).toContain(`COMFYUI_INPUT_DIR=${input}`);
+          expect(workerEnv.filter((l) => l.startsWith("COMFYUI_URL="))).toEqual([]);
+
+          // supervisor's stop (stopasgroup): SIGTERM to the program's group. The worker gets it once (from the
+          // script) and drains while its instances keep running; they are stopped once it has exited.
+          process.kill(-run.pid, "SIGTERM");
+          await run.waitForStdout("fake-node: draining");
+          for (const { pid } of started) expect(processEnded(pid)).toBe(false);
+          expect(await lines(s.orderLog)).not.toContain("comfyui got SIGTERM");
+          process.kill(worker, "SIGUSR2");
+          expect((await run.done).code).toBe(0);
+          expect((await lines(s.orderLog)).filter((l) => / got SIG/.test(l))).toEqual([
+            "worker got SIGTERM",
+            ...gpus.slice(1).map(() => "comfyui got SIGTERM"),
+          ]);
+          for (const { pid } of started) expect(processGone(pid)).toBe(true);
+        },
+        TEST_TIMEOUT_MS,
+      );
+
+      test(
+        "the worker exits by itself: its instances are stopped before the program ends (ports free for supervisor's restart), and the next start starts them afresh",
+        async () => {
+          const s = await sandbox();
+          const env = { FAKE_GPU_COUNT: "4", FAKE_NODE_EXIT_AFTER_READY: "3" };
+          const first = await startSupervised(s, env);
+          expect((await first.done).code).toBe(3);
+          const before = await comfyStarts(s);
+          expect(before).toHaveLength(3);
+          for (const { pid } of before) expect(processGone(pid)).toBe(true);
+          expect(first.stderr()).toContain("[entrypoint] worker: exited with code 3");
+
+          const again = await startSupervised(s, env);
+          expect((await again.done).code).toBe(3);
+          const after = (await comfyStarts(s)).filter((c) => !before.some((b) => b.pid === c.pid));
+          expect(after.map((c) => lastFlag(c.args, "--port"))).toEqual(["18189", "18190", "18191"]);
+          for (const { pid } of after) expect(processGone(pid)).toBe(true);
+        },
+        TEST_TIMEOUT_MS,
+      );
+
+      test(
+        "supervisor SIGKILLs the program's group (past stopwaitsecs): the instances and the worker die with the script",
+        async () => {
+          const s = await sandbox();
+          const run = await startSupervised(s, { FAKE_GPU_COUNT: "4" });
+          await run.waitForStdout("fake-node: running");
+          const pids = [await workerPid(s), ...(await comfyStarts(s)).map((c) => c.pid)];
+          expect(pids).toHaveLength(4);
+          // Each fake ComfyUI leads its own group: afterEach ends what it leaves (its sleep).
+          groups.push(...pids);
+          process.kill(-run.pid, "SIGKILL");
+          expect((await run.done).signal).toBe("SIGKILL");
+          await waitUntil(`the worker and the instances end (pids ${pids.join(", ")})`, () =>
+            pids.every(processEnded),
+          );
+        },
+        TEST_TIMEOUT_MS,
+      );
+
+      test.each([
+        ["1 GPU", { FAKE_GPU_COUNT: "1" }],
+        ["CUDA_VISIBLE_DEVICES=3 (of 4)", { FAKE_GPU_COUNT: "4", CUDA_VISIBLE_DEVICES: "3" }],
+      ])(
+        "%s: as without COMFYUI_PER_GPU (no ComfyUI here, COMFYUI_URL, the worker replaces the script)",
+        async (_what, extra) => {
+          const s = await sandbox();
+          const run = await startSupervised(s, { ...extra, FAKE_NODE_EXIT_AFTER_READY: "0" });
+          expect((await run.done).code).toBe(0);
+          expect(await workerPid(s)).toBe(run.pid);
+          expect(await comfyStarts(s)).toEqual([]);
+          const workerEnv = await lines(join(s.records, "worker.env"));
+          expect(workerEnv).toContain("COMFYUI_URL=http://127.0.0.1:18188");
+          expect(workerEnv.filter((l) => /^COMFYUI_(URLS|OUTPUT_DIR|INPUT_DIR)=/.test(l))).toEqual([]);
+        },
+        TEST_TIMEOUT_MS,
+      );
+    });
   });
 
   test(

@@ -43,7 +43,7 @@ test("every COPY source exists, and Node comes from the pinned wheel (22 or 24)"
   expect(["22", "24"]).toContain(pin?.[1]);
 });
 
-test("the supervisor program runs the entry point supervised, and waits for the worker's drain", () => {
+test("the supervisor program runs the entry point supervised, and waits for the worker's drain and its ComfyUIs' stop", () => {
   expect(dockerfile).toContain(
     "cp scripts/supervisor/comfyui-worker.conf /etc/supervisor/conf.d/comfyui-worker.conf",
   );
@@ -54,6 +54,10 @@ test("the supervisor program runs the entry point supervised, and waits for the 
   expect(command).toBe("/opt/worker/scripts/docker-entrypoint.sh");
   accessSync(join(root, command.replace("/opt/worker/", "")), constants.X_OK);
   expect(conf).toMatch(/^environment=.*WORKER_UNDER_SUPERVISOR="true"/m);
-  expect(Number(/^stopwaitsecs=(\d+)$/m.exec(conf)![1])).toBeGreaterThan(60);
+  // The worker's drain (60 s), then with COMFYUI_PER_GPU the entry point's stop of its ComfyUIs
+  // (COMFYUI_STOP_TIMEOUT, 30 s); the whole group is signalled (the log copiers, the entry point).
+  expect(Number(/^stopwaitsecs=(\d+)$/m.exec(conf)![1])).toBeGreaterThan(60 + 30);
+  expect(conf).toMatch(/^stopasgroup=true$/m);
+  expect(conf).toMatch(/^killasgroup=true$/m);
   expect(conf).toMatch(/^stdout_logfile=\/dev\/stdout$/m);
 });
