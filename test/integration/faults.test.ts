@@ -84,9 +84,9 @@ test("S3 port closed during upload: upload_error; once it reopens, uploads succe
   const w = await startTestWorker();
   const proxy = await startSlowProxy(new URL(s.s3Endpoint), 0);
   const port = proxy.port;
-  try {
-    await proxy.close();
-    const down = await postJson(`${w.api}/generate/sync`, {
+  // The same request each time, to the port that closes and reopens.
+  const send = () =>
+    postJson(`${w.api}/generate/sync`, {
       input: {
         workflow_json: modelFree(),
         s3: {
@@ -96,20 +96,14 @@ test("S3 port closed during upload: upload_error; once it reopens, uploads succe
         },
       },
     });
+  try {
+    await proxy.close();
+    const down = await send();
     expect(down.body.status).toBe("failed");
     expect(down.body.output.every((o: any) => typeof o.upload_error === "string" && !o.url)).toBe(true);
     const reopened = await startSlowProxy(new URL(s.s3Endpoint), 0, port);
     try {
-      const up = await postJson(`${w.api}/generate/sync`, {
-        input: {
-          workflow_json: modelFree(),
-          s3: {
-            access_key_id: s.s3AccessKeyId,
-            secret_access_key: s.s3SecretAccessKey,
-            endpoint_url: `http://127.0.0.1:${port}`,
-          },
-        },
-      });
+      const up = await send();
       expect(up.body.status).toBe("completed");
       expect(up.body.output.every((o: any) => o.url && !o.upload_error)).toBe(true);
     } finally {
