@@ -124,15 +124,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       : undefined;
 
   let cacheWrite: Promise<void> = Promise.resolve();
-  /**
-   * One backend's score, the unit of workloads and of the live score (a job runs on one backend): their mean, as
-   * the GPUs of one machine are alike. max_perf is the sum over the backends in rotation.
-   */
-  const unitPerf = (): number => {
-    const measured = pool.backends.filter((b) => b.perf > 0);
-    return measured.length > 0 ? measured.reduce((s, b) => s + b.perf, 0) / measured.length : 0;
-  };
-  /** max_perf follows the backends in rotation; a change is reported at once. */
+  /** max_perf, the sum over the backends in rotation, follows them; a change is reported at once. */
   const refreshScore = () => {
     const capacity = Math.round(pool.capacity() * 1000) / 1000;
     if (capacity === admission.maxPerf) return;
@@ -156,12 +148,11 @@ export function createWorker(deps: WorkerDeps): Worker {
     }
   };
   const load = new LoadSignal({
-    maxPerf: () => (life.phase === "ready" ? unitPerf() : 0),
+    // Workloads and the live score are in units of one backend's benchmark run.
+    maxPerf: () => (life.phase === "ready" ? pool.unitPerf() : 0),
     onScore: (unit) => {
       if (life.phase !== "ready" || !config.benchmark.liveScore) return;
-      // Every backend moves by the same factor: the live score measures a backend's speed, not which one.
-      const before = unitPerf();
-      for (const b of pool.backends) b.perf = before > 0 ? (b.perf * unit) / before : unit;
+      pool.setUnitPerf(unit);
       const previous = admission.maxPerf;
       refreshScore();
       logger.info(

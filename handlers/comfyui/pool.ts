@@ -123,6 +123,24 @@ export class ComfyPool extends EventEmitter {
   }
 
   /**
+   * One backend's score: the mean of the measured ones (the GPUs of one machine are alike), 0 before any is. It is
+   * the unit of workloads and of the live score, as a job runs on one backend.
+   */
+  unitPerf(): number {
+    const measured = this.backends.filter((b) => b.perf > 0);
+    return measured.length > 0 ? measured.reduce((s, b) => s + b.perf, 0) / measured.length : 0;
+  }
+
+  /**
+   * Sets the unit score measured on real work: every backend moves by the same factor, keeping their proportions
+   * (the live score measures a backend's speed, not which backend's).
+   */
+  setUnitPerf(unit: number): void {
+    const before = this.unitPerf();
+    for (const b of this.backends) b.perf = before > 0 ? (b.perf * unit) / before : unit;
+  }
+
+  /**
    * Waits for a slot on the best backend (or on `backend` only, for the benchmark), until `signal` aborts.
    * Failure contract: no backend in rotation (or the pinned one out of it) -> ComfyUnavailableError; abort -> the
    * signal's reason.

@@ -118,4 +118,19 @@ describe("ComfyPool dispatch", () => {
     expect(p.capacity()).toBe(1);
     expect(changes).toEqual([2, 0]);
   });
+
+  test("the unit score is the backends' mean; a live score moves every backend by one factor", () => {
+    const p = pool(3);
+    p.backends[0]!.perf = 0; // not measured (it was down during the benchmark): left out of the mean
+    p.backends[1]!.perf = 2;
+    p.backends[2]!.perf = 4;
+    expect(p.unitPerf()).toBe(3);
+    p.setUnitPerf(6);
+    expect(p.backends.map((b) => b.perf)).toEqual([0, 4, 8]);
+    expect(p.capacity()).toBe(12);
+    const fresh = pool(2);
+    for (const b of fresh.backends) b.perf = 0;
+    fresh.setUnitPerf(1.5);
+    expect(fresh.backends.map((b) => b.perf)).toEqual([1.5, 1.5]);
+  });
 });
