@@ -56,7 +56,12 @@ export class ComfyBackend {
 /** A backend held for one prompt; release it once the prompt left ComfyUI (outputs may still be collected). */
 export interface Lease {
   backend: ComfyBackend;
-  release(): void;
+  /**
+   * Frees the slot (again: no effect). With the prompt's failure, a ComfyUnavailableError takes the backend out of
+   * the rotation at once, before the slot goes to the next prompt: else every waiting prompt would be sent to a
+   * dead server and fail within the 2 s until its health check. The health check brings it back.
+   */
+  release(failure?: unknown): void;
 }
 
 export interface ComfyPoolOptions {
@@ -233,11 +238,12 @@ export class ComfyPool extends EventEmitter {
     let released = false;
     return {
       backend,
-      release: () => {
+      release: (failure?: unknown) => {
         if (released) return;
         released = true;
         backend.running--;
         backend.workload -= workload;
+        if (failure instanceof ComfyUnavailableError) this.setUp(backend, false);
         this.dispatch();
       },
     };

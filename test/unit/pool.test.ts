@@ -133,4 +133,16 @@ describe("ComfyPool dispatch", () => {
     fresh.setUnitPerf(1.5);
     expect(fresh.backends.map((b) => b.perf)).toEqual([1.5, 1.5]);
   });
+
+  test("a prompt that found its backend unreachable takes it out before its slot goes to the next", async () => {
+    const p = pool(2);
+    const [a, b] = [await take(p), await take(p)];
+    const next = take(p);
+    a.release(new ComfyUnavailableError("connection refused"));
+    expect(a.backend.inRotation).toBe(false);
+    expect(await settled(next)).toBe(false); // not sent to the dead backend: it waits for the other
+    b.release(new Error("the workflow failed")); // any other failure leaves the backend in
+    expect(b.backend.inRotation).toBe(true);
+    expect((await next).backend.index).toBe(b.backend.index);
+  });
 });

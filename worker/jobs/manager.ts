@@ -371,7 +371,7 @@ export class JobManager {
             }
           : { status: "completed", message: `Completed with ${job.output.length} output(s)` };
     } catch (raw) {
-      lease?.release();
+      lease?.release(raw);
       const err = this.classify(raw, job, deadline, lease?.backend);
       job.error = err;
       outcome = { status: err instanceof CancelledError ? "cancelled" : "failed", message: err.message };
