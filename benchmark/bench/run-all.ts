@@ -118,14 +118,15 @@ Written by \`BENCH_ONLY=scaling npm run bench\` on ${new Date().toISOString().sl
 
 Method: two CPU ComfyUI servers, each started with \`OMP_NUM_THREADS=1\` (one thread each, as each GPU is one
 device to its ComfyUI), reading one input folder and writing their own output folders. One worker with
-\`COMFYUI_URLS\` naming the first only, then one naming both (in alternating order over the repetitions), gets one
-warm-up job per backend and then a burst of ${scalingJobs} \`/generate/sync\` requests at once, each a blur of one 1024×1024
+\`COMFYUI_URLS\` naming the first only, then one naming both (in alternating order over the repetitions), gets two
+warm-up jobs per backend and then a burst of ${scalingJobs} \`/generate/sync\` requests at once, each a blur of one 1024×1024
 image (about a second of one thread, no model), outputs kept local (no S3). The rate is the burst's jobs over its
 wall time. Every output's PNG image data (its IDAT chunks; the metadata names each request) is hashed: one
 workflow gives one image, whichever backend ran it. Then a worker on both gets the same burst, and the second
 backend is killed (SIGKILL) as soon as a job starts executing on it; jobs that were running or queued in it fail
 with \`comfyui_unavailable\` (503, the client retries them), the others complete on the first backend. It is
-started again for the next repetition.
+started again for the next repetition. The ratio is taken within each repetition; above 2 (the machine has two
+cores) it shows the noise of the one-backend runs.
 `;
 }
 

@@ -121,7 +121,7 @@ async function burst(api: string, jobs: number): Promise<{ seconds: number; answ
   return { seconds: (performance.now() - t) / 1000, answers };
 }
 
-/** The rate of one backend, then of two (in `order`), each after one warm-up job per backend; then the kill run. */
+/** The rate of one backend, then of two (in `order`), each after two warm-up jobs per backend; then the kill run. */
 export async function measureScaling(
   parts: BenchParts,
   set: Awaited<ReturnType<typeof startScalingBackends>>,
@@ -133,7 +133,7 @@ export async function measureScaling(
   for (const mode of twoFirst ? (["two", "one"] as const) : (["one", "two"] as const)) {
     const { worker } = await startWorker(envFor(parts, mode === "one" ? [set.backends[0]!] : set.backends));
     try {
-      await burst(worker.apiUrl()!, mode === "one" ? 1 : 2); // warm-up
+      await burst(worker.apiUrl()!, mode === "one" ? 2 : 4); // warm-up: two jobs per backend
       const { seconds, answers } = await burst(worker.apiUrl()!, jobs);
       const failed = answers.filter((a) => a.status !== "completed");
       if (failed.length > 0)
