@@ -186,7 +186,7 @@ test("a backend killed mid-burst: only its running jobs fail (retryable), max_pe
   expect(new Set(again.map((a) => w.worker.jobs.get(a.body.id)!.backend))).toEqual(new Set([0, 1]));
 });
 
-test("/ready and /metrics list each backend", async () => {
+test("/ready, /metrics and the operator page's status list each backend", async () => {
   const res = await fetch(`${w.api}/ready`, { signal: AbortSignal.timeout(10_000) });
   const body = (await res.json()) as { backends?: { url: string; up: boolean }[] };
   expect(body.backends?.map((b) => [b.url, b.up])).toEqual([
@@ -197,5 +197,31 @@ test("/ready and /metrics list each backend", async () => {
   for (const [i, url] of [stack().comfyUrl, own.url].entries()) {
     expect(metrics).toContain(`comfyui_worker_backend_in_rotation{backend="${i}",url="${url}"} 1`);
     expect(metrics).toContain(`comfyui_worker_backend_prompts{backend="${i}",url="${url}"} 0`);
+  }
+  // The page's event stream: its first status names both backends.
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 30_000);
+  try {
+    const events = await fetch(`${w.api}/console/events`, { signal: ac.signal });
+    const reader = events.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    let status: RegExpExecArray | null = null;
+    while (!(status = /event: status\ndata: (.*)\n\n/.exec(text))) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the event stream ended");
+      text += value;
+    }
+    const comfyui = JSON.parse(status[1]!).comfyui as {
+      up: boolean;
+      backends: { url: string; up: boolean }[];
+    };
+    expect(comfyui.up).toBe(true);
+    expect(comfyui.backends.map((b) => [b.url, b.up])).toEqual([
+      [stack().comfyUrl, true],
+      [own.url, true],
+    ]);
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
   }
 });
