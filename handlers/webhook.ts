@@ -2,7 +2,8 @@ import { createHmac, randomUUID } from "node:crypto";
 import { got, type Got } from "got";
 import nacl from "tweetnacl";
 import type { Logger } from "../lib/logger.js";
-import { backoffDelay, delay } from "../lib/backoff.js";
+import { backoffDelay } from "../lib/backoff.js";
+import { retry } from "../lib/retry.js";
 import { redactUrl } from "../lib/redact.js";
 import { CallbackAddressError, callbackGuards, checkCallbackUrl } from "./preprocess/address-policy.js";
 
@@ -70,6 +71,17 @@ export function validateCallbackUrl(url: string, allowPrivate: boolean, field = 
   checkCallbackUrl(url, allowPrivate, field);
 }
 
+/** One attempt's failure, and whether another attempt may help (network errors, 5xx, 408, 429). */
+class DeliveryFailure extends Error {
+  override readonly name = "DeliveryFailure";
+  constructor(
+    message: string,
+    readonly retryable: boolean,
+  ) {
+    super(message);
+  }
+}
+
 export class WebhookSender {
   private readonly http: Got;
   /** For caller-chosen URLs: the address policy enforced on the address connected to. */
@@ -96,13 +108,13 @@ export class WebhookSender {
     const body = JSON.stringify(d.body);
     const id = `msg_${randomUUID()}`;
     const log = this.opts.logger.child({ request_id: d.requestId, stage: "webhook" });
-    for (let attempt = 1; attempt <= this.opts.maxAttempts; attempt++) {
-      const started = Date.now();
-      let retry: boolean;
-      let why: string;
+    const http = d.callerChosen ? this.guarded : this.http;
+    let started = 0;
+    const attempt = async (n: number): Promise<void> => {
+      started = Date.now();
+      let status: number;
       try {
         const timestamp = Math.floor((this.opts.now ?? Date.now)() / 1000);
-        const http = d.callerChosen ? this.guarded : this.http;
         const res = await http.post(d.url, {
           body,
           headers: {
@@ -111,46 +123,42 @@ export class WebhookSender {
           },
           signal: this.stopping.signal,
         });
-        if (res.statusCode >= 200 && res.statusCode < 300) {
-          this.opts.onAttempt?.("delivered");
-          log.info(
-            { attempt, status: res.statusCode, duration_ms: Date.now() - started },
-            "webhook delivered",
-          );
-          return;
-        }
-        retry = res.statusCode >= 500 || res.statusCode === 408 || res.statusCode === 429;
-        why = `answered ${res.statusCode}`;
+        status = res.statusCode;
       } catch (err) {
-        if (this.stopping.signal.aborted) return;
-        const blocked =
-          err instanceof CallbackAddressError ||
-          (err as { cause?: unknown }).cause instanceof CallbackAddressError;
+        if (this.stopping.signal.aborted) throw err;
+        const cause = (err as { cause?: unknown }).cause;
+        const refused =
+          err instanceof CallbackAddressError
+            ? err
+            : cause instanceof CallbackAddressError
+              ? cause
+              : undefined;
         // A refused address stays refused: no point retrying.
-        retry = !blocked;
-        why = blocked
-          ? `refused: ${((err as { cause?: Error }).cause ?? (err as Error)).message}`
-          : err instanceof Error
-            ? err.message
-            : String(err);
+        if (refused) throw new DeliveryFailure(`refused: ${refused.message}`, false);
+        throw new DeliveryFailure(err instanceof Error ? err.message : String(err), true);
       }
-      const last = !retry || attempt === this.opts.maxAttempts;
-      this.opts.onAttempt?.(last ? "failed" : "retry");
-      log.warn(
-        { attempt, duration_ms: Date.now() - started, url: redactUrl(d.url) },
-        // An error message may quote the URL: only its scheme, host and port reach the log.
-        `webhook ${why.split(d.url).join(redactUrl(d.url) ?? "")}${last ? "; giving up" : "; retrying"}`,
-      );
-      if (last) return;
-      try {
-        await delay(
-          backoffDelay(attempt, this.opts.baseDelayMs ?? 500, this.opts.maxDelayMs ?? 30_000),
-          this.stopping.signal,
+      if (status < 200 || status >= 300) {
+        throw new DeliveryFailure(`answered ${status}`, status >= 500 || status === 408 || status === 429);
+      }
+      this.opts.onAttempt?.("delivered");
+      log.info({ attempt: n, status, duration_ms: Date.now() - started }, "webhook delivered");
+    };
+    await retry(attempt, {
+      attempts: this.opts.maxAttempts,
+      delayMs: (n) => backoffDelay(n, this.opts.baseDelayMs ?? 500, this.opts.maxDelayMs ?? 30_000),
+      signal: this.stopping.signal,
+      retryable: (err) => err instanceof DeliveryFailure && err.retryable,
+      onFailure: (err, n, willRetry) => {
+        if (this.stopping.signal.aborted) return; // shutdown abandons deliveries quietly
+        this.opts.onAttempt?.(willRetry ? "retry" : "failed");
+        const why = err instanceof Error ? err.message : String(err);
+        log.warn(
+          { attempt: n, duration_ms: Date.now() - started, url: redactUrl(d.url) },
+          // An error message may quote the URL: only its scheme, host and port reach the log.
+          `webhook ${why.split(d.url).join(redactUrl(d.url) ?? "")}${willRetry ? "; retrying" : "; giving up"}`,
         );
-      } catch {
-        return;
-      }
-    }
+      },
+    }).catch(() => undefined); // logged and counted above: a delivery never fails its job
   }
 
   /** Waits up to `timeoutMs` for deliveries in flight, then abandons the rest. */
