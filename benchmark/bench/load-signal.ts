@@ -185,7 +185,7 @@ export function signalSection(runs: SignalRun[], eightRound: number): string {
     .join("\n");
   return `## Load signal
 
-Written by \`BENCH_ONLY=signal npm run bench\` on ${new Date().toISOString().slice(0, 10)}, ${runs.length} repetitions, each on a
+Written by \`npm run bench\` (this section alone: \`BENCH_ONLY=signal\`) on ${new Date().toISOString().slice(0, 10)}, ${runs.length} repetitions, each on a
 fresh worker (empty benchmark cache) against one ComfyUI (CPU, tiny SD1.5 checkpoint).
 
 | measurement | figure | spread | target |

@@ -67,7 +67,7 @@ async function sharedCost(parts: BenchParts): Promise<string> {
     `${fmt(median(results.map(f)), digits)} | ${spread(results.map(f), digits)}`;
   return `## Job documents in the bucket
 
-Written by \`BENCH_ONLY=shared npm run bench\` on ${new Date().toISOString().slice(0, 10)}; median of ${repeats} repetitions, spread min–max.
+Written by \`npm run bench\` (this section alone: \`BENCH_ONLY=shared\`) on ${new Date().toISOString().slice(0, 10)}; median of ${repeats} repetitions, spread min–max.
 
 | measurement | figure | spread | target |
 | --- | --- | --- | --- |
@@ -104,7 +104,7 @@ async function scaling(parts: BenchParts): Promise<string> {
     `${fmt(median(runs.map(f)), digits)} | ${spread(runs.map(f), digits)}`;
   return `## One worker, several GPUs (ComfyUI backends)
 
-Written by \`BENCH_ONLY=scaling npm run bench\` on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpus()[0]?.model ?? "unknown CPU"}; median of ${repeats} repetitions, spread min–max.
+Written by \`npm run bench\` (this section alone: \`BENCH_ONLY=scaling\`) on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpus()[0]?.model ?? "unknown CPU"}; median of ${repeats} repetitions, spread min–max.
 
 | measurement | figure | spread | target |
 | --- | --- | --- | --- |
