@@ -1,6 +1,8 @@
 import { randomUUID, createHash } from "node:crypto";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { FrozenConfig } from "../config/index.js";
+import type { ComfyPool } from "../handlers/comfyui/pool.js";
 import type { Workflow } from "../handlers/comfyui/types.js";
 import type { Logger } from "../lib/logger.js";
 import type { Job } from "../worker/jobs/job.js";
@@ -68,6 +70,29 @@ export async function hardwareKey(
     }),
   );
   return `${names.join(";")}|${gpuKey}`;
+}
+
+/** The benchmark as the config sets it, over every backend of `pool`: what the boot and the CLI both run. */
+export async function configuredBenchmark(
+  config: FrozenConfig,
+  parts: { jobs: JobManager; pool: ComfyPool; payload: BenchmarkPayload; logger: Logger },
+): Promise<BenchmarkOptions> {
+  const { pool, jobs, payload, logger } = parts;
+  return {
+    jobs,
+    payload,
+    logger,
+    outputDir: config.outputDir,
+    cacheFile: config.benchmark.cacheFile,
+    hardwareKey: await hardwareKey(
+      pool.backends.map((b) => b.client),
+      config.benchmark.gpuKey,
+    ),
+    backends: pool.backends.length,
+    minRounds: config.benchmark.minRounds,
+    maxRounds: config.benchmark.maxRounds,
+    tolerance: config.benchmark.tolerance,
+  };
 }
 
 export function cacheKey(payload: BenchmarkPayload, hardwareKey: string): string {

@@ -4,7 +4,12 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Express } from "express";
 import { loadBenchmarkPayload } from "../benchmark/payload.js";
-import { hardwareKey, runBenchmark, updateCachedScore, type BenchmarkResult } from "../benchmark/runner.js";
+import {
+  configuredBenchmark,
+  runBenchmark,
+  updateCachedScore,
+  type BenchmarkResult,
+} from "../benchmark/runner.js";
 import type { FrozenConfig } from "../config/index.js";
 import { resolveS3 } from "../handlers/storage/s3.js";
 import { Admission } from "./admission.js";
@@ -429,21 +434,9 @@ export function createWorker(deps: WorkerDeps): Worker {
           for (const b of pool.backends) b.perf = 1;
           logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1 per backend");
         } else {
-          const result = await runBenchmark({
-            jobs,
-            payload,
-            logger,
-            outputDir: config.outputDir,
-            cacheFile: config.benchmark.cacheFile,
-            hardwareKey: await hardwareKey(
-              pool.backends.map((b) => b.client),
-              config.benchmark.gpuKey,
-            ),
-            backends: pool.backends.length,
-            minRounds: config.benchmark.minRounds,
-            maxRounds: config.benchmark.maxRounds,
-            tolerance: config.benchmark.tolerance,
-          });
+          const result = await runBenchmark(
+            await configuredBenchmark(config, { jobs, pool, payload, logger }),
+          );
           applyBenchmark(result.perBackend);
           benchmark = result;
         }

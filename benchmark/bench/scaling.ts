@@ -1,7 +1,7 @@
-import { createHash, randomUUID } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { freePort, type Service } from "../../scripts/services/child.js";
+import { pngPixelsHash } from "../../scripts/services/png.js";
 import { ensureComfyUI, startComfyUI, type ComfyInstall } from "../../scripts/services/comfyui.js";
 import type { Job } from "../../worker/jobs/job.js";
 import type { BenchParts } from "./parts.js";
@@ -50,18 +50,6 @@ interface Answer {
   status: string;
   error?: { code?: string };
   output: { local_path: string }[];
-}
-
-/** The hash of a PNG's image data (its IDAT chunks); its metadata names each request. */
-async function pixelsHash(path: string): Promise<string> {
-  const png = await readFile(path);
-  const hash = createHash("sha256");
-  for (let at = 8; at < png.length;) {
-    const length = png.readUInt32BE(at);
-    if (png.toString("latin1", at + 4, at + 8) === "IDAT") hash.update(png.subarray(at + 8, at + 8 + length));
-    at += 12 + length;
-  }
-  return hash.digest("hex");
 }
 
 export async function startScalingBackends(parts: BenchParts): Promise<{
@@ -139,7 +127,7 @@ export async function measureScaling(
       if (failed.length > 0)
         throw new Error(`${failed.length} job(s) of the ${mode}-backend burst did not complete`);
       rates[mode] = (jobs / seconds) * 60;
-      for (const a of answers) hashes.add(await pixelsHash(a.output[0]!.local_path));
+      for (const a of answers) hashes.add(await pngPixelsHash(a.output[0]!.local_path));
     } finally {
       await worker.stop(10_000);
     }

@@ -1,7 +1,7 @@
-import { createHash } from "node:crypto";
 import { mkdtemp, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freePort, type Service } from "../../scripts/services/child.js";
+import { pngPixelsHash } from "../../scripts/services/png.js";
 import { ensureComfyUI, startComfyUI, type ComfyInstall } from "../../scripts/services/comfyui.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import type { Job } from "../../worker/jobs/job.js";
@@ -42,18 +42,6 @@ function slowBlur(): Record<string, any> {
 
 const statuses = () => router.reports.filter((r) => r.path === "/worker_status/");
 const lastStatus = () => statuses().at(-1)?.body;
-/** The hash of a PNG's image data (its IDAT chunks): the metadata differs, as it names each request. */
-async function pixelsHash(path: string): Promise<string> {
-  const png = await readFile(path);
-  const hash = createHash("sha256");
-  for (let at = 8; at < png.length;) {
-    const length = png.readUInt32BE(at);
-    if (png.toString("latin1", at + 4, at + 8) === "IDAT") hash.update(png.subarray(at + 8, at + 8 + length));
-    at += 12 + length;
-  }
-  return hash.digest("hex");
-}
-
 beforeAll(async () => {
   install = await ensureComfyUI();
   ownBase = await mkdtemp(join(stack().tmpRoot, "backend-1-"));
@@ -122,7 +110,7 @@ test("a burst is spread over both backends, and every output, from either, is th
   const used = ids.map((id) => w.worker.jobs.get(id)!.backend);
   expect(new Set(used)).toEqual(new Set([0, 1]));
   // Each job's file came out of its own backend's folder into its own result folder: same workflow, same image.
-  const hashes = await Promise.all(answers.map((a) => pixelsHash(a.body.output[0].local_path)));
+  const hashes = await Promise.all(answers.map((a) => pngPixelsHash(a.body.output[0].local_path)));
   expect(new Set(hashes).size).toBe(1);
 });
 

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { RouterEmulator, WORKER_STATUS_FIELDS } from "../../scripts/router-emulator/emulator.js";
 import { urlMessage } from "../../worker/auth/signature.js";
 import { stack } from "../harness/stack.js";
+import { selfSignedCert } from "../harness/tls.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import type { Worker } from "../../worker/app.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
@@ -323,26 +324,7 @@ test("a port already in use: the worker reports 'Worker Server failed to launch'
 
 test("USE_SSL=true serves the routed port over https with the instance certificate", async () => {
   const dir = await mkdtemp(join(stack().tmpRoot, "tls-"));
-  const { execFileSync } = await import("node:child_process");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=127.0.0.1",
-      "-keyout",
-      join(dir, "key.pem"),
-      "-out",
-      join(dir, "crt.pem"),
-    ],
-    { stdio: "ignore" },
-  );
+  selfSignedCert({ cn: "127.0.0.1", key: join(dir, "key.pem"), crt: join(dir, "crt.pem") });
   const tls = await startTestWorker({
     USE_SSL: "true",
     WORKER_SSL_CERT_FILE: join(dir, "crt.pem"),
@@ -352,16 +334,13 @@ test("USE_SSL=true serves the routed port over https with the instance certifica
   try {
     expect(tls.routed).toMatch(/^https:/);
     const { get } = await import("node:https");
+    const ca = await readFile(join(dir, "crt.pem"));
     const body = await new Promise<string>((resolve, reject) => {
-      get(
-        `${tls.routed}/health`,
-        { ca: execFileSync("cat", [join(dir, "crt.pem")]), checkServerIdentity: () => undefined },
-        (res) => {
-          let text = "";
-          res.on("data", (d: Buffer) => (text += d.toString()));
-          res.on("end", () => resolve(text));
-        },
-      ).on("error", reject);
+      get(`${tls.routed}/health`, { ca, checkServerIdentity: () => undefined }, (res) => {
+        let text = "";
+        res.on("data", (d: Buffer) => (text += d.toString()));
+        res.on("end", () => resolve(text));
+      }).on("error", reject);
     });
     expect(JSON.parse(body)).toEqual({ status: "ok" });
   } finally {

@@ -8,6 +8,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { selfSignedCert } from "../harness/tls.js";
 
 /**
  * scripts/docker-entrypoint.sh, run for real with bash in temp folders. The programs it starts are fakes written
@@ -313,27 +314,7 @@ async function serve(handler: (req: IncomingMessage, body: string) => { status: 
 function makeCa(dir: string): { crt: string; key: string } {
   const crt = join(dir, "test-ca.crt");
   const key = join(dir, "test-ca.key");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=127.0.0.1",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-      "-keyout",
-      key,
-      "-out",
-      crt,
-    ],
-    { stdio: "ignore" },
-  );
+  selfSignedCert({ cn: "127.0.0.1", ip: "127.0.0.1", key, crt });
   return { crt, key };
 }
 
@@ -840,25 +821,7 @@ describe("docker-entrypoint.sh", () => {
       expect(await lines(s.orderLog)).toEqual([]);
 
       // A pair from an earlier start, still valid: kept, with a line saying so.
-      execFileSync(
-        "openssl",
-        [
-          "req",
-          "-x509",
-          "-newkey",
-          "rsa:2048",
-          "-nodes",
-          "-days",
-          "1",
-          "-subj",
-          "/CN=earlier",
-          "-keyout",
-          env.WORKER_SSL_KEY_FILE,
-          "-out",
-          env.WORKER_SSL_CERT_FILE,
-        ],
-        { stdio: "ignore" },
-      );
+      selfSignedCert({ cn: "earlier", key: env.WORKER_SSL_KEY_FILE, crt: env.WORKER_SSL_CERT_FILE });
       const kept = runEntrypoint(env);
       expect((await kept.done).code).toBe(0);
       expect(kept.stderr()).toContain("ssl: using the certificate already in");

@@ -1,5 +1,5 @@
 import { loadBenchmarkPayload } from "../../benchmark/payload.js";
-import { hardwareKey, runBenchmark } from "../../benchmark/runner.js";
+import { configuredBenchmark, runBenchmark } from "../../benchmark/runner.js";
 import type { FrozenConfig } from "../../config/index.js";
 import type { JobEvent } from "../jobs/job.js";
 import { createLogger } from "../../lib/logger.js";
@@ -40,19 +40,7 @@ export async function benchmarkCommand(
     const payload = await loadBenchmarkPayload(config.benchmark, root);
     out.write(`benchmark: ${payload.source}\n`);
     const result = await runBenchmark({
-      jobs: pipeline.jobs,
-      payload,
-      logger,
-      outputDir: config.outputDir,
-      cacheFile: config.benchmark.cacheFile,
-      hardwareKey: await hardwareKey(
-        pool.backends.map((b) => b.client),
-        config.benchmark.gpuKey,
-      ),
-      backends: pool.backends.length,
-      minRounds: config.benchmark.minRounds,
-      maxRounds: config.benchmark.maxRounds,
-      tolerance: config.benchmark.tolerance,
+      ...(await configuredBenchmark(config, { jobs: pipeline.jobs, pool, payload, logger })),
       force: opts.force,
       onJob: (label, job, backend) => {
         const name = `${several ? `backend ${backend} ` : ""}${label === "warmup" ? "warm-up " : `round ${label.padStart(2)}`}`;
