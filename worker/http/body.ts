@@ -1,5 +1,18 @@
-import express, { type ErrorRequestHandler, type RequestHandler, type Response } from "express";
+import express, { type ErrorRequestHandler, type Express, type RequestHandler, type Response } from "express";
 import { PayloadTooLargeError, toHttp } from "../../lib/errors.js";
+
+/**
+ * An Express app with the settings both ports share: no framework banner, no ETags, and exact routes, as
+ * upstream's (/GENERATE/SYNC or /generate/sync/ must not reach work past the checks that guard /generate/sync).
+ */
+export function strictApp(): Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("etag", false);
+  app.set("case sensitive routing", true);
+  app.set("strict routing", true);
+  return app;
+}
 
 /** JSON bodies whatever the Content-Type says (curl users forget it), bounded by MAX_BODY_BYTES. */
 export function jsonBody(maxBodyBytes: number): RequestHandler {

@@ -1,5 +1,5 @@
-import express, { type Express, type Router } from "express";
-import { errorHandler, jsonBody } from "./body.js";
+import type { Express, Router } from "express";
+import { errorHandler, jsonBody, strictApp } from "./body.js";
 import { attachWork } from "./generate-routes.js";
 
 export interface LocalDeps {
@@ -19,11 +19,7 @@ export interface LocalDeps {
  * as the template's API wrapper, plus /docs and the operator page at /. No signatures, no admission control.
  */
 export function createLocalApp(deps: LocalDeps): Express {
-  const app = express();
-  app.disable("x-powered-by");
-  app.set("etag", false);
-  app.set("case sensitive routing", true);
-  app.set("strict routing", true);
+  const app = strictApp();
   app.use("/", deps.health);
   app.use("/", deps.docs);
   if (deps.metrics) app.use("/", deps.metrics);

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
-import express, { type Express, type NextFunction, type Request, type Response } from "express";
+import type { Express, NextFunction, Request, Response, Router } from "express";
 import type { Admission } from "../admission.js";
 import { isOwnUrl, type AuthData, type ReplayGuard, type SignatureVerifier } from "../auth/signature.js";
 import { bearerToken, sameAuth, tokenMatches } from "../auth/token.js";
@@ -9,7 +9,7 @@ import type { Logger } from "../../lib/logger.js";
 import type { RequestTracker } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
 import { PayloadTooLargeError } from "../../lib/errors.js";
-import { errorHandler, jsonBody, sendError } from "./body.js";
+import { errorHandler, jsonBody, sendError, strictApp } from "./body.js";
 import { attachWork } from "./generate-routes.js";
 
 /**
@@ -44,8 +44,8 @@ export interface RoutedDeps {
   /** The file /pyworker/update creates (upstream's `/.force_update`): the start script updates the worker on it. */
   updateFlagFile: string;
   /** Generation routes; they read what `attachWork` hands them. */
-  generate: express.Router;
-  health: express.Router;
+  generate: Router;
+  health: Router;
   /** Routes whose requests count as work (admission, reports). */
   workRoutes: readonly string[];
   /** Workload of a request's payload, before it is parsed in full (for admission and reports). */
@@ -123,12 +123,7 @@ export class SessionStore {
  * overload 429 (empty body); then the route answers. The bare `{input}` form is refused (422) unless UNSECURED.
  */
 export function createRoutedApp(deps: RoutedDeps): Express {
-  const app = express();
-  app.disable("x-powered-by");
-  app.set("etag", false);
-  // Exact routes, as upstream's: /GENERATE/SYNC or /generate/sync/ must not reach work without admission.
-  app.set("case sensitive routing", true);
-  app.set("strict routing", true);
+  const app = strictApp();
   app.use("/", deps.health);
   app.use(earlyTooLarge(deps.maxBodyBytes));
   app.use(jsonBody(deps.maxBodyBytes));
