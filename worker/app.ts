@@ -87,6 +87,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const janitor = new Janitor({
     outputDir: config.outputDir,
     inputDir: config.comfyui.inputDir,
+    leftoverDirs: config.comfyui.backends.map((b) => b.outputDir).filter((d) => d !== config.outputDir),
     minFreeBytes: config.disk.minFreeBytes,
     maxAgeMs: config.disk.outputMaxAgeMs,
     intervalMs: config.disk.janitorIntervalMs,

@@ -1,5 +1,5 @@
 import { readdir, rm, stat, statfs } from "node:fs/promises";
-import { join } from "node:path";
+import { join, sep } from "node:path";
 import { CACHE_PREFIX } from "../handlers/preprocess/downloads.js";
 import type { Logger } from "../lib/logger.js";
 
@@ -9,6 +9,11 @@ export const UPLOADED_MARKER = ".uploaded";
 export interface JanitorOptions {
   outputDir: string;
   inputDir: string;
+  /**
+   * Other folders where files are left behind and only age out (rule 1): each ComfyUI backend's own output folder
+   * other than `outputDir` (a job that failed after a save leaves its file there).
+   */
+  leftoverDirs?: readonly string[];
   minFreeBytes: number;
   maxAgeMs: number;
   intervalMs: number;
@@ -37,8 +42,8 @@ export interface SweepReport {
 /**
  * Disk care, in-process (the template does it with cron). When free space on the output folder's file system is
  * below `minFreeBytes`:
- * 1. (the seed's rule) remove request output folders and cached URL inputs older than `maxAgeMs`, oldest first,
- *    until free space is back above the bound;
+ * 1. (the seed's rule) remove request output folders, cached URL inputs and what the other backends' output
+ *    folders hold, older than `maxAgeMs`, oldest first, until free space is back above the bound;
  * 2. if it is still below, remove the oldest output folders whose files are all in storage (marked
  *    UPLOADED_MARKER), whatever their age: a busy worker fills its disk long before outputs get old.
  * A running job's folder, a folder whose upload failed (or was never asked for) and a pinned input are never
@@ -102,6 +107,13 @@ export class Janitor {
         this.opts.inputDir,
         (name) => name.startsWith(CACHE_PREFIX) && !pinned.has(name),
       )),
+      ...(
+        await Promise.all(
+          (this.opts.leftoverDirs ?? []).map((dir) =>
+            this.entries(dir, (name) => !this.holdsOurFolders(join(dir, name))),
+          ),
+        )
+      ).flat(),
     ]
       .filter((c) => c.mtime < cutoff)
       .sort((a, b) => a.mtime - b.mtime);
@@ -154,6 +166,12 @@ export class Janitor {
       );
     }
     return report;
+  }
+
+  /** Whether `path` is, or contains, a folder the janitor keeps (folders nested by an odd configuration). */
+  private holdsOurFolders(path: string): boolean {
+    const kept = [this.opts.outputDir, this.opts.inputDir, ...(this.opts.leftoverDirs ?? [])];
+    return kept.some((dir) => dir === path || dir.startsWith(`${path}${sep}`));
   }
 
   private async entries(dir: string, keep: (name: string) => boolean) {

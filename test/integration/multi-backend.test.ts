@@ -1,4 +1,6 @@
-import { mkdtemp, readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { mkdir, mkdtemp, readFile, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { freePort, type Service } from "../../scripts/services/child.js";
 import { pngPixelsHash } from "../../scripts/services/png.js";
@@ -211,5 +213,38 @@ test("/ready, /metrics and the operator page's status list each backend", async 
   } finally {
     clearTimeout(timer);
     ac.abort();
+  }
+});
+
+test("disk care ages out what is left in the backends' own output folders, never a folder holding the worker's", async () => {
+  const leftovers = join(ownBase, "output");
+  // An odd set-up on purpose: the worker's request folders inside backend 1's output folder.
+  const results = join(leftovers, `results-${randomUUID()}`);
+  await mkdir(results, { recursive: true });
+  const old = join(leftovers, `left-${randomUUID()}.png`);
+  const fresh = join(leftovers, `fresh-${randomUUID()}.png`);
+  await Promise.all([writeFile(old, "x"), writeFile(fresh, "x")]);
+  const past = new Date(Date.now() - 3 * 3_600_000);
+  await Promise.all([utimes(old, past, past), utimes(results, past, past)]);
+  const shared = stack();
+  const janitorial = await startTestWorker({
+    COMFYUI_URL: "",
+    COMFYUI_URLS: `${shared.comfyUrl},${own.url}`,
+    COMFYUI_INPUT_DIR: join(shared.comfyBaseDir, "input"),
+    COMFYUI_OUTPUT_DIR: `${join(shared.comfyBaseDir, "output")},${leftovers}`,
+    OUTPUT_DIR: results,
+    DISK_MIN_FREE_MB: String(1024 * 1024 * 1024),
+    OUTPUT_MAX_AGE_HOURS: "1",
+  });
+  try {
+    const removed = (await janitorial.worker.janitor.sweep()).removed.map((r) => r.path);
+    expect(removed).toContain(old);
+    expect(removed).not.toContain(fresh);
+    expect(removed).not.toContain(results);
+    expect(existsSync(old)).toBe(false);
+    expect(existsSync(fresh)).toBe(true);
+    expect(existsSync(results)).toBe(true);
+  } finally {
+    await janitorial.stop();
   }
 });
