@@ -40,6 +40,24 @@ export default tseslint.config(
     },
   },
   {
+    // The worker gets its boot benchmark from whoever composes it (BootBenchmark); only the CLI, at the top, builds it.
+    files: ["worker/**"],
+    ignores: ["worker/cli.ts", "worker/commands/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/benchmark/*"],
+              message: "worker/ never imports benchmark/ (the CLI composes them).",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     // Tests read JSON answers whose shape is what they assert.
     files: ["test/**"],
     rules: { "@typescript-eslint/no-explicit-any": "off" },

@@ -5,10 +5,13 @@ import type { FrozenConfig } from "../config/index.js";
 import type { ComfyPool } from "../handlers/comfyui/pool.js";
 import type { Workflow } from "../handlers/comfyui/types.js";
 import type { Logger } from "../lib/logger.js";
+import type { BenchmarkResult } from "../worker/boot-benchmark.js";
 import type { Job } from "../worker/jobs/job.js";
 import type { JobManager } from "../worker/jobs/manager.js";
 import { DEFAULT_WORKLOAD } from "../worker/workload.js";
 import type { BenchmarkPayload } from "./payload.js";
+
+export type { BenchmarkResult };
 
 export class BenchmarkFailedError extends Error {
   override readonly name = "BenchmarkFailedError";
@@ -33,17 +36,6 @@ export interface BenchmarkOptions {
   tolerance: number;
   onRound?: (round: number, seconds: number, perf: number, backend: number) => void;
   now?: () => number;
-}
-
-export interface BenchmarkResult {
-  /** The worker's score: the sum of the backends' scores. */
-  maxPerf: number;
-  /** Each backend's score; 0 for one whose every round failed. */
-  perBackend: number[];
-  /** Every backend's timed rounds (perf), in the order they finished. */
-  rounds: number[];
-  cached: boolean;
-  source: string;
 }
 
 interface CacheRecord {

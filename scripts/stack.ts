@@ -16,6 +16,7 @@
 import { join } from "node:path";
 import { loadConfig } from "../config/index.js";
 import { createWorker } from "../worker/app.js";
+import { bootBenchmark } from "../benchmark/boot.js";
 import { createLogger } from "../lib/logger.js";
 import type { Service } from "./services/child.js";
 import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "./services/comfyui.js";
@@ -146,7 +147,12 @@ try {
       repoRoot,
     );
     const logger = createLogger(config.log).child({ worker: i + 1 });
-    const worker = createWorker({ config, logger, root: repoRoot });
+    const worker = createWorker({
+      config,
+      logger,
+      root: repoRoot,
+      benchmark: bootBenchmark(config, repoRoot),
+    });
     stopWorkers.push(() => worker.stop(10_000));
     await worker.start();
     const name = workerCount > 1 ? ` ${i + 1}` : "";

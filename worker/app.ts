@@ -3,13 +3,7 @@ import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Express } from "express";
-import { loadBenchmarkPayload } from "../benchmark/payload.js";
-import {
-  configuredBenchmark,
-  runBenchmark,
-  updateCachedScore,
-  type BenchmarkResult,
-} from "../benchmark/runner.js";
+import type { BenchmarkResult, BootBenchmark } from "./boot-benchmark.js";
 import type { FrozenConfig } from "../config/index.js";
 import { resolveS3 } from "../handlers/storage/s3.js";
 import { Admission } from "./admission.js";
@@ -40,8 +34,10 @@ import { debugRoutes } from "./http/debug.js";
 export interface WorkerDeps {
   config: FrozenConfig;
   logger: Logger;
-  /** The worker's installation folder (misc/, the benchmark cache). */
+  /** The worker's installation folder (misc/, the operator page). */
   root: string;
+  /** The boot benchmark (benchmark/boot.ts `bootBenchmark(config, root)`). */
+  benchmark: BootBenchmark;
   /** Public key PEM to use instead of fetching it (tests). */
   publicKeyPem?: string;
   now?: () => number;
@@ -169,7 +165,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       const total = perBackend.reduce((a, b) => a + b, 0);
       // One write at a time, in order: the last score is the one a restart starts from.
       cacheWrite = cacheWrite
-        .then(() => updateCachedScore(config.benchmark.cacheFile, total, perBackend))
+        .then(() => deps.benchmark.saveScore(total, perBackend))
         .then(
           () => undefined,
           (err: unknown) => logger.warn({ stage: "score", err }, "could not update the benchmark cache"),
@@ -429,15 +425,12 @@ export function createWorker(deps: WorkerDeps): Worker {
 
       life.enter("benchmarking");
       try {
-        const payload = await loadBenchmarkPayload(config.benchmark, deps.root);
-        load.setBenchmark(payload.make());
+        load.setBenchmark(await deps.benchmark.workflow());
         if (config.benchmark.skip) {
           for (const b of pool.backends) b.perf = 1;
           logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1 per backend");
         } else {
-          const result = await runBenchmark(
-            await configuredBenchmark(config, { jobs, pool, payload, logger }),
-          );
+          const result = await deps.benchmark.run({ jobs, pool, logger });
           applyBenchmark(result.perBackend);
           benchmark = result;
         }

@@ -7,6 +7,7 @@ import { benchmarkCommand } from "./commands/benchmark.js";
 import { checkCommand } from "./commands/check.js";
 import { submitCommand } from "./commands/submit.js";
 import { createWorker } from "./app.js";
+import { bootBenchmark } from "../benchmark/boot.js";
 import { createLogger } from "../lib/logger.js";
 
 /** The worker's installation folder: two levels up from worker/cli.{ts,js} (dist/worker/cli.js too). */
@@ -34,7 +35,7 @@ async function start(opts: { drainMs: string }): Promise<void> {
   const config = configOrExit(root);
   const logger = createLogger(config.log);
   logger.info({ stage: "lifecycle", config: describeConfig(config) }, "comfyui-worker starting");
-  const worker = createWorker({ config, logger, root });
+  const worker = createWorker({ config, logger, root, benchmark: bootBenchmark(config, root) });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;

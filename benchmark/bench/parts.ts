@@ -8,6 +8,7 @@ import { loadConfig, type FrozenConfig } from "../../config/index.js";
 import { createLogger } from "../../lib/logger.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import { createWorker, type Worker } from "../../worker/app.js";
+import { bootBenchmark } from "../boot.js";
 
 export interface BenchParts {
   dir: string;
@@ -85,6 +86,7 @@ export async function startWorker(
     config,
     logger: createLogger({ level: "silent", pretty: false }),
     root: repoRoot,
+    benchmark: bootBenchmark(config, repoRoot),
   });
   await worker.start();
   return { worker, config };

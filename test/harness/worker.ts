@@ -6,6 +6,7 @@ import { basename, join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../../config/index.js";
 import { createWorker, type Worker } from "../../worker/app.js";
+import { bootBenchmark } from "../../benchmark/boot.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
 import { stack } from "./stack.js";
 
@@ -75,6 +76,7 @@ export async function startTestWorker(
     config,
     logger,
     root: repoRoot,
+    benchmark: bootBenchmark(config, repoRoot),
     ...(opts.publicKeyPem !== undefined && { publicKeyPem: opts.publicKeyPem }),
   });
   try {

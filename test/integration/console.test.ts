@@ -8,6 +8,7 @@ import { stack } from "../harness/stack.js";
 import { loadConfig } from "../../config/index.js";
 import { createLogger } from "../../lib/logger.js";
 import { createWorker } from "../../worker/app.js";
+import { bootBenchmark } from "../../benchmark/boot.js";
 import { postJson, repoRoot, stackEnv, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree, tinyText2Image } from "../harness/workflows.js";
 
@@ -308,6 +309,7 @@ test("a page opened at boot sees the benchmark's rounds, then ready with a measu
     config,
     logger: createLogger({ level: "silent", pretty: false }),
     root: repoRoot,
+    benchmark: bootBenchmark(config, repoRoot),
   });
   const started = worker.start();
   try {

@@ -1,6 +1,6 @@
 import { statfs } from "node:fs/promises";
 import { extname } from "node:path";
-import type { BenchmarkResult } from "../../benchmark/runner.js";
+import type { BenchmarkResult } from "../boot-benchmark.js";
 import type { BackendState, ConsoleJob, ConsoleOutput, ConsoleStatus } from "../../web/console/wire.js";
 import type { Admission } from "../admission.js";
 import type { Janitor } from "../janitor.js";
