@@ -188,14 +188,14 @@ test("the official vastai client sends the seed's request through /route/ and ge
   const image = await fetch(res.response.output[0].url);
   expect(image.status).toBe(200);
   expect(router.routes.at(-1)).toMatchObject({ endpoint: "comfyui-local", cost: 100 });
-  await router.waitFor(() =>
-    router.reports.some(
-      (r) => r.path === "/delete_requests/" && (r.body.requests as any[]).some((q) => q.status === "Success"),
-    ),
-  );
-  const done = router.reports.filter((r) => r.path === "/delete_requests/").at(-1)!.body;
+  // This request's own entry (earlier tests' requests, refused ones too, are in the reports as well).
+  const idx = router.routed.at(-1)!.request_idx;
+  const ours = (r: (typeof router.reports)[number]) =>
+    r.path === "/delete_requests/" && (r.body.requests as any[]).some((q) => q.request_idx === idx);
+  await router.waitFor(() => router.reports.some(ours));
+  const done = router.reports.find(ours)!.body;
   expect(done).toMatchObject({ worker_id: 7, mtoken: "token-7" });
-  const entry = (done.requests as any[]).at(-1);
+  const entry = (done.requests as any[]).find((q) => q.request_idx === idx);
   expect(entry).toMatchObject({ success: true, status: "Success" });
   expect(entry.work_completed_at).toBeGreaterThanOrEqual(entry.entered_queue_at);
 });
