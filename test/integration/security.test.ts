@@ -1,4 +1,4 @@
-import { createPrivateKey, randomUUID, sign } from "node:crypto";
+import { createPrivateKey, randomBytes, randomUUID, sign } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { existsSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
@@ -10,6 +10,7 @@ import { pino } from "pino";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { isBlockedAddress } from "../../handlers/preprocess/address-policy.js";
 import { ObjectStorage, resolveS3 } from "../../handlers/storage/s3.js";
+import { signatureHeaders } from "../../handlers/webhook.js";
 import { RecordingServer, type Received } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { postJson, repoRoot, startTestWorker, type TestWorker } from "../harness/worker.js";
@@ -422,6 +423,43 @@ describe("hole 6: secrets in logs", () => {
     expect(text).toContain(`"url":"${hooks.url}"`);
     expect(text).not.toContain("SECRET-TOKEN-PATH");
     expect(text).not.toContain("/operator/T000");
+  });
+});
+
+describe("the operator's webhook secret signs only the operator's webhook", () => {
+  test("a delivery to a caller-chosen URL is never signed with WEBHOOK_SECRET; the caller's own secret signs it", async () => {
+    const operatorSecret = `whsec_${randomBytes(24).toString("base64")}`;
+    const callerSecret = `whsec_${randomBytes(24).toString("base64")}`;
+    const receiver = await new RecordingServer().start();
+    const signer = await startTestWorker({ WEBHOOK_SECRET: operatorSecret });
+    try {
+      const deliveries = [];
+      for (const [path, secret] of [
+        ["/no-secret", undefined],
+        ["/own-secret", callerSecret],
+      ] as const) {
+        const r = await postJson(`${signer.api}/generate/sync`, {
+          input: {
+            workflow_json: modelFree(),
+            webhook: { url: `${receiver.url}${path}`, ...(secret && { secret }) },
+          },
+        });
+        expect(r.body.status).toBe("completed");
+        await receiver.waitFor(deliveries.length + 1);
+        deliveries.push(receiver.received.find((h) => h.url === path)!);
+      }
+      const v1 = (h: Received, secret: string) =>
+        signatureHeaders(String(h.headers["webhook-id"]), Number(h.headers["webhook-timestamp"]), h.body, {
+          secret,
+        })["webhook-signature"]!;
+      const [plain, signed] = deliveries as [Received, Received];
+      expect(plain.headers["webhook-signature"]).toBeUndefined();
+      expect(signed.headers["webhook-signature"]).toBe(v1(signed, callerSecret));
+      expect(signed.headers["webhook-signature"]).not.toBe(v1(signed, operatorSecret));
+    } finally {
+      await signer.stop();
+      await receiver.stop();
+    }
   });
 });
 

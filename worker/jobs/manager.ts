@@ -497,9 +497,10 @@ export class JobManager {
     const url = this.webhookUrl(job.input);
     if (!url || job.input.internal) return;
     const doc = job.result();
+    const callerChosen = Boolean(job.input.webhook?.url?.trim());
     void this.deps.webhooks.send({
       url,
-      callerChosen: Boolean(job.input.webhook?.url?.trim()),
+      callerChosen,
       requestId: job.id,
       body: {
         id: doc.id,
@@ -510,7 +511,12 @@ export class JobManager {
         extra: job.input.webhook?.extra_params ?? {},
       },
       signing: {
-        secret: job.input.webhook?.secret?.trim() || this.deps.config.webhook.secret,
+        // The operator's HMAC secret signs only what goes to the operator's WEBHOOK_URL: a caller could not verify
+        // it anyway (it is shared with the operator's receiver alone), and signing bodies for a host the caller
+        // chose would hand out what the operator's receiver accepts as authentic. The Ed25519 key is public to
+        // verify: it signs every delivery.
+        secret:
+          job.input.webhook?.secret?.trim() || (callerChosen ? undefined : this.deps.config.webhook.secret),
         signingKey: this.deps.config.webhook.signingKey,
       },
     });
