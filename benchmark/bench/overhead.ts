@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import WebSocket from "ws";
 import type { BenchParts } from "./parts.js";
-import { workerEnv, startWorker } from "./parts.js";
+import { generateSync, workerEnv, startWorker } from "./parts.js";
 import { median, quantile } from "./stats.js";
 
 /** A model-free workflow that ComfyUI runs in a few milliseconds; the prefix makes every run unique. */
@@ -73,13 +73,7 @@ export async function measureOverhead(parts: BenchParts, runs = 200): Promise<Ov
   await direct.open();
   const api = worker.apiUrl()!;
   const viaWorker = async (prefix: string) => {
-    const res = await fetch(`${api}/generate/sync`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ input: { workflow_json: tinyWorkflow(prefix) } }),
-    });
-    const body = (await res.json()) as { status: string; message: string };
-    if (body.status !== "completed") throw new Error(`worker: ${body.message}`);
+    await generateSync(api, { workflow_json: tinyWorkflow(prefix) }, { timeoutMs: 60_000, completed: true });
   };
   const time = async (fn: () => Promise<void>) => {
     const t = performance.now();

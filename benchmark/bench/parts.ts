@@ -91,3 +91,33 @@ export async function startWorker(
   await worker.start();
   return { worker, config };
 }
+
+/** What /generate/sync answers, as far as the benchmarks read it. */
+export interface SyncAnswer {
+  id: string;
+  status: string;
+  message: string;
+  error?: { code?: string };
+  output: { local_path: string }[];
+  comfyui_response: { status?: { messages?: [string, { timestamp?: number }][] } };
+}
+
+/**
+ * POSTs `{input}` to the local API's /generate/sync and returns its answer, under a deadline. With `completed`,
+ * an answer that is not `completed` is an error (the figure would count a failure as work).
+ */
+export async function generateSync(
+  api: string,
+  input: Record<string, unknown>,
+  opts: { timeoutMs?: number; completed?: boolean } = {},
+): Promise<SyncAnswer> {
+  const res = await fetch(`${api}/generate/sync`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ input }),
+    signal: AbortSignal.timeout(opts.timeoutMs ?? 600_000),
+  });
+  const body = (await res.json()) as SyncAnswer;
+  if (opts.completed && body.status !== "completed") throw new Error(`job ${body.status}: ${body.message}`);
+  return body;
+}

@@ -5,7 +5,7 @@ import { pngPixelsHash } from "../../scripts/services/png.js";
 import { ensureComfyUI, startComfyUI, type ComfyInstall } from "../../scripts/services/comfyui.js";
 import type { Job } from "../../worker/jobs/job.js";
 import type { BenchParts } from "./parts.js";
-import { startWorker, workerEnv } from "./parts.js";
+import { generateSync, startWorker, workerEnv, type SyncAnswer } from "./parts.js";
 
 /**
  * One worker over one or two CPU ComfyUI backends, each limited to one thread (as a GPU is one device per
@@ -43,13 +43,6 @@ function heavyJob(): Record<string, unknown> {
     "2": { class_type: "ImageBlur", inputs: { image: ["1", 0], blur_radius: 20, sigma: 6.0 } },
     "3": { class_type: "SaveImage", inputs: { images: ["2", 0], filename_prefix: "scaling" } },
   };
-}
-
-interface Answer {
-  id: string;
-  status: string;
-  error?: { code?: string };
-  output: { local_path: string }[];
 }
 
 export async function startScalingBackends(parts: BenchParts): Promise<{
@@ -94,16 +87,8 @@ function envFor(parts: BenchParts, backends: Backend[]): Record<string, string> 
   });
 }
 
-async function burst(api: string, jobs: number): Promise<{ seconds: number; answers: Answer[] }> {
-  const send = async (): Promise<Answer> => {
-    const res = await fetch(`${api}/generate/sync`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ input: { workflow_json: heavyJob() } }),
-      signal: AbortSignal.timeout(900_000),
-    });
-    return (await res.json()) as Answer;
-  };
+async function burst(api: string, jobs: number): Promise<{ seconds: number; answers: SyncAnswer[] }> {
+  const send = () => generateSync(api, { workflow_json: heavyJob() }, { timeoutMs: 900_000 });
   const t = performance.now();
   const answers = await Promise.all(Array.from({ length: jobs }, send));
   return { seconds: (performance.now() - t) / 1000, answers };
@@ -152,7 +137,7 @@ export async function measureScaling(
     victim.service!.process.kill("SIGKILL");
     const { answers } = await result;
     await victim.service!.stop();
-    const onKilled = (a: Answer) => worker.jobs.get(a.id)?.backend === 1;
+    const onKilled = (a: SyncAnswer) => worker.jobs.get(a.id)?.backend === 1;
     const failed = answers.filter((a) => a.status !== "completed");
     const killed = {
       completed: answers.length - failed.length,

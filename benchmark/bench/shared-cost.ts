@@ -5,7 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import type { Worker } from "../../worker/app.js";
-import { s3Env, workerEnv, type BenchParts, startWorker } from "./parts.js";
+import { generateSync, s3Env, workerEnv, type BenchParts, startWorker } from "./parts.js";
 import { median } from "./stats.js";
 
 export interface SharedCostResult {
@@ -34,16 +34,11 @@ async function start(parts: BenchParts, shared: boolean, dir: string): Promise<W
 
 async function sync(worker: Worker, requestId: string | undefined): Promise<number> {
   const started = performance.now();
-  const res = await fetch(`${worker.apiUrl()}/generate/sync`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({
-      input: { ...(requestId && { request_id: requestId }), workflow_json: tinyWorkflow() },
-    }),
-    signal: AbortSignal.timeout(60_000),
-  });
-  const body = (await res.json()) as { status: string };
-  if (body.status !== "completed") throw new Error(`job ${body.status}`);
+  await generateSync(
+    worker.apiUrl()!,
+    { ...(requestId && { request_id: requestId }), workflow_json: tinyWorkflow() },
+    { timeoutMs: 60_000, completed: true },
+  );
   return performance.now() - started;
 }
 

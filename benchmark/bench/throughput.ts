@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { BenchParts } from "./parts.js";
-import { s3Env, workerEnv, startWorker } from "./parts.js";
+import { generateSync, s3Env, workerEnv, startWorker, type SyncAnswer } from "./parts.js";
 
 /** A model-free job with real work in ComfyUI (a blur over 4 images) and 4 PNGs to upload. */
 function job() {
@@ -11,11 +11,6 @@ function job() {
   };
 }
 
-interface Result {
-  status: string;
-  comfyui_response: { status?: { messages?: [string, { timestamp?: number }][] } };
-}
-
 export interface ThroughputResult {
   jobs: number;
   seconds: number;
@@ -24,7 +19,7 @@ export interface ThroughputResult {
   idleMs: number[];
 }
 
-function idleGaps(results: Result[]): number[] {
+function idleGaps(results: SyncAnswer[]): number[] {
   const spans = results
     .map((r) => {
       const m = r.comfyui_response.status?.messages ?? [];
@@ -55,20 +50,10 @@ export async function measureThroughput(
     }),
   );
   const api = worker.apiUrl()!;
-  const send = async (): Promise<Result> => {
-    const res = await fetch(`${api}/generate/sync`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ input: { workflow_json: job() } }),
-      signal: AbortSignal.timeout(600_000),
-    });
-    const body = (await res.json()) as Result;
-    if (body.status !== "completed") throw new Error(`job ${body.status}`);
-    return body;
-  };
+  const send = () => generateSync(api, { workflow_json: job() }, { completed: true });
   await send(); // warm-up
   const t = performance.now();
-  let results: Result[];
+  let results: SyncAnswer[];
   if (mode === "pipelined") {
     results = await Promise.all(Array.from({ length: jobs }, send));
   } else {

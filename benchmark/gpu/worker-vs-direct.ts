@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { repoRoot } from "../../scripts/services/paths.js";
 import { DirectComfy } from "../bench/overhead.js";
-import { startWorker } from "../bench/parts.js";
+import { generateSync, startWorker } from "../bench/parts.js";
 import { median } from "../bench/stats.js";
 
 const [comfyUrl, baseDir, runsArg] = process.argv.slice(2);
@@ -37,14 +37,7 @@ const { worker } = await startWorker({
 const direct = new DirectComfy(comfyUrl);
 await direct.open();
 const viaWorker = async () => {
-  const res = await fetch(`${worker.apiUrl()}/generate/sync`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ input: { workflow_json: workflow() } }),
-    signal: AbortSignal.timeout(600_000),
-  });
-  const body = (await res.json()) as { status: string; message: string };
-  if (body.status !== "completed") throw new Error(`worker: ${body.status} ${body.message}`);
+  await generateSync(worker.apiUrl()!, { workflow_json: workflow() }, { completed: true });
 };
 const timed = async (fn: () => Promise<void>) => {
   const t = performance.now();
