@@ -140,12 +140,10 @@ export function createWorker(deps: WorkerDeps): Worker {
    * alike), as the live score then corrects.
    */
   const applyBenchmark = (perBackend: readonly number[]) => {
-    const measured = perBackend.filter((p) => p > 0);
-    const mean = measured.reduce((s, p) => s + p, 0) / Math.max(1, measured.length);
-    for (const b of pool.backends) {
-      const perf = perBackend[b.index] ?? 0;
-      if (perf > 0) b.perf = perf;
-      else if (b.up) pool.fail(b, "no benchmark round completed on it");
+    for (const b of pool.backends) b.perf = perBackend[b.index] ?? 0;
+    const mean = pool.unitPerf();
+    for (const b of pool.backends.filter((b) => b.perf === 0)) {
+      if (b.up) pool.fail(b, "no benchmark round completed on it");
       else b.perf = mean;
     }
   };
