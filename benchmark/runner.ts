@@ -29,7 +29,7 @@ export interface BenchmarkOptions {
   cacheFile: string;
   /** What else makes a score valid: every backend's GPU (ComfyUI's device names) and BENCHMARK_GPU_KEY. */
   hardwareKey: string;
-  /** The ComfyUI backends to measure (indices into the pool), each on its own and all at once. */
+  /** How many ComfyUI backends to measure (the pool's first `backends`, 0 to n-1), each on its own and all at once. */
   backends: number;
   minRounds: number;
   maxRounds: number;

@@ -114,7 +114,7 @@ export class ComfyPool extends EventEmitter {
   }
 
   /** A backend in rotation if any, else the first (whose failure then says what is wrong). */
-  anyClient(): ComfyClient {
+  private anyClient(): ComfyClient {
     return (this.backends.find((b) => b.inRotation) ?? this.backends[0]!).client;
   }
 
