@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { freePort, type Service } from "../../scripts/services/child.js";
 import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "../../scripts/services/comfyui.js";
 import { startS3 } from "../../scripts/services/seaweedfs.js";
+import { retry } from "../../lib/retry.js";
 
 declare global {
   var __TEST_SERVICES__: Service[] | undefined;
@@ -28,24 +29,15 @@ export default async function globalSetup(): Promise<void> {
         const install = await ensureComfyUI();
         const baseDir = join(root, "comfyui");
         await ensureTinyCheckpoint(install, baseDir);
-        // A free port can be taken by another process before ComfyUI binds it (a busy machine): try another.
-        let comfy: (Service & { url: string }) | undefined;
-        for (let attempt = 1; !comfy; attempt++) {
-          try {
-            comfy = await startComfyUI({
-              install,
-              host: "127.0.0.1",
-              port: await freePort(),
-              baseDir,
-              logFile: join(root, "logs", `comfyui-${attempt}.log`),
-            });
-          } catch (err) {
-            if (attempt >= 3) throw err;
-            log(
-              `ComfyUI did not start (${err instanceof Error ? err.message : String(err)}); trying another port`,
-            );
-          }
-        }
+        const comfy = await onFreePorts("ComfyUI", async (attempt) =>
+          startComfyUI({
+            install,
+            host: "127.0.0.1",
+            port: await freePort(),
+            baseDir,
+            logFile: join(root, "logs", `comfyui-${attempt}.log`),
+          }),
+        );
         services.push(comfy);
         process.env.TEST_COMFYUI_URL = comfy.url;
         process.env.TEST_COMFYUI_BASE_DIR = baseDir;
@@ -56,15 +48,17 @@ export default async function globalSetup(): Promise<void> {
   if (!process.env.TEST_S3_ENDPOINT) {
     tasks.push(
       (async () => {
-        const s3 = await startS3({
-          host: "127.0.0.1",
-          port: await freePort(),
-          dataDir: join(root, "s3"),
-          accessKeyId: "test-access-key",
-          secretAccessKey: "test-secret-key",
-          buckets: ["outputs", "second-bucket"],
-          logFile: join(root, "logs", "seaweedfs.log"),
-        });
+        const s3 = await onFreePorts("SeaweedFS", async (attempt) =>
+          startS3({
+            host: "127.0.0.1",
+            port: await freePort(),
+            dataDir: join(root, `s3-${attempt}`),
+            accessKeyId: "test-access-key",
+            secretAccessKey: "test-secret-key",
+            buckets: ["outputs", "second-bucket"],
+            logFile: join(root, "logs", `seaweedfs-${attempt}.log`),
+          }),
+        );
         services.push(s3);
         Object.assign(process.env, {
           TEST_S3_ENDPOINT: s3.endpoint,
@@ -84,4 +78,21 @@ export default async function globalSetup(): Promise<void> {
     throw new Error(`the test stack could not start: ${String(failed.reason?.message ?? failed.reason)}`);
   }
   log(`ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+/**
+ * Starts a service on ports found free a moment before; another process may take one of them first on a busy
+ * machine (SeaweedFS alone binds five), so a start that fails is tried again on new ports, three times at most.
+ */
+function onFreePorts<T>(name: string, start: (attempt: number) => Promise<T>): Promise<T> {
+  return retry(start, {
+    attempts: 3,
+    delayMs: () => 0,
+    onFailure: (err, _attempt, willRetry) => {
+      if (willRetry) {
+        const why = err instanceof Error ? err.message : String(err);
+        process.stderr.write(`[test stack] ${name} did not start (${why}); trying other ports\n`);
+      }
+    },
+  });
 }
