@@ -29,6 +29,20 @@ afterAll(async () => {
   await w?.stop();
 });
 
+/**
+ * Waits until an image matching `selector` is decoded (with `width`, if given). A function, not a string: a string
+ * predicate is re-evaluated with eval() inside the page while it polls, which the page's CSP (no 'unsafe-eval')
+ * refuses, so it failed whenever the image was not there at the first try.
+ */
+const waitForImage = (selector: string, width?: number) =>
+  page.waitForFunction(
+    ([sel, w]) =>
+      [...(globalThis as any).document.querySelectorAll(sel)].some(
+        (i: any) => i.complete && (w === undefined ? i.naturalWidth > 0 : i.naturalWidth === w),
+      ),
+    [selector, width] as const,
+  );
+
 const shot = (name: string) =>
   page.screenshot({ path: join(artifactsDir, `console-${name}.png`), fullPage: true });
 
@@ -84,16 +98,12 @@ test("the page shows the status, runs a workflow from the form with the keyboard
   expect(seen.some((v) => v > 0 && v < 100)).toBe(true); // it moved through the nodes, not only to the end
   expect(seen).toEqual([...seen].sort((a, b) => a - b));
   // The thumbnails are the worker's own files, loaded for real (decoded, with a size).
-  await page.waitForFunction(
-    `[...document.querySelectorAll("#run-outputs img")].some((i) => i.complete && i.naturalWidth === 64)`,
-  );
+  await waitForImage("#run-outputs img", 64);
 
   // The job list has it too: completed, its stage bar, its thumbnails.
   const item = page.locator("li.job.completed").first();
   await item.locator(".stages .seg").first().waitFor();
-  await page.waitForFunction(
-    `[...document.querySelectorAll("li.job.completed .thumbs img")].some((i) => i.complete && i.naturalWidth > 0)`,
-  );
+  await waitForImage("li.job.completed .thumbs img");
   await expect(item.locator(".stages").getAttribute("aria-label")).resolves.toMatch(/generation \d/);
   await shot("3-done");
 
@@ -127,9 +137,7 @@ test("a sampling workflow shows its steps live, in the form and in the job list"
   ]);
   await shot("5-sampling");
   await page.locator("#run-result", { hasText: "completed" }).waitFor({ timeout: 120_000 });
-  await page.waitForFunction(
-    `[...document.querySelectorAll("#run-outputs img")].some((i) => i.complete && i.naturalWidth === 64)`,
-  );
+  await waitForImage("#run-outputs img", 64);
   await shot("6-sampled");
 }, 180_000); // sampling on the shared CPU takes tens of seconds
 
