@@ -23,9 +23,11 @@
 #      folders beside the image's ComfyUI's (<output>-gpu<i>, <temp>-gpu<i>), in sessions of their own and bound
 #      to this script (they die with it).
 #   6. The worker (log to stdout and $LOG_DIR/comfyui-worker.log). Under supervisor it replaces this script (exec),
-#      except with instances of its own (above). Otherwise SIGTERM/SIGINT are forwarded to it (it drains); when it
-#      exits, ComfyUI (each one started here) is stopped (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds)
-#      and the script exits with the worker's code.
+#      except with instances of its own (above). Otherwise SIGTERM/SIGINT are forwarded to it (it drains); a ComfyUI
+#      started here that exits while the worker runs is started again (after 1, 2, 4 ... up to
+#      COMFYUI_RESTART_MAX_DELAY seconds; 0: never); when the worker exits, ComfyUI (each one started here) is
+#      stopped (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the worker's
+#      code.
 #
 # --dry-run (or ENTRYPOINT_DRY_RUN=1) prints the commands instead of running them, after the same validation.
 # Every path and program comes from the environment (defaults below), so that tests can stand fakes in.
@@ -42,7 +44,8 @@ for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
-      sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+      # The header above, up to the first line that is not a comment.
+      sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
       exit 0
       ;;
     *) die "unknown argument: $arg (known: --dry-run, --help)" ;;
@@ -68,6 +71,9 @@ WORKSPACE="${WORKSPACE:-/workspace}"
 COMFYUI_DIR="${COMFYUI_DIR:-$WORKSPACE/ComfyUI}"
 COMFYUI_PORT="${COMFYUI_PORT:-18188}"
 COMFYUI_STOP_TIMEOUT="${COMFYUI_STOP_TIMEOUT:-30}"
+# A ComfyUI started here that exits while the worker runs is started again after 1, 2, 4 ... up to this many
+# seconds (back to 1 once it has run for a minute); 0: it stays down.
+COMFYUI_RESTART_MAX_DELAY="${COMFYUI_RESTART_MAX_DELAY:-60}"
 LOG_DIR="${LOG_DIR:-/var/log/portal}"
 INSTALL_MARKER_DIR="${INSTALL_MARKER_DIR:-$WORKER_DIR}"
 # Not SSL_CERT_FILE/SSL_KEY_FILE: OpenSSL, curl and Python take SSL_CERT_FILE as their list of trusted CAs.
@@ -107,6 +113,9 @@ export WORKER_DIR WORKSPACE COMFYUI_DIR LOG_DIR COMFYUI_BASE_DIR WORKER_SSL_CERT
 case "$WORKER_UNDER_SUPERVISOR" in true | 1 | yes) supervised=1 ;; *) supervised=0 ;; esac
 
 case "$COMFYUI_STOP_TIMEOUT" in '' | *[!0-9]*) die "COMFYUI_STOP_TIMEOUT must be a whole number of seconds" ;; esac
+case "$COMFYUI_RESTART_MAX_DELAY" in
+  '' | *[!0-9]*) die "COMFYUI_RESTART_MAX_DELAY must be a whole number of seconds (0: no restart)" ;;
+esac
 case "$CERT_SIGN_ATTEMPTS" in '' | 0 | *[!0-9]*) die "CERT_SIGN_ATTEMPTS must be a whole number above 0" ;; esac
 case "$CERT_RETRY_DELAY" in '' | *[!0-9]*) die "CERT_RETRY_DELAY must be a whole number of seconds" ;; esac
 
@@ -533,11 +542,13 @@ fi
 # stopwaitsecs (100) covers the worker's drain (60 s) and COMFYUI_STOP_TIMEOUT (30 s).
 comfy_pids=()
 comfy_names=()
-# Starts one ComfyUI: its name (for the log lines), port, log file and GPU (empty: the environment's), then its
-# command. Vast shows the container's stdout as the instance log: ComfyUI's lines go there and to its own log file.
+comfy_since=()
+# Starts ComfyUI instance $1 (its slot in comfy_pids), with its name (for the log lines), port, log file and GPU
+# (empty: the environment's), then its command. Vast shows the container's stdout as the instance log: ComfyUI's
+# lines go there and to its own log file.
 start_comfyui() {
-  local name="$1" port="$2" logfile="$3" gpu="$4"
-  shift 4
+  local slot="$1" name="$2" port="$3" logfile="$4" gpu="$5"
+  shift 5
   log "$name: starting in $COMFYUI_DIR on 127.0.0.1:$port${gpu:+ with CUDA_VISIBLE_DEVICES=$gpu}, log on stdout and in $logfile"
   if [ "$DRY_RUN" = 1 ]; then
     printf '+ (cd %q &&' "$COMFYUI_DIR"
@@ -555,8 +566,24 @@ start_comfyui() {
     # this pid, and this script as its parent for the parent-death signal.
     exec ${detach[@]+"${detach[@]}"} "$@"
   ) > >(log_to "$logfile") 2>&1 &
-  comfy_pids+=("$!")
-  comfy_names+=("$name")
+  comfy_pids[slot]="$!"
+  comfy_names[slot]="$name"
+  comfy_since[slot]="$SECONDS"
+}
+# Starts (or starts again) instance $1 of this script's ComfyUIs.
+launch_comfyui() {
+  local i="$1"
+  if [ "$per_gpu" = 1 ]; then
+    # ComfyUI takes the last of a flag: these win over COMFYUI_ARGS'.
+    start_comfyui "$i" "comfyui-$i" $((comfy_port + i)) "$LOG_DIR/comfyui-$i.log" "${gpu_ids[$i]}" \
+      "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --disable-auto-launch ${comfy_extra[@]+"${comfy_extra[@]}"} \
+      --port $((comfy_port + i)) --input-directory "$comfy_input" --output-directory "${comfy_outputs[$i]}" \
+      --temp-directory "${comfy_temps[$i]}"
+  else
+    start_comfyui "$i" comfyui "$comfy_port" "$LOG_DIR/comfyui.log" "" \
+      "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch \
+      ${comfy_extra[@]+"${comfy_extra[@]}"}
+  fi
 }
 if [ "$per_gpu" = 1 ]; then
   run mkdir -p "${comfy_outputs[@]}"
@@ -567,17 +594,9 @@ if [ "$per_gpu" = 1 ]; then
     [ ${#gpu_ids[@]} = 2 ] || others="instances 1..$((${#gpu_ids[@]} - 1))"
     log "comfyui-0: the image's \`comfyui\` program (127.0.0.1:$comfy_port, GPU ${gpu_ids[0]}, output ${comfy_outputs[0]}); $others start here and stop with the worker"
   fi
-  for ((i = first; i < ${#gpu_ids[@]}; i++)); do
-    # ComfyUI takes the last of a flag: these win over COMFYUI_ARGS'.
-    start_comfyui "comfyui-$i" $((comfy_port + i)) "$LOG_DIR/comfyui-$i.log" "${gpu_ids[$i]}" \
-      "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --disable-auto-launch ${comfy_extra[@]+"${comfy_extra[@]}"} \
-      --port $((comfy_port + i)) --input-directory "$comfy_input" --output-directory "${comfy_outputs[$i]}" \
-      --temp-directory "${comfy_temps[$i]}"
-  done
+  for ((i = first; i < ${#gpu_ids[@]}; i++)); do launch_comfyui "$i"; done
 else
-  start_comfyui comfyui "$comfy_port" "$LOG_DIR/comfyui.log" "" \
-    "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch \
-    ${comfy_extra[@]+"${comfy_extra[@]}"}
+  launch_comfyui 0
 fi
 if [ "$DRY_RUN" = 1 ]; then
   log "worker: starting ${worker_cmd[*]}"
@@ -589,9 +608,9 @@ fi
 # --- 6. the worker in the foreground -----------------------------------------------------------------------
 worker_pid=""
 pending_signal=""
-got_signal=0
+stopping=0
 forward() {
-  got_signal=1
+  stopping=1
   if [ -n "$worker_pid" ]; then
     log "received SIG$1: forwarding it to the worker (pid $worker_pid), which drains and exits"
     kill -s "$1" "$worker_pid" 2>/dev/null || true
@@ -608,38 +627,63 @@ ${detach[@]+"${detach[@]}"} "${worker_cmd[@]}" > >(log_to "$worker_log") 2>&1 &
 worker_pid=$!
 [ -z "$pending_signal" ] || forward "$pending_signal"
 
-# wait returns early (status > 128) when a trapped signal arrives; then wait again until the worker ends.
+# A ComfyUI of this script that exits while the worker runs (a crash, the OOM killer) is started again after a
+# delay that doubles up to COMFYUI_RESTART_MAX_DELAY, and starts over at 1 s once it has run for a minute: the
+# worker takes it out of rotation meanwhile and back when it answers. Not after a stop signal: the worker is
+# draining, and a fresh ComfyUI would not have the jobs it lost.
+comfy_delay=()
+comfy_restart_at=()
+watch_comfyuis() {
+  local i pid rc ran
+  for i in "${!comfy_names[@]}"; do
+    pid="${comfy_pids[$i]}"
+    if [ -n "$pid" ]; then
+      ! kill -0 "$pid" 2>/dev/null || continue
+      wait "$pid" 2>/dev/null
+      rc=$?
+      comfy_pids[i]=""
+      ran=$((SECONDS - comfy_since[i]))
+      if [ "$ran" -ge 60 ] || [ -z "${comfy_delay[i]:-}" ]; then comfy_delay[i]=1; fi
+      comfy_restart_at[i]=$((SECONDS + comfy_delay[i]))
+      log "${comfy_names[$i]}: exited with code $rc after ${ran}s while the worker runs; starting it again in ${comfy_delay[i]}s"
+      comfy_delay[i]=$((comfy_delay[i] * 2 > COMFYUI_RESTART_MAX_DELAY ? COMFYUI_RESTART_MAX_DELAY : comfy_delay[i] * 2))
+    elif [ "$SECONDS" -ge "${comfy_restart_at[i]}" ]; then
+      launch_comfyui "$i"
+    fi
+  done
+}
+
+# Every half second: has the worker ended, has a ComfyUI? A trapped signal ends the wait on the tick early (the
+# signal is forwarded by its trap). bash keeps an ended child's status for the `wait` that asks for it by pid.
 set +e
-worker_rc=""
-while :; do
-  got_signal=0
-  wait "$worker_pid"
-  status=$?
-  # 127: the previous round had collected the worker already (a signal came just after it ended).
-  if [ "$status" = 127 ] && [ -n "$worker_rc" ]; then break; fi
-  worker_rc=$status
-  if [ "$got_signal" = 1 ] && [ "$status" -gt 128 ]; then continue; fi
-  break
+while kill -0 "$worker_pid" 2>/dev/null; do
+  [ "$stopping" = 1 ] || [ "$COMFYUI_RESTART_MAX_DELAY" = 0 ] || watch_comfyuis
+  sleep 0.5 &
+  wait "$!"
 done
+wait "$worker_pid"
+worker_rc=$?
 # ComfyUI is stopped in an orderly way below (within COMFYUI_STOP_TIMEOUT) even if more signals come.
 trap 'log "signal received while stopping ComfyUI: already stopping"' TERM INT
 log "worker: exited with code $worker_rc"
 
 # Each ComfyUI still running gets SIGTERM; those left after COMFYUI_STOP_TIMEOUT (for all together) get SIGKILL.
 # bash collects an ended child as soon as it ends, after which kill -0 fails.
-stopping=()
+ending=()
 for i in "${!comfy_pids[@]}"; do
-  if kill -0 "${comfy_pids[$i]}" 2>/dev/null; then
+  if [ -z "${comfy_pids[$i]}" ]; then
+    log "${comfy_names[$i]}: had exited (not started again)"
+  elif kill -0 "${comfy_pids[$i]}" 2>/dev/null; then
     log "${comfy_names[$i]}: stopping (pid ${comfy_pids[$i]}; SIGKILL after ${COMFYUI_STOP_TIMEOUT}s)"
     kill -TERM "${comfy_pids[$i]}" 2>/dev/null
-    stopping+=("$i")
+    ending+=("$i")
   else
     log "${comfy_names[$i]}: had already exited"
   fi
 done
 any_running() {
   local i
-  for i in ${stopping[@]+"${stopping[@]}"}; do
+  for i in ${ending[@]+"${ending[@]}"}; do
     kill -0 "${comfy_pids[$i]}" 2>/dev/null && return 0
   done
   return 1
@@ -649,15 +693,15 @@ while any_running && [ "$waited" -lt $((COMFYUI_STOP_TIMEOUT * 10)) ]; do
   sleep 0.1
   waited=$((waited + 1))
 done
-for i in ${stopping[@]+"${stopping[@]}"}; do
+for i in ${ending[@]+"${ending[@]}"}; do
   if kill -0 "${comfy_pids[$i]}" 2>/dev/null; then
     log "${comfy_names[$i]}: still running after ${COMFYUI_STOP_TIMEOUT}s, sending SIGKILL"
     kill -KILL "${comfy_pids[$i]}" 2>/dev/null
   fi
 done
 for i in "${!comfy_pids[@]}"; do
-  wait "${comfy_pids[$i]}" 2>/dev/null
+  [ -z "${comfy_pids[$i]}" ] || wait "${comfy_pids[$i]}" 2>/dev/null
 done
-for i in ${stopping[@]+"${stopping[@]}"}; do log "${comfy_names[$i]}: stopped"; done
+for i in ${ending[@]+"${ending[@]}"}; do log "${comfy_names[$i]}: stopped"; done
 log "exiting with the worker's code $worker_rc"
 exit "$worker_rc"

@@ -72,7 +72,8 @@ const poll = setInterval(() => {
 `,
   // ComfyUI's python: records its arguments and folder, in comfyui.<pid> its CUDA_VISIBLE_DEVICES and arguments
   // (one a line), and in comfyui.<pid>.program how it was called and the first folder of its PATH; writes to its
-  // log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it).
+  // log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it). SIGUSR1
+  // is a crash: it exits with 134 (as on SIGABRT), leaving nothing behind.
   "fake-python3": `#!/usr/bin/env bash
 echo "comfyui $* (in $PWD)" >> "$FAKE_ORDER_LOG"
 { echo "\${CUDA_VISIBLE_DEVICES-<unset>}"; printf '%s\\n' "$@"; } > "$FAKE_RECORD_DIR/comfyui.$$"
@@ -85,6 +86,7 @@ if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
   exec sleep 60
 fi
 trap 'echo "comfyui got SIGTERM" >> "$FAKE_ORDER_LOG"; kill "$sleeper" 2>/dev/null; exit 0' TERM
+trap 'kill "$sleeper" 2>/dev/null; exit 134' USR1
 echo $$ >> "$FAKE_RECORD_DIR/comfyui.ready"
 while :; do sleep 60 & sleeper=$!; wait "$sleeper"; done
 `,
@@ -212,6 +214,8 @@ interface Run {
   stderr(): string;
   /** Resolves once stdout contains `text`; rejects if the entrypoint ends first. */
   waitForStdout(text: string): Promise<void>;
+  /** Resolves once stderr (the entrypoint's own lines) contains `text` `times` times; rejects if it ends first. */
+  waitForStderr(text: string, times?: number): Promise<void>;
   /** The exit, once every output is read. */
   done: Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
 }
@@ -227,12 +231,18 @@ function runEntrypoint(env: Record<string, string>, args: string[] = []): Run {
   groups.push(child.pid!);
   let out = "";
   let err = "";
-  const waiters: { text: string; resolve: () => void }[] = [];
+  const waiters: { met: () => boolean; resolve: () => void }[] = [];
+  const check = () => {
+    for (const w of waiters.filter((w) => w.met())) w.resolve();
+  };
   child.stdout.on("data", (d: Buffer) => {
     out += d.toString();
-    for (const w of waiters.filter((w) => out.includes(w.text))) w.resolve();
+    check();
   });
-  child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  child.stderr.on("data", (d: Buffer) => {
+    err += d.toString();
+    check();
+  });
   const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>(
     (resolveDone, rejectDone) => {
       const timer = setTimeout(() => {
@@ -247,21 +257,23 @@ function runEntrypoint(env: Record<string, string>, args: string[] = []): Run {
       });
     },
   );
+  const waitFor = (what: string, met: () => boolean) =>
+    new Promise<void>((resolveWait, rejectWait) => {
+      if (met()) return resolveWait();
+      waiters.push({ met, resolve: resolveWait });
+      void done.then(
+        () => rejectWait(new Error(`the entrypoint ended before printing ${what}:\n${err}`)),
+        rejectWait,
+      );
+    });
   return {
     pid: child.pid!,
     kill: (signal) => child.kill(signal),
     stdout: () => out,
     stderr: () => err,
-    waitForStdout: (text) =>
-      new Promise<void>((resolveWait, rejectWait) => {
-        if (out.includes(text)) return resolveWait();
-        waiters.push({ text, resolve: resolveWait });
-        void done.then(
-          () =>
-            rejectWait(new Error(`the entrypoint ended before printing ${JSON.stringify(text)}:\n${err}`)),
-          rejectWait,
-        );
-      }),
+    waitForStdout: (text) => waitFor(JSON.stringify(text), () => out.includes(text)),
+    waitForStderr: (text, times = 1) =>
+      waitFor(`${JSON.stringify(text)} ${times} times`, () => err.split(text).length > times),
     done,
   };
 }
@@ -575,6 +587,60 @@ describe("docker-entrypoint.sh", () => {
       expect(run.stderr()).toContain(`[entrypoint] worker: exited with code ${expected}`);
       const comfyPid = Number(await readFile(join(s.records, "comfyui.pid"), "utf8"));
       expect(processGone(comfyPid)).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test.each([
+    ["COMFYUI_STOP_TIMEOUT", "soon"],
+    ["COMFYUI_RESTART_MAX_DELAY", "-1"],
+    ["CERT_SIGN_ATTEMPTS", "0"],
+    ["CERT_RETRY_DELAY", "1.5"],
+  ])(
+    "%s=%s stops the start with a message naming it, before anything runs",
+    async (name, value) => {
+      const s = await sandbox();
+      const run = runEntrypoint({ ...s.env, [name]: value });
+      expect((await run.done).code).toBe(1);
+      expect(run.stderr()).toMatch(new RegExp(`^\\[entrypoint\\] ERROR: ${name} must be`, "m"));
+      expect(await lines(s.orderLog)).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a ComfyUI that dies while the worker runs is started again, after 1 s, then 2 s; the stop ends the new one",
+    async () => {
+      const s = await sandbox();
+      const run = runEntrypoint({ ...s.env, FAKE_NODE_EXIT_CODE: "5" });
+      await run.waitForStdout("fake-node: running");
+      // Each fake ComfyUI adds its pid to comfyui.ready once up (no event tells).
+      const ready = async (count: number) => {
+        await waitUntil(
+          `ComfyUI start ${count} is up`,
+          () => readFileSync(join(s.records, "comfyui.ready"), "utf8").split("\n").length > count,
+        );
+        return Number((await lines(join(s.records, "comfyui.ready"))).at(-1));
+      };
+      for (const [n, delay] of [
+        [1, 1],
+        [2, 2],
+      ] as const) {
+        process.kill(await ready(n), "SIGUSR1");
+        await run.waitForStderr(`while the worker runs; starting it again in ${delay}s`);
+        expect(run.stderr()).toMatch(
+          new RegExp(`\\[entrypoint\\] comfyui: exited with code 134 after \\d+s while the worker runs`),
+        );
+      }
+      await ready(3);
+      const starts = await comfyStarts(s);
+      expect(starts).toHaveLength(3);
+      // The same ComfyUI each time.
+      expect(new Set(starts.map((c) => JSON.stringify([c.gpu, c.args]))).size).toBe(1);
+      run.kill("SIGTERM");
+      expect((await run.done).code).toBe(5);
+      expect((await lines(s.orderLog)).slice(-2)).toEqual(["worker got SIGTERM", "comfyui got SIGTERM"]);
+      for (const { pid } of starts) expect(processGone(pid)).toBe(true);
     },
     TEST_TIMEOUT_MS,
   );
@@ -1217,6 +1283,33 @@ describe("docker-entrypoint.sh", () => {
           const after = (await comfyStarts(s)).filter((c) => !before.some((b) => b.pid === c.pid));
           expect(after.map((c) => lastFlag(c.args, "--port"))).toEqual(["18189", "18190", "18191"]);
           for (const { pid } of after) expect(processGone(pid)).toBe(true);
+        },
+        TEST_TIMEOUT_MS,
+      );
+
+      test(
+        "an instance that dies while the worker runs is started again as it was (its GPU, port, folders, own session)",
+        async () => {
+          const s = await sandbox();
+          const run = await startSupervised(s, { FAKE_GPU_COUNT: "3" });
+          await run.waitForStdout("fake-node: running");
+          const [one, two] = await comfyStarts(s);
+          process.kill(two!.pid, "SIGUSR1");
+          await run.waitForStderr("[entrypoint] comfyui-2: exited with code 134");
+          await run.waitForStderr("[entrypoint] comfyui-2: starting in", 2);
+          await waitUntil(
+            "the new instance is up",
+            () => readFileSync(join(s.records, "comfyui.ready"), "utf8").split("\n").length > 4,
+          );
+          const now = await comfyStarts(s);
+          const again = now.find((c) => c.pid !== one!.pid && c.pid !== two!.pid)!;
+          expect({ gpu: again.gpu, args: again.args }).toEqual({ gpu: two!.gpu, args: two!.args });
+          expect(groupAndSession(again.pid)).toEqual({ pgid: again.pid, sid: again.pid });
+          expect(processEnded(one!.pid)).toBe(false);
+          // supervisor's stop: the worker exits, then both instances are stopped.
+          process.kill(-run.pid, "SIGTERM");
+          expect((await run.done).code).toBe(0);
+          for (const { pid } of now) expect(processGone(pid)).toBe(true);
         },
         TEST_TIMEOUT_MS,
       );
