@@ -18,6 +18,9 @@ export default async function globalSetup(): Promise<void> {
   const started = Date.now();
   const root = await mkdtemp(join(tmpdir(), "comfyui-worker-test-"));
   process.env.TEST_TMP_ROOT = root;
+  // The AWS SDK's "Node 20 support ends" warning, once per test file under Node 20, buried CI's log tail; the test
+  // files inherit this (the CLI's own switch for users is tested without it).
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
   const services: Service[] = [];
   globalThis.__TEST_SERVICES__ = services;
   const log = (msg: string) => process.stderr.write(`[test stack] ${msg}\n`);
