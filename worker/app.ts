@@ -206,6 +206,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     jobs,
     ...(shared && { shared }),
     remoteWaitMs: config.jobs.timeoutMs,
+    logger,
     maxWorkflowNodes: config.limits.maxWorkflowNodes,
     workloadOf: (input) => workloadOfWorkflow(input.workflow),
   });

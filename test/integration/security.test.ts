@@ -5,13 +5,12 @@ import { readdir, readFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
-import { Writable } from "node:stream";
-import { pino } from "pino";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { isBlockedAddress } from "../../handlers/preprocess/address-policy.js";
 import { ObjectStorage, resolveS3 } from "../../handlers/storage/s3.js";
 import { signatureHeaders } from "../../handlers/webhook.js";
 import { RecordingServer, type Received } from "../harness/http-fixtures.js";
+import { captureLog } from "../harness/log-capture.js";
 import { stack } from "../harness/stack.js";
 import { postJson, repoRoot, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { legacyMessages } from "../../worker/auth/signature.js";
@@ -22,21 +21,9 @@ import { modelFree } from "../harness/workflows.js";
  * emulator's real signatures), and what shows it did no harm.
  */
 
-/** Log lines the worker wrote, as text, for the tests that look for leaked secrets. */
-const logLines: string[] = [];
-let logWaiters: { pattern: RegExp; resolve: () => void }[] = [];
-const capture = new Writable({
-  write(chunk: Buffer, _enc, cb) {
-    const line = chunk.toString("utf8");
-    logLines.push(line);
-    logWaiters = logWaiters.filter((waiter) => {
-      if (!waiter.pattern.test(line)) return true;
-      waiter.resolve();
-      return false;
-    });
-    cb();
-  },
-});
+/** The worker's log, for the tests that look for leaked secrets. */
+const log = captureLog();
+const logLines = log.lines;
 
 let router: RouterEmulator;
 let hooks: RecordingServer;
@@ -58,7 +45,7 @@ beforeAll(async () => {
       WEBHOOK_MAX_ATTEMPTS: "2",
       MASTER_TOKEN: "",
     },
-    { publicKeyPem: router.publicKeyPem, logger: pino({ level: "debug", base: undefined }, capture) },
+    { publicKeyPem: router.publicKeyPem, logger: log.logger },
   );
   own = w.routed;
   await router.waitFor(() => router.workers.has(own));
@@ -340,7 +327,7 @@ describe("hole 5: caller-chosen webhook and callback URLs (SSRF)", () => {
     );
     expect(r.status).toBe(200);
     // The operator's own WEBHOOK_URL is trusted and is delivered; the caller's never reached the loopback server.
-    await waitForLog(new RegExp(`"request_id":"${id}".*refused: .*resolves to`));
+    await log.waitFor(new RegExp(`"request_id":"${id}".*refused: .*resolves to`));
     expect(hooks.received.slice(before).filter((h) => h.url === "/internal")).toEqual([]);
   });
 
@@ -415,7 +402,7 @@ describe("hole 6: secrets in logs", () => {
       expect(r.status).toBe(200);
       // WEBHOOK_MAX_ATTEMPTS=2: both attempts fail and are logged.
       await hooks.waitFor(before + 2);
-      await waitForLog(/webhook answered 500; giving up/);
+      await log.waitFor(/webhook answered 500; giving up/);
     } finally {
       hooks.handler = (_req, res) => void res.end("ok");
     }
@@ -636,19 +623,4 @@ async function waitForHook(match: (h: Received) => boolean): Promise<Received> {
     ]);
     clearTimeout(timer);
   }
-}
-
-/** Resolves once a log line matches (one already written, or the next ones), or rejects after 20 s. */
-function waitForLog(pattern: RegExp): Promise<void> {
-  if (logLines.some((l) => pattern.test(l))) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no log line matched ${String(pattern)}`)), 20_000);
-    logWaiters.push({
-      pattern,
-      resolve: () => {
-        clearTimeout(timer);
-        resolve();
-      },
-    });
-  });
 }

@@ -1,4 +1,5 @@
 import { Router, type Request, type Response } from "express";
+import type { Logger } from "pino";
 import { NotFoundError } from "../../lib/errors.js";
 import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
@@ -16,6 +17,7 @@ export interface GenerateRoutesDeps {
   shared?: SharedJobs;
   /** How long a caller waiting on another worker's job is kept waiting at most (the job deadline). */
   remoteWaitMs?: number;
+  logger?: Logger;
 }
 
 /**
@@ -91,6 +93,12 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   /** Polls the bucket until another worker's job is final, the caller left, or the wait ran out. */
   const followRemote = async (doc: SharedDocument, res: Response): Promise<SharedDocument> => {
     const until = Date.now() + (deps.remoteWaitMs ?? 3_600_000);
+    if (!isFinal(doc)) {
+      deps.logger?.info(
+        { stage: "shared", request_id: doc.id, remote_status: doc.status },
+        "this request_id is another worker's running job: waiting for its result",
+      );
+    }
     let current = doc;
     while (!isFinal(current) && !res.destroyed && Date.now() < until) {
       await delay(500);
