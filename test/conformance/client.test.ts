@@ -1,11 +1,11 @@
+import { randomUUID } from "node:crypto";
 import { RouterEmulator, type WorkerRecord } from "../../scripts/router-emulator/emulator.js";
 import { freePort } from "../../scripts/services/child.js";
-import { startSlowProxy } from "../harness/http-fixtures.js";
+import { startHeldImage, startSlowProxy, type SlowProxy } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { modelFree } from "../harness/workflows.js";
-import { slowWorkflow } from "./scenario.js";
+import { loadImageWorkflow, modelFree } from "../harness/workflows.js";
 
 /**
  * The official client (PyPI vastai 1.9.1) against our workers through the router emulator: its streaming call, a
@@ -16,7 +16,7 @@ import { slowWorkflow } from "./scenario.js";
 let router: RouterEmulator;
 let healthy: TestWorker;
 let flaky: TestWorker;
-let proxy: Awaited<ReturnType<typeof startSlowProxy>>;
+let proxy: SlowProxy;
 
 async function startRouted(id: number, env: Record<string, string> = {}): Promise<TestWorker> {
   const port = await freePort();
@@ -113,15 +113,22 @@ test("a session through the client API: opened, used, checked, closed, and repor
 });
 
 test("429: the client re-routes the request away from a busy worker and it is served", async () => {
-  // Busy through its local API (not counted by the router); MAX_QUEUE_TIME=0 refuses any routed work meanwhile.
-  const slow = postJson(`${flaky.api}/generate/sync`, { input: { workflow_json: slowWorkflow() } });
-  await new Promise<void>((resolve) => {
-    const check = () => (flaky.worker.jobs.active().length > 0 ? resolve() : setImmediate(check));
-    check();
-  });
-  // The busy worker refused the request and reported it finished as rejected.
-  await expectServedElsewhere("Rejected");
-  expect((await slow).status).toBe(200);
+  // Busy through its local API (not counted by the router) until the test lets its input download finish;
+  // MAX_QUEUE_TIME=0 refuses any routed work meanwhile.
+  const input = await startHeldImage();
+  try {
+    const busy = postJson(`${flaky.api}/generate/sync`, {
+      input: { workflow_json: loadImageWorkflow(input.url(`busy-${randomUUID()}.png`)) },
+    });
+    await input.requested();
+    // The busy worker refused the request and reported it finished as rejected.
+    await expectServedElsewhere("Rejected");
+    input.release();
+    expect((await busy).status).toBe(200);
+  } finally {
+    input.release();
+    await input.stop();
+  }
 });
 
 test("503 from a worker whose ComfyUI is down: the client re-routes, the request is served once, not looped", async () => {

@@ -1,5 +1,6 @@
-import { randomInt } from "node:crypto";
+import { randomInt, randomUUID } from "node:crypto";
 import type { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
+import { startHeldImage, type HeldImage } from "../harness/http-fixtures.js";
 import { modelFree } from "../harness/workflows.js";
 
 /** One worker under comparison, as the recording autoscaler and the callers see it. */
@@ -19,19 +20,15 @@ type Report = RouterEmulator["reports"][number];
 const TIMEOUT_MS = 30_000;
 
 /**
- * A model-free workflow that takes a few seconds on a CPU (a wide blur of a 1024x1024 image). Workflows get a
- * random colour so that ComfyUI never answers from its cache.
+ * A job that stays in flight until the test releases it: its input image is downloaded from a server that holds
+ * the body (see startHeldImage), however fast the machine. A graph of its own (not the fast one's with other
+ * sizes): ours weighs a workflow shape it has never seen as one benchmark's worth, as upstream weighs every
+ * request, so the overload step compares like with like. Each URL is new: a downloaded input is cached by URL.
  */
-export function slowWorkflow(): Record<string, unknown> {
+function heldWorkflow(image: HeldImage, label: string): Record<string, unknown> {
   return {
-    "1": {
-      class_type: "EmptyImage",
-      inputs: { width: 1024, height: 1024, batch_size: 1, color: randomInt(0, 0xffffff) },
-    },
-    "2": { class_type: "ImageBlur", inputs: { image: ["1", 0], blur_radius: 31, sigma: 5.0 } },
-    // A graph of its own (not the fast one's with other sizes): ours weighs a workflow shape it has never seen
-    // as one benchmark's worth, as upstream weighs every request, so the overload step compares like with like.
-    "4": { class_type: "ImageInvert", inputs: { image: ["2", 0] } },
+    "1": { class_type: "LoadImage", inputs: { image: image.url(`${label}-${randomUUID()}.png`) } },
+    "4": { class_type: "ImageInvert", inputs: { image: ["1", 0] } },
     "3": { class_type: "SaveImage", inputs: { images: ["4", 0], filename_prefix: "conformance/slow" } },
   };
 }
@@ -320,46 +317,66 @@ export async function runScenario(run: ScenarioRun): Promise<void> {
   );
   await run.barrier("signature");
 
-  // Overload: a slow job in flight, then a burst that must be refused with 429.
-  const slowSent = Date.now();
-  const slow = run.request("overload.slow", "overload:slow", { workflow_json: slowWorkflow() });
-  run.recordInFlight(
-    "overload.in-flight-report",
-    await run.statusWhere((b) => Number(b.num_requests_working) >= 1, slowSent),
-  );
-  const burst = await Promise.all(
-    [1, 2, 3].map(() =>
-      run.send("/generate/sync", {
-        auth_data: run.auth("overload:burst"),
-        payload: { input: { workflow_json: fastWorkflow() } },
-      }),
-    ),
-  );
-  burst.forEach((res, i) => run.answer(`overload.burst${i + 1}`, res));
-  await slow;
-  await run.barrier("overload");
-
-  // A client that goes away while its job runs.
-  const abort = new AbortController();
-  const goneSent = Date.now();
-  const gone = run
-    .send(
-      "/generate/sync",
-      { auth_data: run.auth("disconnect:gone"), payload: { input: { workflow_json: slowWorkflow() } } },
-      abort.signal,
-    )
-    .then(
-      (res) => `answered ${res.status} before the client left`,
-      (err: Error) => `left (${err.name})`,
+  // Overload: a job held in flight, then a burst that must be refused with 429.
+  const image = await startHeldImage();
+  try {
+    const slowSent = Date.now();
+    const slow = run.request("overload.slow", "overload:slow", {
+      workflow_json: heldWorkflow(image, "overload"),
+    });
+    run.recordInFlight(
+      "overload.in-flight-report",
+      await run.statusWhere((b) => Number(b.num_requests_working) >= 1, slowSent),
     );
-  run.recordInFlight(
-    "disconnect.in-flight-report",
-    await run.statusWhere((b) => Number(b.num_requests_working) >= 1, goneSent),
-  );
-  abort.abort();
-  run.obs.set("disconnect.client", String(await gone));
-  await run.deleted("disconnect:gone");
-  await run.barrier("disconnect");
+    const burst = await Promise.all(
+      [1, 2, 3].map(() =>
+        run.send("/generate/sync", {
+          auth_data: run.auth("overload:burst"),
+          payload: { input: { workflow_json: fastWorkflow() } },
+        }),
+      ),
+    );
+    burst.forEach((res, i) => run.answer(`overload.burst${i + 1}`, res));
+    image.release();
+    await slow;
+    await run.barrier("overload");
+  } finally {
+    image.release();
+    await image.stop();
+  }
+
+  // A client that goes away while its job runs (held in flight until then).
+  const goneImage = await startHeldImage();
+  try {
+    const abort = new AbortController();
+    const goneSent = Date.now();
+    const gone = run
+      .send(
+        "/generate/sync",
+        {
+          auth_data: run.auth("disconnect:gone"),
+          payload: { input: { workflow_json: heldWorkflow(goneImage, "disconnect") } },
+        },
+        abort.signal,
+      )
+      .then(
+        (res) => `answered ${res.status} before the client left`,
+        (err: Error) => `left (${err.name})`,
+      );
+    run.recordInFlight(
+      "disconnect.in-flight-report",
+      await run.statusWhere((b) => Number(b.num_requests_working) >= 1, goneSent),
+    );
+    abort.abort();
+    run.obs.set("disconnect.client", String(await gone));
+    // What still waits on it (the reference's call to its wrapper goes on) ends now.
+    goneImage.release();
+    await run.deleted("disconnect:gone");
+    await run.barrier("disconnect");
+  } finally {
+    goneImage.release();
+    await goneImage.stop();
+  }
   // The next caller is served (the abandoned job no longer counts against admission). A step of its own: upstream
   // nets cancellations against arrivals of the same report interval, so its new_load depends on timing otherwise.
   await run.request("after-disconnect.next", "after-disconnect:next", { workflow_json: fastWorkflow() });

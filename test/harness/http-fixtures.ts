@@ -65,20 +65,77 @@ export const RED_PIXEL_PNG = Buffer.from(
   "base64",
 );
 
+/** An image URL whose download the test holds open; see startHeldImage(). */
+export interface HeldImage {
+  /** A URL of this server's PNG (any path serves it). */
+  url(name?: string): string;
+  /** Resolves once the first request for it has arrived: the job that loads it is in flight. */
+  requested(): Promise<void>;
+  /** Sends the body of every held download, and of each later one at once. */
+  release(): void;
+  stop(): Promise<void>;
+}
+
 /**
- * A TCP proxy to a real server that holds every new connection for `delayMs` before connecting it: a slow
- * network path to a real part (here S3), for tests of what overlaps with uploads.
+ * A PNG whose download is held: its headers go out at once, its body only when the test calls `release()`. A job
+ * that loads it stays in flight (downloading its input) exactly as long as the test needs, however fast the
+ * machine, where a "slow" workflow is a guess about the CPU.
+ */
+export async function startHeldImage(): Promise<HeldImage> {
+  const server = await new RecordingServer().start();
+  const held: ServerResponse[] = [];
+  let released = false;
+  server.handler = (_req, res) => {
+    res.writeHead(200, { "content-type": "image/png", "content-length": RED_PIXEL_PNG.length });
+    if (released) return void res.end(RED_PIXEL_PNG);
+    res.flushHeaders();
+    held.push(res);
+  };
+  return {
+    url: (name = "held.png") => `${server.url}/${name}`,
+    requested: () => server.waitFor(1),
+    release: () => {
+      released = true;
+      for (const res of held.splice(0)) res.end(RED_PIXEL_PNG);
+    },
+    stop: () => server.stop(),
+  };
+}
+
+/** A TCP proxy to a real server; see startSlowProxy(). */
+export interface SlowProxy {
+  url: string;
+  port: number;
+  /** Resolves once `n` connections have arrived in all. */
+  connections(n: number): Promise<void>;
+  /** Connects every held connection, and each later one at once (with `"until-released"`). */
+  release(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP proxy to a real server that holds every new connection for `delay` ms, or until the test calls
+ * `release()`, before connecting it: a slow network path to a real part (here S3), for tests of what overlaps
+ * with uploads.
  */
 export async function startSlowProxy(
   target: URL,
-  delayMs: number,
+  delay: number | "until-released",
   port = 0,
-): Promise<{ url: string; port: number; close(): Promise<void> }> {
+): Promise<SlowProxy> {
   const sockets = new Set<Socket>();
+  const held: (() => void)[] = [];
+  let released = false;
+  let arrived = 0;
+  let waiters: { n: number; resolve: () => void }[] = [];
   const server = createTcpServer((client) => {
     sockets.add(client);
     client.pause();
-    const timer = setTimeout(() => {
+    arrived++;
+    waiters = waiters.filter((w) => (arrived >= w.n ? void w.resolve() : true));
+    let closed = false;
+    const start = () => {
+      if (closed) return;
       const upstream = connect(Number(target.port), target.hostname, () => {
         client.pipe(upstream);
         upstream.pipe(client);
@@ -89,8 +146,14 @@ export async function startSlowProxy(
       client.on("error", () => upstream.destroy());
       upstream.on("close", () => client.destroy());
       client.on("close", () => upstream.destroy());
-    }, delayMs);
-    client.on("close", () => clearTimeout(timer));
+    };
+    if (delay === "until-released" && !released) held.push(start);
+    else if (delay === "until-released") start();
+    else {
+      const timer = setTimeout(start, delay);
+      client.on("close", () => clearTimeout(timer));
+    }
+    client.on("close", () => (closed = true));
   });
   server.listen(port, "127.0.0.1");
   await once(server, "listening");
@@ -98,6 +161,12 @@ export async function startSlowProxy(
   return {
     url: `http://127.0.0.1:${bound}`,
     port: bound,
+    connections: (n) =>
+      arrived >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve })),
+    release: () => {
+      released = true;
+      for (const start of held.splice(0)) start();
+    },
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));

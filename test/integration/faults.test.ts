@@ -6,10 +6,10 @@ import { join } from "node:path";
 import { freePort } from "../../scripts/services/child.js";
 import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "../../scripts/services/comfyui.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
-import { RecordingServer, startSlowProxy } from "../harness/http-fixtures.js";
+import { RecordingServer, startHeldImage, startSlowProxy } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { postJson, repoRoot, startTestWorker } from "../harness/worker.js";
-import { modelFree, tinyText2Image } from "../harness/workflows.js";
+import { loadImageWorkflow, modelFree, tinyText2Image } from "../harness/workflows.js";
 
 /** Each fault is real: a killed process, a closed port, a receiver that fails, a full disk threshold, a signal. */
 
@@ -41,14 +41,12 @@ test("ComfyUI killed mid-job: the job fails fast and retryable, the autoscaler h
       };
       check();
     });
-    const killedAt = Date.now();
     comfy.process.kill("SIGKILL");
+    // Failed as unavailable (retryable), not left to the job's deadline (a terminal job_timeout) nor hung.
     const { status, body } = await answer;
-    const elapsed = Date.now() - killedAt;
     expect(status).toBe(503);
     expect(body.status).toBe("failed");
     expect(body.error.code).toBe("comfyui_unavailable");
-    expect(elapsed).toBeLessThan(5_000);
     await comfy.stop();
 
     await router.waitFor(() =>
@@ -162,6 +160,7 @@ test("a webhook receiver answering 400 is not retried", async () => {
 });
 
 test("janitor: below the free-space bound it removes old outputs and cached inputs, never a running job's", async () => {
+  const input = await startHeldImage();
   const w = await startTestWorker({
     DISK_MIN_FREE_MB: String(1024 * 1024 * 1024),
     OUTPUT_MAX_AGE_HOURS: "1",
@@ -179,16 +178,13 @@ test("janitor: below the free-space bound it removes old outputs and cached inpu
     const cached = `url_${randomUUID().replaceAll("-", "")}.png`;
     await writeFile(join(inputDir, cached), Buffer.alloc(10));
     await utimes(join(inputDir, cached), old, old);
-    // A running job whose folder is old must stay.
+    // A running job whose folder is old must stay: it is held in flight (its input downloading) until the sweep
+    // is done.
     const id = `janitor-running-${randomUUID()}`;
     const running = postJson(`${w.api}/generate/sync`, {
-      input: { request_id: id, workflow_json: tinyText2Image(30) },
+      input: { request_id: id, workflow_json: loadImageWorkflow(input.url(`${id}.png`)) },
     });
-    await new Promise<void>((resolve) => {
-      const check = () =>
-        w.worker.jobs.get(id)?.status === "generating" ? resolve() : setTimeout(check, 20);
-      check();
-    });
+    await input.requested();
     const runningDir = join(w.outputDir, id);
     await mkdir(runningDir, { recursive: true });
     await utimes(runningDir, old, old);
@@ -202,9 +198,11 @@ test("janitor: below the free-space bound it removes old outputs and cached inpu
     expect(await readdir(w.outputDir)).toEqual(expect.arrayContaining(["fresh-request", id]));
     const metrics = await (await fetch(`${w.api}/metrics`)).text();
     expect(metrics).toMatch(/comfyui_worker_janitor_removed_files_total \d+/);
+    input.release();
     expect((await running).body.status).toBe("completed");
   } finally {
-    await w.stop();
+    input.release();
+    await Promise.all([w.stop(), input.stop()]);
   }
 });
 
@@ -265,6 +263,7 @@ test("SIGTERM during a job: the job completes, its caller gets the answer, the p
         OUTPUT_DIR: join(dir, "output"),
         UNSECURED: "true",
         BENCHMARK_SKIP: "true",
+        INPUT_URL_ALLOW_PRIVATE: "true",
         LOG_LEVEL: "info",
       },
       stdio: ["ignore", "pipe", "pipe"],
@@ -274,31 +273,32 @@ test("SIGTERM during a job: the job completes, its caller gets the answer, the p
   child.stdout.on("data", (d: Buffer) => logs.push(d.toString()));
   child.stderr.on("data", (d: Buffer) => logs.push(d.toString()));
   const exited = once(child, "exit");
-  try {
-    await new Promise<void>((resolve, reject) => {
+  /** Resolves once the worker's output matches `pattern`; rejects if it exits first. */
+  const logLine = (pattern: RegExp) =>
+    new Promise<void>((resolve, reject) => {
       const onData = () => {
-        if (logs.join("").includes('"msg":"ready')) {
-          child.stdout.off("data", onData);
-          resolve();
-        }
+        if (!pattern.test(logs.join(""))) return;
+        child.stdout.off("data", onData);
+        child.off("exit", onExit);
+        resolve();
       };
+      const onExit = () => reject(new Error(`worker exited before ${pattern}: ${logs.join("")}`));
       child.stdout.on("data", onData);
-      child.once("exit", () => reject(new Error(`worker exited early: ${logs.join("")}`)));
+      child.once("exit", onExit);
+      onData();
     });
+  const input = await startHeldImage();
+  try {
+    await logLine(/"msg":"ready/);
+    // The job is held in flight (its input downloading) until the worker has begun to drain.
     const id = `sigterm-${randomUUID()}`;
     const answer = postJson(`http://127.0.0.1:${apiPort}/generate/sync`, {
-      input: { request_id: id, workflow_json: tinyText2Image(20) },
+      input: { request_id: id, workflow_json: loadImageWorkflow(input.url(`${id}.png`)) },
     });
-    await new Promise<void>((resolve) => {
-      const check = async () => {
-        const r = await fetch(`http://127.0.0.1:${apiPort}/result/${id}`).catch(() => undefined);
-        const b = r && r.status === 200 ? ((await r.json()) as any) : undefined;
-        if (b?.status === "generating") resolve();
-        else setTimeout(() => void check(), 50);
-      };
-      void check();
-    });
+    await input.requested();
     child.kill("SIGTERM");
+    await logLine(/draining/);
+    input.release();
     const { status, body } = await answer;
     expect(status).toBe(200);
     expect(body.status).toBe("completed");
@@ -315,5 +315,7 @@ test("SIGTERM during a job: the job completes, its caller gets the answer, the p
     expect(lines.filter((l) => l.level >= 50)).toEqual([]);
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
+    input.release();
+    await input.stop();
   }
 });

@@ -30,14 +30,20 @@ async function readLines(res: Response): Promise<any[]> {
     .map((l) => JSON.parse(l.replace(/^data:\s*/, "")));
 }
 
+/** Resolves when the job reaches `status`; rejects if it ends (a final status) without passing through it. */
 async function waitForStatus(id: string, status: string): Promise<void> {
   const job = w.worker.jobs.get(id)!;
   if (job.status === status) return;
-  await new Promise<void>((resolve) => {
+  if (job.final) throw new Error(`job ${id} is ${job.status}, not ${status}`);
+  await new Promise<void>((resolve, reject) => {
     const on = (e: any) => {
-      if (e.type === "status" && e.status === status) {
+      if (e.type !== "status") return;
+      if (e.status === status) {
         job.off("event", on);
         resolve();
+      } else if (job.final) {
+        job.off("event", on);
+        reject(new Error(`job ${id} ended ${e.status} before it was ${status}`));
       }
     };
     job.on("event", on);
@@ -101,7 +107,8 @@ test("/generate answers 202 at once; /result/{id} follows the job to completion"
 test("cancel: a queued job leaves the queue without running; the running one is unaffected", async () => {
   const a = `run-${randomUUID()}`;
   const b = `queued-${randomUUID()}`;
-  await postJson(`${w.api}/generate`, { input: { request_id: a, workflow_json: tinyText2Image(12) } });
+  // `a` holds the only slot (MAX_INFLIGHT_PROMPTS=1) for as long as the test needs: it is cancelled at the end.
+  await postJson(`${w.api}/generate`, { input: { request_id: a, workflow_json: tinyText2Image(2000) } });
   await waitForStatus(a, "generating");
   await postJson(`${w.api}/generate`, {
     input: { request_id: b, workflow_json: modelFree(), webhook: { url: `${hooks.url}/b` } },
@@ -111,8 +118,12 @@ test("cancel: a queued job leaves the queue without running; the running one is 
   expect(cancelled.status).toBe(200);
   expect(cancelled.body.status).toBe("cancelled");
   expect(w.worker.jobs.get(b)!.details).toBeUndefined();
+  // `a` goes on: another step comes after the cancel.
+  await waitForProgress(a);
+  expect(w.worker.jobs.get(a)!.status).toBe("generating");
+  await postJson(`${w.api}/cancel/${a}`, {});
   await w.worker.jobs.get(a)!.done;
-  expect(w.worker.jobs.get(a)!.status).toBe("completed");
+  await waitForComfyIdle(stack().comfyUrl);
   await hooks.waitFor(1);
   const hook = JSON.parse(hooks.received.find((r) => r.url === "/b")!.body);
   expect(hook.status).toBe("cancelled");
@@ -198,8 +209,10 @@ test("the router retrying a request_id through another auth_data does not run it
 
 test("two jobs back to back overlap: the second prompt runs in ComfyUI while the first one uploads", async () => {
   const s = stack();
-  const slowS3 = await startSlowProxy(new URL(s.s3Endpoint), 1_500);
-  const fed = await startTestWorker({ MAX_INFLIGHT_PROMPTS: "2" });
+  // The first job's upload is held at the network until the second job has run: with one slot, the second can
+  // run only if the first gave its slot back when its prompt ended, not after its upload.
+  const heldS3 = await startSlowProxy(new URL(s.s3Endpoint), "until-released");
+  const fed = await startTestWorker({ MAX_INFLIGHT_PROMPTS: "1" });
   try {
     const first = postJson(`${fed.api}/generate/sync`, {
       input: {
@@ -208,22 +221,25 @@ test("two jobs back to back overlap: the second prompt runs in ComfyUI while the
         s3: {
           access_key_id: s.s3AccessKeyId,
           secret_access_key: s.s3SecretAccessKey,
-          endpoint_url: slowS3.url,
+          endpoint_url: heldS3.url,
         },
       },
     });
-    const second = postJson(`${fed.api}/generate/sync`, {
-      input: { request_id: `second-${randomUUID()}`, workflow_json: tinyText2Image(2) },
-    });
-    const [a, b] = await Promise.all([first, second]);
+    await heldS3.connections(1);
+    const second = await postJson(
+      `${fed.api}/generate/sync`,
+      { input: { request_id: `second-${randomUUID()}`, workflow_json: tinyText2Image(2) } },
+      { timeoutMs: 60_000 },
+    );
+    expect(second.body.status).toBe("completed");
+    heldS3.release();
+    const a = await first;
     expect(a.body.status).toBe("completed");
-    expect(b.body.status).toBe("completed");
-    const firstUploadEnded = a.body.timings.completed_at_ms;
-    const secondStarted = b.body.comfyui_response.execution_details.started_at;
-    expect(secondStarted).toBeLessThan(firstUploadEnded);
+    expect(a.body.timings.completed_at_ms).toBeGreaterThan(second.body.timings.completed_at_ms);
   } finally {
+    heldS3.release();
     await fed.stop();
-    await slowS3.close();
+    await heldS3.close();
   }
 });
 

@@ -1,14 +1,15 @@
-import { generateKeyPairSync, sign } from "node:crypto";
+import { generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { RouterEmulator, WORKER_STATUS_FIELDS } from "../../scripts/router-emulator/emulator.js";
 import { urlMessage } from "../../worker/auth/signature.js";
+import { startHeldImage } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { selfSignedCert } from "../harness/tls.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import type { Worker } from "../../worker/app.js";
 import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { modelFree, tinyText2Image, fastBenchmarkFile } from "../harness/workflows.js";
+import { fastBenchmarkFile, loadImageWorkflow, modelFree, tinyText2Image } from "../harness/workflows.js";
 
 /** The worker as the Vast side sees it: signed envelopes, reports, admission, the boot benchmark, the client. */
 
@@ -201,14 +202,19 @@ test("the official vastai client sends the seed's request through /route/ and ge
 });
 
 test("overload: a busy worker answers 429 and the client re-routes to another", async () => {
-  const busy = await startSecured({ MAX_QUEUE_TIME: "0", BENCHMARK_SKIP: "true" });
+  const busy = await startSecured({
+    MAX_QUEUE_TIME: "0",
+    BENCHMARK_SKIP: "true",
+    CONTAINER_ID: "8",
+    MASTER_TOKEN: "token-8",
+  });
+  const input = await startHeldImage();
   try {
-    // Keep the busy worker occupied through its local API (not counted by the router).
-    const slow = postJson(`${busy.api}/generate/sync`, { input: { workflow_json: tinyText2Image(60) } });
-    await new Promise<void>((resolve) => {
-      const check = () => (busy.worker.jobs.active().length > 0 ? resolve() : setImmediate(check));
-      check();
+    // Busy through its local API (not counted by the router) until the test lets its input download finish.
+    const slow = postJson(`${busy.api}/generate/sync`, {
+      input: { workflow_json: loadImageWorkflow(input.url(`busy-${randomUUID()}.png`)) },
     });
+    await input.requested();
     const direct = await postJson(
       `${busy.routed}/generate/sync`,
       envelope(routerAuth(busy.routed), { workflow_json: modelFree() }),
@@ -222,6 +228,7 @@ test("overload: a busy worker answers 429 and the client re-routes to another", 
       first = false;
       return target;
     };
+    const routedBefore = router.routed.length;
     const res = await vastClientRequest({
       autoscalerUrl: router.url,
       route: "/generate/sync",
@@ -230,18 +237,22 @@ test("overload: a busy worker answers 429 and the client re-routes to another", 
     expect(res.status).toBe(200);
     expect(res.response.status).toBe("completed");
     expect(res.response.output[0].local_path.startsWith(w.outputDir)).toBe(true);
+    // The client's request went to the busy worker first, which reported it finished as rejected.
+    const idx = router.routed.slice(routedBefore).find((r) => r.url === busy.routed)!.request_idx;
     await router.waitFor(() =>
       router.reports.some(
         (r) =>
           r.path === "/delete_requests/" &&
-          r.body.worker_id === 7 &&
-          (r.body.requests as any[]).some((q) => q.status === "Rejected"),
+          r.body.worker_id === 8 &&
+          (r.body.requests as any[]).some((q) => q.request_idx === idx && q.status === "Rejected"),
       ),
     );
-    await slow;
+    input.release();
+    expect((await slow).body.status).toBe("completed");
   } finally {
+    input.release();
     router.pickOverride = undefined;
-    await busy.stop();
+    await Promise.all([busy.stop(), input.stop()]);
   }
 });
 

@@ -5,10 +5,12 @@ import { join } from "node:path";
 import { got } from "got";
 import { freePort } from "../../scripts/services/child.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
-import { stack } from "../harness/stack.js";
+import { startHeldImage } from "../harness/http-fixtures.js";
+import { captureLog } from "../harness/log-capture.js";
+import { stack, waitForComfyIdle } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import { postJson, repoRoot, stackEnv, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { modelFree, tinyText2Image } from "../harness/workflows.js";
+import { loadImageWorkflow, modelFree, tinyText2Image } from "../harness/workflows.js";
 
 /**
  * An endpoint of two workers sharing the operator's bucket: a poll, a cancel or a retried request that lands on
@@ -17,11 +19,12 @@ import { modelFree, tinyText2Image } from "../harness/workflows.js";
 
 let a: TestWorker;
 let b: TestWorker;
+const bLog = captureLog("info");
 const prefix = `endpoint-${randomUUID().slice(0, 8)}/`;
 
 beforeAll(async () => {
   const env = { SHARED_JOBS_PREFIX: prefix, JOB_HEARTBEAT_MS: "500" };
-  [a, b] = await Promise.all([startTestWorker(env), startTestWorker(env)]);
+  [a, b] = await Promise.all([startTestWorker(env), startTestWorker(env, { logger: bLog.logger })]);
 });
 
 afterAll(async () => {
@@ -95,18 +98,29 @@ test("the same request_id sent to both workers at once runs once: the conditiona
 });
 
 test("a sync retry that arrives while the job still runs elsewhere waits for it", async () => {
-  const id = `wait-${randomUUID()}`;
-  const slow = tinyText2Image(8);
-  const firstP = postJson(`${a.api}/generate/sync`, { input: { request_id: id, workflow_json: slow } });
-  await until(
-    () => getJson(`${b.api}/result/${id}`),
-    (r) => r.status === 200,
-  );
-  const second = await postJson(`${b.api}/generate/sync`, { input: { request_id: id, workflow_json: slow } });
-  const first = await firstP;
-  expect(first.body.status).toBe("completed");
-  expect(second.body).toMatchObject({ id, status: "completed" });
-  expect(b.worker.jobs.get(id)).toBeUndefined();
+  // The job is held in flight (its input downloading) until the retry has reached the other worker.
+  const input = await startHeldImage();
+  try {
+    const id = `wait-${randomUUID()}`;
+    const wf = loadImageWorkflow(input.url(`${id}.png`));
+    const firstP = postJson(`${a.api}/generate/sync`, { input: { request_id: id, workflow_json: wf } });
+    await input.requested();
+    await until(
+      () => getJson(`${b.api}/result/${id}`),
+      (r) => r.status === 200,
+    );
+    const secondP = postJson(`${b.api}/generate/sync`, { input: { request_id: id, workflow_json: wf } });
+    await bLog.waitFor(new RegExp(`"request_id":"${id}".*another worker's running job: waiting`));
+    expect(a.worker.jobs.get(id)!.final).toBe(false);
+    input.release();
+    const [first, second] = await Promise.all([firstP, secondP]);
+    expect(first.body.status).toBe("completed");
+    expect(second.body).toMatchObject({ id, status: "completed" });
+    expect(b.worker.jobs.get(id)).toBeUndefined();
+  } finally {
+    input.release();
+    await input.stop();
+  }
 });
 
 test("a cancel sent to the other worker reaches the running job", async () => {
@@ -174,14 +188,16 @@ test("a worker killed mid-job leaves a document that shows the failure once its 
     10_000,
   );
   expect(lost.body).toMatchObject({ status: "failed", error: { code: "owner_lost" } });
+  // The killed worker's prompt may still run in ComfyUI, the only one there: stop it so that later jobs do not
+  // wait behind it.
+  await got.post(`${stack().comfyUrl}/interrupt`, { timeout: { request: 10_000 }, retry: { limit: 0 } });
+  await waitForComfyIdle(stack().comfyUrl);
   // A retry runs it again (here on b).
   const retried = await postJson(`${b.api}/generate`, {
     input: { request_id: id, workflow_json: modelFree() },
   });
   expect(retried.status).toBe(202);
   expect(b.worker.jobs.get(id)).toBeDefined();
-  // The killed worker's prompt may still run in ComfyUI: stop it so later tests do not wait behind it.
-  await got.post(`${stack().comfyUrl}/interrupt`, { timeout: { request: 10_000 }, retry: { limit: 0 } });
 });
 
 test("without S3 configured, a job unknown here is a 404 that says how to reach the same worker", async () => {

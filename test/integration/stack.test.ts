@@ -42,7 +42,7 @@ test("ComfyUI runs a model-free workflow and serves its files from /view", async
   expect(bytes.subarray(1, 4).toString()).toBe("PNG");
 });
 
-test("the seed's SD1.5 workflow runs with the tiny checkpoint and reports progress", async () => {
+test("the seed's SD1.5 workflow runs on ComfyUI with the tiny checkpoint and saves a PNG", async () => {
   const workflow = JSON.parse(await readFile(join(repoRoot, "misc/workflows/sd15_text2image.json"), "utf8"));
   workflow["3"].inputs.seed = 42;
   workflow["5"].inputs.width = 64;
