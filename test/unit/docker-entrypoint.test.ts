@@ -87,8 +87,10 @@ if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
 fi
 trap 'echo "comfyui got SIGTERM" >> "$FAKE_ORDER_LOG"; kill "$sleeper" 2>/dev/null; exit 0' TERM
 trap 'kill "$sleeper" 2>/dev/null; exit 134' USR1
+# Ready only once its sleep is known to the traps: a signal in between would leave the sleep holding the log pipe.
+sleep 60 & sleeper=$!
 echo $$ >> "$FAKE_RECORD_DIR/comfyui.ready"
-while :; do sleep 60 & sleeper=$!; wait "$sleeper"; done
+while :; do wait "$sleeper"; sleep 60 & sleeper=$!; done
 `,
   // git: "clone ... <repo> <dir>" makes <dir> a source folder with a package.json named FAKE_GIT_PACKAGE_NAME (this
   // worker's name by default; empty: a Python repository without one) and a note of the repository.
