@@ -17,7 +17,8 @@
 #      $LOG_DIR/comfyui.log. COMFYUI_PER_GPU=true and more than one GPU visible (CUDA_VISIBLE_DEVICES, else
 #      `nvidia-smi -L`): one ComfyUI per GPU instead, instance i on port <port>+i with CUDA_VISIBLE_DEVICES=<i-th
 #      GPU>, its own output and temp folders (<output>/gpu<i>, <temp>/gpu<i>; the input folder is shared) and log
-#      ($LOG_DIR/comfyui-<i>.log); the worker gets COMFYUI_URLS and COMFYUI_OUTPUT_DIR as lists, no COMFYUI_URL.
+#      ($LOG_DIR/comfyui-<i>.log), and for 1..N-1 a sqlite database of its own where ComfyUI has --database-url;
+#      the worker gets COMFYUI_URLS and COMFYUI_OUTPUT_DIR as lists, no COMFYUI_URL.
 #      Under supervisor with COMFYUI_PER_GPU=true and more than one GPU: instance 0 is the image's `comfyui`
 #      program (its port, the first GPU, its folders); instances 1..N-1 are started here as above, but with
 #      folders beside the image's ComfyUI's (<output>-gpu<i>, <temp>-gpu<i>), in sessions of their own and bound
@@ -196,6 +197,16 @@ if [ "$per_gpu" = 1 ]; then
       comfy_temps+=("${comfy_temp%/}-gpu$i")
     fi
   done
+  # ComfyUI keeps a sqlite database (--database-url; by default <ComfyUI>/user/comfyui.db) that each server
+  # migrates when it starts, copying the file aside and back if that fails: several starting together on one file
+  # race each other's migration. Where this ComfyUI has the flag and COMFYUI_ARGS does not set it, instances
+  # 1..N-1 get a database of their own beside it.
+  comfy_dbs=()
+  if [ -z "$(comfy_arg --database-url)" ] &&
+    grep -q -e '--database-url' "$COMFYUI_DIR/comfy/cli_args.py" 2>/dev/null; then
+    for i in "${!gpu_ids[@]}"; do comfy_dbs+=("sqlite:///${COMFYUI_DIR%/}/user/comfyui-gpu$i.db"); done
+    comfy_dbs[0]=""
+  fi
   # A list in COMFYUI_OUTPUT_DIR is taken as one folder per ComfyUI (under supervisor the first is the image's
   # ComfyUI's).
   if [[ "$comfy_output" == *,* ]]; then
@@ -574,11 +585,13 @@ start_comfyui() {
 launch_comfyui() {
   local i="$1"
   if [ "$per_gpu" = 1 ]; then
+    local db=()
+    [ -z "${comfy_dbs[$i]:-}" ] || db=(--database-url "${comfy_dbs[$i]}")
     # ComfyUI takes the last of a flag: these win over COMFYUI_ARGS'.
     start_comfyui "$i" "comfyui-$i" $((comfy_port + i)) "$LOG_DIR/comfyui-$i.log" "${gpu_ids[$i]}" \
       "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --disable-auto-launch ${comfy_extra[@]+"${comfy_extra[@]}"} \
       --port $((comfy_port + i)) --input-directory "$comfy_input" --output-directory "${comfy_outputs[$i]}" \
-      --temp-directory "${comfy_temps[$i]}"
+      --temp-directory "${comfy_temps[$i]}" ${db[@]+"${db[@]}"}
   else
     start_comfyui "$i" comfyui "$comfy_port" "$LOG_DIR/comfyui.log" "" \
       "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch \
@@ -587,6 +600,7 @@ launch_comfyui() {
 }
 if [ "$per_gpu" = 1 ]; then
   run mkdir -p "${comfy_outputs[@]}"
+  [ ${#comfy_dbs[@]} = 0 ] || run mkdir -p "${COMFYUI_DIR%/}/user"
   first=0
   if [ "$supervised" = 1 ]; then
     first=1

@@ -1086,6 +1086,38 @@ describe("docker-entrypoint.sh", () => {
     );
 
     test.each([
+      ["", (i: number, s: Sandbox) => (i === 0 ? [] : [`sqlite:///${s.comfyDir}/user/comfyui-gpu${i}.db`])],
+      ["--database-url sqlite:///:memory:", () => ["sqlite:///:memory:"]],
+    ])(
+      "a ComfyUI with --database-url, COMFYUI_ARGS=%j: instances 1..N-1 get a database of their own unless COMFYUI_ARGS names one",
+      async (args, expected) => {
+        const s = await sandbox();
+        await mkdir(join(s.comfyDir, "comfy"));
+        await writeFile(
+          join(s.comfyDir, "comfy", "cli_args.py"),
+          'parser.add_argument("--database-url", type=str)\n',
+        );
+        const run = runEntrypoint({
+          ...s.env,
+          COMFYUI_ARGS: args,
+          COMFYUI_PER_GPU: "true",
+          FAKE_GPU_COUNT: "3",
+          FAKE_NODE_EXIT_AFTER_READY: "0",
+        });
+        expect((await run.done).code).toBe(0);
+        const started = await comfyStarts(s);
+        expect(started).toHaveLength(3);
+        for (const [i, { args: given }] of started.entries()) {
+          // Every value the flag takes (ComfyUI takes the last).
+          const dbs = given.flatMap((a, at) => (a === "--database-url" ? [given[at + 1]] : []));
+          expect(dbs).toEqual(expected(i, s));
+        }
+        if (args === "") await expect(readdir(join(s.comfyDir, "user"))).resolves.toEqual([]);
+      },
+      TEST_TIMEOUT_MS,
+    );
+
+    test.each([
       ["COMFYUI_PER_GPU unset, 2 GPUs", { FAKE_GPU_COUNT: "2" }, undefined],
       ["COMFYUI_PER_GPU=true, 1 GPU", { COMFYUI_PER_GPU: "true", FAKE_GPU_COUNT: "1" }, undefined],
       ["COMFYUI_PER_GPU=true, no GPU (nvidia-smi fails)", { COMFYUI_PER_GPU: "true" }, undefined],
