@@ -13,8 +13,9 @@
 #      is logged (ERROR), not fatal.
 #   4. A seed user's custom benchmark ($WORKSPACE/vast-pyworker/workers/comfyui-json/misc/benchmark.json, the API
 #      wrapper's pyworker_benchmark.json) unless BENCHMARK_JSON_PATH is set; the score cached in $WORKSPACE.
-#   5. On its own: ComfyUI in the background (supervisor runs it in the image); its log to stdout and
-#      $LOG_DIR/comfyui.log. COMFYUI_PER_GPU=true and more than one GPU visible (CUDA_VISIBLE_DEVICES, else
+#   5. On its own: ComfyUI in the background (supervisor runs it in the image) on the image's venv, with tcmalloc
+#      preloaded as the image's program does (COMFYUI_LD_PRELOAD: another library, empty for none); its log to
+#      stdout and $LOG_DIR/comfyui.log. COMFYUI_PER_GPU=true and more than one GPU visible (CUDA_VISIBLE_DEVICES, else
 #      `nvidia-smi -L`): one ComfyUI per GPU instead, instance i on port <port>+i with CUDA_VISIBLE_DEVICES=<i-th
 #      GPU>, its own output and temp folders (<output>/gpu<i>, <temp>/gpu<i>; the input folder is shared) and log
 #      ($LOG_DIR/comfyui-<i>.log), and for 1..N-1 a sqlite database of its own where ComfyUI has --database-url;
@@ -101,6 +102,7 @@ if [ -z "${COMFYUI_PYTHON:-}" ] && [ -x "$COMFYUI_VENV/bin/python" ]; then
 fi
 COMFYUI_PYTHON="${COMFYUI_PYTHON:-python3}"
 NVIDIA_SMI="${NVIDIA_SMI:-nvidia-smi}"
+LDCONFIG="${LDCONFIG:-ldconfig}"
 SETSID="${SETSID:-setsid}"
 SETPRIV="${SETPRIV:-setpriv}"
 # This repository's package name: PYWORKER_REPO is honoured only for a repository that is this worker.
@@ -554,17 +556,25 @@ fi
 comfy_pids=()
 comfy_names=()
 comfy_since=()
+# The allocator the image's own `comfyui` program preloads (LD_PRELOAD=libtcmalloc_minimal.so.4): each ComfyUI
+# started here gets it too where the library is installed, so that every instance runs alike. COMFYUI_LD_PRELOAD
+# names another (empty: none).
+if [ -z "${COMFYUI_LD_PRELOAD+set}" ]; then
+  COMFYUI_LD_PRELOAD="$("$LDCONFIG" -p 2>/dev/null |
+    awk '$1 == "libtcmalloc_minimal.so.4" { print $NF; exit }')" || COMFYUI_LD_PRELOAD=""
+fi
 # Starts ComfyUI instance $1 (its slot in comfy_pids), with its name (for the log lines), port, log file and GPU
 # (empty: the environment's), then its command. Vast shows the container's stdout as the instance log: ComfyUI's
 # lines go there and to its own log file.
 start_comfyui() {
   local slot="$1" name="$2" port="$3" logfile="$4" gpu="$5"
   shift 5
-  log "$name: starting in $COMFYUI_DIR on 127.0.0.1:$port${gpu:+ with CUDA_VISIBLE_DEVICES=$gpu}, log on stdout and in $logfile"
+  log "$name: starting in $COMFYUI_DIR on 127.0.0.1:$port${gpu:+ with CUDA_VISIBLE_DEVICES=$gpu}${COMFYUI_LD_PRELOAD:+ and LD_PRELOAD=$COMFYUI_LD_PRELOAD}, log on stdout and in $logfile"
   if [ "$DRY_RUN" = 1 ]; then
     printf '+ (cd %q &&' "$COMFYUI_DIR"
     [ -z "$comfy_venv_bin" ] || printf ' PATH=%q:$PATH' "$comfy_venv_bin"
     [ -z "$gpu" ] || printf ' CUDA_VISIBLE_DEVICES=%q' "$gpu"
+    [ -z "$COMFYUI_LD_PRELOAD" ] || printf ' LD_PRELOAD=%q' "$COMFYUI_LD_PRELOAD"
     printf ' %q' ${detach[@]+"${detach[@]}"} "$@"
     printf ') 2>&1 | tee -a %q &\n' "$logfile"
     return 0
@@ -573,6 +583,7 @@ start_comfyui() {
     cd "$COMFYUI_DIR"
     [ -z "$comfy_venv_bin" ] || export PATH="$comfy_venv_bin:$PATH"
     [ -z "$gpu" ] || export CUDA_VISIBLE_DEVICES="$gpu"
+    [ -z "$COMFYUI_LD_PRELOAD" ] || export LD_PRELOAD="$COMFYUI_LD_PRELOAD${LD_PRELOAD:+:$LD_PRELOAD}"
     # A background job of this script is never a process group leader, so setsid does not fork: the ComfyUI keeps
     # this pid, and this script as its parent for the parent-death signal.
     exec ${detach[@]+"${detach[@]}"} "$@"

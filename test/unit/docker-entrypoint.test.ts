@@ -72,12 +72,13 @@ const poll = setInterval(() => {
 `,
   // ComfyUI's python: records its arguments and folder, in comfyui.<pid> its CUDA_VISIBLE_DEVICES and arguments
   // (one a line), and in comfyui.<pid>.program how it was called and the first folder of its PATH; writes to its
-  // log, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it). SIGUSR1
+  // log, in comfyui.<pid>.preload its LD_PRELOAD, runs until SIGTERM (or ignores it with FAKE_COMFYUI_IGNORE_TERM=1, so that only SIGKILL ends it). SIGUSR1
   // is a crash: it exits with 134 (as on SIGABRT), leaving nothing behind.
   "fake-python3": `#!/usr/bin/env bash
 echo "comfyui $* (in $PWD)" >> "$FAKE_ORDER_LOG"
 { echo "\${CUDA_VISIBLE_DEVICES-<unset>}"; printf '%s\\n' "$@"; } > "$FAKE_RECORD_DIR/comfyui.$$"
 printf '%s\\n' "$0" "\${PATH%%:*}" > "$FAKE_RECORD_DIR/comfyui.$$.program"
+echo "\${LD_PRELOAD-<unset>}" > "$FAKE_RECORD_DIR/comfyui.$$.preload"
 echo "fake ComfyUI log line (CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-<unset>}): $*"
 echo $$ > "$FAKE_RECORD_DIR/comfyui.pid"
 if [ "\${FAKE_COMFYUI_IGNORE_TERM:-}" = 1 ]; then
@@ -125,6 +126,13 @@ if [ "\${FAKE_GPU_COUNT:-0}" = 0 ]; then
   exit 9
 fi
 for ((i = 0; i < FAKE_GPU_COUNT; i++)); do echo "GPU $i: NVIDIA H200 (UUID: GPU-fake-$i)"; done
+`,
+  // ldconfig -p: the libraries of the system; tcmalloc's only with FAKE_TCMALLOC (its path).
+  "fake-ldconfig": `#!/usr/bin/env bash
+[ "$1" = -p ] || exit 2
+echo "2 libs found in cache \\\`/etc/ld.so.cache'"
+[ -z "\${FAKE_TCMALLOC:-}" ] || printf '\\tlibtcmalloc_minimal.so.4 (libc6,x86-64) => %s\\n' "$FAKE_TCMALLOC"
+printf '\\tlibc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6\\n'
 `,
   // openssl: "req ... -keyout K -out R" writes a fake key and a fake certificate request.
   "fake-openssl": `#!/usr/bin/env bash
@@ -199,6 +207,7 @@ async function sandbox(): Promise<Sandbox> {
     NPM: join(bin, "fake-npm"),
     OPENSSL: join(bin, "fake-openssl"),
     NVIDIA_SMI: join(bin, "fake-nvidia-smi"),
+    LDCONFIG: join(bin, "fake-ldconfig"),
     FAKE_ORDER_LOG: s.orderLog,
     FAKE_RECORD_DIR: s.records,
     WORKSPACE: join(dir, "workspace"),
@@ -483,6 +492,34 @@ describe("docker-entrypoint.sh", () => {
       expect(await lines(join(s.records, `comfyui.${started[0]!.pid}.program`))).toEqual(
         withVenv ? [join(venvBin, "python"), venvBin] : [join(pathBin, "python3"), pathBin],
       );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  // A real library for the preload (the C library this test runs on), so that the loader has nothing to say.
+  const libc = readFileSync("/proc/self/maps", "utf8")
+    .split("\n")
+    .map((l) => l.split(/\s+/).at(-1)!)
+    .find((p) => /\/libc\.so\.6$/.test(p))!;
+  test.each([
+    [
+      "tcmalloc installed: ComfyUI preloads it, as the image's own program does",
+      { FAKE_TCMALLOC: libc },
+      libc,
+    ],
+    ["tcmalloc not installed: no preload", {}, "<unset>"],
+    ["COMFYUI_LD_PRELOAD empty: no preload", { FAKE_TCMALLOC: libc, COMFYUI_LD_PRELOAD: "" }, "<unset>"],
+  ])(
+    "%s; never the worker",
+    async (_what, extra: Record<string, string>, expected) => {
+      const s = await sandbox();
+      const run = runEntrypoint({ ...s.env, ...extra, FAKE_NODE_EXIT_AFTER_READY: "0" });
+      expect((await run.done).code).toBe(0);
+      const started = await comfyStarts(s);
+      expect(started).toHaveLength(1);
+      expect(await lines(join(s.records, `comfyui.${started[0]!.pid}.preload`))).toEqual([expected]);
+      const workerEnv = await lines(join(s.records, "worker.env"));
+      expect(workerEnv.filter((l) => l.startsWith("LD_PRELOAD="))).toEqual([]);
     },
     TEST_TIMEOUT_MS,
   );
