@@ -206,8 +206,7 @@ if [ "$per_gpu" = 1 ]; then
   comfy_dbs=()
   if [ -z "$(comfy_arg --database-url)" ] &&
     grep -q -e '--database-url' "$COMFYUI_DIR/comfy/cli_args.py" 2>/dev/null; then
-    for i in "${!gpu_ids[@]}"; do comfy_dbs+=("sqlite:///${COMFYUI_DIR%/}/user/comfyui-gpu$i.db"); done
-    comfy_dbs[0]=""
+    for ((i = 1; i < ${#gpu_ids[@]}; i++)); do comfy_dbs[i]="sqlite:///${COMFYUI_DIR%/}/user/comfyui-gpu$i.db"; done
   fi
   # A list in COMFYUI_OUTPUT_DIR is taken as one folder per ComfyUI (under supervisor the first is the image's
   # ComfyUI's).

@@ -126,7 +126,6 @@ test("429: the client re-routes the request away from a busy worker and it is se
     input.release();
     expect((await busy).status).toBe(200);
   } finally {
-    input.release();
     await input.stop();
   }
 });

@@ -341,7 +341,6 @@ export async function runScenario(run: ScenarioRun): Promise<void> {
     await slow;
     await run.barrier("overload");
   } finally {
-    image.release();
     await image.stop();
   }
 
@@ -374,7 +373,6 @@ export async function runScenario(run: ScenarioRun): Promise<void> {
     await run.deleted("disconnect:gone");
     await run.barrier("disconnect");
   } finally {
-    goneImage.release();
     await goneImage.stop();
   }
   // The next caller is served (the abandoned job no longer counts against admission). A step of its own: upstream

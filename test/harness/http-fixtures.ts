@@ -73,6 +73,7 @@ export interface HeldImage {
   requested(): Promise<void>;
   /** Sends the body of every held download, and of each later one at once. */
   release(): void;
+  /** Releases what is held (the jobs loading it complete), then closes the server. */
   stop(): Promise<void>;
 }
 
@@ -91,14 +92,18 @@ export async function startHeldImage(): Promise<HeldImage> {
     res.flushHeaders();
     held.push(res);
   };
+  const release = () => {
+    released = true;
+    for (const res of held.splice(0)) res.end(RED_PIXEL_PNG);
+  };
   return {
     url: (name = "held.png") => `${server.url}/${name}`,
     requested: () => server.waitFor(1),
-    release: () => {
-      released = true;
-      for (const res of held.splice(0)) res.end(RED_PIXEL_PNG);
+    release,
+    stop: () => {
+      release();
+      return server.stop();
     },
-    stop: () => server.stop(),
   };
 }
 
@@ -147,12 +152,11 @@ export async function startSlowProxy(
       upstream.on("close", () => client.destroy());
       client.on("close", () => upstream.destroy());
     };
-    if (delay === "until-released" && !released) held.push(start);
-    else if (delay === "until-released") start();
-    else {
+    if (typeof delay === "number") {
       const timer = setTimeout(start, delay);
       client.on("close", () => clearTimeout(timer));
-    }
+    } else if (released) start();
+    else held.push(start);
     client.on("close", () => (closed = true));
   });
   server.listen(port, "127.0.0.1");

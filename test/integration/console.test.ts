@@ -357,7 +357,6 @@ test("a page opened at boot sees the benchmark's rounds, then ready with a measu
     const ready = statuses().at(-1);
     expect(ready.score.max_perf).toBeGreaterThan(0);
     expect(ready.score.how).toMatch(/^measured/);
-
     await reader.cancel();
   } finally {
     await started.catch(() => undefined);

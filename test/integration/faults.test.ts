@@ -201,7 +201,6 @@ test("janitor: below the free-space bound it removes old outputs and cached inpu
     input.release();
     expect((await running).body.status).toBe("completed");
   } finally {
-    input.release();
     await Promise.all([w.stop(), input.stop()]);
   }
 });
@@ -315,7 +314,6 @@ test("SIGTERM during a job: the job completes, its caller gets the answer, the p
     expect(lines.filter((l) => l.level >= 50)).toEqual([]);
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
-    input.release();
     await input.stop();
   }
 });

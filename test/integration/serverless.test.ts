@@ -250,7 +250,6 @@ test("overload: a busy worker answers 429 and the client re-routes to another", 
     input.release();
     expect((await slow).body.status).toBe("completed");
   } finally {
-    input.release();
     router.pickOverride = undefined;
     await Promise.all([busy.stop(), input.stop()]);
   }

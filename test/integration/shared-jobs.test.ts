@@ -118,7 +118,6 @@ test("a sync retry that arrives while the job still runs elsewhere waits for it"
     expect(second.body).toMatchObject({ id, status: "completed" });
     expect(b.worker.jobs.get(id)).toBeUndefined();
   } finally {
-    input.release();
     await input.stop();
   }
 });

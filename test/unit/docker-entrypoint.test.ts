@@ -416,6 +416,19 @@ async function waitUntil(what: string, check: () => boolean, timeoutMs = 5_000):
   }
 }
 
+/**
+ * Waits until comfyui.ready has `count` lines (each fake ComfyUI adds its pid once up; no event tells) and returns
+ * the pid on the last one.
+ */
+async function readyLines(s: Sandbox, count: number): Promise<number> {
+  const file = join(s.records, "comfyui.ready");
+  await waitUntil(
+    `${count} lines in comfyui.ready`,
+    () => readFileSync(file, "utf8").split("\n").length > count,
+  );
+  return Number((await lines(file)).at(-1));
+}
+
 afterEach(async () => {
   for (const pid of groups.splice(0)) killGroup(pid);
   for (const server of servers.splice(0)) await new Promise((r) => server.close(r));
@@ -653,14 +666,7 @@ describe("docker-entrypoint.sh", () => {
       const s = await sandbox();
       const run = runEntrypoint({ ...s.env, FAKE_NODE_EXIT_CODE: "5" });
       await run.waitForStdout("fake-node: running");
-      // Each fake ComfyUI adds its pid to comfyui.ready once up (no event tells).
-      const ready = async (count: number) => {
-        await waitUntil(
-          `ComfyUI start ${count} is up`,
-          () => readFileSync(join(s.records, "comfyui.ready"), "utf8").split("\n").length > count,
-        );
-        return Number((await lines(join(s.records, "comfyui.ready"))).at(-1));
-      };
+      const ready = (count: number) => readyLines(s, count);
       for (const [n, delay] of [
         [1, 1],
         [2, 2],
@@ -1368,10 +1374,8 @@ describe("docker-entrypoint.sh", () => {
           process.kill(two!.pid, "SIGUSR1");
           await run.waitForStderr("[entrypoint] comfyui-2: exited with code 134");
           await run.waitForStderr("[entrypoint] comfyui-2: starting in", 2);
-          await waitUntil(
-            "the new instance is up",
-            () => readFileSync(join(s.records, "comfyui.ready"), "utf8").split("\n").length > 4,
-          );
+          // The image's line, the two instances, the new one.
+          await readyLines(s, 4);
           const now = await comfyStarts(s);
           const again = now.find((c) => c.pid !== one!.pid && c.pid !== two!.pid)!;
           expect({ gpu: again.gpu, args: again.args }).toEqual({ gpu: two!.gpu, args: two!.args });

@@ -1,6 +1,6 @@
 import { Router, type Request, type Response } from "express";
-import type { Logger } from "pino";
 import { NotFoundError } from "../../lib/errors.js";
+import type { Logger } from "../../lib/logger.js";
 import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
 import type { SharedDocument, SharedJobs } from "../jobs/shared.js";
