@@ -34,7 +34,7 @@ RUN set -eux; \
 # pruned. Only what the build and the worker use is copied (there is no .dockerignore).
 WORKDIR /opt/worker
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
-RUN npm ci --no-audit --no-fund
+RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY config ./config
 COPY lib ./lib
 COPY worker ./worker
@@ -44,7 +44,7 @@ COPY scripts ./scripts
 COPY misc ./misc
 COPY web ./web
 RUN npm run build \
-    && npm prune --omit=dev --no-audit --no-fund \
+    && npm prune --omit=dev --no-audit --no-fund --ignore-scripts \
     && chmod +x scripts/docker-entrypoint.sh \
     && test -f dist/worker/cli.js
 

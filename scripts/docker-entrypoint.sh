@@ -5,6 +5,7 @@
 #   0. Under supervisor (WORKER_UNDER_SUPERVISOR=true, our image): load the environment Vast's programs load.
 #   1. PYWORKER_REPO set: install this worker from that git repository (once per repository + PYWORKER_REF). A
 #      seed user's value (Vast's Python PyWorker, or any repository that is not this worker) is logged and ignored.
+#      npm runs without packages' install scripts and sees only npm's environment (never the worker's secrets).
 #   2. USE_SSL=true: a fresh certificate for the routed port signed by Vast at each start (with retries); if that
 #      fails, a pair already on disk whose key matches and which has not expired; else the failure is reported to
 #      the autoscaler (/worker_status/ error_msg) and the script exits 1.
@@ -31,11 +32,97 @@
 #      stopped (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT seconds) and the script exits with the worker's
 #      code.
 #
+# Every URL this script prints or reports shows only its scheme and host (a token rides in the rest); the markers
+# that name PYWORKER_REPO and PROVISIONING_SCRIPT are readable by their owner only (0600).
+#
 # --dry-run (or ENTRYPOINT_DRY_RUN=1) prints the commands instead of running them, after the same validation.
 # Every path and program comes from the environment (defaults below), so that tests can stand fakes in.
 set -euo pipefail
 
-log() { printf '[entrypoint] %s\n' "$*" >&2; }
+# A URL as this script may print it: scheme://host[:port], without credentials, path, query or fragment (a token
+# rides in any of them: https://user:token@host/..., ?token=..., a secret gist's path). The same answer as
+# lib/redact.ts redactUrl (the WHATWG parser's scheme, host and port) for the forms that PYWORKER_REPO and
+# PROVISIONING_SCRIPT take; worker.py has the same function, and test/unit/bootstrap-secrets.test.ts holds the one
+# table that all three answer alike. Anything else, or anything this cannot read with certainty, is "(not a URL)".
+redact_url() {
+  local url="$1" scheme rest authority host port="" default_port=""
+  # In variables: a regular expression written inside [[ ]] has its quoted characters escaped, which a bracket
+  # expression would take as a backslash.
+  local scheme_re='^([A-Za-z][A-Za-z0-9+.-]*):(.*)$'
+  local special_authority_re='^[/\\]*([^/\\?#]*)'
+  local ipv6_re='^(\[[0-9A-Fa-f:.]+\])(:([0-9]*))?$'
+  local host_re='^([A-Za-z0-9._~!$&'"'"'()*+,;=-]*)(:([0-9]*))?$'
+  if [[ ! "$url" =~ $scheme_re ]]; then
+    printf '(not a URL)'
+    return
+  fi
+  scheme="${BASH_REMATCH[1],,}"
+  rest="${BASH_REMATCH[2]}"
+  case "$scheme" in
+    http | ws) default_port=80 ;;
+    https | wss) default_port=443 ;;
+    ftp) default_port=21 ;;
+  esac
+  if [ -n "$default_port" ]; then
+    # The schemes with a host ("special" in WHATWG's words): any run of / or \ leads to the host.
+    [[ "$rest" =~ $special_authority_re ]]
+    authority="${BASH_REMATCH[1]}"
+  elif [[ "$rest" == //* ]]; then
+    rest="${rest#//}"
+    authority="${rest%%[/?#]*}"
+  else
+    # scheme:opaque-path (mailto:...): no host at all.
+    printf '%s://' "$scheme"
+    return
+  fi
+  host="${authority##*@}"
+  if [[ "$host" =~ $ipv6_re ]] || [[ "$host" =~ $host_re ]]; then
+    host="${BASH_REMATCH[1]}"
+    port="${BASH_REMATCH[3]}"
+  else
+    printf '(not a URL)'
+    return
+  fi
+  # Credentials or a port need a host; so does every special scheme.
+  if [ -z "$host" ] && { [ -n "$default_port" ] || [ "$authority" != "$host" ]; }; then
+    printf '(not a URL)'
+    return
+  fi
+  if [ -n "$port" ]; then
+    port="${port#"${port%%[!0]*}"}"
+    port="${port:-0}"
+    if [ "${#port}" -gt 5 ] || [ "$port" -gt 65535 ]; then
+      printf '(not a URL)'
+      return
+    fi
+    [ "$port" != "$default_port" ] || port=""
+  fi
+  # Special schemes' hosts and IPv6 addresses are case-insensitive, and printed in lower case; others as written.
+  if [ -n "$default_port" ] || [[ "$host" == \[* ]]; then host="${host,,}"; fi
+  printf '%s://%s%s' "$scheme" "$host" "${port:+:$port}"
+}
+# Text with each URL in it (scheme:// up to the next blank, less the punctuation that ends it) redacted as
+# redact_url does: what this script prints and reports passes through here, so that no URL leaves it with its
+# credentials.
+redact_text() {
+  local text="$1" out="" url trailing
+  local url_re='[A-Za-z][A-Za-z0-9+.-]*://[^[:space:]]*' trailing_re='[]'"'"'"),.;:!?>]+$'
+  while [[ "$text" =~ $url_re ]]; do
+    url="${BASH_REMATCH[0]}"
+    out+="${text%%"$url"*}"
+    text="${text#*"$url"}"
+    trailing=""
+    if [[ "$url" =~ $trailing_re ]]; then trailing="${BASH_REMATCH[0]}"; fi
+    out+="$(redact_url "${url%"$trailing"}")$trailing"
+  done
+  printf '%s' "$out$text"
+}
+# A source setting (PYWORKER_REPO, PROVISIONING_SCRIPT) as it may be printed: a local path as it is, anything with a
+# scheme (a URL, user:password@host...) redacted.
+shown_source() {
+  if [[ "$1" =~ ^[A-Za-z][A-Za-z0-9+.-]*: ]]; then redact_url "$1"; else printf '%s' "$1"; fi
+}
+log() { printf '[entrypoint] %s\n' "$(redact_text "$*")" >&2; }
 die() {
   log "ERROR: $*"
   exit 1
@@ -237,12 +324,15 @@ json_string() {
   printf '"%s"' "$s"
 }
 report_failure() {
-  local message="$1" id="${CONTAINER_ID:-0}" port="${WORKER_PORT:-3000}" scheme=http body addr
+  local message id="${CONTAINER_ID:-0}" port="${WORKER_PORT:-3000}" scheme=http body addr mtoken="${MASTER_TOKEN:-}"
+  message="$(redact_text "$1")"
+  # A dry run prints the request instead of sending it: without the token.
+  [ "$DRY_RUN" = 0 ] || mtoken="(MASTER_TOKEN)"
   case "$id" in '' | *[!0-9]*) id=0 ;; esac
   case "${USE_SSL:-false}" in true | 1 | yes) scheme=https ;; esac
   local public_port_var="VAST_TCP_PORT_$port"
   local url="$scheme://${PUBLIC_IPADDR:-127.0.0.1}:${!public_port_var:-$port}"
-  body="{\"id\": $id, \"mtoken\": $(json_string "${MASTER_TOKEN:-}"), \"version\": \"$WORKER_VERSION\", \"error_msg\": $(json_string "$message"), \"url\": $(json_string "$url")}"
+  body="{\"id\": $id, \"mtoken\": $(json_string "$mtoken"), \"version\": \"$WORKER_VERSION\", \"error_msg\": $(json_string "$message"), \"url\": $(json_string "$url")}"
   IFS=',' read -r -a addrs <<<"${REPORT_ADDR:-}"
   for addr in "${addrs[@]}"; do
     addr="${addr// /}"
@@ -265,15 +355,47 @@ fail() {
   exit 1
 }
 
-# Runs a command, or prints it (shell-quoted, on stdout) in a dry run.
+# A command as a dry run prints it, shell-quoted; the sources' URLs, which may carry a token, redacted.
+print_command() {
+  local arg
+  for arg in "$@"; do
+    if [ -n "$arg" ] && { [ "$arg" = "${PYWORKER_REPO:-}" ] || [ "$arg" = "${PROVISIONING_SCRIPT:-}" ]; }; then
+      arg="$(shown_source "$arg")"
+    fi
+    printf ' %q' "$arg"
+  done
+}
+# Runs a command, or prints it (on stdout) in a dry run.
 run() {
   if [ "$DRY_RUN" = 1 ]; then
     printf '+'
-    printf ' %q' "$@"
+    print_command "$@"
     printf '\n'
   else
     "$@"
   fi
+}
+# A file only its owner can read or write (0600): the markers name where the worker and the provisioning came from.
+write_private() {
+  local file="$1" part="$1.new.$$"
+  shift
+  (umask 077 && printf '%s\n' "$@" >"$part") && chmod 600 "$part" && mv -f "$part" "$file"
+}
+# npm runs with only what npm needs: PATH, HOME, TMPDIR, the locale, npm's own settings (npm_config_*), the proxy
+# and Node's (NODE_*) settings; never the worker's secrets (S3 keys, MASTER_TOKEN, webhook and Hugging Face
+# tokens). An allow-list, so that a secret under a name nobody foresaw stays out too; names shaped like a secret
+# (*_TOKEN, *_KEY, *_SECRET, *_PASSWORD) stay out even within it. worker.py's npm_environment is the same list.
+only_npm_env() {
+  local name allowed=()
+  while IFS= read -r name; do
+    case "${name,,}" in
+      *_token | *_key | *_secret | *_password) continue ;;
+      path | home | tmpdir | lang | lc_* | npm_config_* | node_* | http_proxy | https_proxy | no_proxy | all_proxy) ;;
+      *) continue ;;
+    esac
+    allowed+=("$name=${!name}")
+  done < <(compgen -e)
+  env -i ${allowed[@]+"${allowed[@]}"} "$@"
 }
 # Runs a command inside a folder (in a subshell).
 run_in() {
@@ -281,7 +403,7 @@ run_in() {
   shift
   if [ "$DRY_RUN" = 1 ]; then
     printf '+ (cd %q &&' "$dir"
-    printf ' %q' "$@"
+    print_command "$@"
     printf ')\n'
   else
     (cd "$dir" && "$@")
@@ -298,19 +420,35 @@ will_install=0
 # The seed template's default (and any fork of Vast's PyWorker) is a Python worker that has no place here.
 case "${PYWORKER_REPO:-}" in
   *vast-ai/pyworker | *vast-ai/pyworker.git | *vast-ai/pyworker/)
-    log "worker: ignoring PYWORKER_REPO=$PYWORKER_REPO${PYWORKER_REF:+ @ $PYWORKER_REF}: that is Vast's Python PyWorker, which this image replaces; running the worker in $WORKER_DIR"
+    log "worker: ignoring PYWORKER_REPO=$(shown_source "$PYWORKER_REPO")${PYWORKER_REF:+ @ $PYWORKER_REF}: that is Vast's Python PyWorker, which this image replaces; running the worker in $WORKER_DIR"
     PYWORKER_REPO=""
     ;;
 esac
+# git, with what it prints redacted (its errors quote the repository's URL).
+run_git() {
+  if [ "$DRY_RUN" = 1 ]; then
+    run "$GIT" "$@"
+    return
+  fi
+  local output status=0
+  output="$("$GIT" "$@" 2>&1)" || status=$?
+  [ -z "$output" ] || printf '%s\n' "$(redact_text "$output")" >&2
+  return "$status"
+}
 if [ -n "${PYWORKER_REPO:-}" ]; then
   ref="${PYWORKER_REF:-}"
+  repo_shown="$(shown_source "$PYWORKER_REPO")"
   key="$(printf '%s#%s' "$PYWORKER_REPO" "$ref" | sha256sum | cut -c1-16)"
   marker="$INSTALL_MARKER_DIR/.installed-from-$key"
   if [ -f "$marker" ]; then
-    log "worker: $PYWORKER_REPO${ref:+ @ $ref} already installed in $WORKER_DIR ($marker), skipping the install"
+    log "worker: $repo_shown${ref:+ @ $ref} already installed in $WORKER_DIR ($marker), skipping the install"
+    # A marker from an earlier version holds the repository as given, token and all, readable by anyone.
+    if [ "$DRY_RUN" = 0 ] && [ "$repo_shown" != "$PYWORKER_REPO" ] && grep -qF -- "$PYWORKER_REPO" "$marker"; then
+      write_private "$marker" "$repo_shown" "$ref"
+    fi
   else
     will_install=1
-    log "worker: installing from $PYWORKER_REPO${ref:+ @ $ref} into $WORKER_DIR"
+    log "worker: installing from $repo_shown${ref:+ @ $ref} into $WORKER_DIR"
     need_program "$GIT" "PYWORKER_REPO"
     need_program "$NPM" "PYWORKER_REPO"
     parent="$(dirname "$WORKER_DIR")"
@@ -322,17 +460,17 @@ if [ -n "${PYWORKER_REPO:-}" ]; then
     fi
     install_failed() {
       [ "$DRY_RUN" = 1 ] || rm -rf "$tmp"
-      fail "worker install from $PYWORKER_REPO${ref:+ @ $ref} failed at: $1 (the worker in $WORKER_DIR is unchanged)"
+      fail "worker install from $repo_shown${ref:+ @ $ref} failed at: $1 (the worker in $WORKER_DIR is unchanged)"
     }
     if [[ "$ref" =~ ^[0-9a-fA-F]{40}$ ]]; then
       # A full commit id: clone --branch does not take one, fetch does.
-      run "$GIT" init -q "$tmp" || install_failed "git init"
-      run "$GIT" -C "$tmp" fetch -q --depth 1 "$PYWORKER_REPO" "$ref" || install_failed "git fetch $ref"
-      run "$GIT" -C "$tmp" checkout -q FETCH_HEAD || install_failed "git checkout $ref"
+      run_git init -q "$tmp" || install_failed "git init"
+      run_git -C "$tmp" fetch -q --depth 1 "$PYWORKER_REPO" "$ref" || install_failed "git fetch $ref"
+      run_git -C "$tmp" checkout -q FETCH_HEAD || install_failed "git checkout $ref"
     elif [ -n "$ref" ]; then
-      run "$GIT" clone -q --depth 1 --branch "$ref" "$PYWORKER_REPO" "$tmp" || install_failed "git clone"
+      run_git clone -q --depth 1 --branch "$ref" "$PYWORKER_REPO" "$tmp" || install_failed "git clone"
     else
-      run "$GIT" clone -q --depth 1 "$PYWORKER_REPO" "$tmp" || install_failed "git clone"
+      run_git clone -q --depth 1 "$PYWORKER_REPO" "$tmp" || install_failed "git clone"
     fi
     package_name=""
     if [ "$DRY_RUN" = 1 ]; then
@@ -341,15 +479,19 @@ if [ -n "${PYWORKER_REPO:-}" ]; then
       package_name="$(grep -o -m1 '"name" *: *"[^"]*"' "$tmp/package.json" | sed -E 's/.*"([^"]*)"$/\1/')" || true
     fi
     if [ "$package_name" != "$WORKER_PACKAGE_NAME" ]; then
-      log "worker: ignoring PYWORKER_REPO=$PYWORKER_REPO${ref:+ @ $ref}: it is not this worker (its package.json names ${package_name:-nothing}, not $WORKER_PACKAGE_NAME; a seed template's PyWorker repository?); running the worker in $WORKER_DIR"
+      log "worker: ignoring PYWORKER_REPO=$repo_shown${ref:+ @ $ref}: it is not this worker (its package.json names ${package_name:-nothing}, not $WORKER_PACKAGE_NAME; a seed template's PyWorker repository?); running the worker in $WORKER_DIR"
       rm -rf "$tmp"
       will_install=0
     fi
   fi
   if [ "$will_install" = 1 ]; then
-    run_in "$tmp" "$NPM" ci --no-audit --no-fund || install_failed "npm ci"
-    run_in "$tmp" "$NPM" run build || install_failed "npm run build"
-    run_in "$tmp" "$NPM" prune --omit=dev --no-audit --no-fund || install_failed "npm prune --omit=dev"
+    # No package's install scripts (--ignore-scripts; one of them is a telemetry beacon), and npm sees none of the
+    # worker's secrets (only_npm_env). Nothing the worker runs needs an install script: esbuild's (tsx's, for
+    # development) only checks the binary that its platform package already holds.
+    run_in "$tmp" only_npm_env "$NPM" ci --ignore-scripts --no-audit --no-fund || install_failed "npm ci"
+    run_in "$tmp" only_npm_env "$NPM" run build || install_failed "npm run build"
+    run_in "$tmp" only_npm_env "$NPM" prune --omit=dev --ignore-scripts --no-audit --no-fund ||
+      install_failed "npm prune --omit=dev"
     if [ "$DRY_RUN" != 1 ] && [ ! -f "$tmp/dist/worker/cli.js" ]; then
       install_failed "the build made no dist/worker/cli.js"
     fi
@@ -366,9 +508,9 @@ if [ -n "${PYWORKER_REPO:-}" ]; then
     if [ "$DRY_RUN" = 1 ]; then
       run touch "$marker"
     else
-      printf '%s\n%s\n' "$PYWORKER_REPO" "$ref" >"$marker"
+      write_private "$marker" "$repo_shown" "$ref"
     fi
-    log "worker: installed from $PYWORKER_REPO${ref:+ @ $ref} ($marker)"
+    log "worker: installed from $repo_shown${ref:+ @ $ref} ($marker)"
   fi
 fi
 
@@ -432,7 +574,7 @@ provision() {
   case "$PROVISIONING_SCRIPT" in
     http://* | https://*)
       need_program "$CURL" "PROVISIONING_SCRIPT"
-      log "provisioning: downloading and running $PROVISIONING_SCRIPT"
+      log "provisioning: downloading and running $(shown_source "$PROVISIONING_SCRIPT")"
       if [ "$DRY_RUN" = 1 ]; then
         script_file="/tmp/provisioning.XXXXXX"
       else
@@ -440,7 +582,7 @@ provision() {
       fi
       if ! run "$CURL" -fsSL --retry 3 -o "$script_file" "$PROVISIONING_SCRIPT"; then
         [ "$DRY_RUN" = 1 ] || rm -f "$script_file"
-        provisioning_error="could not download $PROVISIONING_SCRIPT"
+        provisioning_error="could not download $(shown_source "$PROVISIONING_SCRIPT")"
         return 1
       fi
       ;;
@@ -456,7 +598,7 @@ provision() {
   if run bash "$script_file"; then status=0; else status=$?; fi
   if [ "$script_file" != "$PROVISIONING_SCRIPT" ] && [ "$DRY_RUN" = 0 ]; then rm -f "$script_file"; fi
   if [ "$status" != 0 ]; then
-    provisioning_error="$PROVISIONING_SCRIPT failed (exit $status)"
+    provisioning_error="$(shown_source "$PROVISIONING_SCRIPT") failed (exit $status)"
     return 1
   fi
 }
@@ -468,11 +610,16 @@ if [ "$supervised" = 1 ]; then
   done
 elif [ -n "${PROVISIONING_SCRIPT:-}" ]; then
   if [ -f "$PROVISIONING_MARKER" ]; then
-    log "provisioning: already done ($PROVISIONING_MARKER), not running $PROVISIONING_SCRIPT again"
+    log "provisioning: already done ($PROVISIONING_MARKER), not running $(shown_source "$PROVISIONING_SCRIPT") again"
+    # A marker from an earlier version holds the script as given, token and all, readable by anyone.
+    if [ "$DRY_RUN" = 0 ] && [ "$(shown_source "$PROVISIONING_SCRIPT")" != "$PROVISIONING_SCRIPT" ] &&
+      grep -qF -- "$PROVISIONING_SCRIPT" "$PROVISIONING_MARKER"; then
+      write_private "$PROVISIONING_MARKER" "$(shown_source "$PROVISIONING_SCRIPT")"
+    fi
   else
     provisioning_error=""
     if provision; then
-      [ "$DRY_RUN" = 1 ] || printf '%s\n' "$PROVISIONING_SCRIPT" >"$PROVISIONING_MARKER"
+      [ "$DRY_RUN" = 1 ] || write_private "$PROVISIONING_MARKER" "$(shown_source "$PROVISIONING_SCRIPT")"
       log "provisioning: done"
     else
       # Not fatal, as in Vast's images: the worker starts, and a missing model shows in its benchmark and jobs.

@@ -166,7 +166,12 @@ afterAll(async () => {
 
 test("python3 -m worker in a fresh clone builds the worker, becomes it, and serves a routed request", async () => {
   const port = await freePort();
-  const env = await vastEnv({ WORKER_PORT: String(port), API_PORT: String(busyPort) });
+  const env = await vastEnv({
+    WORKER_PORT: String(port),
+    API_PORT: String(busyPort),
+    // The template's repository, as an instance may have it: with a token in it.
+    PYWORKER_REPO: "https://deploy:dropin-repo-token@github.com/me/comfyui-worker.git",
+  });
   const { child, output } = startWorker(env);
   const url = `http://127.0.0.1:${port}`;
   try {
@@ -176,6 +181,11 @@ test("python3 -m worker in a fresh clone builds the worker, becomes it, and serv
     expect(output()).toMatch(
       /\[worker\.py\] build: installing and building the worker .* with node v(22|24)\./,
     );
+    // The real npm, without install scripts and with npm's environment only, built a worker that runs; no secret
+    // of the instance reached the log on the way.
+    expect(output()).toContain("[worker.py] build: npm ci --ignore-scripts done");
+    for (const secret of ["dropin-repo-token", env.S3_SECRET_ACCESS_KEY!])
+      expect(output()).not.toContain(secret);
     // The local API port was taken (as by the stock API wrapper) and there is no supervisor here: it moved.
     const moved = /local API on 127\.0\.0\.1:(\d+)/.exec(output());
     expect(output()).toContain(`127.0.0.1:${busyPort} is taken`);

@@ -1,7 +1,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { createPublicKey, X509Certificate } from "node:crypto";
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { createHash, createPublicKey, X509Certificate } from "node:crypto";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
@@ -14,7 +14,7 @@ import { selfSignedCert } from "../harness/tls.js";
  * scripts/docker-entrypoint.sh, run for real with bash in temp folders. The programs it starts are fakes written
  * here (fake-node, fake-python3, fake-git, fake-npm, fake-openssl, fake-nvidia-smi), passed through the
  * entrypoint's overrides (NODE, COMFYUI_PYTHON, GIT, NPM, OPENSSL, NVIDIA_SMI). Each fake appends what it did to
- * one shared log, FAKE_ORDER_LOG.
+ * one shared log, FAKE_ORDER_LOG (fake-npm, which sees only npm's environment, finds it beside its own folder).
  * curl is the real one, against local HTTP servers.
  */
 
@@ -94,10 +94,15 @@ echo $$ >> "$FAKE_RECORD_DIR/comfyui.ready"
 while :; do wait "$sleeper"; sleep 60 & sleeper=$!; done
 `,
   // git: "clone ... <repo> <dir>" makes <dir> a source folder with a package.json named FAKE_GIT_PACKAGE_NAME (this
-  // worker's name by default; empty: a Python repository without one) and a note of the repository.
+  // worker's name by default; empty: a Python repository without one) and a note of the repository. With
+  // FAKE_GIT_FAIL=1 it fails as git does when the server refuses, quoting the repository's URL.
   "fake-git": `#!/usr/bin/env bash
 echo "git $*" >> "$FAKE_ORDER_LOG"
 [ "$1" = clone ] || exit 0
+if [ "\${FAKE_GIT_FAIL:-}" = 1 ]; then
+  echo "fatal: unable to access '\${@: -2:1}': The requested URL returned error: 403" >&2
+  exit 128
+fi
 dest="\${@: -1}"
 repo="\${@: -2:1}"
 mkdir -p "$dest"
@@ -108,12 +113,20 @@ else
 fi
 echo "$repo" > "$dest/cloned-from"
 `,
-  // npm: records the command and folder; "run build" writes dist/worker/cli.js (or fails: FAKE_NPM_FAIL_BUILD=1).
+  // npm: records the command and folder in the sandbox's order.log, and its arguments and environment in
+  // records/npm.<n>.argv and .env; prints its environment, as a package's install script could (a telemetry
+  // beacon sends it away instead); "run build" writes dist/worker/cli.js (or fails: a file npm-fail-build in the
+  // sandbox). npm runs with npm's environment only, so all it knows of the sandbox is where it is itself.
   "fake-npm": `#!/usr/bin/env bash
-echo "npm $* (in $PWD)" >> "$FAKE_ORDER_LOG"
+sandbox="$(dirname "$(dirname "$0")")"
+echo "npm $* (in $PWD)" >> "$sandbox/order.log"
+n=$(ls "$sandbox/records" | grep -c '^npm\\..*\\.argv$')
+printf '%s\\n' "$@" > "$sandbox/records/npm.$n.argv"
+env > "$sandbox/records/npm.$n.env"
+env
 [ -f package.json ] || { echo "fake-npm: no package.json in $PWD" >&2; exit 1; }
 if [ "$1 $2" = "run build" ]; then
-  if [ "\${FAKE_NPM_FAIL_BUILD:-}" = 1 ]; then echo "fake-npm: build failed" >&2; exit 2; fi
+  if [ -f "$sandbox/npm-fail-build" ]; then echo "fake-npm: build failed" >&2; exit 2; fi
   mkdir -p dist/worker
   echo "// built by fake-npm" > dist/worker/cli.js
 fi
@@ -741,9 +754,9 @@ describe("docker-entrypoint.sh", () => {
       const cloneDir = clone!.split(" ").at(-1)!;
       expect(dirname(cloneDir)).toBe(dirname(s.workerDir));
       expect(order.filter((l) => l.startsWith("npm"))).toEqual([
-        `npm ci --no-audit --no-fund (in ${cloneDir})`,
+        `npm ci --ignore-scripts --no-audit --no-fund (in ${cloneDir})`,
         `npm run build (in ${cloneDir})`,
-        `npm prune --omit=dev --no-audit --no-fund (in ${cloneDir})`,
+        `npm prune --omit=dev --ignore-scripts --no-audit --no-fund (in ${cloneDir})`,
       ]);
       // The installed worker replaced the image's, and runs from WORKER_DIR.
       expect(order).toContain(`worker ${s.workerDir}/dist/worker/cli.js start`);
@@ -778,10 +791,10 @@ describe("docker-entrypoint.sh", () => {
     "a failed worker install exits non-zero and leaves the image's worker as it was",
     async () => {
       const s = await sandbox();
+      await writeFile(join(s.dir, "npm-fail-build"), "");
       const run = runEntrypoint({
         ...s.env,
         PYWORKER_REPO: "https://example.invalid/me/comfyui-worker.git",
-        FAKE_NPM_FAIL_BUILD: "1",
       });
       const { code } = await run.done;
       expect(code).toBe(1);
@@ -791,6 +804,129 @@ describe("docker-entrypoint.sh", () => {
       expect(order.some((l) => l.startsWith("comfyui") || l.startsWith("worker"))).toBe(false);
       expect((await readdir(s.workerDir)).sort()).toEqual(["dist", "image-worker"]);
       expect(await readdir(dirname(s.workerDir))).toEqual(["worker"]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a token in PYWORKER_REPO or PROVISIONING_SCRIPT reaches no log, marker or report; npm runs without install scripts and without the worker's secrets",
+    async () => {
+      const s = await sandbox();
+      const provisioned: string[] = [];
+      const scriptHost = await serve((req) => {
+        provisioned.push(req.url!);
+        return { status: 200, body: `echo "provisioning" >> "$FAKE_ORDER_LOG"\n` };
+      });
+      const reports: any[] = [];
+      const autoscaler = await serve((req, body) => {
+        reports.push({ path: req.url, body: JSON.parse(body) });
+        return { status: 200, body: "{}" };
+      });
+      // Each secret a distinct word, so that any trace of one is found wherever it lands.
+      const secrets = {
+        PYWORKER_REPO:
+          "https://deploy:repo-password@example.invalid/me/comfyui-worker.git?private_token=repo-token",
+        PROVISIONING_SCRIPT: `${scriptHost.replace("://", "://user:script-password@")}/provision.sh?token=script-token#script-fragment`,
+        MASTER_TOKEN: "master-token-value",
+        S3_ACCESS_KEY_ID: "s3-access-key-value",
+        S3_SECRET_ACCESS_KEY: "s3-secret-value",
+        HF_TOKEN: "hf-token-value",
+        WEBHOOK_SECRET: "webhook-secret-value",
+        NODE_AUTH_TOKEN: "node-auth-token-value",
+      };
+      const words = [
+        "repo-password",
+        "repo-token",
+        "comfyui-worker.git",
+        "script-password",
+        "script-token",
+        "script-fragment",
+        "provision.sh",
+        ...Object.entries(secrets)
+          .filter(([name]) => !name.startsWith("P"))
+          .map(([, value]) => value),
+      ];
+      const leaks = (text: string) => words.filter((w) => text.includes(w));
+      const env = {
+        ...s.env,
+        ...secrets,
+        REPORT_ADDR: autoscaler,
+        // What npm may see: its own settings and the network's.
+        npm_config_cache: join(s.dir, "npm-cache"),
+        HTTPS_PROXY: "http://proxy.invalid:3128",
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      };
+
+      const first = runEntrypoint(env);
+      expect((await first.done).code).toBe(0);
+      expect(provisioned).toEqual(["/provision.sh?token=script-token"]);
+      expect(leaks(first.stdout() + first.stderr())).toEqual([]);
+      // The sources as the log shows them: scheme and host.
+      expect(first.stderr()).toContain("worker: installing from https://example.invalid into");
+      expect(first.stderr()).toContain(`provisioning: downloading and running ${scriptHost}\n`);
+
+      // The markers: private to their owner, and without the token.
+      const markers = (await readdir(s.workerDir)).filter((f) => f.startsWith(".installed-from-"));
+      expect(markers).toHaveLength(1);
+      for (const file of [join(s.workerDir, markers[0]!), s.env.PROVISIONING_MARKER!]) {
+        expect((await stat(file)).mode & 0o777).toBe(0o600);
+        expect(leaks(await readFile(file, "utf8"))).toEqual([]);
+      }
+
+      // npm: no install scripts, and only npm's environment.
+      const npmRuns = (await readdir(s.records)).filter((f) => /^npm\.\d+\.argv$/.test(f)).sort();
+      expect(npmRuns).toHaveLength(3);
+      for (const argvFile of npmRuns) {
+        const argv = await lines(join(s.records, argvFile));
+        if (argv[0] !== "run") expect(argv).toContain("--ignore-scripts");
+        const npmEnv = await lines(join(s.records, argvFile.replace(/argv$/, "env")));
+        const names = npmEnv
+          .map((l) => l.split("=")[0]!)
+          .filter((n) => n !== "_" && n !== "PWD" && n !== "SHLVL");
+        expect(names.sort()).toEqual(["HOME", "HTTPS_PROXY", "PATH", "TMPDIR", "npm_config_cache"]);
+        expect(leaks(npmEnv.join("\n"))).toEqual([]);
+      }
+
+      // A failure quotes the repository (git's own message does): reported and logged without the token.
+      await rm(join(s.workerDir, markers[0]!));
+      const failed = runEntrypoint({ ...env, FAKE_GIT_FAIL: "1" });
+      expect((await failed.done).code).toBe(1);
+      expect(failed.stderr()).toContain("fatal: unable to access 'https://example.invalid': ");
+      expect(failed.stderr()).toContain("worker install from https://example.invalid failed at: git clone");
+      expect(reports).toHaveLength(1);
+      expect(reports[0].body.error_msg).toMatch(
+        /^worker install from https:\/\/example\.invalid failed at: git clone/,
+      );
+      expect(leaks(failed.stdout() + failed.stderr() + reports[0].body.error_msg)).toEqual([]);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "markers an earlier version wrote with the full URL, readable by anyone, are rewritten redacted and private at the next start",
+    async () => {
+      const s = await sandbox();
+      const repo = "https://deploy:repo-password@example.invalid/me/comfyui-worker.git";
+      const script = "https://scripts.example/provision.sh?token=script-token";
+      const key = createHash("sha256").update(`${repo}#v9`).digest("hex").slice(0, 16);
+      const installMarker = join(s.workerDir, `.installed-from-${key}`);
+      await writeFile(installMarker, `${repo}\nv9\n`, { mode: 0o644 });
+      await writeFile(s.env.PROVISIONING_MARKER!, `${script}\n`, { mode: 0o644 });
+      const run = runEntrypoint({
+        ...s.env,
+        PYWORKER_REPO: repo,
+        PYWORKER_REF: "v9",
+        PROVISIONING_SCRIPT: script,
+        FAKE_NODE_EXIT_AFTER_READY: "0",
+      });
+      expect((await run.done).code).toBe(0);
+      expect(run.stderr()).toContain("already installed");
+      expect(run.stderr()).toContain("provisioning: already done");
+      expect(await readFile(installMarker, "utf8")).toBe("https://example.invalid\nv9\n");
+      expect(await readFile(s.env.PROVISIONING_MARKER!, "utf8")).toBe("https://scripts.example\n");
+      for (const file of [installMarker, s.env.PROVISIONING_MARKER!]) {
+        expect((await stat(file)).mode & 0o777).toBe(0o600);
+      }
     },
     TEST_TIMEOUT_MS,
   );
@@ -816,10 +952,9 @@ describe("docker-entrypoint.sh", () => {
       const { code } = await run.done;
       expect(code).toBe(0);
       const out = run.stdout();
-      expect(out).toMatch(
-        /^\+ \S*fake-git clone -q --depth 1 https:\/\/example\.invalid\/me\/comfyui-worker\.git /m,
-      );
-      expect(out).toMatch(/fake-npm ci --no-audit --no-fund/);
+      // The repository's URL as logs show it: scheme and host (its path, query or credentials may hold a token).
+      expect(out).toMatch(/^\+ \S*fake-git clone -q --depth 1 https:\/\/example\.invalid /m);
+      expect(out).toMatch(/only_npm_env \S*fake-npm ci --ignore-scripts --no-audit --no-fund/);
       expect(out).toContain(`+ bash ${script}`);
       expect(out).toContain("main.py --listen 127.0.0.1 --port 18188 --disable-auto-launch");
       expect(out).toContain(`${s.workerDir}/dist/worker/cli.js start`);
@@ -964,9 +1099,9 @@ describe("docker-entrypoint.sh", () => {
         FAKE_NODE_EXIT_AFTER_READY: "0",
       });
       expect((await run.done).code).toBe(0);
-      expect(run.stderr()).toMatch(
-        new RegExp(`\\[entrypoint\\] worker: ignoring PYWORKER_REPO=${repo.replace(/\./g, "\\.")} @ main: `),
-      );
+      // Scheme and host only, as every URL the entrypoint prints.
+      const shown = new URL(repo).origin;
+      expect(run.stderr()).toContain(`[entrypoint] worker: ignoring PYWORKER_REPO=${shown} @ main: `);
       const order = await lines(s.orderLog);
       expect(order.some((l) => l.startsWith("git clone"))).toBe(clones);
       expect(order.some((l) => l.startsWith("npm"))).toBe(false);
