@@ -22,7 +22,13 @@ export interface Config {
   /** The routed port: the Vast router's signed envelope. */
   worker: { host: string; port: number; publicUrl: string; useSsl: boolean; sslCert: string; sslKey: string };
   /** The local API port: bare `{input}` and /docs, for interactive use over an SSH tunnel. */
-  api: { host: string; port: number; enabled: boolean };
+  api: {
+    host: string;
+    port: number;
+    enabled: boolean;
+    /** Host names the local API answers besides loopback's (API_ALLOWED_HOSTS), lower case, without port. */
+    allowedHosts: string[];
+  };
   comfyui: {
     /**
      * The ComfyUI servers this worker drives (COMFYUI_URLS, or the one COMFYUI_URL), typically one per GPU, each
@@ -62,9 +68,21 @@ export interface Config {
     maxBytes: number;
     timeoutMs: number;
     cacheMaxBytes: number;
+    /** Cached input files kept at most, whatever their size. */
+    cacheMaxFiles: number;
+    /** URL and data: inputs one job may have fetched; more is a 400 before anything is fetched. */
+    maxPerJob: number;
+    /** Downloads running at once, worker-wide; the others wait for a slot. */
+    concurrency: number;
   };
   /** `routedMaxBodyBytes` bounds the routed port, open to anyone: smaller than the local API's `maxBodyBytes`. */
-  limits: { maxBodyBytes: number; routedMaxBodyBytes: number; maxWorkflowNodes: number };
+  limits: {
+    maxBodyBytes: number;
+    routedMaxBodyBytes: number;
+    maxWorkflowNodes: number;
+    /** What a JSON body may hold on either port, checked on its bytes before it is parsed. */
+    jsonShape: { maxDepth: number; maxValues: number };
+  };
   disk: { minFreeBytes: number; outputMaxAgeMs: number; janitorIntervalMs: number };
   s3: S3Settings & { presignExpirySeconds: number; forcePathStyle: boolean; partSizeBytes: number };
   webhook: {
@@ -90,6 +108,8 @@ export interface Config {
     heartbeatIntervalMs: number;
     /** Written by /pyworker/update, as upstream. */
     updateFlagFile: string;
+    /** A session's lifetime at most, and how far past its last request it lives (SESSION_MAX_LIFETIME_S). */
+    sessionMaxLifetimeS: number;
   };
   benchmark: {
     jsonPath?: string;
@@ -105,6 +125,8 @@ export interface Config {
     skip: boolean;
     /** max_perf follows the throughput measured on completed jobs (false: the boot benchmark's score stays). */
     liveScore: boolean;
+    /** The live score stays within this factor of the boot benchmark's (LIVE_SCORE_BAND). */
+    liveScoreBand: number;
     gpuKey: string;
   };
   log: { level: string; pretty: boolean };
@@ -162,6 +184,16 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       host: e.string("API_HOST", "127.0.0.1"),
       port: e.int("API_PORT", 18288, { min: 0, max: 65535 }),
       enabled: e.bool("API_ENABLED", true),
+      allowedHosts: (e.list("API_ALLOWED_HOSTS") ?? []).map((h) => {
+        // Names only (any port is accepted): a port or scheme here would never match a Host header's name.
+        if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)$/i.test(h)) {
+          throw new ConfigError(
+            "API_ALLOWED_HOSTS",
+            `${JSON.stringify(h)} is not a host name (no scheme or port)`,
+          );
+        }
+        return h.toLowerCase();
+      }),
     },
     comfyui: {
       backends,
@@ -186,11 +218,19 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       maxBytes: e.int("INPUT_URL_MAX_BYTES", 256 * 1024 * 1024, { min: 1 }),
       timeoutMs: e.int("INPUT_URL_TIMEOUT_MS", 120_000, { min: 1 }),
       cacheMaxBytes: e.int("INPUT_CACHE_MAX_BYTES", 2 * 1024 * 1024 * 1024, { min: 0 }),
+      cacheMaxFiles: e.int("INPUT_CACHE_MAX_FILES", 1_000, { min: 0 }),
+      maxPerJob: e.int("MAX_INPUT_URLS", 64, { min: 0 }),
+      concurrency: e.int("INPUT_DOWNLOAD_CONCURRENCY", 8, { min: 1, max: 1_024 }),
     },
     limits: {
       maxBodyBytes: e.int("MAX_BODY_BYTES", 64 * 1024 * 1024, { min: 1024 }),
       routedMaxBodyBytes: e.int("ROUTED_MAX_BODY_BYTES", 16 * 1024 * 1024, { min: 1024 }),
       maxWorkflowNodes: e.int("MAX_WORKFLOW_NODES", 5_000, { min: 1 }),
+      // A 5,000-node workflow holds about 60,000 values; a parse of 250,000 empty objects blocks the event loop ~30 ms.
+      jsonShape: {
+        maxDepth: e.int("MAX_JSON_DEPTH", 64, { min: 8, max: 10_000 }),
+        maxValues: e.int("MAX_JSON_VALUES", 250_000, { min: 1_000 }),
+      },
     },
     disk: {
       minFreeBytes: e.int("DISK_MIN_FREE_MB", 512, { min: 0 }) * 1024 * 1024,
@@ -230,6 +270,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       reportIntervalMs: e.int("REPORT_INTERVAL_MS", 1_000, { min: 10 }),
       heartbeatIntervalMs: e.int("REPORT_HEARTBEAT_MS", 10_000, { min: 10 }),
       updateFlagFile: e.string("PYWORKER_UPDATE_FLAG_FILE", "/.force_update"),
+      sessionMaxLifetimeS: e.number("SESSION_MAX_LIFETIME_S", 3600, { min: 1 }),
     },
     benchmark: {
       jsonPath: e.optional("BENCHMARK_JSON_PATH"),
@@ -244,6 +285,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       tolerance: e.number("BENCHMARK_TOLERANCE", 0.05, { min: 0, max: 1 }),
       skip: e.bool("BENCHMARK_SKIP", false),
       liveScore: e.bool("LIVE_SCORE", true),
+      liveScoreBand: e.number("LIVE_SCORE_BAND", 2, { min: 1, max: 100 }),
       gpuKey: e.string("BENCHMARK_GPU_KEY", ""),
     },
     log: {

@@ -1,6 +1,7 @@
 import { got, type Got } from "got";
 import type { Logger } from "../lib/logger.js";
 import { CallbackAddressError, callbackGuards } from "./preprocess/address-policy.js";
+import { postForStatus } from "./webhook.js";
 
 export interface ClosingSession {
   id: string;
@@ -63,11 +64,15 @@ export class SessionCloseNotifier {
     body.session_id ??= session.id;
     const started = Date.now();
     try {
-      const res = await this.http.post(url, { json: body });
-      const ok = res.statusCode < 400;
+      // Only the status is read: the receiver's body is dropped unread (an endless one would hold the call).
+      const status = await postForStatus(this.http, url, {
+        body: JSON.stringify(body),
+        headers: { "content-type": "application/json" },
+      });
+      const ok = status < 400;
       log[ok ? "info" : "warn"](
-        { status: res.statusCode, duration_ms: Date.now() - started },
-        `on_close_route answered ${res.statusCode}`,
+        { status, duration_ms: Date.now() - started },
+        `on_close_route answered ${status}`,
       );
       return ok ? "delivered" : "failed";
     } catch (err) {

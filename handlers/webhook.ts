@@ -14,13 +14,30 @@ export interface WebhookSigning {
   signingKey?: string | undefined;
 }
 
+/**
+ * Where a delivery goes decides what may sign it: the operator's keys sign only what goes to the operator's own
+ * WEBHOOK_URL. A signed body names no destination, so one the operator signed for a caller's host could be replayed
+ * to the operator's receiver, where it verifies; a caller-chosen URL carries at most the caller's own secret.
+ */
+export type WebhookDestination =
+  | { kind: "operator"; url: string; signing: WebhookSigning }
+  /** A URL the caller chose: the address policy applies at connect time. */
+  | { kind: "caller"; url: string; secret?: string | undefined };
+
 export interface WebhookDelivery {
-  url: string;
+  to: WebhookDestination;
   body: unknown;
-  signing: WebhookSigning;
   requestId: string;
-  /** A URL the caller chose (not the operator's WEBHOOK_URL): the address policy applies at connect time. */
-  callerChosen?: boolean;
+}
+
+/** How a delivery ended, for the job's result: pending until its last attempt. */
+export interface DeliveryRecord {
+  status: "pending" | "delivered" | "failed";
+  attempts: number;
+  /** The receiver's answer to the last attempt, when it answered. */
+  http_status?: number;
+  /** Why the last attempt failed. */
+  error?: string;
 }
 
 export interface WebhookOptions {
@@ -33,6 +50,26 @@ export interface WebhookOptions {
   maxDelayMs?: number;
   onAttempt?: (outcome: "delivered" | "failed" | "retry") => void;
   now?: () => number;
+}
+
+/**
+ * POSTs and resolves with the receiver's status as soon as its headers arrive; the body is never read and the
+ * connection is dropped, so a receiver answering a huge or endless body costs neither memory nor time. Rejects as
+ * got does (network errors, the request deadline, the address policy's refusals).
+ */
+export function postForStatus(
+  http: Got,
+  url: string | URL,
+  options: { body: string; headers: Record<string, string>; signal?: AbortSignal },
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const stream = http.stream.post(url, options);
+    stream.once("response", (res: { statusCode: number }) => {
+      resolve(res.statusCode);
+      stream.destroy();
+    });
+    stream.once("error", reject);
+  });
 }
 
 /** Standard Webhooks: the signed content is `${id}.${timestamp}.${body}`. */
@@ -64,8 +101,8 @@ export function signatureHeaders(id: string, timestamp: number, body: string, si
  */
 /**
  * The one check of a caller-chosen callback URL (a request's webhook.url, a session's on_close_route) at
- * submission: throws a 400 error (CallbackAddressError) when the address policy refuses it. Deliveries made with
- * `callerChosen: true` are checked again at connect time (DNS, redirects).
+ * submission: throws a 400 error (CallbackAddressError) when the address policy refuses it. Deliveries
+ * to a caller's destination are checked again at connect time (DNS, redirects).
  */
 export function validateCallbackUrl(url: string, allowPrivate: boolean, field = "webhook.url"): void {
   checkCallbackUrl(url, allowPrivate, field);
@@ -86,7 +123,7 @@ export class WebhookSender {
   private readonly http: Got;
   /** For caller-chosen URLs: the address policy enforced on the address connected to. */
   private readonly guarded: Got;
-  private readonly inFlight = new Set<Promise<void>>();
+  private readonly inFlight = new Set<Promise<DeliveryRecord>>();
   private readonly stopping = new AbortController();
 
   constructor(private readonly opts: WebhookOptions) {
@@ -98,32 +135,38 @@ export class WebhookSender {
     this.guarded = this.http.extend(callbackGuards(opts.allowPrivate ?? false) as object);
   }
 
-  send(delivery: WebhookDelivery): Promise<void> {
+  /** Starts the delivery; the promise settles (never rejects) with its outcome once the last attempt ended. */
+  send(delivery: WebhookDelivery): Promise<DeliveryRecord> {
     const p = this.deliver(delivery).finally(() => this.inFlight.delete(p));
     this.inFlight.add(p);
     return p;
   }
 
-  private async deliver(d: WebhookDelivery): Promise<void> {
+  private async deliver(d: WebhookDelivery): Promise<DeliveryRecord> {
     const body = JSON.stringify(d.body);
     const id = `msg_${randomUUID()}`;
     const log = this.opts.logger.child({ request_id: d.requestId, stage: "webhook" });
-    const http = d.callerChosen ? this.guarded : this.http;
+    const { url } = d.to;
+    const http = d.to.kind === "caller" ? this.guarded : this.http;
+    const signing: WebhookSigning = d.to.kind === "operator" ? d.to.signing : { secret: d.to.secret };
+    const record: DeliveryRecord = { status: "pending", attempts: 0 };
     let started = 0;
     const attempt = async (n: number): Promise<void> => {
       started = Date.now();
+      record.attempts = n;
+      delete record.http_status;
       let status: number;
       try {
         const timestamp = Math.floor((this.opts.now ?? Date.now)() / 1000);
-        const res = await http.post(d.url, {
+        status = await postForStatus(http, url, {
           body,
           headers: {
             "content-type": "application/json",
-            ...signatureHeaders(id, timestamp, body, d.signing),
+            ...signatureHeaders(id, timestamp, body, signing),
           },
           signal: this.stopping.signal,
         });
-        status = res.statusCode;
+        record.http_status = status;
       } catch (err) {
         if (this.stopping.signal.aborted) throw err;
         const cause = (err as { cause?: unknown }).cause;
@@ -140,6 +183,8 @@ export class WebhookSender {
       if (status < 200 || status >= 300) {
         throw new DeliveryFailure(`answered ${status}`, status >= 500 || status === 408 || status === 429);
       }
+      record.status = "delivered";
+      delete record.error;
       this.opts.onAttempt?.("delivered");
       log.info({ attempt: n, status, duration_ms: Date.now() - started }, "webhook delivered");
     };
@@ -149,16 +194,20 @@ export class WebhookSender {
       signal: this.stopping.signal,
       retryable: (err) => err instanceof DeliveryFailure && err.retryable,
       onFailure: (err, n, willRetry) => {
+        // An error message may quote the URL: only its scheme, host and port reach the log and the record.
+        const why = (err instanceof Error ? err.message : String(err)).split(url).join(redactUrl(url) ?? "");
+        record.error = why;
         if (this.stopping.signal.aborted) return; // shutdown abandons deliveries quietly
         this.opts.onAttempt?.(willRetry ? "retry" : "failed");
-        const why = err instanceof Error ? err.message : String(err);
         log.warn(
-          { attempt: n, duration_ms: Date.now() - started, url: redactUrl(d.url) },
-          // An error message may quote the URL: only its scheme, host and port reach the log.
-          `webhook ${why.split(d.url).join(redactUrl(d.url) ?? "")}${willRetry ? "; retrying" : "; giving up"}`,
+          { attempt: n, duration_ms: Date.now() - started, url: redactUrl(url) },
+          `webhook ${why}${willRetry ? "; retrying" : "; giving up"}`,
         );
       },
-    }).catch(() => undefined); // logged and counted above: a delivery never fails its job
+    }).catch(() => {
+      record.status = "failed"; // logged and counted above: a delivery never fails its job
+    });
+    return record;
   }
 
   /** Waits up to `timeoutMs` for deliveries in flight, then abandons the rest. */

@@ -43,6 +43,24 @@ export class PayloadTooLargeError extends WorkerError {
   readonly httpStatus = 413;
 }
 
+/** A body of a type the route does not read (the local API reads only `application/json`). */
+export class UnsupportedMediaTypeError extends WorkerError {
+  readonly code = "unsupported_media_type";
+  readonly httpStatus = 415;
+}
+
+/** A request from a web page of another site (its Origin or Sec-Fetch-Site says so). */
+export class CrossSiteRequestError extends WorkerError {
+  readonly code = "cross_site_request";
+  readonly httpStatus = 403;
+}
+
+/** A Host header this server does not answer for (a DNS-rebinding page names its own). */
+export class MisdirectedRequestError extends WorkerError {
+  readonly code = "misdirected_request";
+  readonly httpStatus = 421;
+}
+
 export class UnauthorizedError extends WorkerError {
   readonly code = "unauthorized";
   readonly httpStatus = 401;
@@ -56,6 +74,15 @@ export class NotFoundError extends WorkerError {
 /** The request_id is another worker's job (job documents in the bucket): the caller polls /result/{id}. */
 export class ConflictError extends WorkerError {
   readonly code = "conflict";
+  readonly httpStatus = 409;
+}
+
+/**
+ * The request_id names a job made by another request (another workflow, storage or webhook): it answers only the
+ * request that made it, so the caller picks a new id.
+ */
+export class RequestIdReusedError extends WorkerError {
+  readonly code = "request_id_reused";
   readonly httpStatus = 409;
 }
 

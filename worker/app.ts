@@ -28,6 +28,8 @@ import { fetchPublicKey } from "./reporter/pubkey.js";
 import { AutoscalerReporter } from "./reporter/reporter.js";
 import { RequestTracker } from "./reporter/tracker.js";
 import { delay } from "../lib/backoff.js";
+import { median } from "./cost-model.js";
+import { LiveScore } from "./live-score.js";
 import { LoadSignal } from "./load-signal.js";
 import { debugRoutes } from "./http/debug.js";
 
@@ -96,7 +98,12 @@ export function createWorker(deps: WorkerDeps): Worker {
   const admission = new Admission(config.autoscaler.maxQueueTimeS, () => jobs.activeWorkload());
   const tracker = new RequestTracker();
   const sessionClose = new SessionCloseNotifier({ allowPrivate: config.webhook.allowPrivate, logger });
-  const sessions = new SessionStore(10, tracker, (s) => void sessionClose.notify(s));
+  const sessions = new SessionStore(
+    10,
+    tracker,
+    (s) => void sessionClose.notify(s),
+    config.autoscaler.sessionMaxLifetimeS,
+  );
   const replay = new ReplayGuard(config.autoscaler.replayWindow);
 
   const life = new Lifecycle(logger, () => reporter?.poke());
@@ -139,8 +146,14 @@ export function createWorker(deps: WorkerDeps): Worker {
    * of the rotation. One that was not answering gets the others' mean when it joins (the GPUs of a machine are
    * alike), as the live score then corrects.
    */
-  const applyBenchmark = (perBackend: readonly number[]) => {
-    for (const b of pool.backends) b.perf = perBackend[b.index] ?? 0;
+  const applyBenchmark = (result: BenchmarkResult) => {
+    // The band is centred on what the benchmark's own rounds measured: a cached score that live work moved (its
+    // max_perf) is held within it too, so no run of restarts walks the score away from the benchmark.
+    load.score.setAnchor(result.rounds.length > 0 ? median(result.rounds) : pool.unitPerf());
+    for (const b of pool.backends) {
+      const perf = result.perBackend[b.index] ?? 0;
+      b.perf = perf > 0 ? load.score.bound(perf) : 0;
+    }
     const mean = pool.unitPerf();
     for (const b of pool.backends.filter((b) => b.perf === 0)) {
       if (b.up) pool.fail(b, "no benchmark round completed on it");
@@ -148,11 +161,13 @@ export function createWorker(deps: WorkerDeps): Worker {
     }
   };
   const load = new LoadSignal({
+    score: new LiveScore({ band: config.benchmark.liveScoreBand }),
     // Workloads and the live score are in units of one backend's benchmark run.
     maxPerf: () => (life.phase === "ready" ? pool.unitPerf() : 0),
     onScore: (unit) => {
       if (life.phase !== "ready" || !config.benchmark.liveScore) return;
-      pool.setUnitPerf(unit);
+      // Bounded again where it is applied: what reaches max_perf and the cache never leaves the band.
+      pool.setUnitPerf(load.score.bound(unit));
       const previous = admission.maxPerf;
       refreshScore();
       logger.info(
@@ -214,6 +229,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const routedApp: Express = createRoutedApp({
     logger,
     maxBodyBytes: config.limits.routedMaxBodyBytes,
+    jsonShape: config.limits.jsonShape,
     unsecured: config.autoscaler.unsecured,
     legacySignatures: config.autoscaler.legacySignatures,
     advertisedUrl: config.worker.publicUrl,
@@ -224,11 +240,11 @@ export function createWorker(deps: WorkerDeps): Worker {
     admission,
     tracker,
     sessions,
+    sessionMaxLifetimeS: config.autoscaler.sessionMaxLifetimeS,
     masterToken: config.autoscaler.masterToken,
     updateFlagFile: config.autoscaler.updateFlagFile,
     generate,
     health,
-    workRoutes: ["/generate/sync", "/generate", "/generate/stream"],
     workloadOf: workloadOfPayload,
   });
   // The operator page's feed reads the parts through their read-only accessors.
@@ -260,6 +276,8 @@ export function createWorker(deps: WorkerDeps): Worker {
   const localApp = config.api.enabled
     ? createLocalApp({
         maxBodyBytes: config.limits.maxBodyBytes,
+        jsonShape: config.limits.jsonShape,
+        allowedHosts: config.api.allowedHosts,
         generate,
         health,
         docs: docsRoutes(loadExample(deps.root)),
@@ -427,10 +445,12 @@ export function createWorker(deps: WorkerDeps): Worker {
         load.setBenchmark(await deps.benchmark.workflow());
         if (config.benchmark.skip) {
           for (const b of pool.backends) b.perf = 1;
+          // Without a benchmark the band is centred on this nominal score (widen it with LIVE_SCORE_BAND).
+          load.score.setAnchor(1);
           logger.warn({ stage: "benchmark" }, "BENCHMARK_SKIP=true: max_perf set to 1 per backend");
         } else {
           const result = await deps.benchmark.run({ jobs, pool, logger });
-          applyBenchmark(result.perBackend);
+          applyBenchmark(result);
           benchmark = result;
         }
         refreshScore();

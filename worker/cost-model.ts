@@ -38,8 +38,35 @@ export interface CostModelOptions {
 const COST_BEARING = /(_name|^scheduler|^sampler)$/;
 
 /**
- * The shape of a workflow: every node's class and, for each input, either the class and slot it is linked to or
- * (for cost-bearing strings) its value. Node ids are caller-chosen, so the shape does not use them: nodes are
+ * Numeric literals that change how much work a node does but are not in the sampling units (which count width x
+ * height x batch x steps, and which the per-shape fit already follows): the part of the schedule a sampler runs
+ * (start_at_step >= steps runs nothing), denoise (0 runs nothing), the frames of a video latent. Their bucket is
+ * part of the shape, so jobs that cost nothing never teach the cost of the same graph doing the work.
+ */
+const WORK_LITERALS = new Set([
+  "start_at_step",
+  "end_at_step",
+  "denoise",
+  "length",
+  "frames",
+  "num_frames",
+  "video_frames",
+]);
+
+/**
+ * A work literal's bucket: "none" at or below zero (no work), else quarter-octaves (about 19 % wide), so that nearby values share
+ * a shape and a value that halves or doubles the work does not.
+ */
+export function workBucket(value: unknown): string {
+  const n = Number(value);
+  if (typeof value === "boolean" || !Number.isFinite(n)) return "?";
+  if (n <= 0) return "none";
+  return String(Math.round(Math.log2(n) * 4) / 4);
+}
+
+/**
+ * The shape of a workflow: every node's class and, for each input, either the class and slot it is linked to,
+ * (for cost-bearing strings) its value, or (for work literals) its bucket. Node ids are caller-chosen, so the shape does not use them: nodes are
  * described by what they are and what feeds them, and the sorted descriptions are hashed. Works on unvalidated
  * input (it runs at admission): anything odd is skipped.
  */
@@ -60,6 +87,7 @@ export function workflowShape(workflow: Workflow): string {
         if (Array.isArray(value) && value.length === 2)
           parts.push(`${name}<${classOf(value[0])}:${String(value[1])}`);
         else if (typeof value === "string" && COST_BEARING.test(name)) parts.push(`${name}=${value}`);
+        else if (WORK_LITERALS.has(name)) parts.push(`${name}~${workBucket(value)}`);
         else parts.push(name);
       }
     }

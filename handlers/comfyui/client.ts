@@ -60,13 +60,19 @@ export class ComfyClient {
   /** Queues a workflow under our own `promptId`, so that its events can be followed before the answer arrives. */
   async queuePrompt(
     workflow: Workflow,
-    opts: { clientId: string; promptId: string; signal?: AbortSignal | undefined },
+    opts: { clientId: string; promptId: string; signal?: AbortSignal | undefined; front?: boolean },
   ): Promise<QueuePromptResponse> {
     const signal = opts.signal;
     let answer: { status: number; body: Record<string, unknown> };
     try {
       answer = await this.call<Record<string, unknown>>("POST", "prompt", {
-        json: { prompt: workflow, client_id: opts.clientId, prompt_id: opts.promptId },
+        json: {
+          prompt: workflow,
+          client_id: opts.clientId,
+          prompt_id: opts.promptId,
+          // Ahead of the prompts already queued (a health probe must not wait for them).
+          ...(opts.front && { front: true }),
+        },
         signal,
         what: "POST /prompt",
       });

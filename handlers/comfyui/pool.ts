@@ -1,9 +1,18 @@
+import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { ComfyUnavailableError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import { ComfyClient } from "./client.js";
 import { ComfyEvents } from "./events.js";
 import { NodeCatalog } from "./node-catalog.js";
+import type { Workflow } from "./types.js";
+
+/** The smallest prompt ComfyUI runs without a model: proves that its executor still completes prompts. */
+const PROBE_WORKFLOW: Workflow = {
+  "1": { class_type: "EmptyImage", inputs: { width: 8, height: 8, batch_size: 1, color: 0 } },
+  "2": { class_type: "PreviewImage", inputs: { images: ["1", 0] } },
+};
+const PROBE_POLL_MS = 100;
 
 export interface ComfyBackendSpec {
   url: string;
@@ -24,6 +33,8 @@ export class ComfyBackend {
   /** Prompts it holds now (running or queued in it), and their workload. */
   running = 0;
   workload = 0;
+  /** The health probe in progress: failures that arrive together share it. */
+  probing: Promise<string | undefined> | undefined;
 
   constructor(
     readonly index: number,
@@ -72,6 +83,8 @@ export interface ComfyPoolOptions {
   /** Prompts kept submitted to one backend at once (the one running plus those queued behind it). */
   slotsPerBackend: number;
   logger: Logger;
+  /** How long a health probe (GET /system_stats, then a tiny prompt run to its end) may take. */
+  probeTimeoutMs?: number;
 }
 
 interface Waiter {
@@ -276,6 +289,54 @@ export class ComfyPool extends EventEmitter {
     );
     this.emit("change", backend);
     this.dispatch();
+  }
+
+  /**
+   * Checks a backend that a failure suspects, from what no caller writes: GET /system_stats (ComfyUI reads the
+   * device's memory there, which a broken CUDA context refuses) and a tiny model-free prompt queued ahead of the
+   * others, which must complete. Resolves with why it failed, or undefined when the backend is healthy.
+   */
+  probe(backend: ComfyBackend): Promise<string | undefined> {
+    backend.probing ??= this.runProbe(backend).finally(() => {
+      backend.probing = undefined;
+    });
+    return backend.probing;
+  }
+
+  private async runProbe(backend: ComfyBackend): Promise<string | undefined> {
+    const signal = AbortSignal.timeout(this.opts.probeTimeoutMs ?? 30_000);
+    const promptId = `health-probe-${randomUUID()}`;
+    try {
+      await backend.client.systemStats(signal);
+      await backend.client.queuePrompt(PROBE_WORKFLOW, {
+        clientId: this.opts.clientId,
+        promptId,
+        signal,
+        front: true,
+      });
+      for (;;) {
+        const entry = await backend.client.history(promptId, signal);
+        if (entry?.status?.status_str === "success") return undefined;
+        if (entry !== undefined)
+          return `the health probe prompt ended ${entry.status?.status_str ?? "without status"}`;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, PROBE_POLL_MS);
+          signal.addEventListener("abort", done, { once: true });
+          function done() {
+            clearTimeout(timer);
+            signal.removeEventListener("abort", done);
+            resolve();
+          }
+        });
+        if (signal.aborted) {
+          void backend.client.deleteFromQueue([promptId], AbortSignal.timeout(5_000)).catch(() => undefined);
+          return "the health probe prompt did not complete in time";
+        }
+      }
+    } catch (err) {
+      if (signal.aborted) return "the health probe did not complete in time";
+      return `the health probe failed: ${err instanceof Error ? err.message : String(err)}`;
+    }
   }
 
   /** Asks every backend once (in parallel) and records the answers. */

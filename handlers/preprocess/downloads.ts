@@ -1,12 +1,16 @@
 import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { extname, join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { got, type Got } from "got";
 import { InputError, PayloadTooLargeError } from "../../lib/errors.js";
 import { blockingLookup, isBlockedAddress } from "./address-policy.js";
+import { CACHE_PREFIX, InputCache } from "./input-cache.js";
+import { Slots } from "./slots.js";
+
+export { CACHE_PREFIX } from "./input-cache.js";
 
 export interface DownloaderOptions {
   inputDir: string;
@@ -14,10 +18,12 @@ export interface DownloaderOptions {
   maxBytes: number;
   timeoutMs: number;
   cacheMaxBytes: number;
+  cacheMaxFiles: number;
+  /** URL and data: inputs one job may have fetched (MAX_INPUT_URLS). */
+  maxPerJob: number;
+  /** Downloads at once, worker-wide (INPUT_DOWNLOAD_CONCURRENCY). */
+  concurrency: number;
 }
-
-/** Cached inputs are named `url_<hash><ext>` at the top of ComfyUI's input folder (LoadImage lists only that level). */
-export const CACHE_PREFIX = "url_";
 
 const IMAGE_MAGIC: [string, (b: Buffer) => boolean][] = [
   [".png", (b) => b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))],
@@ -37,17 +43,29 @@ export function sniffImage(head: Buffer): string | undefined {
 
 /**
  * Fetches URL and data: inputs into ComfyUI's input folder, streamed to disk with size and time limits, cached by
- * the URL's hash in a bounded cache. Private and metadata addresses are refused at connect time (so through
- * redirects and DNS too) unless allowed. Failure contract: InputError (400) or PayloadTooLargeError (413), with
- * a message that names the limit or the cause.
+ * the URL's hash in a cache bounded by bytes and files. At most `concurrency` downloads run at once, worker-wide:
+ * the others wait for a slot, and a job that is cancelled or times out while waiting leaves without fetching.
+ * Private and metadata addresses are refused at connect time (so through redirects and DNS too) unless allowed.
+ * Failure contract: InputError (400) or PayloadTooLargeError (413), with a message that names the limit or the
+ * cause; the job's signal's reason when it aborts.
  */
 export class InputDownloader {
   private readonly http: Got;
-  private readonly inFlight = new Map<string, Promise<string>>();
+  /** Downloads under way, shared by every job that asks for the same input meanwhile (with the signal it runs under). */
+  private readonly inFlight = new Map<string, { done: Promise<string>; signal: AbortSignal | undefined }>();
   /** Cache files that a job still needs: never evicted. */
   private readonly pinned = new Map<string, number>();
+  private readonly slots: Slots;
+  private readonly cache: InputCache;
 
   constructor(private readonly opts: DownloaderOptions) {
+    this.slots = new Slots(opts.concurrency);
+    this.cache = new InputCache({
+      dir: opts.inputDir,
+      maxBytes: opts.cacheMaxBytes,
+      maxFiles: opts.cacheMaxFiles,
+      isPinned: (name) => this.pinned.has(name),
+    });
     const allowPrivate = opts.allowPrivate;
     this.http = got.extend({
       timeout: { request: opts.timeoutMs },
@@ -62,6 +80,16 @@ export class InputDownloader {
     }) as Got;
   }
 
+  /** URL and data: inputs one job may have fetched (MAX_INPUT_URLS). */
+  get maxPerJob(): number {
+    return this.opts.maxPerJob;
+  }
+
+  /** Downloads waiting for a slot now. */
+  get waiting(): number {
+    return this.slots.waiting;
+  }
+
   /** Returns the file name (relative to the input folder) that replaces the URL in the workflow. */
   async fetch(
     url: string,
@@ -69,16 +97,23 @@ export class InputDownloader {
   ): Promise<string> {
     const hash = createHash("sha256").update(url).digest("hex").slice(0, 32);
     const key = `${hash}:${opts.expectImage}`;
-    let pending = this.inFlight.get(key);
-    if (!pending) {
-      pending = (
-        url.startsWith("data:")
-          ? this.fromDataUri(url, hash, opts.expectImage)
-          : this.fromUrl(url, hash, opts)
-      ).finally(() => this.inFlight.delete(key));
-      this.inFlight.set(key, pending);
+    const shared = this.inFlight.get(key);
+    if (shared) {
+      // Another job's cancel ends the download it started, not this job: this one then fetches for itself.
+      return shared.done.catch((err: unknown) => {
+        if (shared.signal?.aborted && !opts.signal?.aborted) return this.fetch(url, opts);
+        throw err;
+      });
     }
-    return pending;
+    const done = this.slots
+      .run(opts.signal, () =>
+        url.startsWith("data:")
+          ? this.fromDataUri(url, hash, opts.expectImage, opts.signal)
+          : this.fromUrl(url, hash, opts),
+      )
+      .finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, { done, signal: opts.signal });
+    return done;
   }
 
   pinnedFiles(): Set<string> {
@@ -95,23 +130,20 @@ export class InputDownloader {
     else this.pinned.set(name, n);
   }
 
-  private async cached(hash: string): Promise<string | undefined> {
-    const names = await readdir(this.opts.inputDir).catch(() => [] as string[]);
-    const name = names.find((n) => n.startsWith(`${CACHE_PREFIX}${hash}`) && !n.endsWith(".part"));
-    if (name) {
-      const now = new Date();
-      await utimes(join(this.opts.inputDir, name), now, now).catch(() => undefined);
-    }
-    return name;
-  }
-
-  private async fromDataUri(uri: string, hash: string, expectImage: boolean): Promise<string> {
-    const hit = await this.cached(hash);
+  private async fromDataUri(
+    uri: string,
+    hash: string,
+    expectImage: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<string> {
+    const hit = await this.cache.lookup(hash);
     if (hit) return hit;
+    signal?.throwIfAborted();
     const match = /^data:([^;,]*)((?:;[^;,]*)*),(.*)$/s.exec(uri);
     if (!match) throw new InputError("malformed data: URI");
     const [, mime = "", params = "", data = ""] = match;
     const body = decodeDataUri(data, params.includes(";base64"));
+    signal?.throwIfAborted();
     if (body.length > this.opts.maxBytes) {
       throw new PayloadTooLargeError(
         `data: URI is ${body.length} bytes, above INPUT_URL_MAX_BYTES=${this.opts.maxBytes}`,
@@ -123,9 +155,14 @@ export class InputDownloader {
     const name = `${CACHE_PREFIX}${hash}${ext ?? ".bin"}`;
     await mkdir(this.opts.inputDir, { recursive: true });
     const tmp = join(this.opts.inputDir, `${name}.${randomUUID()}.part`);
-    await writeFile(tmp, body);
-    await rename(tmp, join(this.opts.inputDir, name));
-    await this.evict(name);
+    try {
+      await writeFile(tmp, body, signal ? { signal } : {});
+      await rename(tmp, join(this.opts.inputDir, name));
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw signal?.aborted ? signal.reason : err;
+    }
+    await this.cache.add(hash, name, body.length);
     return name;
   }
 
@@ -134,7 +171,7 @@ export class InputDownloader {
     hash: string,
     opts: { expectImage: boolean; signal?: AbortSignal | undefined },
   ) {
-    const hit = await this.cached(hash);
+    const hit = await this.cache.lookup(hash);
     if (hit) return hit;
     await mkdir(this.opts.inputDir, { recursive: true });
     const tmp = join(this.opts.inputDir, `${CACHE_PREFIX}${hash}.${randomUUID()}.part`);
@@ -187,28 +224,8 @@ export class InputDownloader {
     }
     const name = `${CACHE_PREFIX}${hash}${ext}`;
     await rename(tmp, join(this.opts.inputDir, name));
-    await this.evict(name);
+    await this.cache.add(hash, name, received);
     return name;
-  }
-
-  /** Removes the least recently used cached inputs while the cache is above its bound. */
-  private async evict(keep: string): Promise<void> {
-    const dir = this.opts.inputDir;
-    const names = (await readdir(dir)).filter((n) => n.startsWith(CACHE_PREFIX) && !n.endsWith(".part"));
-    const files = await Promise.all(
-      names.map(async (name) => {
-        const s = await stat(join(dir, name)).catch(() => undefined);
-        return { name, size: s?.size ?? 0, mtime: s?.mtimeMs ?? 0 };
-      }),
-    );
-    let total = files.reduce((a, f) => a + f.size, 0);
-    files.sort((a, b) => a.mtime - b.mtime);
-    for (const f of files) {
-      if (total <= this.opts.cacheMaxBytes) break;
-      if (f.name === keep || this.pinned.has(f.name)) continue;
-      await rm(join(dir, f.name), { force: true });
-      total -= f.size;
-    }
   }
 }
 

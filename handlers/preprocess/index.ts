@@ -1,6 +1,7 @@
-import { InputError, PayloadTooLargeError, WorkerError } from "../../lib/errors.js";
-import type { ObjectInfoNode, Workflow } from "../comfyui/types.js";
+import { InputError, InvalidWorkflowError, PayloadTooLargeError, WorkerError } from "../../lib/errors.js";
+import type { ObjectInfoNode, Workflow, WorkflowNode } from "../comfyui/types.js";
 import type { InputDownloader } from "./downloads.js";
+import { fileNameProblem } from "./file-names.js";
 import { seedRandomInts } from "./random-int.js";
 
 /** The input added to every output node so that ComfyUI's cache never skips saving this request's files. */
@@ -14,12 +15,24 @@ export interface PreparedWorkflow {
 
 const URL_VALUE = /^(https?:\/\/\S+|data:[^,]*,[\s\S]*)$/i;
 
+/** One URL or data: input to fetch: where it goes in the workflow. */
+interface PlannedDownload {
+  nodeId: string;
+  node: WorkflowNode;
+  input: string;
+  url: string;
+  expectImage: boolean;
+}
+
 /**
  * Turns a request's workflow into the one sent to ComfyUI:
  * - `__RANDOM_INT__` values are seeded;
- * - http(s) URLs and data: URIs given as file inputs are downloaded and replaced by the local file name. A file
- *   input is one that ComfyUI declares as a list of choices (LoadImage's `image`, LoadAudio's `audio`...) or that it
- *   does not declare at all; a URL in a text input (a prompt, a custom node's URL field) is left as it is;
+ * - every node must be of a type ComfyUI has (its /object_info), before anything is fetched: an unknown type is
+ *   what ComfyUI refuses anyway, and its inputs could not be told apart (files or text);
+ * - a file input (one that ComfyUI declares as a list of choices: LoadImage's `image`, LoadAudio's `audio`...) holds
+ *   an http(s) URL or data: URI, which is downloaded and replaced by the local file name, or a file name that stays
+ *   in its folder (`fileNameProblem`); a URL in a text input (a prompt, a custom node's URL field) is left as it is;
+ * - at most `downloader.maxPerJob` inputs are fetched: more is refused before the first download starts;
  * - output nodes get the request id as an extra input, which ComfyUI ignores when running the node but which keeps
  *   its cache from skipping this request's saves.
  */
@@ -33,28 +46,23 @@ export async function prepareWorkflow(
   },
 ): Promise<PreparedWorkflow> {
   const seeded = seedRandomInts(workflow);
-  const inputFiles: string[] = [];
-  const downloads: Promise<void>[] = [];
-  for (const [nodeId, node] of Object.entries(seeded)) {
-    const info = opts.nodes[node.class_type];
-    for (const [name, value] of Object.entries(node.inputs ?? {})) {
-      if (typeof value !== "string" || !URL_VALUE.test(value) || !isFileInput(info, name)) continue;
-      const expectImage = /^(image|mask)$/i.test(name) || /^LoadImage/i.test(node.class_type);
-      downloads.push(
-        opts.downloader.fetch(value, { expectImage, signal: opts.signal }).then(
-          (file) => {
-            node.inputs[name] = file;
-            opts.downloader.pin(file);
-            inputFiles.push(file);
-          },
-          (err: unknown) => {
-            throw opts.signal?.aborted ? err : nameInput(err, nodeId, node.class_type, name);
-          },
-        ),
-      );
-    }
-    if (info?.output_node) node.inputs[REQUEST_NONCE_INPUT] = opts.requestId;
+  const planned = planDownloads(seeded, opts.nodes, opts.downloader.maxPerJob);
+  for (const [, node] of Object.entries(seeded)) {
+    if (opts.nodes[node.class_type]?.output_node) node.inputs[REQUEST_NONCE_INPUT] = opts.requestId;
   }
+  const inputFiles: string[] = [];
+  const downloads = planned.map(({ nodeId, node, input, url, expectImage }) =>
+    opts.downloader.fetch(url, { expectImage, signal: opts.signal }).then(
+      (file) => {
+        node.inputs[input] = file;
+        opts.downloader.pin(file);
+        inputFiles.push(file);
+      },
+      (err: unknown) => {
+        throw opts.signal?.aborted ? err : nameInput(err, nodeId, node.class_type, input);
+      },
+    ),
+  );
   const results = await Promise.allSettled(downloads);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
   if (failed) {
@@ -64,12 +72,77 @@ export async function prepareWorkflow(
   return { workflow: seeded, inputFiles };
 }
 
-function isFileInput(info: ObjectInfoNode | undefined, name: string): boolean {
-  if (!info) return true;
-  const spec = info.input?.required?.[name] ?? info.input?.optional?.[name];
-  if (spec === undefined) return false;
-  const type = Array.isArray(spec) ? spec[0] : undefined;
-  return Array.isArray(type) || type === "COMBO";
+/**
+ * Reads the whole workflow before anything is fetched: refuses a node type ComfyUI does not have, a file name that
+ * leaves its folder and more URL inputs than allowed; returns the downloads to run.
+ */
+export function planDownloads(
+  workflow: Workflow,
+  nodes: Record<string, ObjectInfoNode>,
+  maxPerJob: number,
+): PlannedDownload[] {
+  const planned: PlannedDownload[] = [];
+  for (const [nodeId, node] of Object.entries(workflow)) {
+    const info = nodes[node.class_type];
+    if (!info) {
+      const message = `Cannot execute because node ${node.class_type} does not exist.`;
+      throw new InvalidWorkflowError(message, {
+        error: { type: "invalid_prompt", message, details: `Node ID '#${nodeId}'`, extra_info: {} },
+        node_errors: {},
+      });
+    }
+    for (const [input, value] of Object.entries(node.inputs ?? {})) {
+      if (typeof value !== "string") continue;
+      const choices = fileChoices(info, input);
+      if (!choices) continue;
+      if (URL_VALUE.test(value)) {
+        const expectImage = /^(image|mask)$/i.test(input) || /^LoadImage/i.test(node.class_type);
+        planned.push({ nodeId, node, input, url: value, expectImage });
+        continue;
+      }
+      const problem = choices.has(value) ? undefined : fileNameProblem(value);
+      if (problem) {
+        throw nameInput(
+          new InputError(
+            `${JSON.stringify(value)} ${problem}: name a file of the input folder or give a URL`,
+          ),
+          nodeId,
+          node.class_type,
+          input,
+        );
+      }
+    }
+  }
+  if (planned.length > maxPerJob) {
+    throw new InputError(
+      `the workflow has ${planned.length} URL or data: inputs, above MAX_INPUT_URLS=${maxPerJob}`,
+      { inputs: planned.length, limit: maxPerJob },
+    );
+  }
+  return planned;
+}
+
+/** ComfyUI's declared choices, per spec: the same list object is read by every job until the catalog changes. */
+const choiceSets = new WeakMap<object, ReadonlySet<string>>();
+
+/**
+ * The declared choices of a file input, or undefined when `input` is not one. A file input is one that ComfyUI
+ * declares as a list of choices (`[[...choices]]` or `["COMBO", { options }]`); an input it does not declare is
+ * not passed to the node at all.
+ */
+function fileChoices(info: ObjectInfoNode, input: string): ReadonlySet<string> | undefined {
+  const spec = info.input?.required?.[input] ?? info.input?.optional?.[input];
+  if (!Array.isArray(spec)) return undefined;
+  const [type, options] = spec as [unknown, { options?: unknown } | undefined];
+  if (type !== "COMBO" && !Array.isArray(type)) return undefined;
+  const list = Array.isArray(type) ? type : options?.options;
+  const key = Array.isArray(list) ? list : spec;
+  let set = choiceSets.get(key);
+  if (!set) {
+    set = new Set(Array.isArray(list) ? list.filter((c): c is string => typeof c === "string") : []);
+    choiceSets.set(key, set);
+  }
+  return set;
 }
 
 /**

@@ -21,14 +21,24 @@ export const DELIBERATE_DIFFERENCES: readonly DeliberateDifference[] = [
       "load-balancer health checks; upstream's library has no such routes (404).",
   },
   {
+    id: "unsigned-not-reported",
+    keys: /^((signature|session)\.reports\.sum\(rej_load\)|signature\.reports\.last\.num_requests_recieved\(\+\)|signature\.deleted\[[^\]]+\])$/,
+    applies: (reference, ours) => ours === "(none)" || Number(ours) < Number(reference),
+    reason:
+      "a request refused with 401 (its signature does not verify for this worker) counts nowhere in ours: not in " +
+      "rej_load, not as received, no /delete_requests/ entry (in a session it does not extend the session " +
+      "either). Upstream counts it as a rejected request and reports its caller-chosen request_idx, so an " +
+      "anonymous flood would raise the load the autoscaler scales on and fill /delete_requests/.",
+  },
+  {
     id: "learned-workload",
     keys: /\.(reports\.sum\((new_load|rej_load|cur_perf)\)|in-flight-report\.cur_load)$/,
     applies: (reference, ours) => Number(ours) < Number(reference),
     reason:
       "ours weighs a request by its predicted execution time (the cost model learned per workflow shape: a " +
       "millisecond model-free job weighs 1, the floor), where upstream counts every request as 100; a request " +
-      "refused with 401 adds at most that estimate to rej_load, never the caller's own figure. So the load sums " +
-      "and cur_load fall below upstream's, and cur_load / max_perf stays the expected drain time.",
+      "refused with 429 adds that estimate to rej_load, never the caller's own figure. So the load sums and " +
+      "cur_load fall below upstream's, and cur_load / max_perf stays the expected drain time.",
   },
   {
     id: "signed-session-create",

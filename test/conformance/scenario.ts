@@ -33,6 +33,9 @@ function heldWorkflow(image: HeldImage, label: string): Record<string, unknown> 
   };
 }
 
+/** A node without a class_type: the wrapper behind either worker refuses it (400) before ComfyUI sees it. */
+const BARRIER_WORKFLOW = { "1": { inputs: {} } };
+
 function fastWorkflow(): Record<string, unknown> {
   const wf = modelFree();
   delete wf["4"];
@@ -43,8 +46,9 @@ function fastWorkflow(): Record<string, unknown> {
 
 /**
  * Runs the scripted traffic against one worker and records, step by step, what it answered and what it reported.
- * Every step ends with a barrier: a request with a bad signature whose rejection (a /delete_requests/ entry and a
- * /worker_status/ carrying its rej_load) marks that everything before it has been reported. Request ids are
+ * Every step ends with a barrier: a signed request whose workflow the wrapper refuses at once, and whose finish (a
+ * /delete_requests/ entry and a /worker_status/ carrying its new_load) marks that everything before it has been
+ * reported. (A request with a bad signature would be cheaper, but ours reports nothing of those.) Request ids are
  * replaced by the labels of the requests that carried them; timestamps by whether they are set and in order.
  */
 export class ScenarioRun {
@@ -175,18 +179,18 @@ export class ScenarioRun {
     const label = `${step}:barrier`;
     const sentAt = Date.now();
     const res = await this.send("/generate/sync", {
-      auth_data: this.badAuth(label),
-      payload: { input: { workflow_json: fastWorkflow() } },
+      auth_data: this.auth(label),
+      payload: { input: { workflow_json: BARRIER_WORKFLOW } },
     });
-    if (res.status !== 401) this.obs.set(`${step}.barrier`, `answered ${res.status}, not 401`);
+    if (res.status !== 400) this.obs.set(`${step}.barrier`, `answered ${res.status}, not 400`);
     const idx = [...this.labels].find(([, l]) => l === label)![0];
     const deleted = () =>
       this.deletes(this.windowStart).some((r) =>
         (r.body.requests as { request_idx: number }[]).some((e) => e.request_idx === idx),
       );
     const answeredAt = Date.now();
-    const reported = () => this.statuses(sentAt).some((r) => Number(r.body.rej_load) >= 100);
-    // Upstream may lose the barrier's rej_load to its counter race (see deliberate.ts): then any status report
+    const reported = () => this.statuses(sentAt).some((r) => Number(r.body.new_load) > 0);
+    // Upstream may lose the barrier's new_load to its counter race (see deliberate.ts): then any status report
     // well after the answer (its 10 s heartbeat at the latest) ends the step as well.
     const reportedLater = () => this.statuses(answeredAt + 200).length > 0;
     try {
@@ -371,6 +375,9 @@ export async function runScenario(run: ScenarioRun): Promise<void> {
     // What still waits on it (the reference's call to its wrapper goes on) ends now.
     goneImage.release();
     await run.deleted("disconnect:gone");
+    // Its cancellation reported before the barrier arrives: upstream nets cancellations against the arrivals of
+    // the same report interval, so the barrier's new_load would otherwise depend on timing.
+    await run.statusWhere(() => true, Date.now(), 15_000);
     await run.barrier("disconnect");
   } finally {
     await goneImage.stop();

@@ -85,7 +85,12 @@ describe("over HTTP", () => {
   });
 
   const send = async (url: string, body: string) => {
-    const res = await fetch(url, { method: "POST", body, signal: AbortSignal.timeout(30_000) });
+    const res = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+      signal: AbortSignal.timeout(30_000),
+    });
     await res.arrayBuffer();
     return res.status;
   };

@@ -241,7 +241,11 @@ test("a request_id that could escape a folder is a 400; bad JSON is a 400", asyn
   const { status, body } = await generate({ request_id: "../etc", workflow_json: modelFree() });
   expect(status).toBe(400);
   expect(body.error).toMatch(/request_id/);
-  const bad = await fetch(`${w.api}/generate/sync`, { method: "POST", body: "{nope" });
+  const bad = await fetch(`${w.api}/generate/sync`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{nope",
+  });
   expect(bad.status).toBe(400);
   expect(await bad.json()).toEqual({ error: "invalid JSON" });
   const missing = await postJson(`${w.api}/generate/sync`, { input: {} });

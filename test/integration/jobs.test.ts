@@ -66,6 +66,7 @@ async function waitForProgress(id: string): Promise<void> {
 test("/generate/stream: status, real progress and executed lines in order, the result last", async () => {
   const res = await fetch(`${w.api}/generate/stream`, {
     method: "POST",
+    headers: { "content-type": "application/json" },
     body: JSON.stringify({ input: { workflow_json: tinyText2Image(5) } }),
     signal: AbortSignal.timeout(300_000),
   });
@@ -153,6 +154,7 @@ test("a caller that disconnects from /generate/sync cancels its job", async () =
   const ac = new AbortController();
   const pending = fetch(`${w.api}/generate/sync`, {
     method: "POST",
+    headers: { "content-type": "application/json" },
     body: JSON.stringify({ input: { request_id: id, workflow_json: tinyText2Image(200) } }),
     signal: ac.signal,
   }).catch(() => undefined);

@@ -77,7 +77,8 @@ function slowJob(id: string) {
 }
 
 test("runs slower than the score says lower max_perf, which is re-reported and cached; the model is on /debug/load and /metrics", async () => {
-  const { w, dir } = await start({ CONTAINER_ID: "13" });
+  // A band wide enough for the slowdown below (the default holds the score within 2x of the benchmark's).
+  const { w, dir } = await start({ CONTAINER_ID: "13", LIVE_SCORE_BAND: "100" });
   const before = w.worker.admission.maxPerf;
   expect(before).toBeGreaterThan(0);
   // Three runs of the benchmark's graph (sizes are not part of a shape, and it has no sampler to count), each far

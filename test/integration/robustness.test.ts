@@ -42,16 +42,24 @@ test("a 500 from ComfyUI's /prompt while ComfyUI answers fails that prompt with 
   let deep: unknown = [];
   for (let i = 0; i < 3000; i++) deep = [deep];
   const wf = { "1": { class_type: "PreviewAny", inputs: { source: deep } } };
-  const id = `prompt500-${randomUUID()}`;
-  const { status, body } = await postJson(`${w.api}/generate/sync`, {
-    input: { request_id: id, workflow_json: wf },
-  });
-  expect(status).toBe(400);
-  expect(body.status).toBe("failed");
-  expect(body.error).toMatchObject({ code: "invalid_workflow", comfyui_status: 500 });
-  // Terminal: the same request_id returns the same failure instead of running again.
-  const again = await postJson(`${w.api}/generate/sync`, { input: { request_id: id, workflow_json: wf } });
-  expect(again.body.timings.queued_at_ms).toBe(body.timings.queued_at_ms);
+  // The worker's own depth bound (64 by default) would refuse this body before ComfyUI sees it.
+  const own = await startTestWorker({ MAX_JSON_DEPTH: "5000" });
+  try {
+    const id = `prompt500-${randomUUID()}`;
+    const { status, body } = await postJson(`${own.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: wf },
+    });
+    expect(status).toBe(400);
+    expect(body.status).toBe("failed");
+    expect(body.error).toMatchObject({ code: "invalid_workflow", comfyui_status: 500 });
+    // Terminal: the same request_id returns the same failure instead of running again.
+    const again = await postJson(`${own.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: wf },
+    });
+    expect(again.body.timings.queued_at_ms).toBe(body.timings.queued_at_ms);
+  } finally {
+    await own.stop();
+  }
 });
 
 test("an exception the worker did not anticipate is a terminal failed job (internal_error, 200), counted", async () => {

@@ -32,7 +32,7 @@ describe("loadConfig", () => {
       sslCert: "/etc/instance.crt",
       sslKey: "/etc/instance.key",
     });
-    expect(c.api).toEqual({ host: "127.0.0.1", port: 18288, enabled: true });
+    expect(c.api).toEqual({ host: "127.0.0.1", port: 18288, enabled: true, allowedHosts: [] });
     expect(c.comfyui).toEqual({
       backends: [{ url: "http://127.0.0.1:18188", outputDir: "/opt/comfy/output" }],
       inputDir: "/opt/comfy/input",
@@ -56,11 +56,15 @@ describe("loadConfig", () => {
       maxBytes: 256 * 1024 * 1024,
       timeoutMs: 120_000,
       cacheMaxBytes: 2 * 1024 * 1024 * 1024,
+      cacheMaxFiles: 1_000,
+      maxPerJob: 64,
+      concurrency: 8,
     });
     expect(c.limits).toEqual({
       maxBodyBytes: 64 * 1024 * 1024,
       routedMaxBodyBytes: 16 * 1024 * 1024,
       maxWorkflowNodes: 5_000,
+      jsonShape: { maxDepth: 64, maxValues: 250_000 },
     });
     expect(c.s3).toMatchObject({
       presignExpirySeconds: 604_800,

@@ -3,7 +3,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Workflow } from "../../handlers/comfyui/types.js";
 import { Admission } from "../../worker/admission.js";
-import { CostModel, fitLine, jobFeatures, workflowShape } from "../../worker/cost-model.js";
+import { CostModel, fitLine, jobFeatures, workBucket, workflowShape } from "../../worker/cost-model.js";
 import { Job } from "../../worker/jobs/job.js";
 import { LiveScore } from "../../worker/live-score.js";
 import { LoadSignal } from "../../worker/load-signal.js";
@@ -245,5 +245,68 @@ describe("LoadSignal", () => {
     expect(l.waitAtRefusal).toBeGreaterThan(30);
     expect(l.waitAtRefusal).toBeLessThanOrEqual(30 + oneJob(large) + 1e-9);
     expect(s.accepted).toBeGreaterThan(l.accepted * 5);
+  });
+});
+
+describe("LiveScore band", () => {
+  test("the estimate stays within the band around the benchmark's score, however the jobs measure", () => {
+    const s = new LiveScore({ minSamples: 3, band: 2 });
+    s.setAnchor(10);
+    for (let i = 0; i < 20; i++) s.observe(1e6, 10); // jobs that cost nothing: a huge throughput
+    expect(s.estimate()).toBe(20);
+    for (let i = 0; i < 20; i++) s.observe(1e-3, 20); // jobs far heavier than their shape says
+    expect(s.estimate()).toBe(5);
+    for (let i = 0; i < 20; i++) s.observe(13, 5); // within the band: followed
+    expect(s.estimate()).toBe(13);
+    expect([s.bound(0), s.bound(Infinity), s.bound(12)]).toEqual([5, 20, 12]);
+  });
+
+  test("without a benchmark score nothing is bounded; a band below 1 is refused", () => {
+    const s = new LiveScore({ minSamples: 1 });
+    expect(s.observe(1e6, 0)).toBe(1e6);
+    expect(() => new LiveScore({ band: 0.5 })).toThrow(/band/);
+  });
+});
+
+describe("workflowShape: work literals", () => {
+  /** KSamplerAdvanced over the SD1.5 graph, running steps [start, end) of 20. */
+  const advanced = (start: number, end = 10000) => {
+    const wf = sd15();
+    const { seed: _seed, denoise: _denoise, ...rest } = wf["3"]!.inputs;
+    wf["3"] = {
+      class_type: "KSamplerAdvanced",
+      inputs: {
+        ...rest,
+        noise_seed: 1,
+        add_noise: "enable",
+        start_at_step: start,
+        end_at_step: end,
+        return_with_leftover_noise: "disable",
+      },
+    };
+    return wf;
+  };
+
+  test("a sampler that runs none of its steps is another shape than the one that runs them all", () => {
+    expect(workflowShape(advanced(20))).not.toBe(workflowShape(advanced(0)));
+    expect(workflowShape(advanced(10))).not.toBe(workflowShape(advanced(0)));
+    expect(workflowShape(advanced(0, 5))).not.toBe(workflowShape(advanced(0)));
+    const noDenoise = sd15();
+    noDenoise["3"]!.inputs.denoise = 0;
+    expect(workflowShape(noDenoise)).not.toBe(workflowShape(sd15()));
+  });
+
+  test("nearby values share a bucket; seeds and sizes still do not count", () => {
+    expect(workflowShape(advanced(19))).toBe(workflowShape(advanced(20)));
+    const a = sd15();
+    a["3"]!.inputs.denoise = 0.98;
+    expect(workflowShape(a)).toBe(workflowShape(sd15()));
+    expect([workBucket(0), workBucket(-3), workBucket("x"), workBucket(true), workBucket(16)]).toEqual([
+      "none",
+      "none",
+      "?",
+      "?",
+      "4",
+    ]);
   });
 });

@@ -146,3 +146,86 @@ describe("ComfyPool dispatch", () => {
     expect((await next).backend.index).toBe(b.backend.index);
   });
 });
+
+describe("ComfyPool health probe", () => {
+  type Client = ComfyPool["backends"][number]["client"];
+  /** A backend whose ComfyUI is faked per call: what its /system_stats, /prompt and /history answer. */
+  function probed(
+    fake: Partial<Pick<Client, "systemStats" | "queuePrompt" | "history">>,
+    probeTimeoutMs = 5_000,
+  ) {
+    const p = new ComfyPool({
+      backends: [{ url: "http://backend-0.invalid", outputDir: "/out/0" }],
+      requestTimeoutMs: 1_000,
+      clientId: "test",
+      slotsPerBackend: 1,
+      logger: createLogger({ level: "silent", pretty: false }),
+      probeTimeoutMs,
+    });
+    const b = p.backends[0]!;
+    Object.assign(b.client, {
+      systemStats: async () => ({}),
+      queuePrompt: async () => ({ prompt_id: "x", number: 0, node_errors: {} }),
+      history: async () => ({
+        prompt: [],
+        outputs: {},
+        status: { status_str: "success", completed: true, messages: [] },
+      }),
+      deleteFromQueue: async () => undefined,
+      ...fake,
+    });
+    return { p, b };
+  }
+
+  test("a backend that answers /system_stats and completes the probe prompt (queued at the front) is healthy", async () => {
+    const queued: unknown[] = [];
+    let polls = 0;
+    const { p, b } = probed({
+      queuePrompt: async (workflow, opts) => {
+        queued.push({ workflow, front: opts.front });
+        return { prompt_id: opts.promptId, number: 0, node_errors: {} };
+      },
+      // Not finished at the first poll.
+      history: async () =>
+        ++polls < 2
+          ? undefined
+          : { prompt: [], outputs: {}, status: { status_str: "success", completed: true, messages: [] } },
+    });
+    await expect(p.probe(b)).resolves.toBeUndefined();
+    expect(queued).toEqual([{ workflow: expect.any(Object), front: true }]);
+    expect(polls).toBe(2);
+  });
+
+  test("a refused /system_stats, a failed probe prompt or one that never ends each say why", async () => {
+    const down = probed({
+      systemStats: async () => {
+        throw new ComfyUnavailableError("ComfyUI answered 500 to GET /system_stats");
+      },
+    });
+    await expect(down.p.probe(down.b)).resolves.toMatch(/health probe failed: .*500/);
+    const failing = probed({
+      history: async () => ({
+        prompt: [],
+        outputs: {},
+        status: { status_str: "error", completed: false, messages: [] },
+      }),
+    });
+    await expect(failing.p.probe(failing.b)).resolves.toMatch(/ended error/);
+    const stuck = probed({ history: async () => undefined }, 300);
+    await expect(stuck.p.probe(stuck.b)).resolves.toMatch(/did not complete in time/);
+  });
+
+  test("failures that arrive together share one probe", async () => {
+    let checks = 0;
+    const { p, b } = probed({
+      systemStats: async () => {
+        checks++;
+        return {};
+      },
+    });
+    const [a, c] = await Promise.all([p.probe(b), p.probe(b)]);
+    expect([a, c, checks]).toEqual([undefined, undefined, 1]);
+    await p.probe(b);
+    expect(checks).toBe(2);
+  });
+});

@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import type { Response } from "express";
-import { newLoad, RequestTracker } from "../../worker/reporter/tracker.js";
+import { asVerified, newLoad, RequestTracker } from "../../worker/reporter/tracker.js";
 
 /** The part of an HTTP response the tracker watches: its close, whether it finished, its status. */
 function response(): EventEmitter & { writableFinished: boolean; statusCode: number } {
@@ -11,7 +11,7 @@ const finish = (res: ReturnType<typeof response>, status = 200) => {
   res.writableFinished = true;
   res.emit("close");
 };
-const auth = (idx: number) => ({ request_idx: idx, reqnum: idx, cost: 100 });
+const auth = (idx: number) => asVerified({ request_idx: idx, reqnum: idx, cost: 100 });
 
 test("new_load nets cancellations against the arrivals of the same interval, floored at 0 (as upstream)", () => {
   const t = new RequestTracker(() => 1);
@@ -67,7 +67,7 @@ test("a rejected request counts as received, with the time it arrived; inside a 
 
 test("finished requests waiting for /delete_requests/ are capped: the oldest go first, and are counted", () => {
   const tracker = new RequestTracker(() => 1, 3);
-  for (let i = 1; i <= 5; i++) tracker.rejected({ request_idx: i } as never, 1);
+  for (let i = 1; i <= 5; i++) tracker.rejected(auth(i), 1);
   expect(tracker.takeFinished().map((f) => f.request_idx)).toEqual([3, 4, 5]);
   expect(tracker.droppedFinished).toBe(2);
   tracker.dropFinished(tracker.takeFinished());

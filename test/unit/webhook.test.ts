@@ -1,6 +1,10 @@
 import { createHmac, createPublicKey, verify as cryptoVerify } from "node:crypto";
+import { once } from "node:events";
+import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import nacl from "tweetnacl";
-import { signatureHeaders } from "../../handlers/webhook.js";
+import { signatureHeaders, WebhookSender } from "../../handlers/webhook.js";
+import { silentLogger } from "../../lib/logger.js";
 
 /** Standard Webhooks v1, written from the spec: base64 HMAC-SHA256 of `${id}.${timestamp}.${body}`. */
 function standardWebhooksV1(secret: string, id: string, timestamp: number, body: string): string {
@@ -150,5 +154,85 @@ describe("signatureHeaders", () => {
     expect(sigs.map((s) => s.version)).toEqual(["v1", "v1a"]);
     expect(`v1,${sigs[0]!.signature}`).toBe(standardWebhooksV1(secret, id, timestamp, body));
     expect(verifyV1a(`${id}.${timestamp}.${body}`, sigs[1]!.signature)).toBe(true);
+  });
+});
+
+describe("WebhookSender", () => {
+  let server: Server;
+  let url: string;
+  const seen: { headers: IncomingHttpHeaders; body: string }[] = [];
+  /** "/endless" answers 200 and then a body that never ends; anything else answers 200 "ok". */
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        seen.push({ headers: req.headers, body: Buffer.concat(chunks).toString("utf8") });
+        if (req.url !== "/endless") return void res.end("ok");
+        res.writeHead(200);
+        const timer = setInterval(() => res.write(Buffer.alloc(16 * 1024, 97)), 5);
+        res.on("close", () => clearInterval(timer));
+      });
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+
+  const sender = (timeoutMs = 2_000) =>
+    new WebhookSender({ timeoutMs, maxAttempts: 1, allowPrivate: true, logger: silentLogger() });
+  const versions = (h: IncomingHttpHeaders) =>
+    parseSignatures(h["webhook-signature"] as string | undefined).map((s) => s.version);
+
+  test("a caller's destination is signed with the caller's secret alone; the operator's with the operator's keys", async () => {
+    const s = sender();
+    seen.length = 0;
+    const caller = await s.send({
+      to: { kind: "caller", url: `${url}/caller`, secret: "caller secret" },
+      body: { a: 1 },
+      requestId: "r1",
+    });
+    const operator = await s.send({
+      to: {
+        kind: "operator",
+        url: `${url}/operator`,
+        signing: { secret: "operator secret", signingKey: SEED.toString("base64") },
+      },
+      body: { a: 1 },
+      requestId: "r1",
+    });
+    expect([caller.status, operator.status]).toEqual(["delivered", "delivered"]);
+    const [atCaller, atOperator] = seen;
+    expect(versions(atCaller!.headers)).toEqual(["v1"]);
+    const id = String(atCaller!.headers["webhook-id"]);
+    const ts = Number(atCaller!.headers["webhook-timestamp"]);
+    expect(atCaller!.headers["webhook-signature"]).toBe(
+      signatureHeaders(id, ts, atCaller!.body, { secret: "caller secret" })["webhook-signature"],
+    );
+    expect(versions(atOperator!.headers)).toEqual(["v1", "v1a"]);
+  });
+
+  test("a receiver's endless body does not hold the delivery: only the status is read", async () => {
+    const record = await sender(30_000).send({
+      to: { kind: "caller", url: `${url}/endless` },
+      body: {},
+      requestId: "r2",
+    });
+    expect(record).toEqual({ status: "delivered", attempts: 1, http_status: 200 });
+  });
+
+  test("a failure is recorded with its attempts and the reason, the URL reduced to its host", async () => {
+    const record = await sender().send({
+      to: { kind: "caller", url: "http://127.0.0.1:9/secret-path-token" },
+      body: {},
+      requestId: "r3",
+    });
+    expect(record).toMatchObject({ status: "failed", attempts: 1 });
+    expect(record.error).toBeDefined();
+    expect(record.error).not.toContain("secret-path-token");
   });
 });

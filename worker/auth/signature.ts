@@ -17,17 +17,44 @@ export function urlMessage(url: string): string {
   return pythonJsonDumps({ url });
 }
 
+/** The fields the legacy router signed: its /route/ answer, each a scalar. */
+const LEGACY_SIGNED_FIELDS: ReadonlySet<string> = new Set([
+  "cost",
+  "endpoint",
+  "reqnum",
+  "request_idx",
+  "url",
+]);
+/**
+ * The longest string a signed field may hold: the router's are short (a worker's URL, an endpoint name, a base64
+ * RSA signature), while rendering and checking a caller's 15 MiB one took seconds of blocked event loop.
+ */
+const MAX_SIGNED_STRING_CHARS = 2048;
+/** Fields that travel with auth_data but were never part of the signed bytes. */
+const LEGACY_UNSIGNED_FIELDS: ReadonlySet<string> = new Set(["signature", "__request_id"]);
+
 /**
  * The legacy scheme signed every field but `signature` (and `__request_id`), sorted, indent=4. Python's router
  * may hold `cost` as a float (100.0) although JSON parsing loses that, so both renderings are candidates.
+ * Only the router's own flat fields are rendered: any other field, or a field that is an object or array, yields
+ * no candidate (so the request is refused) before anything is rendered, since a nested value renders with
+ * indentation that grows with its depth (a small body would render hundreds of megabytes).
  */
 export function legacyMessages(auth: AuthData): string[] {
-  const fields = Object.fromEntries(
-    Object.entries(auth).filter(([k]) => k !== "signature" && k !== "__request_id"),
-  );
+  const fields: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(auth)) {
+    if (LEGACY_UNSIGNED_FIELDS.has(key)) continue;
+    if (!LEGACY_SIGNED_FIELDS.has(key) || !isScalar(value)) return [];
+    fields[key] = value;
+  }
   const asInt = pythonJsonDumps(fields);
   const asFloat = pythonJsonDumps(fields, new Set(["cost"]));
   return asInt === asFloat ? [asInt] : [asInt, asFloat];
+}
+
+function isScalar(value: unknown): boolean {
+  if (typeof value === "string") return value.length <= MAX_SIGNED_STRING_CHARS;
+  return value === null || typeof value === "number" || typeof value === "boolean";
 }
 
 export class SignatureVerifier {
@@ -62,6 +89,9 @@ export class SignatureVerifier {
    */
   scheme(auth: AuthData, legacy: boolean): "url" | "legacy" | undefined {
     if (typeof auth.signature !== "string" || typeof auth.url !== "string") return undefined;
+    if (auth.signature.length > MAX_SIGNED_STRING_CHARS || auth.url.length > MAX_SIGNED_STRING_CHARS) {
+      return undefined;
+    }
     const signature = auth.signature;
     if (this.verifyMessage(urlMessage(auth.url), signature)) return "url";
     if (legacy && legacyMessages(auth).some((m) => this.verifyMessage(m, signature))) return "legacy";

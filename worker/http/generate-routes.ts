@@ -1,8 +1,8 @@
 import { Router, type Request, type Response } from "express";
 import { NotFoundError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
-import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
-import type { JobManager } from "../jobs/manager.js";
+import { requestHash, type Job, type JobEvent, type ResultDocument } from "../jobs/job.js";
+import { reusedId, type JobManager } from "../jobs/manager.js";
 import type { SharedDocument, SharedJobs } from "../jobs/shared.js";
 import { delay } from "../../lib/backoff.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";
@@ -38,7 +38,15 @@ export function attachWork(req: Request, work: Work): void {
 
 /** What a reader of the bucket is shown: the result document, without the bookkeeping fields. */
 function publicDocument(doc: SharedDocument): ResultDocument {
-  const { owner: _o, heartbeat_at: _h, http_status: _s, retryable: _r, ...rest } = doc;
+  const {
+    owner: _o,
+    heartbeat_at: _h,
+    http_status: _s,
+    retryable: _r,
+    request_hash: _q,
+    run_id: _u,
+    ...rest
+  } = doc;
   return rest;
 }
 
@@ -78,7 +86,8 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
 
   /**
    * A request whose caller-chosen request_id names a job another worker of the endpoint holds (running, or
-   * finished and not retryable): that job, read from the bucket, instead of running it twice.
+   * finished and not retryable): that job, read from the bucket, instead of running it twice. Only the request
+   * that made the job gets it: another request under its id is refused (409).
    */
   const elsewhere = async (input: ParsedInput, payload: unknown): Promise<SharedDocument | undefined> => {
     const given = (payload as { input?: { request_id?: unknown } } | undefined)?.input?.request_id;
@@ -87,7 +96,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     }
     // A bucket that cannot be read does not refuse work: the job runs here (its claim logs the problem).
     const doc = await deps.shared.read(input.requestId, AbortSignal.timeout(10_000)).catch(() => undefined);
-    return doc && !(doc.status === "failed" && doc.retryable) ? doc : undefined;
+    if (!doc || (doc.status === "failed" && doc.retryable)) return undefined;
+    if (doc.request_hash !== requestHash(input)) throw reusedId(input.requestId);
+    return doc;
   };
 
   /** Polls the bucket until another worker's job is final, the caller left, or the wait ran out. */
@@ -245,7 +256,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
       if (!doc) return;
       if (!isFinal(doc)) {
         try {
-          await deps.shared!.requestCancel(doc.id, AbortSignal.timeout(10_000));
+          await deps.shared!.requestCancel(doc, AbortSignal.timeout(10_000));
         } catch (err) {
           return sendError(res, err);
         }

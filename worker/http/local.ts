@@ -1,9 +1,13 @@
-import type { Express, Router } from "express";
-import { errorHandler, jsonBody, strictApp } from "./body.js";
+import type { Express, RequestHandler, Router } from "express";
+import { CrossSiteRequestError, MisdirectedRequestError } from "../../lib/errors.js";
+import { errorHandler, jsonBody, strictApp, type JsonShapeLimits } from "./body.js";
 import { attachWork } from "./generate-routes.js";
 
 export interface LocalDeps {
   maxBodyBytes: number;
+  jsonShape: JsonShapeLimits;
+  /** API_ALLOWED_HOSTS: host names answered besides loopback's (lower case, no port). */
+  allowedHosts: readonly string[];
   generate: Router;
   health: Router;
   docs: Router;
@@ -14,18 +18,81 @@ export interface LocalDeps {
   console?: Router;
 }
 
+/** The names loopback is reached by; any port (an SSH tunnel may forward another local port to this one). */
+export const LOOPBACK_HOSTS: readonly string[] = ["localhost", "127.0.0.1", "[::1]"];
+
+/** A Host header's name and port as a URL would read them (`localhost:18288`, `[::1]`), or undefined. */
+function parseHost(host: string | undefined): { name: string; host: string } | undefined {
+  if (!host || /[/?#@\s\\]/.test(host)) return undefined;
+  try {
+    const url = new URL(`http://${host}`);
+    return { name: url.hostname, host: url.host };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The local API answers its operator only. It has no authentication, so a web page the operator has open must not
+ * reach it: a DNS-rebinding page addresses it under the page's own name (refused by Host: 421), and any other page
+ * sends a foreign Origin or `Sec-Fetch-Site: cross-site`/`same-site` (refused: 403). Requests without those headers
+ * (curl, the health check, a same-origin page's GETs) pass. Applies to every route, the event stream included.
+ */
+export function originGuard(allowedHosts: readonly string[]): RequestHandler {
+  const allowed = new Set([...LOOPBACK_HOSTS, ...allowedHosts]);
+  return (req, _res, next) => {
+    const hostHeader = req.headers.host;
+    const target = parseHost(hostHeader);
+    if (!target || !allowed.has(target.name)) {
+      return next(
+        new MisdirectedRequestError(
+          `this API answers only requests addressed to ${[...allowed].join(", ")} (add names with API_ALLOWED_HOSTS), not ${JSON.stringify(String(hostHeader ?? "").slice(0, 100))}`,
+        ),
+      );
+    }
+    const site = req.get("sec-fetch-site")?.toLowerCase();
+    if (site === "cross-site" || site === "same-site") {
+      return next(
+        new CrossSiteRequestError(`requests from another site's page are refused (Sec-Fetch-Site: ${site})`),
+      );
+    }
+    const origin = req.get("origin");
+    if (origin !== undefined && !sameHost(origin, target.host)) {
+      return next(
+        new CrossSiteRequestError(
+          `requests from another site's page are refused: Origin ${JSON.stringify(origin.slice(0, 100))} is not ${target.host}`,
+        ),
+      );
+    }
+    next();
+  };
+}
+
+/** Whether an Origin header names the host (and port) the request was addressed to ("null" never does). */
+function sameHost(origin: string, host: string): boolean {
+  try {
+    const url = new URL(origin);
+    return (url.protocol === "http:" || url.protocol === "https:") && url.host === host;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The local API port (127.0.0.1:18288 by default): bare `{input}` requests for interactive use over an SSH tunnel,
- * as the template's API wrapper, plus /docs and the operator page at /. No signatures, no admission control.
+ * as the template's API wrapper, plus /docs and the operator page at /. No signatures, no admission control:
+ * instead only its operator's requests are answered (`originGuard`), and bodies are read only as
+ * `application/json`, which a web page cannot send to another site without the browser asking first.
  */
 export function createLocalApp(deps: LocalDeps): Express {
   const app = strictApp();
+  app.use(originGuard(deps.allowedHosts));
   app.use("/", deps.health);
   app.use("/", deps.docs);
   if (deps.metrics) app.use("/", deps.metrics);
   if (deps.debug) app.use("/", deps.debug);
   if (deps.console) app.use("/", deps.console);
-  app.use(jsonBody(deps.maxBodyBytes));
+  app.use(jsonBody(deps.maxBodyBytes, deps.jsonShape));
   app.use((req, _res, next) => {
     attachWork(req, { payload: req.body as unknown });
     next();

@@ -1,22 +1,29 @@
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
-import type { Express, NextFunction, Request, Response, Router } from "express";
+import type { Express, NextFunction, Request, RequestHandler, Response, Router } from "express";
 import type { Admission } from "../admission.js";
 import { isOwnUrl, type AuthData, type ReplayGuard, type SignatureVerifier } from "../auth/signature.js";
 import { bearerToken, sameAuth, tokenMatches } from "../auth/token.js";
 import { DEFAULT_WORKLOAD } from "../workload.js";
 import type { Logger } from "../../lib/logger.js";
-import type { RequestTracker } from "../reporter/tracker.js";
+import { asVerified, type RequestTracker, type VerifiedAuth } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
-import { PayloadTooLargeError } from "../../lib/errors.js";
-import { errorHandler, jsonBody, sendError, strictApp } from "./body.js";
+import { BadRequestError, PayloadTooLargeError } from "../../lib/errors.js";
+import { errorHandler, jsonBody, sendError, strictApp, type JsonShapeLimits } from "./body.js";
 import { attachWork } from "./generate-routes.js";
+import {
+  ROUTED_ROUTES,
+  routeKey,
+  type RoutedAuth,
+  type RoutedRoute,
+  type RoutedRouteKey,
+} from "./route-table.js";
 
 /**
  * A session's workload is the `cost` in its auth_data, which /session/create does not verify (as upstream): bound
  * it as a request's workload is bounded, so that a caller cannot make the reported load absurd.
  */
-function sessionCost(auth: AuthData): number {
+function sessionCost(auth: VerifiedAuth): number {
   const cost = numeric(auth.cost);
   return Number.isFinite(cost) ? Math.min(DEFAULT_WORKLOAD * 100, Math.max(0, cost)) : 0;
 }
@@ -27,6 +34,8 @@ export interface RoutedDeps {
   logger: Logger;
   /** ROUTED_MAX_BODY_BYTES: smaller than the local API's, since anyone on the internet may send it. */
   maxBodyBytes: number;
+  /** MAX_JSON_DEPTH and MAX_JSON_VALUES: checked before a body is parsed, so before any auth. */
+  jsonShape: JsonShapeLimits;
   unsecured: boolean;
   legacySignatures: boolean;
   /** The URL this worker reports in /worker_status/: a signed auth_data.url must name it (unless checkUrl is off). */
@@ -40,21 +49,21 @@ export interface RoutedDeps {
   admission: Admission;
   tracker: RequestTracker;
   sessions: SessionStore;
+  /** SESSION_MAX_LIFETIME_S: a session's lifetime at most. */
+  sessionMaxLifetimeS: number;
   masterToken: string;
   /** The file /pyworker/update creates (upstream's `/.force_update`): the start script updates the worker on it. */
   updateFlagFile: string;
-  /** Generation routes; they read what `attachWork` hands them. */
+  /** Generation routes; they read what `attachWork` hands them. Reached only through ROUTED_ROUTES. */
   generate: Router;
   health: Router;
-  /** Routes whose requests count as work (admission, reports). */
-  workRoutes: readonly string[];
   /** Workload of a request's payload, before it is parsed in full (for admission and reports). */
   workloadOf: (payload: unknown) => number;
 }
 
 export interface Session {
   id: string;
-  auth: AuthData;
+  auth: VerifiedAuth;
   lifetime: number;
   expiration: number;
   createdAt: number;
@@ -65,8 +74,9 @@ export interface Session {
 }
 
 /**
- * Sessions as upstream keeps them: created through /session/create, extended by each request that names them.
- * `onClose` hears every session that ends (/session/end or expiry).
+ * Sessions as upstream keeps them: created through /session/create, extended by each authenticated request that
+ * names them, never to more than `maxLifetimeS` past that request. `onClose` hears every session that ends
+ * (/session/end or expiry).
  */
 export class SessionStore {
   readonly sessions = new Map<string, Session>();
@@ -74,11 +84,17 @@ export class SessionStore {
     readonly maxSessions: number,
     private readonly tracker: RequestTracker,
     private readonly onClose: (s: Session) => void = () => undefined,
+    private readonly maxLifetimeS = 3600,
   ) {}
 
-  create(auth: AuthData, payload: Record<string, unknown>, now: number): Session | undefined {
+  /** A new session of `lifetime` seconds (see sessionLifetime); undefined when every slot is taken. */
+  create(
+    auth: VerifiedAuth,
+    payload: Record<string, unknown>,
+    lifetime: number,
+    now: number,
+  ): Session | undefined {
     if (this.maxSessions > 0 && this.sessions.size >= this.maxSessions) return undefined;
-    const lifetime = numeric(payload.lifetime ?? 60) || 60;
     const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     const id = [...randomBytes(13)].map((b) => alphabet[b % alphabet.length]).join("");
     const s: Session = {
@@ -93,6 +109,14 @@ export class SessionStore {
     };
     this.sessions.set(id, s);
     return s;
+  }
+
+  /**
+   * A request in the session was authenticated: upstream adds the lifetime to the expiration; that sum is bounded
+   * here, so that a busy session still ends SESSION_MAX_LIFETIME_S after its last request at the latest.
+   */
+  extend(session: Session, now: number): void {
+    session.expiration = Math.min(session.expiration + session.lifetime, now + this.maxLifetimeS);
   }
 
   /** Ends a session (its on_close_route hears of it); false when there was none. */
@@ -118,47 +142,97 @@ export class SessionStore {
 }
 
 /**
- * The routed port: the router's envelope `{auth_data, payload, session_id}`. Checks in upstream's order:
- * invalid JSON 422, missing fields or a payload that is not an object 422, unknown session 410, bad signature 401 (empty body), replayed reqnum 401,
- * overload 429 (empty body); then the route answers. The bare `{input}` form is refused (422) unless UNSECURED.
+ * The lifetime a /session/create asks for, in seconds: 60 when absent (as upstream), at most `maxS` (a longer
+ * one is shortened to it: the 201's `expiration` and /session/get say so). Anything but a positive finite
+ * number (1e309 parses to Infinity, -1, "x") is a client mistake.
+ */
+export function sessionLifetime(requested: unknown, maxS: number): number {
+  if (requested === undefined || requested === null) return Math.min(60, maxS);
+  const lifetime = numeric(requested);
+  if (!Number.isFinite(lifetime) || lifetime <= 0) {
+    throw new BadRequestError(
+      `lifetime must be a positive number of seconds (at most SESSION_MAX_LIFETIME_S=${maxS}), ` +
+        `got ${String(JSON.stringify(requested)).slice(0, 40)}`,
+    );
+  }
+  return Math.min(lifetime, maxS);
+}
+
+/**
+ * The routed port: every route of ROUTED_ROUTES (route-table.ts) with its auth policy in front of its handler,
+ * and the bare 404 for every other method and path. The envelope routes check in upstream's order: invalid JSON
+ * 422, missing fields or a payload that is not an object 422, unknown session 410, bad signature 401 (empty
+ * body), replayed reqnum 401, overload 429 (empty body); then the route answers. The bare `{input}` form is
+ * refused (422) unless UNSECURED.
  */
 export function createRoutedApp(deps: RoutedDeps): Express {
   const app = strictApp();
-  app.use("/", deps.health);
-  app.use(earlyTooLarge(deps.maxBodyBytes));
-  app.use(jsonBody(deps.maxBodyBytes));
+  /** What a route's auth policy established about the request, for its handler. */
+  const sessionOf = new WeakMap<Request, Session | null>();
+  const verifiedAuthOf = new WeakMap<Request, VerifiedAuth>();
 
-  app.post("/session/create", (req, res) => {
-    const body = req.body as Record<string, unknown>;
-    const auth = body?.auth_data as AuthData | undefined;
-    const payload = body?.payload as Record<string, unknown> | undefined;
-    if (!auth || typeof auth !== "object" || !payload || typeof payload !== "object") {
-      res.status(422).json({ error: "auth_data and payload are required" });
-      return;
-    }
-    // Upstream creates sessions for anyone; unsigned callers could then hold every slot (and choose callbacks).
-    if (!deps.unsecured) {
-      const refusal = authRefusal(deps, auth, true);
-      if (refusal !== undefined) {
-        deps.logger.warn({ stage: "auth", path: req.path }, `refused: ${refusal}`);
-        res.status(401).end();
+  const policies: Record<RoutedAuth, (route: RoutedRoute) => RequestHandler> = {
+    open: () => (_req, _res, next) => next(),
+    "router-signature": () => (req, res, next) => {
+      const body = req.body as Record<string, unknown>;
+      const auth = body?.auth_data as AuthData | undefined;
+      const payload = body?.payload as Record<string, unknown> | undefined;
+      if (!auth || typeof auth !== "object" || !payload || typeof payload !== "object") {
+        res.status(422).json({ error: "auth_data and payload are required" });
         return;
       }
-    }
-    if (payload.on_close_route !== undefined && payload.on_close_route !== null) {
-      if (typeof payload.on_close_route !== "string") {
-        res.status(400).json({ error: "on_close_route must be a URL string" });
+      // Upstream creates sessions for anyone; unsigned callers could then hold every slot (and choose callbacks).
+      if (!deps.unsecured) {
+        const refusal = authRefusal(deps, auth, true);
+        if (refusal !== undefined) {
+          deps.logger.warn({ stage: "auth", path: req.path }, `refused: ${refusal}`);
+          res.status(401).end();
+          return;
+        }
+      }
+      verifiedAuthOf.set(req, asVerified(auth));
+      next();
+    },
+    "session-auth": () => (req, res, next) => {
+      const body = req.body as Record<string, unknown>;
+      if (typeof body?.session_id !== "string") {
+        res.status(422).json({ error: "missing session_id" });
         return;
       }
-      try {
+      const session = deps.sessions.sessions.get(body.session_id);
+      if (session && !sameAuth(body.session_auth, session.auth)) {
+        res.status(401).json({ error: "session_auth is not valid" });
+        return;
+      }
+      sessionOf.set(req, session ?? null);
+      next();
+    },
+    "master-token": () => (req, res, next) => {
+      // Constant-time; with MASTER_TOKEN unset nothing matches (upstream lets an empty bearer through).
+      if (!tokenMatches(bearerToken(req.get("authorization")), deps.masterToken)) {
+        return void res.status(401).json({ error: "unauthorized" });
+      }
+      next();
+    },
+    "signed-envelope": (route) => (req, res, next) => envelope(deps, route.work, req, res, next),
+  };
+
+  const createSession: RequestHandler = (req, res) => {
+    const auth = verifiedAuthOf.get(req)!;
+    const payload = (req.body as { payload: Record<string, unknown> }).payload;
+    let lifetime: number;
+    try {
+      lifetime = sessionLifetime(payload.lifetime, deps.sessionMaxLifetimeS);
+      if (payload.on_close_route !== undefined && payload.on_close_route !== null) {
+        if (typeof payload.on_close_route !== "string") {
+          throw new BadRequestError("on_close_route must be a URL string");
+        }
         deps.checkCallbackUrl(payload.on_close_route);
-      } catch (err) {
-        sendError(res, err);
-        return;
       }
+    } catch (err) {
+      return sendError(res, err);
     }
-    const now = Date.now() / 1000;
-    const session = deps.sessions.create(auth, payload, now);
+    const session = deps.sessions.create(auth, payload, lifetime, Date.now() / 1000);
     if (!session) {
       // The worker's own figure, never the caller's unsigned `cost`.
       deps.tracker.rejected(auth, DEFAULT_WORKLOAD);
@@ -166,71 +240,67 @@ export function createRoutedApp(deps: RoutedDeps): Express {
       return;
     }
     res.status(201).json({ session_id: session.id, expiration: session.expiration });
-  });
-
-  const sessionLookup = (req: Request, res: Response) => {
-    const body = req.body as Record<string, unknown>;
-    if (typeof body?.session_id !== "string") {
-      res.status(422).json({ error: "missing session_id" });
-      return undefined;
-    }
-    const session = deps.sessions.sessions.get(body.session_id);
-    if (!session) return null;
-    if (!sameAuth(body.session_auth, session.auth)) {
-      res.status(401).json({ error: "session_auth is not valid" });
-      return undefined;
-    }
-    return session;
   };
-  app.post("/session/get", (req, res) => {
-    const s = sessionLookup(req, res);
-    if (s === undefined) return;
-    if (s === null) return void res.status(400).json({ error: "session does not exist" });
-    res.json({
-      session_id: s.id,
-      auth_data: s.auth,
-      lifetime: s.lifetime,
-      expiration: s.expiration,
-      created_at: s.createdAt,
-      on_close_route: s.onCloseRoute,
-      on_close_payload: s.onClosePayload,
-    });
-  });
-  app.post("/session/health", (req, res) => {
-    const s = sessionLookup(req, res);
-    if (s === undefined) return;
-    res.json({ ok: s !== null });
-  });
-  app.post("/session/end", (req, res) => {
-    const s = sessionLookup(req, res);
-    if (s === undefined) return;
-    const id = String((req.body as Record<string, unknown>).session_id);
-    if (s === null) return void res.status(400).json({ error: `session with id ${id} not found` });
-    deps.sessions.close(id);
-    res.json({ ended: true, removed_session: id });
-  });
-  app.post("/pyworker/update", async (req, res) => {
-    // Constant-time; with MASTER_TOKEN unset nothing matches (upstream lets an empty bearer through).
-    if (!tokenMatches(bearerToken(req.get("authorization")), deps.masterToken)) {
-      return void res.status(401).json({ error: "unauthorized" });
-    }
-    try {
-      await writeFile(deps.updateFlagFile, "");
-    } catch (err) {
-      deps.logger.error({ stage: "update", err }, `could not write ${deps.updateFlagFile}`);
-      return void res.status(500).json({ error: `failed to write ${deps.updateFlagFile}` });
-    }
-    deps.logger.info({ stage: "update", file: deps.updateFlagFile }, "update requested: flag file written");
-    res.json({ ok: true });
-  });
 
-  app.use((req: Request, res: Response, next: NextFunction) => {
-    // Anything but an exact routed path goes on to the 404 without touching auth or the load figures.
-    if (!isRoutedPath(deps, req)) return next();
-    envelope(deps, req, res, next);
-  });
-  app.use("/", deps.generate);
-  // Any other path: the bare 404 upstream's server (aiohttp) answers, never a page of ours.
+  const handlers: Record<RoutedRouteKey, RequestHandler> = {
+    "GET /health": deps.health,
+    "GET /ready": deps.health,
+    "POST /session/create": createSession,
+    "POST /session/get": (req, res) => {
+      const s = sessionOf.get(req);
+      if (!s) return void res.status(400).json({ error: "session does not exist" });
+      res.json({
+        session_id: s.id,
+        auth_data: s.auth,
+        lifetime: s.lifetime,
+        expiration: s.expiration,
+        created_at: s.createdAt,
+        on_close_route: s.onCloseRoute,
+        on_close_payload: s.onClosePayload,
+      });
+    },
+    "POST /session/health": (req, res) => void res.json({ ok: Boolean(sessionOf.get(req)) }),
+    "POST /session/end": (req, res) => {
+      const id = String((req.body as Record<string, unknown>).session_id);
+      if (!sessionOf.get(req)) return void res.status(400).json({ error: `session with id ${id} not found` });
+      deps.sessions.close(id);
+      res.json({ ended: true, removed_session: id });
+    },
+    "POST /pyworker/update": async (_req, res) => {
+      try {
+        await writeFile(deps.updateFlagFile, "");
+      } catch (err) {
+        deps.logger.error({ stage: "update", err }, `could not write ${deps.updateFlagFile}`);
+        return void res.status(500).json({ error: `failed to write ${deps.updateFlagFile}` });
+      }
+      deps.logger.info({ stage: "update", file: deps.updateFlagFile }, "update requested: flag file written");
+      res.json({ ok: true });
+    },
+    // The shared generation router answers these (the same job whichever port its callers came through); only
+    // the pairs declared here reach it from this port.
+    "POST /generate/sync": deps.generate,
+    "POST /generate": deps.generate,
+    "POST /generate/stream": deps.generate,
+    "POST /result/:id": deps.generate,
+    "POST /cancel/:id": deps.generate,
+  };
+
+  const body = [
+    earlyTooLarge(deps.maxBodyBytes),
+    jsonBody(deps.maxBodyBytes, deps.jsonShape, { anyContentType: true }),
+  ];
+  for (const route of ROUTED_ROUTES) {
+    const chain = [
+      // Express answers HEAD with a GET route: only the declared method passes.
+      exactMethod(route.method),
+      ...(route.auth === "open" ? [] : body),
+      policies[route.auth](route),
+      handlers[routeKey(route)],
+    ];
+    if (route.method === "GET") app.get(route.path, ...chain);
+    else app.post(route.path, ...chain);
+  }
+  // Any other method or path: the bare 404 upstream's server (aiohttp) answers, never a page of ours.
   app.use((_req: Request, res: Response) => void res.status(404).type("text/plain").send("404: Not Found"));
   app.use(
     errorHandler({
@@ -242,7 +312,12 @@ export function createRoutedApp(deps: RoutedDeps): Express {
   return app;
 }
 
-function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunction): void {
+/** Lets only `method` through; anything else (HEAD on a GET route) goes on to the 404. */
+function exactMethod(method: string): RequestHandler {
+  return (req, _res, next) => (req.method === method ? next() : next("route"));
+}
+
+function envelope(deps: RoutedDeps, isWork: boolean, req: Request, res: Response, next: NextFunction): void {
   const body = req.body as unknown;
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     res.status(422).json({ auth_data: "field missing", payload: "field missing" });
@@ -265,21 +340,18 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
     res.status(422).json(errors);
     return;
   }
-  const authData = auth as AuthData;
   const sessionId = env.session_id;
-  const isWork = deps.workRoutes.includes(req.path);
-  const workload = isWork ? deps.workloadOf(env.payload) : 0;
-  if (sessionId !== undefined && sessionId !== null) {
-    const session = typeof sessionId === "string" ? deps.sessions.sessions.get(sessionId) : undefined;
-    if (!session) {
-      res.status(410).json({ error: "invalid session" });
-      return;
-    }
-    session.expiration += session.lifetime;
+  const inSession = sessionId !== undefined && sessionId !== null;
+  const session =
+    inSession && typeof sessionId === "string" ? deps.sessions.sessions.get(sessionId) : undefined;
+  if (inSession && !session) {
+    res.status(410).json({ error: "invalid session" });
+    return;
   }
   if (!deps.unsecured) {
-    const refusal = authRefusal(deps, authData, sessionId !== undefined && sessionId !== null);
+    const refusal = authRefusal(deps, auth as AuthData, inSession);
     if (refusal !== undefined) {
+      const authData = auth as AuthData;
       deps.logger.warn(
         {
           stage: "auth",
@@ -289,22 +361,21 @@ function envelope(deps: RoutedDeps, req: Request, res: Response, next: NextFunct
         },
         `refused: ${refusal}`,
       );
-      // An unauthenticated caller chooses its workflow: what it adds to rej_load is capped at one default request.
-      if (isWork) {
-        const inSession = sessionId !== undefined && sessionId !== null;
-        deps.tracker.rejected(authData, Math.min(workload, DEFAULT_WORKLOAD), inSession);
-      }
+      // Counted nowhere: an anonymous caller moves neither the session nor what the autoscaler hears.
       res.status(401).end();
       return;
     }
   }
+  const verified = asVerified(auth as AuthData);
+  if (session) deps.sessions.extend(session, Date.now() / 1000);
+  const workload = isWork ? deps.workloadOf(env.payload) : 0;
   if (isWork && !deps.admission.admits()) {
-    deps.tracker.rejected(authData, workload, sessionId !== undefined && sessionId !== null);
+    deps.tracker.rejected(verified, workload, inSession);
     res.status(429).end();
     return;
   }
   attachWork(req, { payload: env.payload, workload });
-  if (isWork) deps.tracker.track(authData, workload, res, sessionId !== undefined && sessionId !== null);
+  if (isWork) deps.tracker.track(verified, workload, res, inSession);
   next();
 }
 
@@ -327,12 +398,6 @@ function authRefusal(deps: RoutedDeps, auth: AuthData, inSession: boolean): stri
     deps.replay.record(reqnum);
   }
   return undefined;
-}
-
-/** The routed paths that take a signed envelope: the work routes, /result/{id} and /cancel/{id}. */
-function isRoutedPath(deps: RoutedDeps, req: Request): boolean {
-  if (req.method !== "POST") return false;
-  return deps.workRoutes.includes(req.path) || /^\/(result|cancel)\/[^/]+$/.test(req.path);
 }
 
 /**

@@ -1,7 +1,9 @@
+import { createHash, randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { ExecutionDetails } from "../../handlers/comfyui/run-prompt.js";
 import type { HistoryEntry } from "../../handlers/comfyui/types.js";
 import type { OutputEntry } from "../../handlers/outputs.js";
+import type { DeliveryRecord } from "../../handlers/webhook.js";
 import type { ParsedInput } from "../schema.js";
 import type { WorkerError } from "../../lib/errors.js";
 
@@ -29,6 +31,70 @@ export interface ResultDocument {
   output: OutputEntry[];
   timings: Timings;
   error?: Record<string, unknown>;
+  /** The webhook delivery of the final document, once one was started (this worker's view only). */
+  webhook?: DeliveryRecord;
+}
+
+/**
+ * JSON with every object's keys sorted, so that equal values have one spelling whatever the caller's key order.
+ * Iterative (an explicit stack of what is left to write): a body as deep as MAX_JSON_DEPTH allows must not overflow
+ * the call stack, as recursion (ours, or JSON.stringify's with a replacer) does at a few thousand levels.
+ */
+function canonicalJson(value: unknown): string {
+  type Item = { text: string } | { value: unknown };
+  const out: string[] = [];
+  const todo: Item[] = [{ value }];
+  const pushReversed = (items: Item[]) => {
+    for (let i = items.length - 1; i >= 0; i--) todo.push(items[i]!);
+  };
+  while (todo.length > 0) {
+    const item = todo.pop()!;
+    if ("text" in item) {
+      out.push(item.text);
+    } else if (Array.isArray(item.value)) {
+      const items: Item[] = item.value.map((v: unknown) => ({ value: v ?? null }));
+      pushReversed([
+        { text: "[" },
+        ...items.flatMap((v, i) => (i > 0 ? [{ text: "," }, v] : [v])),
+        { text: "]" },
+      ]);
+    } else if (item.value !== null && typeof item.value === "object") {
+      const entries = Object.entries(item.value as Record<string, unknown>)
+        .filter(([, v]) => v !== undefined)
+        .sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0));
+      pushReversed([
+        { text: "{" },
+        ...entries.flatMap(([k, v], i): Item[] => [
+          { text: `${i > 0 ? "," : ""}${JSON.stringify(k)}:` },
+          { value: v },
+        ]),
+        { text: "}" },
+      ]);
+    } else {
+      out.push(JSON.stringify(item.value) ?? "null");
+    }
+  }
+  return out.join("");
+}
+
+/** A request's optional settings as given: empty texts mean "not given" (as everywhere), and so does `{}`. */
+function given(settings: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
+  const kept = Object.entries(settings ?? {}).filter(([, v]) => v !== undefined && v !== "");
+  return kept.length > 0 ? Object.fromEntries(kept) : undefined;
+}
+
+/**
+ * What binds a request_id to the request that made it: a SHA-256 of the canonical request as the caller sent it
+ * (the workflow before `__RANDOM_INT__` is seeded, storage and webhook settings, their secrets included). A retry of
+ * the same request hashes the same and gets the job's answer; any other request under that id is refused.
+ */
+export function requestHash(input: ParsedInput): string {
+  const canonical = canonicalJson({
+    workflow: input.workflow,
+    s3: given(input.s3),
+    webhook: given(input.webhook),
+  });
+  return createHash("sha256").update(canonical).digest("hex");
 }
 
 export type JobEvent =
@@ -51,6 +117,12 @@ export class Job extends EventEmitter {
   finishedAt: number | undefined;
   /** The index of the ComfyUI backend that ran it, once dispatched. */
   backend: number | undefined;
+  /** The webhook delivery of the final document, once started. */
+  webhook: DeliveryRecord | undefined;
+  /** The request's hash (`requestHash`), kept past `compact` so that a retry can be told from another request. */
+  readonly requestHash: string;
+  /** This run of the request_id (a retry after a retryable failure is another run): what a cancel request names. */
+  readonly runId = randomUUID();
   /** Settles when the job reaches a final status. Never rejects. */
   readonly done: Promise<void>;
   private resolveDone!: () => void;
@@ -62,6 +134,7 @@ export class Job extends EventEmitter {
     readonly createdAt: number,
   ) {
     super();
+    this.requestHash = requestHash(input);
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     this.timings = {
       queued_at_ms: createdAt,
@@ -145,6 +218,7 @@ export class Job extends EventEmitter {
       output: this.output,
       timings: { ...this.timings },
       ...(this.error && { error: errorSummary(this.error) }),
+      ...(this.webhook && { webhook: { ...this.webhook } }),
     };
   }
 }

@@ -20,13 +20,14 @@ import {
   InternalError,
   NotReadyError,
   OutOfMemoryError,
+  RequestIdReusedError,
   asWorkerError,
   type WorkerError,
 } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
-import { Job } from "./job.js";
-import type { SharedJobs } from "./shared.js";
+import { Job, requestHash } from "./job.js";
+import type { JobBinding, SharedJobs } from "./shared.js";
 import { UPLOADED_MARKER } from "../janitor.js";
 
 /** What the manager tells observers (metrics); an observer that throws is logged and ignored. */
@@ -115,10 +116,16 @@ export class JobManager {
     return this.active().reduce((sum, j) => sum + j.workload, 0);
   }
 
-  /** Returns the job for this request, creating and starting it unless one with the same id exists. */
+  /**
+   * Returns the job for this request, creating and starting it unless one with the same id exists. An existing
+   * job answers only the request that made it (the same hash): another request under its id is refused with 409.
+   */
   submit(input: ParsedInput, workload: number): { job: Job; created: boolean } {
     const existing = this.jobs.get(input.requestId);
-    if (existing && !(existing.final && existing.error?.retryable)) return { job: existing, created: false };
+    if (existing && !(existing.final && existing.error?.retryable)) {
+      if (existing.requestHash !== requestHash(input)) throw reusedId(input.requestId);
+      return { job: existing, created: false };
+    }
     if (!this.accepting) throw new NotReadyError("the worker is shutting down");
     const webhookUrl = this.webhookUrl(input);
     if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
@@ -180,16 +187,18 @@ export class JobManager {
   private claim(job: Job): void {
     const shared = this.deps.shared;
     if (!shared || job.input.internal) return;
-    const claimed = shared.claim(job.result()).then(
+    const claimed = shared.claim(job.result(), bindingOf(job)).then(
       (r) => {
         if (r.claimed) {
           this.lastShared.set(job.id, this.now());
           return true;
         }
         job.abort.abort(
-          new ConflictError(
-            `request_id ${job.id} is already ${r.existing.status} on another worker; poll /result/${job.id}`,
-          ),
+          r.existing.request_hash === job.requestHash
+            ? new ConflictError(
+                `request_id ${job.id} is already ${r.existing.status} on another worker; poll /result/${job.id}`,
+              )
+            : reusedId(job.id),
         );
         return false;
       },
@@ -214,7 +223,7 @@ export class JobManager {
     const status = job.httpStatus();
     const retryable = job.error?.retryable ?? false;
     const published = claimed.then((ours) => {
-      if (ours) shared.write(doc, status, retryable);
+      if (ours) shared.write(doc, bindingOf(job), status, retryable);
     });
     this.publishing.add(published);
     void published.then(() => this.publishing.delete(published));
@@ -228,7 +237,7 @@ export class JobManager {
         const job = this.jobs.get(id);
         if (!job || job.final) return;
         try {
-          if (await shared.cancelRequested(id, AbortSignal.timeout(5_000))) {
+          if (await shared.cancelRequested(id, job.runId, AbortSignal.timeout(5_000))) {
             this.cancel(id, "Cancelled by the caller (through another worker)");
             return;
           }
@@ -240,7 +249,7 @@ export class JobManager {
         }
         if (this.now() - writtenAt >= shared.heartbeatMs) {
           this.lastShared.set(id, this.now());
-          shared.write(job.result(), 202, false);
+          shared.write(job.result(), bindingOf(job), 202, false);
         }
       }),
     );
@@ -372,7 +381,7 @@ export class JobManager {
           : { status: "completed", message: `Completed with ${job.output.length} output(s)` };
     } catch (raw) {
       lease?.release(raw);
-      const err = this.classify(raw, job, deadline, lease?.backend);
+      const err = await this.classify(raw, job, deadline, lease?.backend);
       job.error = err;
       outcome = { status: err instanceof CancelledError ? "cancelled" : "failed", message: err.message };
       if (err instanceof InternalError) {
@@ -404,12 +413,17 @@ export class JobManager {
     }
   }
 
-  private classify(
+  /**
+   * The error a failed job reports. Out of memory (by the exception's type) frees memory and is retryable; a
+   * suspected device failure takes the backend out of the rotation only when a health probe of it fails too, else
+   * the job failed on its own (an ExecutionError, as any node raising).
+   */
+  private async classify(
     raw: unknown,
     job: Job,
     deadline: AbortSignal,
     backend: ComfyBackend | undefined,
-  ): WorkerError {
+  ): Promise<WorkerError> {
     if (job.abort.signal.aborted) return asWorkerError(job.abort.signal.reason);
     if (deadline.aborted) {
       return new JobTimeoutError(`the job ran longer than JOB_TIMEOUT_MS=${this.deps.config.jobs.timeoutMs}`);
@@ -432,8 +446,16 @@ export class JobManager {
         );
         return new OutOfMemoryError(`ComfyUI ran out of memory (${err.message}); memory was freed, retry`);
       }
-      if (kind === "device_failed") {
-        const failed = new DeviceFailedError(`unrecoverable device error: ${err.message}`);
+      if (kind === "device_suspected") {
+        const probeFailure = await this.deps.pool.probe(backend);
+        if (probeFailure === undefined) {
+          this.deps.logger.info(
+            { request_id: job.id, stage: "health", backend: backend.index },
+            "a device error was reported, and the backend passed its health probe: it stays in service",
+          );
+          return err;
+        }
+        const failed = new DeviceFailedError(`unrecoverable device error: ${err.message} (${probeFailure})`);
         this.deps.pool.fail(backend, failed.message);
         this.observe(() => this.deps.observer?.deviceFailed?.(failed.message, backend));
         return failed;
@@ -494,31 +516,48 @@ export class JobManager {
   }
 
   private notify(job: Job): void {
-    const url = this.webhookUrl(job.input);
-    if (!url || job.input.internal) return;
+    const callerUrl = job.input.webhook?.url?.trim();
+    const operatorUrl = this.deps.config.webhook.url;
+    if ((!callerUrl && !operatorUrl) || job.input.internal) return;
+    const callerSecret = job.input.webhook?.secret?.trim() || undefined;
     const doc = job.result();
-    const callerChosen = Boolean(job.input.webhook?.url?.trim());
-    void this.deps.webhooks.send({
-      url,
-      callerChosen,
-      requestId: job.id,
-      body: {
-        id: doc.id,
-        status: doc.status,
-        message: doc.message,
-        output: doc.output,
-        timings: doc.timings,
-        extra: job.input.webhook?.extra_params ?? {},
-      },
-      signing: {
-        // The operator's HMAC secret signs only what goes to the operator's WEBHOOK_URL: a caller could not verify
-        // it anyway (it is shared with the operator's receiver alone), and signing bodies for a host the caller
-        // chose would hand out what the operator's receiver accepts as authentic. The Ed25519 key is public to
-        // verify: it signs every delivery.
-        secret:
-          job.input.webhook?.secret?.trim() || (callerChosen ? undefined : this.deps.config.webhook.secret),
-        signingKey: this.deps.config.webhook.signingKey,
-      },
-    });
+    job.webhook = { status: "pending", attempts: 0 };
+    void this.deps.webhooks
+      .send({
+        // The operator's keys go only with the operator's URL (the destination type allows nothing else).
+        to: callerUrl
+          ? { kind: "caller", url: callerUrl, secret: callerSecret }
+          : {
+              kind: "operator",
+              url: operatorUrl!,
+              signing: {
+                secret: callerSecret ?? this.deps.config.webhook.secret,
+                signingKey: this.deps.config.webhook.signingKey,
+              },
+            },
+        requestId: job.id,
+        body: {
+          id: doc.id,
+          status: doc.status,
+          message: doc.message,
+          output: doc.output,
+          timings: doc.timings,
+          extra: job.input.webhook?.extra_params ?? {},
+        },
+      })
+      .then((record) => (job.webhook = record));
   }
+}
+
+/** What ties a job's document in the bucket to it: the request it answers and this run of its id. */
+function bindingOf(job: Job): JobBinding {
+  return { requestHash: job.requestHash, runId: job.runId };
+}
+
+/** A request under an id that another request's job holds (here or on another worker of the endpoint). */
+export function reusedId(id: string): RequestIdReusedError {
+  return new RequestIdReusedError(
+    `request_id ${id} belongs to another request (a different workflow, storage or webhook): a request_id answers ` +
+      "only the request that made it; send this one under a new id",
+  );
 }

@@ -12,6 +12,16 @@ export interface SharedDocument extends ResultDocument {
   http_status: number;
   /** A final failure that another attempt may fix: a retry with the same request_id runs again. */
   retryable: boolean;
+  /** The hash of the request that made the job (`requestHash`): only that request is answered with it. */
+  request_hash: string;
+  /** This run of the id (a fresh random id per claim): a cancel request names the run it is meant for. */
+  run_id: string;
+}
+
+/** What ties a document to one job: the request it answers and the run of the id. */
+export interface JobBinding {
+  requestHash: string;
+  runId: string;
 }
 
 export interface SharedJobsOptions {
@@ -35,7 +45,8 @@ export type ClaimResult = { claimed: true } | { claimed: false; existing: Shared
  * runs: `/result/{id}`, `/cancel/{id}` and a retried request land wherever the router sends them.
  *   `<prefix><id>/job.json`  the result document (written when accepted, at most every heartbeat while it runs,
  *                            and when it ends)
- *   `<prefix><id>/cancel`    a cancel request left by another worker; the owner looks for it while the job runs
+ *   `<prefix><id>/cancel.<run_id>`  a cancel request left by another worker for one run of the id; the owner
+ *                            looks for it while that run goes on, and a later run of the id never sees it
  * Ids are claimed with a conditional create (`If-None-Match: *`), so two workers never both run one request_id.
  * Failure contract: reads and claims reject with StorageUnavailableError; background writes are logged, never thrown
  * (a job does not fail because its shared copy could not be written).
@@ -63,20 +74,33 @@ export class SharedJobs {
     return `${this.opts.prefix}${id}/job.json`;
   }
 
-  private cancelKey(id: string): string {
-    return `${this.opts.prefix}${id}/cancel`;
+  private cancelKey(id: string, runId: string): string {
+    return `${this.opts.prefix}${id}/cancel.${runId}`;
   }
 
-  private stamp(doc: ResultDocument, httpStatus: number, retryable: boolean): SharedDocument {
-    return { ...doc, owner: this.opts.owner, heartbeat_at: this.now(), http_status: httpStatus, retryable };
+  private stamp(
+    doc: ResultDocument,
+    binding: JobBinding,
+    httpStatus: number,
+    retryable: boolean,
+  ): SharedDocument {
+    return {
+      ...doc,
+      owner: this.opts.owner,
+      heartbeat_at: this.now(),
+      http_status: httpStatus,
+      retryable,
+      request_hash: binding.requestHash,
+      run_id: binding.runId,
+    };
   }
 
   /**
    * Claims `doc.id` for this worker by creating its document. An existing document that a retry may replace (a
    * retryable failure, or a job whose owner went silent) is overwritten; any other means the job is another's.
    */
-  async claim(doc: ResultDocument, signal?: AbortSignal): Promise<ClaimResult> {
-    const body = JSON.stringify(this.stamp(doc, 202, false));
+  async claim(doc: ResultDocument, binding: JobBinding, signal?: AbortSignal): Promise<ClaimResult> {
+    const body = JSON.stringify(this.stamp(doc, binding, 202, false));
     this.requests.put++;
     if (
       await this.opts.storage.putDocument(this.opts.target, this.docKey(doc.id), body, {
@@ -95,8 +119,8 @@ export class SharedJobs {
   }
 
   /** Writes the document in the background, in order per id; a failure is logged. */
-  write(doc: ResultDocument, httpStatus: number, retryable: boolean): void {
-    const body = JSON.stringify(this.stamp(doc, httpStatus, retryable));
+  write(doc: ResultDocument, binding: JobBinding, httpStatus: number, retryable: boolean): void {
+    const body = JSON.stringify(this.stamp(doc, binding, httpStatus, retryable));
     const key = this.docKey(doc.id);
     const previous = this.writes.get(doc.id) ?? Promise.resolve();
     const next = previous.then(async () => {
@@ -151,15 +175,22 @@ export class SharedJobs {
     return doc;
   }
 
-  /** Leaves a cancel request for the owner. */
-  async requestCancel(id: string, signal?: AbortSignal): Promise<void> {
+  /**
+   * Leaves a cancel request for the run the document shows. A document without a run id (written before runs were
+   * named) cannot be cancelled from here: resolves false, writing nothing.
+   */
+  async requestCancel(doc: SharedDocument, signal?: AbortSignal): Promise<boolean> {
+    if (typeof doc.run_id !== "string" || doc.run_id === "") return false;
     this.requests.put++;
-    await this.opts.storage.putDocument(this.opts.target, this.cancelKey(id), "{}", { signal });
+    await this.opts.storage.putDocument(this.opts.target, this.cancelKey(doc.id, doc.run_id), "{}", {
+      signal,
+    });
+    return true;
   }
 
-  /** Whether another worker asked to cancel this job. */
-  async cancelRequested(id: string, signal?: AbortSignal): Promise<boolean> {
+  /** Whether another worker asked to cancel this run of the job. */
+  async cancelRequested(id: string, runId: string, signal?: AbortSignal): Promise<boolean> {
     this.requests.head++;
-    return this.opts.storage.exists(this.opts.target, this.cancelKey(id), signal);
+    return this.opts.storage.exists(this.opts.target, this.cancelKey(id, runId), signal);
   }
 }

@@ -2,6 +2,21 @@ import type { Response } from "express";
 import type { AuthData } from "../auth/signature.js";
 import { numeric } from "../../lib/numbers.js";
 
+declare const verifiedBrand: unique symbol;
+
+/**
+ * auth_data of a caller the routed port authenticated: the router's signature for this worker verified (or the
+ * worker runs UNSECURED). Only such callers are counted and reported: an anonymous caller must move neither
+ * rej_load nor the `request_idx` entries of /delete_requests/ (upstream counts 401s in both; see
+ * test/conformance/deliberate.ts, `unsigned-not-reported`).
+ */
+export type VerifiedAuth = AuthData & { readonly [verifiedBrand]: true };
+
+/** Marks auth_data as authenticated; called only where the check that makes it so has passed. */
+export function asVerified(auth: AuthData): VerifiedAuth {
+  return auth as VerifiedAuth;
+}
+
 export type FinishedStatus = "Success" | "Error" | "Cancelled" | "Rejected";
 
 export interface FinishedRequest {
@@ -46,7 +61,8 @@ export const MAX_FINISHED = 10_000;
  * for /delete_requests/. In-flight requests are keyed by a counter of our own (upstream keys them by reqnum, so
  * duplicates overwrite each other). As upstream: an open session is one request in flight (its workload is the
  * router's cost) until it ends or expires, then a success; a request inside a session counts in the load counters
- * only (it is neither in flight nor deleted on its own); a rejected request counts as received.
+ * only (it is neither in flight nor deleted on its own); a rejected request counts as received. Every entry point
+ * takes a VerifiedAuth: what anonymous callers send never reaches the reports.
  */
 export class RequestTracker {
   private readonly working = new Map<number, Working>();
@@ -74,7 +90,7 @@ export class RequestTracker {
     }
   }
 
-  track(auth: AuthData, workload: number, res: Response, inSession = false): void {
+  track(auth: VerifiedAuth, workload: number, res: Response, inSession = false): void {
     if (inSession) return this.trackInSession(workload, res);
     const key = this.nextKey++;
     const entry: Working = { requestIdx: numeric(auth.request_idx) || 0, workload, enteredAt: this.now() };
@@ -111,7 +127,7 @@ export class RequestTracker {
   }
 
   /** A session opened: in flight until `closeSession` with the returned key. */
-  openSession(auth: AuthData, workload: number): number {
+  openSession(auth: VerifiedAuth, workload: number): number {
     const key = this.nextKey++;
     this.working.set(key, { requestIdx: numeric(auth.request_idx) || 0, workload, enteredAt: this.now() });
     this.received++;
@@ -144,8 +160,11 @@ export class RequestTracker {
     return total;
   }
 
-  /** A refused request; one inside a session only counts in rej_load (upstream neither receives nor deletes it). */
-  rejected(auth: AuthData, workload: number, inSession = false): void {
+  /**
+   * An authenticated request refused for overload (429); one inside a session only counts in rej_load (upstream
+   * neither receives nor deletes it).
+   */
+  rejected(auth: VerifiedAuth, workload: number, inSession = false): void {
     this.counters.rej_load += workload;
     this.pending = true;
     if (inSession) return;
