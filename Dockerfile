@@ -14,7 +14,18 @@
 # The base is pinned by tag; pick the tag the template uses (Docker Hub: vastai/comfy, tags
 # <ComfyUI ref>-cuda-<CUDA>-py<python>). Its CUDA 12.9 runtime needs a host driver for CUDA 12.9 (an offer filter
 # cuda_vers >= 12.9 on Vast).
-ARG BASE_IMAGE=vastai/comfy:v0.3.75-cuda-12.9-py312
+# What vast-ai/base-image's history says about these tags (.github/workflows/build-comfyui.yml, `git log` of it):
+# the workflow was added on 2026-01-29 (1cfa209); twice a day (cron 0 0,12 * * *) it builds ComfyUI's newest
+# release only if it was published in the last 12 hours (RELEASE_AGE_THRESHOLD 43200), or a ref given by hand,
+# and tags it <ref>-cuda-<CUDA>-py312 in vastai/comfy. Its matrix built cuda 12.9 and 13.1 at first and builds
+# 12.9 and 13.2 today (vastai/pytorch 2.10.0 cu128 / cu130 bases). No ComfyUI ref it built is recorded in the
+# repository, and a release older than 2026-01-29 (v0.3.75 among them) was never built under this scheme. The
+# default is ComfyUI v0.33.0 (released 2026-08-22, after the workflow began, and the newest ComfyUI the tests run
+# against): a release the twice-daily run picks up within 12 hours, which is why it should exist, though no
+# listing could be read from here. Check the tag on Docker Hub (or the template) and pin it by digest:
+#   docker buildx imagetools inspect vastai/comfy:<tag>   # prints Digest: sha256:...
+#   docker build --build-arg BASE_IMAGE=vastai/comfy:<tag>@sha256:<digest> .
+ARG BASE_IMAGE=vastai/comfy:v0.33.0-cuda-12.9-py312
 FROM ${BASE_IMAGE}
 
 # Node 24 (what production runs) from the same pinned wheel as the drop-in path (requirements.txt), in its own

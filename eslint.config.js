@@ -3,7 +3,16 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", "coverage/**", "web/console/build/**", "test-artifacts/**"] },
+  {
+    ignores: [
+      "dist/**",
+      "node_modules/**",
+      "coverage/**",
+      "web/console/build/**",
+      "test-artifacts/**",
+      "bundle/**",
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

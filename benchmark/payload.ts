@@ -5,7 +5,9 @@ import type { Workflow } from "../handlers/comfyui/types.js";
 
 export interface BenchmarkSettings {
   defaultJsonPath: string;
+  seedJsonPath?: string | undefined;
   jsonPath?: string | undefined;
+  wrapperJsonPath?: string | undefined;
   promptsPath: string;
   width: number;
   height: number;
@@ -37,11 +39,22 @@ async function readJson(path: string): Promise<Workflow | undefined> {
 }
 
 /**
- * The benchmark workflow, first found: misc/benchmark.json, $BENCHMARK_JSON_PATH, else SD1.5 text-to-image with
- * BENCHMARK_TEST_WIDTH/HEIGHT/STEPS and a random prompt from misc/test_prompts.txt, seeded with __RANDOM_INT__.
+ * Where a custom benchmark is looked for, in upstream PyWorker's order (its comfyui-json worker): the clone's
+ * misc/benchmark.json (ours, then the seed's workers/comfyui-json/misc/), $BENCHMARK_JSON_PATH, then the stock
+ * image's pyworker_benchmark.json. The one list both bootstraps rely on: they look for none themselves.
+ */
+export function benchmarkCandidates(s: BenchmarkSettings): string[] {
+  return [s.defaultJsonPath, s.seedJsonPath, s.jsonPath, s.wrapperJsonPath].filter((p): p is string => !!p);
+}
+
+/**
+ * The benchmark workflow, first found of benchmarkCandidates (a missing file is passed over), else SD1.5
+ * text-to-image with BENCHMARK_TEST_WIDTH/HEIGHT/STEPS and a random prompt from misc/test_prompts.txt, seeded with
+ * __RANDOM_INT__; its source names the files that were not there, so the fallback is never silent.
  */
 export async function loadBenchmarkPayload(s: BenchmarkSettings, root: string): Promise<BenchmarkPayload> {
-  for (const path of [s.defaultJsonPath, s.jsonPath].filter((p): p is string => !!p)) {
+  const candidates = benchmarkCandidates(s);
+  for (const path of candidates) {
     const workflow = await readJson(path);
     if (workflow) {
       const text = JSON.stringify(workflow);
@@ -66,7 +79,7 @@ export async function loadBenchmarkPayload(s: BenchmarkSettings, root: string): 
     return w;
   };
   return {
-    source: `default SD1.5 text-to-image ${s.width}x${s.height}, ${s.steps} steps`,
+    source: `default SD1.5 text-to-image ${s.width}x${s.height}, ${s.steps} steps (no custom benchmark at ${candidates.join(", ")})`,
     make,
     fingerprint: hash(JSON.stringify({ template, width: s.width, height: s.height, steps: s.steps })),
   };

@@ -21,6 +21,16 @@ export interface ComfyBackendConfig {
 export interface Config {
   /** The routed port: the Vast router's signed envelope. */
   worker: { host: string; port: number; publicUrl: string; useSsl: boolean; sslCert: string; sslKey: string };
+  /**
+   * The plain-HTTP port (WORKER_HTTP_PORT, upstream's default WORKER_PORT + 1), on the routed port's host: POST
+   * /session/end only, without TLS, for internal calls.
+   */
+  plainHttp: { port: number };
+  /**
+   * What SIGTERM does: running jobs get `drainMs` to finish. `stopWaitS` is how long the process manager waits
+   * after its SIGTERM before it kills the worker (supervisor's stopwaitsecs, STOP_WAIT_S), when it is known.
+   */
+  shutdown: { drainMs: number; stopWaitS?: number };
   /** The local API port: bare `{input}` and /docs, for interactive use over an SSH tunnel. */
   api: {
     host: string;
@@ -113,7 +123,12 @@ export interface Config {
   };
   benchmark: {
     jsonPath?: string;
+    /** The clone's own misc/benchmark.json: the first place looked (a fork's custom benchmark). */
     defaultJsonPath: string;
+    /** The seed's layout in the clone (PyWorker's comfyui-json worker folder), looked at with the first. */
+    seedJsonPath: string;
+    /** What the stock image's convert-workflows.sh links to the first provisioned workflow: looked at last. */
+    wrapperJsonPath: string;
     promptsPath: string;
     width: number;
     height: number;
@@ -129,7 +144,8 @@ export interface Config {
     liveScoreBand: number;
     gpuKey: string;
   };
-  log: { level: string; pretty: boolean };
+  /** `file`: JSON lines appended there besides stdout (LOG_FILE), kept when stdout's reader is gone. */
+  log: { level: string; pretty: boolean; file?: string };
 }
 
 type DeepReadonly<T> = { readonly [K in keyof T]: T[K] extends object ? DeepReadonly<T[K]> : T[K] };
@@ -153,6 +169,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
   const useSsl = e.bool("USE_SSL", false);
   const publicIp = e.optional("PUBLIC_IPADDR") ?? "127.0.0.1";
   const publicPort = e.int(`VAST_TCP_PORT_${workerPort}`, workerPort, { min: 0, max: 65535 });
+  const stopWaitS = e.optional("STOP_WAIT_S") === undefined ? undefined : e.int("STOP_WAIT_S", 0, { min: 3 });
   // ComfyUI's own arguments describe what it really does; COMFYUI_BASE_DIR is where we expect it by default.
   const comfyArgs = parseComfyArgs(e.optional("COMFYUI_ARGS"));
   const comfyBase = comfyArgs.baseDir ?? e.optional("COMFYUI_BASE_DIR");
@@ -179,6 +196,18 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       // Not SSL_CERT_FILE: OpenSSL, curl and Python read that as their list of trusted CAs.
       sslCert: e.string("WORKER_SSL_CERT_FILE", "/etc/instance.crt"),
       sslKey: e.string("WORKER_SSL_KEY_FILE", "/etc/instance.key"),
+    },
+    plainHttp: {
+      // WORKER_PORT=0 (any free port) makes this one any free port too.
+      port: e.int("WORKER_HTTP_PORT", workerPort > 0 && workerPort < 65535 ? workerPort + 1 : 0, {
+        min: 0,
+        max: 65535,
+      }),
+    },
+    shutdown: {
+      // Under a known stop window, 2 s of it are left for the webhooks' and the autoscaler's last words.
+      drainMs: e.int("DRAIN_MS", stopWaitS === undefined ? 60_000 : (stopWaitS - 2) * 1000, { min: 0 }),
+      ...(stopWaitS !== undefined && { stopWaitS }),
     },
     api: {
       host: e.string("API_HOST", "127.0.0.1"),
@@ -275,6 +304,11 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     benchmark: {
       jsonPath: e.optional("BENCHMARK_JSON_PATH"),
       defaultJsonPath: join(root, "misc", "benchmark.json"),
+      seedJsonPath: join(root, "workers", "comfyui-json", "misc", "benchmark.json"),
+      wrapperJsonPath: e.string(
+        "BENCHMARK_WRAPPER_JSON_PATH",
+        "/opt/comfyui-api-wrapper/workflows/pyworker_benchmark.json",
+      ),
       promptsPath: join(root, "misc", "test_prompts.txt"),
       width: e.int("BENCHMARK_TEST_WIDTH", 512, { min: 8 }),
       height: e.int("BENCHMARK_TEST_HEIGHT", 512, { min: 8 }),
@@ -291,6 +325,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     log: {
       level: e.oneOf("LOG_LEVEL", ["trace", "debug", "info", "warn", "error", "fatal", "silent"], "info"),
       pretty: e.bool("LOG_PRETTY", false),
+      ...(e.optional("LOG_FILE") !== undefined && { file: resolve(e.optional("LOG_FILE")!) }),
     },
   };
   if (!config.autoscaler.unsecured && config.autoscaler.reportAddrs.length === 0) {

@@ -142,7 +142,12 @@ try {
         LOG_PRETTY: "true",
         ...env,
         // Per-worker values win over the environment when there are several.
-        ...(workerCount > 1 && { WORKER_PORT: String(workerPort), API_PORT: String(ports.api + i) }),
+        // Their plain-HTTP ports follow the routed ones (WORKER_PORT + 1 is the next worker's).
+        ...(workerCount > 1 && {
+          WORKER_PORT: String(workerPort),
+          WORKER_HTTP_PORT: String(ports.worker + workerCount + i),
+          API_PORT: String(ports.api + i),
+        }),
       },
       repoRoot,
     );

@@ -14,7 +14,8 @@ import { docsRoutes, loadExample } from "./http/docs.js";
 import { generateRoutes } from "./http/generate-routes.js";
 import { healthRoutes } from "./http/health.js";
 import { createLocalApp } from "./http/local.js";
-import { SessionStore, createRoutedApp } from "./http/routed.js";
+import { SessionStore, createRoutedApp, type RoutedDeps } from "./http/routed.js";
+import { PLAIN_HTTP_ROUTES } from "./http/route-table.js";
 import { SessionCloseNotifier } from "../handlers/session-close.js";
 import type { JobManager } from "./jobs/manager.js";
 import type { SharedJobs } from "./jobs/shared.js";
@@ -32,12 +33,15 @@ import { median } from "./cost-model.js";
 import { LiveScore } from "./live-score.js";
 import { LoadSignal } from "./load-signal.js";
 import { debugRoutes } from "./http/debug.js";
+import { installLayout, type InstallLayout } from "../lib/install.js";
 
 export interface WorkerDeps {
   config: FrozenConfig;
   logger: Logger;
-  /** The worker's installation folder (misc/, the operator page). */
+  /** The worker's installation folder (misc/). */
   root: string;
+  /** Where the operator page's and the /docs page's files are; by default where this code was loaded from. */
+  assets?: Pick<InstallLayout, "console" | "swaggerUi">;
   /** The boot benchmark (benchmark/boot.ts `bootBenchmark(config, root)`). */
   benchmark: BootBenchmark;
   /** Public key PEM to use instead of fetching it (tests). */
@@ -62,6 +66,8 @@ export interface Worker {
   readonly load: LoadSignal;
   routedUrl(): string;
   apiUrl(): string | undefined;
+  /** The plain-HTTP port's URL (POST /session/end only), once it listens. */
+  plainHttpUrl(): string | undefined;
   phase(): Phase;
   errorMsg(): string;
   /** The boot benchmark's outcome, once it ran (or was read from its cache). */
@@ -226,7 +232,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     workloadOf: (input) => workloadOfWorkflow(input.workflow),
   });
 
-  const routedApp: Express = createRoutedApp({
+  const routedDeps: RoutedDeps = {
     logger,
     maxBodyBytes: config.limits.routedMaxBodyBytes,
     jsonShape: config.limits.jsonShape,
@@ -246,7 +252,10 @@ export function createWorker(deps: WorkerDeps): Worker {
     generate,
     health,
     workloadOf: workloadOfPayload,
-  });
+  };
+  const routedApp: Express = createRoutedApp(routedDeps);
+  // Upstream's second listener: /session/end without TLS on WORKER_HTTP_PORT, for internal calls.
+  const plainHttpApp: Express = createRoutedApp(routedDeps, PLAIN_HTTP_ROUTES);
   // The operator page's feed reads the parts through their read-only accessors.
   const consoleFeed = () => {
     const s3 = resolveS3(config.s3, undefined);
@@ -273,6 +282,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       now,
     });
   };
+  const assets = deps.assets ?? installLayout();
   const localApp = config.api.enabled
     ? createLocalApp({
         maxBodyBytes: config.limits.maxBodyBytes,
@@ -280,9 +290,9 @@ export function createWorker(deps: WorkerDeps): Worker {
         allowedHosts: config.api.allowedHosts,
         generate,
         health,
-        docs: docsRoutes(loadExample(deps.root)),
+        docs: docsRoutes(loadExample(deps.root), assets.swaggerUi),
         debug: debugRoutes({ load: () => load.state(), maxPerf: () => admission.maxPerf }),
-        console: consoleRoutes({ feed: consoleFeed(), root: deps.root }),
+        console: consoleRoutes({ feed: consoleFeed(), root: deps.root, page: assets.console }),
         metrics: metrics.routes(() => {
           const state = load.state();
           metrics.loadModel(state.shapes, state.liveScore);
@@ -301,6 +311,7 @@ export function createWorker(deps: WorkerDeps): Worker {
 
   let routedServer: Server | undefined;
   let localServer: Server | undefined;
+  let plainHttpServer: Server | undefined;
   let watcher: NodeJS.Timeout | undefined;
   // Expired sessions go every 5 s, as upstream's GC loop.
   let sessionSweep: NodeJS.Timeout | undefined;
@@ -351,6 +362,10 @@ export function createWorker(deps: WorkerDeps): Worker {
       const a = routedServer?.address() as AddressInfo | null;
       return `${config.worker.useSsl ? "https" : "http"}://127.0.0.1:${a?.port ?? config.worker.port}`;
     },
+    plainHttpUrl() {
+      const a = plainHttpServer?.address() as AddressInfo | null;
+      return a ? `http://127.0.0.1:${a.port}` : undefined;
+    },
     apiUrl() {
       const a = localServer?.address() as AddressInfo | null;
       return a ? `http://127.0.0.1:${a.port}` : undefined;
@@ -367,6 +382,9 @@ export function createWorker(deps: WorkerDeps): Worker {
             )
           : createHttpServer(routedApp);
         await listen(routedServer, config.worker.port, config.worker.host);
+        // On the routed port's host, as upstream binds both of its listeners alike.
+        plainHttpServer = createHttpServer(plainHttpApp);
+        await listen(plainHttpServer, config.plainHttp.port, config.worker.host);
         if (localApp) {
           localServer = createHttpServer(localApp);
           await listen(localServer, config.api.port, config.api.host);
@@ -379,6 +397,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         {
           stage: "lifecycle",
           routed: worker.routedUrl(),
+          session_end_http: worker.plainHttpUrl(),
           api: worker.apiUrl() ?? "disabled",
           // Signed requests must name this URL (AUTH_CHECK_URL=false turns the check off).
           signed_url_expected: config.autoscaler.checkUrl
@@ -470,6 +489,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       let stopping: Promise<void> | undefined;
       return (drainMs = 30_000) => {
         stopping ??= (async () => {
+          const stopStarted = now();
           logger.info({ stage: "lifecycle", active_jobs: jobs.active().length }, "stopping: no new jobs");
           const previous = life.enter("draining");
           lifecycle.abort();
@@ -479,9 +499,15 @@ export function createWorker(deps: WorkerDeps): Worker {
           // A normal shutdown: the autoscaler hears it as error_msg, but it is no error in our log.
           if (previous === "ready") life.setError("worker is shutting down", "info");
           await jobs.drain(drainMs);
-          await webhooks.drain(5_000);
+          // Deliveries in flight get 5 s, or what is left of the process manager's stop window (STOP_WAIT_S) less a
+          // second for the servers and the last report to the autoscaler.
+          const windowLeftMs =
+            config.shutdown.stopWaitS === undefined
+              ? Infinity
+              : config.shutdown.stopWaitS * 1000 - (now() - stopStarted) - 1_000;
+          await webhooks.drain(Math.max(0, Math.min(5_000, windowLeftMs)));
           await Promise.all(
-            [routedServer, localServer].map(
+            [routedServer, plainHttpServer, localServer].map(
               (s) =>
                 new Promise<void>((resolve) => {
                   if (!s?.listening) return resolve();

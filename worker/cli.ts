@@ -1,6 +1,4 @@
 #!/usr/bin/env node
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { ConfigError, describeConfig, loadConfig, type FrozenConfig } from "../config/index.js";
 import { benchmarkCommand } from "./commands/benchmark.js";
@@ -9,18 +7,24 @@ import { submitCommand } from "./commands/submit.js";
 import { createWorker } from "./app.js";
 import { bootBenchmark } from "../benchmark/boot.js";
 import { createLogger } from "../lib/logger.js";
+import { checkBundleSources } from "../lib/bundle-fingerprint.js";
+import { installLayout } from "../lib/install.js";
 
-/** The worker's installation folder: two levels up from worker/cli.{ts,js} (dist/worker/cli.js too). */
-function installRoot(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const up = resolve(here, "..");
-  return up.endsWith("dist") ? resolve(up, "..") : up;
-}
+const layout = installLayout();
 
 /** The config from the environment, or exit 2 with the message naming the variable. */
 function configOrExit(root: string): FrozenConfig {
   try {
-    return loadConfig(process.env, root);
+    const config = loadConfig(process.env, root);
+    // pino-pretty runs in a worker thread that pino loads from node_modules by name: the bundle has neither.
+    if (config.log.pretty && layout.bundled) {
+      throw new ConfigError(
+        "LOG_PRETTY",
+        "true needs pino-pretty, a development dependency that bundle/worker.mjs does not carry: " +
+          "unset it (and pipe the JSON lines through `npx pino-pretty` to read them), or run from the sources",
+      );
+    }
+    return config;
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`configuration error: ${err.message}`);
@@ -30,12 +34,48 @@ function configOrExit(root: string): FrozenConfig {
   }
 }
 
-async function start(opts: { drainMs: string }): Promise<void> {
-  const root = installRoot();
+/**
+ * What SIGTERM will do, in the log's words: "draining for up to 8 s (supervisor stops this program after 10 s,
+ * STOP_WAIT_S)".
+ */
+function drainPlan(drainMs: number, stopWaitS: number | undefined): string {
+  const drain = `draining for up to ${drainMs / 1000} s`;
+  if (stopWaitS === undefined) return drain;
+  return `${drain} (supervisor stops this program after ${stopWaitS} s, STOP_WAIT_S)`;
+}
+
+async function start(opts: { drainMs?: string }): Promise<void> {
+  const root = layout.root;
   const config = configOrExit(root);
   const logger = createLogger(config.log);
+  // Whoever reads our output may be gone before we are (supervisor's stopasgroup signals start_server.sh's `tee`
+  // with us): a write to the closed pipe is dropped (the log goes on in LOG_FILE), never an uncaught error.
+  for (const out of [process.stdout, process.stderr]) {
+    out.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EPIPE") throw err;
+    });
+  }
   logger.info({ stage: "lifecycle", config: describeConfig(config) }, "comfyui-worker starting");
-  const worker = createWorker({ config, logger, root, benchmark: bootBenchmark(config, root) });
+  const drainMs = opts.drainMs === undefined ? config.shutdown.drainMs : Number(opts.drainMs);
+  const { stopWaitS } = config.shutdown;
+  logger.info(
+    { stage: "lifecycle", drain_ms: drainMs, stop_wait_s: stopWaitS, log_file: config.log.file },
+    `on SIGTERM: ${drainPlan(drainMs, stopWaitS)}`,
+  );
+  if (stopWaitS !== undefined && drainMs > stopWaitS * 1000) {
+    logger.warn(
+      { stage: "lifecycle" },
+      `a drain of ${drainMs / 1000} s is longer than the ${stopWaitS} s supervisor waits (STOP_WAIT_S): ` +
+        "jobs still running then are killed with the worker",
+    );
+  }
+  const worker = createWorker({
+    config,
+    logger,
+    root,
+    assets: layout,
+    benchmark: bootBenchmark(config, root),
+  });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
@@ -43,8 +83,11 @@ async function start(opts: { drainMs: string }): Promise<void> {
       logger.warn({ stage: "lifecycle" }, `second ${signal}: exiting now`);
       process.exit(130);
     }
-    logger.info({ stage: "lifecycle" }, `${signal}: draining (send again to force exit)`);
-    void worker.stop(Number(opts.drainMs)).then(
+    logger.info(
+      { stage: "lifecycle" },
+      `${signal}: ${drainPlan(drainMs, stopWaitS)} (send again to force exit)`,
+    );
+    void worker.stop(drainMs).then(
       () => process.exit(0),
       (err: unknown) => {
         logger.error({ err }, "stop failed");
@@ -76,8 +119,7 @@ export function buildCli(): Command {
     .description("Start the worker: wait for ComfyUI, fetch the router key, benchmark, serve and report.")
     .option(
       "--drain-ms <ms>",
-      "on SIGTERM, how long running jobs may finish before they are interrupted",
-      "60000",
+      "on SIGTERM, how long running jobs may finish before they are interrupted (default: DRAIN_MS)",
     )
     .action(start);
   program
@@ -88,7 +130,7 @@ export function buildCli(): Command {
     )
     .option("--force", "run even when a valid cached score exists", false)
     .action(async (opts: { force: boolean }) => {
-      const root = installRoot();
+      const root = layout.root;
       // Exit explicitly: idle keep-alive sockets must not hold the process after the answer is printed.
       process.exit(await benchmarkCommand(configOrExit(root), root, opts));
     });
@@ -110,7 +152,18 @@ export function buildCli(): Command {
       "Validate the configuration and check that ComfyUI, S3 and the autoscaler answer. Exit 1 if not.",
     )
     .action(async () => {
-      process.exit(await checkCommand(configOrExit(installRoot())));
+      process.exit(await checkCommand(configOrExit(layout.root)));
+    });
+  program
+    .command("bundle-check")
+    .description(
+      "Exit 0 when bundle/worker.mjs was built from the sources now in the installation, else 1 (naming what\n" +
+        "changed): worker.py runs the bundle only then, and builds from the sources otherwise.",
+    )
+    .action(() => {
+      const result = checkBundleSources(layout.root);
+      console.log(result.ok ? "bundle: built from these sources" : `bundle: ${result.reason}`);
+      process.exit(result.ok ? 0 : 1);
     });
   return program;
 }

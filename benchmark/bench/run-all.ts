@@ -22,6 +22,7 @@ import { measureSharedCost, type SharedCostResult } from "./shared-cost.js";
 import { eightRoundScore, measureSignal, signalSection, type SignalRun } from "./load-signal.js";
 import { measureScaling, startScalingBackends, type ScalingRun } from "./scaling.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
+import { coldStartSection } from "./cold-start.js";
 
 const run = promisify(execFile);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
@@ -33,7 +34,8 @@ const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 /**
  * BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing; BENCH_ONLY=signal
  * (the load signal, BENCH_SIGNAL_REPEATS 5), shared (job documents, BENCH_SHARED_RUNS 100) or scaling (two
- * backends, BENCH_SCALING_JOBS 12) measures that part and replaces only its section of BENCHMARKS.md.
+ * backends, BENCH_SCALING_JOBS 12) or cold (cold start beside upstream's worker, BENCH_COLD_REPEATS 3) measures that
+ * part and replaces only its section of BENCHMARKS.md.
  */
 const only = process.env.BENCH_ONLY;
 const signalRepeats = Number(process.env.BENCH_SIGNAL_REPEATS ?? 5);
@@ -135,6 +137,7 @@ const sections: Record<string, (parts: BenchParts) => Promise<string>> = {
   signal: loadSignal,
   shared: sharedCost,
   scaling,
+  cold: coldStartSection,
 };
 
 /** Replaces (or appends) the section with `section`'s heading, leaving the other figures as they were measured. */

@@ -305,7 +305,8 @@ export class ComfyPool extends EventEmitter {
 
   private async runProbe(backend: ComfyBackend): Promise<string | undefined> {
     const signal = AbortSignal.timeout(this.opts.probeTimeoutMs ?? 30_000);
-    const promptId = `health-probe-${randomUUID()}`;
+    // A bare UUID: newer ComfyUIs (0.33.0 does) refuse any other prompt_id with 400 invalid_prompt_id.
+    const promptId = randomUUID();
     try {
       await backend.client.systemStats(signal);
       await backend.client.queuePrompt(PROBE_WORKFLOW, {

@@ -15,23 +15,9 @@ import {
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { S3Settings } from "../../config/index.js";
-import { BadRequestError, WorkerError } from "../../lib/errors.js";
+import { BadRequestError, StorageUnavailableError, UploadError } from "../../lib/errors.js";
 import { checkCallbackUrl, policyLookup } from "../preprocess/address-policy.js";
 import { contentTypeFor } from "./content-type.js";
-
-/** A failed upload. Reported on its output (`upload_error`) and in the job's status, never as success. */
-export class UploadError extends WorkerError {
-  readonly code = "upload_failed";
-  readonly httpStatus = 502;
-  override readonly retryable = true;
-}
-
-/** The storage could not be read or written (unreachable, refused): another attempt may succeed. */
-export class StorageUnavailableError extends WorkerError {
-  readonly code = "storage_unavailable";
-  readonly httpStatus = 503;
-  override readonly retryable = true;
-}
 
 /** Parts of one multipart upload in flight at once. */
 const PARALLEL_PARTS = 3;

@@ -67,7 +67,12 @@ test("the reference worker library and ours answer and report the same scripted 
     maxPerf: 1,
     maxQueueTimeS: MAX_QUEUE_TIME_S,
   });
-  const refRun = new ScenarioRun(router, { name: "reference", id: 101, base: reference.base });
+  const refRun = new ScenarioRun(router, {
+    name: "reference",
+    id: 101,
+    base: reference.base,
+    plainHttp: reference.plainHttp,
+  });
   await Promise.race([runScenario(refRun), reference.failed]);
   await reference.stop();
 
@@ -88,7 +93,12 @@ test("the reference worker library and ours answer and report the same scripted 
     REPORT_HEARTBEAT_MS: "10000",
     COMFYUI_HISTORY_POLL_MS: "100",
   });
-  const ourRun = new ScenarioRun(router, { name: "ours", id: 102, base: ours.routed });
+  const ourRun = new ScenarioRun(router, {
+    name: "ours",
+    id: 102,
+    base: ours.routed,
+    plainHttp: ours.worker.plainHttpUrl()!,
+  });
   await runScenario(ourRun);
 
   // For a failure's post-mortem: every report as the autoscaler received it.

@@ -10,6 +10,8 @@ import { repoRoot } from "../harness/worker.js";
 export interface ReferenceWorker {
   /** Where callers reach it (its WORKER_PORT). */
   base: string;
+  /** Its plain-HTTP listener (WORKER_HTTP_PORT): /session/end without TLS. */
+  plainHttp: string;
   logFile: string;
   /** Rejects, with the end of its log, if the process exits before `stop()`. */
   failed: Promise<never>;
@@ -73,6 +75,7 @@ export async function startReferenceWorker(opts: {
   return {
     failed,
     base: `http://127.0.0.1:${port}`,
+    plainHttp: `http://127.0.0.1:${httpPort}`,
     logFile,
     async stop() {
       stopping = true;

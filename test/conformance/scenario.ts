@@ -10,6 +10,8 @@ export interface Target {
   id: number;
   /** Where the scripted callers send requests. */
   base: string;
+  /** Its plain-HTTP listener (WORKER_HTTP_PORT), where /session/end is served without TLS. */
+  plainHttp: string;
 }
 
 /** What one worker did, flattened: `step.what` -> a normalised value (a string, for a table cell). */
@@ -109,10 +111,11 @@ export class ScenarioRun {
     path: string,
     body: unknown,
     signal?: AbortSignal,
+    base = this.target.base,
   ): Promise<{ status: number; contentType: string; text: string }> {
     let res: globalThis.Response;
     try {
-      res = await fetch(`${this.target.base}${path}`, {
+      res = await fetch(`${base}${path}`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: typeof body === "string" ? body : JSON.stringify(body),
@@ -482,6 +485,37 @@ export async function runScenario(run: ScenarioRun): Promise<void> {
   }
   run.answer("health.session-health-missing-id", await run.send("/session/health", {}));
   await run.barrier("health");
+
+  // The plain-HTTP listener: a session created on the routed port, ended there (internal calls); nothing else.
+  const plain = (path: string, body: unknown) => run.send(path, body, undefined, run.target.plainHttp);
+  const plainAuth = run.auth("plain-http:session");
+  const plainSession = await run.send("/session/create", { auth_data: plainAuth, payload: { lifetime: 60 } });
+  const plainId = String((JSON.parse(plainSession.text || "{}") as { session_id?: string }).session_id);
+  run.answer(
+    "plain-http.end-wrong-auth",
+    await plain("/session/end", { session_id: plainId, session_auth: {} }),
+  );
+  run.answer("plain-http.end-no-auth", await plain("/session/end", { session_id: plainId }));
+  run.answer("plain-http.end-missing-id", await plain("/session/end", { session_auth: plainAuth }));
+  run.answer("plain-http.end-invalid-json", await plain("/session/end", "{not json"));
+  run.answer("plain-http.end", await plain("/session/end", { session_id: plainId, session_auth: plainAuth }));
+  run.answer(
+    "plain-http.get-after-end",
+    await run.send("/session/get", { session_id: plainId, session_auth: plainAuth }),
+  );
+  run.answer(
+    "plain-http.end-again",
+    await plain("/session/end", { session_id: plainId, session_auth: plainAuth }),
+  );
+  run.answer(
+    "plain-http.session-create",
+    await plain("/session/create", { auth_data: run.auth("plain-http:create"), payload: {} }),
+  );
+  run.answer(
+    "plain-http.generate-sync",
+    await plain("/generate/sync", { auth_data: run.auth("plain-http:generate"), payload: { input: {} } }),
+  );
+  await run.barrier("plain-http");
 
   // Reqnums the router would never hand out again: one far below the highest seen, one already used.
   const stale = { ...run.auth("reqnum:stale"), reqnum: run.highestReqnum() - 5_000 };

@@ -57,6 +57,8 @@ export async function startTestWorker(
       WORKER_PORT: port,
       [`VAST_TCP_PORT_${port}`]: port,
       WORKER_HOST: "127.0.0.1",
+      // Any free port: WORKER_PORT + 1 may be another test's.
+      WORKER_HTTP_PORT: "0",
       API_PORT: "0",
       ...stackEnv(join(dir, "output")),
       BENCHMARK_SKIP: "true",

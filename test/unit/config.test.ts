@@ -87,10 +87,13 @@ describe("loadConfig", () => {
       reportIntervalMs: 1_000,
       heartbeatIntervalMs: 10_000,
       updateFlagFile: "/.force_update",
+      sessionMaxLifetimeS: 3600,
     });
     expect(c.benchmark).toEqual({
       jsonPath: undefined,
       defaultJsonPath: join(ROOT, "misc", "benchmark.json"),
+      seedJsonPath: join(ROOT, "workers", "comfyui-json", "misc", "benchmark.json"),
+      wrapperJsonPath: "/opt/comfyui-api-wrapper/workflows/pyworker_benchmark.json",
       promptsPath: join(ROOT, "misc", "test_prompts.txt"),
       width: 512,
       height: 512,
@@ -101,6 +104,7 @@ describe("loadConfig", () => {
       tolerance: 0.05,
       skip: false,
       liveScore: true,
+      liveScoreBand: 2,
       gpuKey: "",
     });
     expect(c.log).toEqual({ level: "info", pretty: false });

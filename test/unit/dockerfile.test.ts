@@ -1,6 +1,7 @@
 import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadConfig } from "../../config/index.js";
 
 /**
  * The image cannot be built here (no Docker engine), so its text is checked against what the review asked for and
@@ -54,9 +55,13 @@ test("the supervisor program runs the entry point supervised, and waits for the 
   expect(command).toBe("/opt/worker/scripts/docker-entrypoint.sh");
   accessSync(join(root, command.replace("/opt/worker/", "")), constants.X_OK);
   expect(conf).toMatch(/^environment=.*WORKER_UNDER_SUPERVISOR="true"/m);
-  // The worker's drain (60 s), then with COMFYUI_PER_GPU the entry point's stop of its ComfyUIs
-  // (COMFYUI_STOP_TIMEOUT, 30 s); the whole group is signalled (the log copiers, the entry point).
-  expect(Number(/^stopwaitsecs=(\d+)$/m.exec(conf)![1])).toBeGreaterThan(60 + 30);
+  // The worker's drain (its default: the image sets neither DRAIN_MS nor STOP_WAIT_S, so the long one), then with
+  // COMFYUI_PER_GPU the entry point's stop of its ComfyUIs (COMFYUI_STOP_TIMEOUT, 30 s); the whole group is
+  // signalled (the log copiers, the entry point).
+  expect(`${dockerfile}\n${conf}`).not.toMatch(/DRAIN_MS|STOP_WAIT_S/);
+  const { drainMs } = loadConfig({ UNSECURED: "true", COMFYUI_BASE_DIR: "/workspace/ComfyUI" }).shutdown;
+  expect(drainMs).toBe(60_000);
+  expect(Number(/^stopwaitsecs=(\d+)$/m.exec(conf)![1])).toBeGreaterThan(drainMs / 1000 + 30);
   expect(conf).toMatch(/^stopasgroup=true$/m);
   expect(conf).toMatch(/^killasgroup=true$/m);
   expect(conf).toMatch(/^stdout_logfile=\/dev\/stdout$/m);

@@ -6,8 +6,10 @@ import type { ConsoleFeed } from "../console/feed.js";
 
 export interface ConsoleRoutesDeps {
   feed: ConsoleFeed;
-  /** The worker's installation folder: web/console/ (the page) and misc/workflows/ (its examples). */
+  /** The worker's installation folder: misc/workflows/ (the page's examples). */
   root: string;
+  /** The page's files (lib/install.ts `installLayout().console`: web/console/ or the bundle's copy). */
+  page: { index: string; style: string; app: string };
 }
 
 // Only what the page needs: its own files, the worker's own outputs, and the loopback API it calls.
@@ -22,12 +24,11 @@ const CSP =
  */
 export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
   const router = Router();
-  const dir = join(deps.root, "web", "console");
   const examples = join(deps.root, "misc", "workflows");
   const files: Record<string, { path: string; type: string }> = {
-    "/": { path: join(dir, "index.html"), type: "text/html; charset=utf-8" },
-    "/console/style.css": { path: join(dir, "style.css"), type: "text/css; charset=utf-8" },
-    "/console/app.js": { path: join(dir, "build", "app.js"), type: "text/javascript; charset=utf-8" },
+    "/": { path: deps.page.index, type: "text/html; charset=utf-8" },
+    "/console/style.css": { path: deps.page.style, type: "text/css; charset=utf-8" },
+    "/console/app.js": { path: deps.page.app, type: "text/javascript; charset=utf-8" },
   };
 
   const page = (res: Response, type: string) => {

@@ -1,8 +1,8 @@
 import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import express, { Router } from "express";
+import { join } from "node:path";
+import { Router } from "express";
 import { z } from "zod";
+import { errorCatalogue } from "../../lib/errors.js";
 import { GenerateRequest } from "../schema.js";
 
 /** The OpenAPI document, generated from the same zod schema that validates requests, with the seed's example. */
@@ -108,17 +108,42 @@ export function openApiDocument(example: unknown): Record<string, unknown> {
         get: { summary: "Prometheus metrics", responses: { "200": { description: "text/plain" } } },
       },
     },
-    components: { schemas: { Result: result } },
+    components: { schemas: { Result: result, Error: errorSchema() } },
   };
 }
 
-export function docsRoutes(example: unknown): Router {
+/**
+ * Every error body the worker answers (`{error, code, ...details}`), with the catalogue of codes: each one's HTTP
+ * status, whether another attempt may succeed (the Vast client retries 5xx), and what it means.
+ */
+function errorSchema(): Record<string, unknown> {
+  const catalogue = errorCatalogue();
+  const rows = catalogue.map(
+    (e) => `| \`${e.code}\` | ${e.httpStatus} | ${e.retryable ? "yes" : "no"} | ${e.meaning} |`,
+  );
+  return {
+    type: "object",
+    required: ["error", "code"],
+    properties: {
+      error: { type: "string", description: "What went wrong, naming the limit or the field" },
+      code: { type: "string", enum: catalogue.map((e) => e.code) },
+    },
+    description: ["| code | HTTP status | retryable | meaning |", "|---|---|---|---|", ...rows].join("\n"),
+    "x-error-codes": catalogue,
+  };
+}
+
+/** The only files of swagger-ui-dist that the /docs page loads (the bundle carries these and no others). */
+export const SWAGGER_UI_FILES = ["swagger-ui.css", "swagger-ui-bundle.js"] as const;
+
+/** `swaggerUiDir`: the folder holding SWAGGER_UI_FILES (lib/install.ts `installLayout().swaggerUi`). */
+export function docsRoutes(example: unknown, swaggerUiDir: string): Router {
   const router = Router();
-  const require = createRequire(import.meta.url);
-  const uiDir = dirname(require.resolve("swagger-ui-dist/package.json"));
   const doc = openApiDocument(example);
   router.get("/openapi.json", (_req, res) => void res.json(doc));
-  router.use("/docs/assets", express.static(uiDir, { index: false }));
+  for (const file of SWAGGER_UI_FILES) {
+    router.get(`/docs/assets/${file}`, (_req, res) => res.sendFile(join(swaggerUiDir, file)));
+  }
   const page = `<!doctype html><html><head><meta charset="utf-8"><title>ComfyUI worker API</title>
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head><body><div id="ui"></div>
 <script src="/docs/assets/swagger-ui-bundle.js"></script>

@@ -37,6 +37,14 @@ export const ROUTED_ROUTES = [
   { method: "POST", path: "/cancel/:id", auth: "signed-envelope", work: false },
 ] as const satisfies readonly RoutedRoute[];
 
+/**
+ * Everything the plain-HTTP port (WORKER_HTTP_PORT) answers: upstream serves /session/end there without TLS for
+ * internal calls. The same handler and auth policy as the routed port's; anything else is the bare 404 too.
+ */
+export const PLAIN_HTTP_ROUTES = [
+  { method: "POST", path: "/session/end", auth: "session-auth", work: false },
+] as const satisfies readonly (typeof ROUTED_ROUTES)[number][];
+
 /** `METHOD /path` of a declared route: the key its handler is registered under. */
 type KeyOf<R> = R extends { method: infer M extends string; path: infer P extends string }
   ? `${M} ${P}`

@@ -159,13 +159,17 @@ export function sessionLifetime(requested: unknown, maxS: number): number {
 }
 
 /**
- * The routed port: every route of ROUTED_ROUTES (route-table.ts) with its auth policy in front of its handler,
- * and the bare 404 for every other method and path. The envelope routes check in upstream's order: invalid JSON
+ * The routed port: every route of `routes` (ROUTED_ROUTES in route-table.ts; PLAIN_HTTP_ROUTES, a part of them,
+ * for the plain-HTTP port) with its auth policy in front of its handler, and the bare 404 for every other method
+ * and path. The envelope routes check in upstream's order: invalid JSON
  * 422, missing fields or a payload that is not an object 422, unknown session 410, bad signature 401 (empty
  * body), replayed reqnum 401, overload 429 (empty body); then the route answers. The bare `{input}` form is
  * refused (422) unless UNSECURED.
  */
-export function createRoutedApp(deps: RoutedDeps): Express {
+export function createRoutedApp(
+  deps: RoutedDeps,
+  routes: readonly (typeof ROUTED_ROUTES)[number][] = ROUTED_ROUTES,
+): Express {
   const app = strictApp();
   /** What a route's auth policy established about the request, for its handler. */
   const sessionOf = new WeakMap<Request, Session | null>();
@@ -289,7 +293,7 @@ export function createRoutedApp(deps: RoutedDeps): Express {
     earlyTooLarge(deps.maxBodyBytes),
     jsonBody(deps.maxBodyBytes, deps.jsonShape, { anyContentType: true }),
   ];
-  for (const route of ROUTED_ROUTES) {
+  for (const route of routes) {
     const chain = [
       // Express answers HEAD with a GET route: only the declared method passes.
       exactMethod(route.method),

@@ -1,4 +1,5 @@
 import type { ObjectStorage, ResolvedS3 } from "../../handlers/storage/s3.js";
+import { OwnerLostError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ResultDocument } from "./job.js";
 
@@ -167,7 +168,7 @@ export class SharedJobs {
         ...doc,
         status: "failed",
         message: `the worker running this job stopped answering (no heartbeat for ${Math.round(silentMs / 1000)} s)`,
-        error: { error: "the worker running this job stopped answering", code: "owner_lost" },
+        error: new OwnerLostError("the worker running this job stopped answering").toJSON(),
         http_status: 503,
         retryable: true,
       };
