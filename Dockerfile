@@ -65,7 +65,7 @@ RUN set -eux; \
     rm -f /etc/supervisor/conf.d/pyworker.conf /etc/supervisor/conf.d/api-wrapper.conf; \
     cp scripts/supervisor/comfyui-worker.conf /etc/supervisor/conf.d/comfyui-worker.conf
 
-# The worker's settings (README lists them all). ComfyUI's URL and folders come from COMFYUI_ARGS and
+# The worker's settings (docs/configuration.md lists them all). ComfyUI's URL and folders come from COMFYUI_ARGS and
 # $WORKSPACE/ComfyUI; the benchmark score is cached in $WORKSPACE/.has_benchmark.
 ENV WORKER_DIR=/opt/worker \
     LOG_DIR=/var/log/portal \

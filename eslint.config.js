@@ -27,8 +27,16 @@ export default tseslint.config(
     },
   },
   {
-    // The entry point hands process.env to config/; scripts, tests and benchmarks set up environments.
-    files: ["config/**", "worker/cli.ts", "scripts/**", "test/**", "benchmark/bench/**", "jest.config.js"],
+    // The CLI (entry point and program) hands process.env to config/; scripts, tests and benchmarks set up
+    // environments.
+    files: [
+      "config/**",
+      "worker/{cli,program}.ts",
+      "scripts/**",
+      "test/**",
+      "benchmark/bench/**",
+      "jest.config.js",
+    ],
     rules: { "no-restricted-properties": "off" },
   },
   {
@@ -51,7 +59,7 @@ export default tseslint.config(
   {
     // The worker gets its boot benchmark from whoever composes it (BootBenchmark); only the CLI, at the top, builds it.
     files: ["worker/**"],
-    ignores: ["worker/cli.ts", "worker/commands/**"],
+    ignores: ["worker/{cli,program}.ts", "worker/commands/**"],
     rules: {
       "no-restricted-imports": [
         "error",

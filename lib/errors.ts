@@ -210,7 +210,7 @@ export function toHttp(err: unknown): { status: number; body: Record<string, unk
 }
 
 /**
- * Every error the worker answers with: the error catalogue. /docs (OpenAPI) and the README list it with each HTTP
+ * Every error the worker answers with: the error catalogue. /docs (OpenAPI) and docs/api.md list it with each HTTP
  * status and whether a retry may succeed, and a test holds all three to the classes above.
  */
 export const ERROR_CLASSES = [

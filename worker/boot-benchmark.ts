@@ -16,8 +16,8 @@ export interface BenchmarkResult {
 
 /**
  * The boot benchmark as the worker uses it. benchmark/boot.ts implements it, and whoever composes the worker (the
- * CLI, the local stack, the tests) passes it to createWorker: worker/ never imports benchmark/, which sits above
- * it (benchmark/ drives jobs through worker/'s JobManager).
+ * CLI, the local stack, the tests) passes it to createWorker: of worker/, only the CLI imports benchmark/, which
+ * sits above it (benchmark/ drives jobs through worker/'s JobManager).
  */
 export interface BootBenchmark {
   /** One round's workflow: the unit of the load signal's prior. */

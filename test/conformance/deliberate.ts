@@ -1,7 +1,7 @@
 /**
  * The differences from upstream's worker library (vastai 1.9.1) that we keep on purpose, each with its reason.
- * The conformance harness fails on any difference not matched here; README.md's "Differences from upstream"
- * section mirrors this list (keep both in step).
+ * The conformance harness fails on any difference not matched here; docs/upstream.md's "Differences from upstream"
+ * section mirrors this list (test/unit/docs.test.ts keeps both in step).
  */
 export interface DeliberateDifference {
   id: string;

@@ -36,10 +36,10 @@ describe("the error catalogue", () => {
     }
   });
 
-  test("the README's table lists every code with its status and retryability", () => {
-    const readme = readFileSync(join(root, "README.md"), "utf8");
+  test("docs/api.md's table lists every code with its status and retryability", () => {
+    const page = readFileSync(join(root, "docs", "api.md"), "utf8");
     for (const e of errorCatalogue()) {
-      expect(readme).toMatch(
+      expect(page).toMatch(
         new RegExp(`\\| \`${e.code}\` +\\| ${e.httpStatus} +\\| ${e.retryable ? "yes" : "no"} +\\|`),
       );
     }
