@@ -211,9 +211,16 @@ test("python3 -m worker in a fresh clone runs the committed bundle (no npm, no t
     );
     expect((await fetch(res.response.output[0].url)).status).toBe(200);
 
+    // The stock template's supervisor kills the program 10 s after its SIGTERM: the drain fits, and says so.
+    expect(output()).toContain(
+      "on SIGTERM: draining for up to 8 s (supervisor stops this program after 10 s, STOP_WAIT_S)",
+    );
     // exec: the process supervisor started is the worker, so its SIGTERM drains and stops the worker itself.
     child.kill("SIGTERM");
     expect(await exited(child, 90_000)).toBe(0);
+    // What the drain logged is in a file of its own too (start_server.sh's tee may be gone by then).
+    const logFile = await readFile(join(env.WORKSPACE!, "comfyui-worker.log"), "utf8");
+    expect(logFile).toContain('"msg":"stopped"');
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
   }
