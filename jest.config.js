@@ -10,9 +10,6 @@ const shared = {
   transform: {
     "^.+\\.ts$": ["ts-jest", { useESM: true, diagnostics: false }],
   },
-  // Explicit and generous: on a loaded 2-core machine (CI, or several runs sharing the CPUs) a CPU job or the
-  // Python client's start-up takes many times longer than on an idle one. Tests still fail on a hang.
-  testTimeout: 300_000,
 };
 
 /** @type {import('jest').Config} */
@@ -34,4 +31,8 @@ export default {
   // Integration tests share one ComfyUI on 2 cores; run files one at a time so timings stay sane. A run-wide
   // setting (jest has one pool of workers for all projects): `npm run test:unit` alone may use more.
   maxWorkers: 1,
+  // Run-wide too (jest reads it from the top level, not from a project): explicit and generous, since on a loaded
+  // 2-core machine (CI, or several runs sharing the CPUs) a CPU job or the Python client's start-up takes many
+  // times longer than on an idle one. Tests still fail on a hang.
+  testTimeout: 300_000,
 };
