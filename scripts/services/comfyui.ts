@@ -1,10 +1,10 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { access, mkdir, readFile, rename, symlink, lstat } from "node:fs/promises";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { answers, startService, type Service } from "./child.js";
-import { runInstallScript } from "./install.js";
+import { runInstallScriptLines } from "./install.js";
 import { cacheDir, repoRoot } from "./paths.js";
 
 const run = promisify(execFile);
@@ -15,9 +15,21 @@ export interface ComfyInstall {
   python: string;
 }
 
-export async function ensureComfyUI(): Promise<ComfyInstall> {
-  const comfyDir = await runInstallScript("install-comfyui.sh");
-  return { comfyDir, python: join(cacheDir(), "comfyui-venv", "bin", "python") };
+/**
+ * Installs (once, cached) the ComfyUI the tests run against: PyPI's 0.3.75 tree, or the source tree or tarball
+ * named by `source` (COMFYUI_SOURCE by default), each version in a folder and venv of its own.
+ */
+export async function ensureComfyUI(source = process.env.COMFYUI_SOURCE): Promise<ComfyInstall> {
+  const lines = await runInstallScriptLines(
+    "install-comfyui.sh",
+    source ? { COMFYUI_SOURCE: resolve(source) } : {},
+  );
+  const [python, comfyDir] = lines.slice(-2);
+  if (python === undefined || comfyDir === undefined)
+    throw new Error(
+      `scripts/install-comfyui.sh printed ${lines.length} line(s), not its python and ComfyUI folder`,
+    );
+  return { comfyDir, python };
 }
 
 const exists = (p: string) =>
