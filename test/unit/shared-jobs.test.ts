@@ -1,0 +1,219 @@
+import { Job, type ResultDocument } from "../../worker/jobs/job.js";
+import { SharedJobs, type JobBinding, type SharedDocument } from "../../worker/jobs/shared.js";
+import { StorageUnavailableError } from "../../lib/errors.js";
+import { FAKE_BUCKET, FakeObjectStorage, fakeClock, silentLogger } from "./fakes.js";
+
+const HEARTBEAT_MS = 1_000;
+
+/** Two workers of one endpoint sharing one (fake) bucket and one (fake) clock. */
+function endpoint() {
+  const storage = new FakeObjectStorage();
+  const clock = fakeClock();
+  const worker = (owner: string) =>
+    new SharedJobs({
+      storage: storage.asStorage(),
+      target: FAKE_BUCKET,
+      prefix: "jobs/",
+      owner,
+      heartbeatMs: HEARTBEAT_MS,
+      logger: silentLogger(),
+      now: clock.now,
+    });
+  return { storage, clock, a: worker("worker-a"), b: worker("worker-b") };
+}
+
+/** A job's document and binding, as the job runner hands them over. */
+function job(id: string, workflowSeed = 1): { doc: ResultDocument; binding: JobBinding; job: Job } {
+  const j = new Job(
+    {
+      requestId: id,
+      workflow: { "1": { class_type: "EmptyImage", inputs: { seed: workflowSeed } } },
+      s3: undefined,
+      webhook: undefined,
+    },
+    100,
+    0,
+  );
+  return { doc: j.result(), binding: { requestHash: j.requestHash, runId: j.runId }, job: j };
+}
+
+const stored = (storage: FakeObjectStorage, key: string) =>
+  JSON.parse(storage.objects.get(key)!) as SharedDocument;
+
+describe("SharedJobs claims", () => {
+  test("a free id is claimed with one conditional create, stamped with owner, heartbeat, hash and run", async () => {
+    const { storage, clock, a } = endpoint();
+    const { doc, binding } = job("r1");
+    await expect(a.claim(doc, binding)).resolves.toEqual({ claimed: true });
+    expect(a.requests).toEqual({ put: 1, get: 0, head: 0 });
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({
+      id: "r1",
+      status: "queued",
+      owner: "worker-a",
+      heartbeat_at: clock.now(),
+      http_status: 202,
+      retryable: false,
+      request_hash: binding.requestHash,
+      run_id: binding.runId,
+    });
+  });
+
+  test("an id a live owner holds is not taken: the claim returns its document, which stays as it was", async () => {
+    const { storage, clock, a, b } = endpoint();
+    const first = job("r1");
+    await a.claim(first.doc, first.binding);
+    clock.advance(3 * HEARTBEAT_MS); // silent for exactly 3 heartbeats: still alive
+    const second = job("r1");
+    const result = await b.claim(second.doc, second.binding);
+    expect(result).toMatchObject({
+      claimed: false,
+      existing: { owner: "worker-a", status: "queued", run_id: first.binding.runId },
+    });
+    expect(stored(storage, "jobs/r1/job.json").owner).toBe("worker-a");
+  });
+
+  test("an owner silent for more than 3 heartbeats has lost the job: readers see owner_lost, a retry takes it", async () => {
+    const { storage, clock, a, b } = endpoint();
+    const first = job("r1");
+    await a.claim(first.doc, first.binding);
+    clock.advance(3 * HEARTBEAT_MS + 1);
+    const seen = await b.read("r1");
+    expect(seen).toMatchObject({
+      status: "failed",
+      http_status: 503,
+      retryable: true,
+      owner: "worker-a",
+      error: { code: "owner_lost" },
+    });
+    expect(seen!.message).toMatch(/stopped answering \(no heartbeat for 3 s\)/);
+    const retry = job("r1");
+    await expect(b.claim(retry.doc, retry.binding)).resolves.toEqual({ claimed: true });
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({
+      owner: "worker-b",
+      run_id: retry.binding.runId,
+      status: "queued",
+    });
+  });
+
+  test("a heartbeat keeps a running job alive; a finished job never becomes owner_lost", async () => {
+    const { clock, a, b } = endpoint();
+    const { doc, binding, job: j } = job("r1");
+    await a.claim(doc, binding);
+    clock.advance(3 * HEARTBEAT_MS);
+    a.write(j.result(), binding, 202, false);
+    await a.flush();
+    clock.advance(3 * HEARTBEAT_MS);
+    expect((await b.read("r1"))!.status).toBe("queued");
+    j.setStatus("completed", "Completed with 0 output(s)");
+    a.write(j.result(), binding, 200, false);
+    await a.flush();
+    clock.advance(100 * HEARTBEAT_MS);
+    expect(await b.read("r1")).toMatchObject({ status: "completed", http_status: 200, owner: "worker-a" });
+  });
+
+  test("a retryable failure may be run again by anyone; a terminal one is kept", async () => {
+    const { a, b } = endpoint();
+    const first = job("r1");
+    await a.claim(first.doc, first.binding);
+    first.job.setStatus("failed", "ComfyUI went away");
+    a.write(first.job.result(), first.binding, 503, true);
+    await a.flush();
+    const retry = job("r1");
+    await expect(b.claim(retry.doc, retry.binding)).resolves.toEqual({ claimed: true });
+
+    const other = job("r2");
+    await a.claim(other.doc, other.binding);
+    other.job.setStatus("failed", "a node raised");
+    a.write(other.job.result(), other.binding, 200, false);
+    await a.flush();
+    const again = job("r2");
+    await expect(b.claim(again.doc, again.binding)).resolves.toMatchObject({
+      claimed: false,
+      existing: { status: "failed", retryable: false },
+    });
+  });
+
+  test("the claim hands back the holder's request hash, so another request under the id can be told apart", async () => {
+    const { a, b } = endpoint();
+    const first = job("r1", 1);
+    await a.claim(first.doc, first.binding);
+    const same = job("r1", 1);
+    const different = job("r1", 2);
+    expect(same.binding.requestHash).toBe(first.binding.requestHash);
+    expect(different.binding.requestHash).not.toBe(first.binding.requestHash);
+    const r = await b.claim(different.doc, different.binding);
+    expect(r.claimed).toBe(false);
+    expect(r.claimed === false && r.existing.request_hash).toBe(first.binding.requestHash);
+  });
+
+  test("a bucket that cannot be reached makes claims and reads reject; background writes are logged, not thrown", async () => {
+    const { storage, a } = endpoint();
+    const { doc, binding } = job("r1");
+    storage.down = new StorageUnavailableError("writing jobs/r1/job.json: fake outage");
+    await expect(a.claim(doc, binding)).rejects.toBeInstanceOf(StorageUnavailableError);
+    await expect(a.read("r1")).rejects.toBeInstanceOf(StorageUnavailableError);
+    a.write(doc, binding, 202, false);
+    await expect(a.flush()).resolves.toBeUndefined();
+  });
+
+  test("documents that are not a job of this id read as none", async () => {
+    const { storage, a } = endpoint();
+    storage.objects.set("jobs/r1/job.json", "not json");
+    storage.objects.set("jobs/r2/job.json", JSON.stringify({ id: "someone-else" }));
+    expect(await a.read("r1")).toBeUndefined();
+    expect(await a.read("r2")).toBeUndefined();
+    expect(await a.read("r3")).toBeUndefined();
+  });
+
+  test("writes of one id land in order, the last one last", async () => {
+    const { storage, a } = endpoint();
+    const { binding, job: j } = job("r1");
+    // The first write is slow (held until the last one was handed over): the later ones still wait for it.
+    const put = storage.putDocument;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let calls = 0;
+    Object.assign(storage, {
+      putDocument: async (...args: Parameters<typeof put>) => {
+        if (++calls === 1) await held;
+        return put(...args);
+      },
+    });
+    j.setStatus("processing", "Preparing inputs");
+    a.write(j.result(), binding, 202, false);
+    j.setStatus("generating", "Submitted to ComfyUI");
+    a.write(j.result(), binding, 202, false);
+    j.setStatus("completed", "Completed");
+    a.write(j.result(), binding, 200, false);
+    release();
+    await a.flush();
+    expect(stored(storage, "jobs/r1/job.json").status).toBe("completed");
+    expect(a.requests.put).toBe(3);
+  });
+});
+
+describe("SharedJobs cancel requests", () => {
+  test("are scoped to one run of the id: a later run of the same id never sees an earlier run's request", async () => {
+    const { storage, a, b } = endpoint();
+    const first = job("r1");
+    await a.claim(first.doc, first.binding);
+    const doc = (await b.read("r1"))!;
+    await expect(b.requestCancel(doc)).resolves.toBe(true);
+    expect(storage.objects.has(`jobs/r1/cancel.${first.binding.runId}`)).toBe(true);
+    expect(await a.cancelRequested("r1", first.binding.runId)).toBe(true);
+    const second = job("r1");
+    expect(second.binding.runId).not.toBe(first.binding.runId);
+    expect(await a.cancelRequested("r1", second.binding.runId)).toBe(false);
+    expect(await a.cancelRequested("r2", first.binding.runId)).toBe(false);
+  });
+
+  test("a document without a run id cannot be cancelled from another worker (nothing is written)", async () => {
+    const { storage, a, b } = endpoint();
+    const { doc, binding } = job("r1");
+    await a.claim(doc, binding);
+    const legacy = { ...(await b.read("r1"))!, run_id: "" };
+    const before = storage.objects.size;
+    await expect(b.requestCancel(legacy)).resolves.toBe(false);
+    expect(storage.objects.size).toBe(before);
+  });
+});
