@@ -126,3 +126,26 @@ export async function postJson(
   const text = res.body;
   return { status: res.statusCode, body: text ? JSON.parse(text) : undefined };
 }
+
+/** GETs JSON and returns status and parsed body (undefined when empty), with a 30 s deadline. */
+export async function getJson(url: string): Promise<{ status: number; body: any }> {
+  const res = await got(url, { timeout: { request: 30_000 }, retry: { limit: 0 }, throwHttpErrors: false });
+  return { status: res.statusCode, body: res.body ? JSON.parse(res.body) : undefined };
+}
+
+/**
+ * Calls `fn` every 100 ms until `test` holds for its answer or `timeoutMs` passed, and returns the last answer: for
+ * state another process moves on (another worker's job in the bucket), where there is no event to await.
+ */
+export async function pollUntil<T>(
+  fn: () => Promise<T>,
+  test: (v: T) => boolean,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (test(v) || Date.now() > deadline) return v;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -5,13 +5,20 @@ import { createServer, type Server, type ServerResponse } from "node:http";
 import { once } from "node:events";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { got } from "got";
 import nacl from "tweetnacl";
 import { freePort } from "../../scripts/services/child.js";
 import { SessionCloseNotifier } from "../../handlers/session-close.js";
 import { RecordingServer, startHeldImage, type Received } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
-import { postJson, repoRoot, stackEnv, startTestWorker, type TestWorker } from "../harness/worker.js";
+import {
+  postJson,
+  repoRoot,
+  stackEnv,
+  startTestWorker,
+  type TestWorker,
+  getJson,
+  pollUntil,
+} from "../harness/worker.js";
 import { loadImageWorkflow, modelFree } from "../harness/workflows.js";
 import { createLogger } from "../../lib/logger.js";
 
@@ -34,21 +41,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
 });
-
-const getJson = async (url: string) => {
-  const res = await got(url, { timeout: { request: 30_000 }, retry: { limit: 0 }, throwHttpErrors: false });
-  return { status: res.statusCode, body: res.body ? JSON.parse(res.body) : undefined };
-};
-
-/** Polls until `test` holds for the answer (bounded). */
-async function until<T>(fn: () => Promise<T>, test: (v: T) => boolean, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (test(v) || Date.now() > deadline) return v;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** The model-free workflow with a seeded prefix: each run differs, a retry must still get the first answer. */
 function seeded(label: string): Record<string, any> {
@@ -132,13 +124,13 @@ describe("a request_id answers only the request that made it", () => {
     });
     try {
       const api = `http://127.0.0.1:${apiPort}`;
-      await until(
+      await pollUntil(
         () => getJson(`${api}/ready`).catch(() => ({ status: 0, body: undefined })),
         (r) => r.status === 200,
       );
       void postJson(`${api}/generate`, { input }).catch(() => undefined);
       await held.requested();
-      await until(
+      await pollUntil(
         () => getJson(`${b.api}/result/${id}`),
         (r) => r.status === 200,
       );
@@ -149,7 +141,7 @@ describe("a request_id answers only the request that made it", () => {
       expect(["queued", "processing"]).toContain(cancel.body.status);
       child.kill("SIGKILL");
       await once(child, "exit");
-      const lost = await until(
+      const lost = await pollUntil(
         () => getJson(`${b.api}/result/${id}`),
         (r) => r.body?.error?.code === "owner_lost",
         15_000,
@@ -159,12 +151,12 @@ describe("a request_id answers only the request that made it", () => {
       // The caller retries the same request; it runs on b and is still running after b looked for cancels.
       const shared = b.worker.shared!;
       const retried = postJson(`${b.api}/generate/sync`, { input });
-      await until(
+      await pollUntil(
         () => Promise.resolve(b.worker.jobs.get(id)?.status),
         (s) => s === "processing",
       );
       const heads = shared.requests.head;
-      await until(
+      await pollUntil(
         () => Promise.resolve(shared.requests.head),
         (n) => n >= heads + 2 || b.worker.jobs.get(id)?.final === true,
         10_000,
@@ -268,7 +260,7 @@ describe("a receiver that answers an endless body", () => {
         input: { request_id: id, workflow_json: modelFree(), webhook: { url: `${receiver.url}/hook` } },
       });
       expect(r.body.status).toBe("completed");
-      const recorded = await until(
+      const recorded = await pollUntil(
         () => getJson(`${w.api}/result/${id}`),
         (p) => p.body?.webhook?.status !== undefined && p.body.webhook.status !== "pending",
         30_000,

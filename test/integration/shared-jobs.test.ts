@@ -9,7 +9,15 @@ import { startHeldImage } from "../harness/http-fixtures.js";
 import { captureLog } from "../harness/log-capture.js";
 import { stack, waitForComfyIdle } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
-import { postJson, repoRoot, stackEnv, startTestWorker, type TestWorker } from "../harness/worker.js";
+import {
+  postJson,
+  repoRoot,
+  stackEnv,
+  startTestWorker,
+  type TestWorker,
+  getJson,
+  pollUntil,
+} from "../harness/worker.js";
 import { loadImageWorkflow, modelFree, tinyText2Image } from "../harness/workflows.js";
 
 /**
@@ -31,28 +39,13 @@ afterAll(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
 });
 
-const getJson = async (url: string) => {
-  const res = await got(url, { timeout: { request: 30_000 }, retry: { limit: 0 }, throwHttpErrors: false });
-  return { status: res.statusCode, body: res.body ? JSON.parse(res.body) : undefined };
-};
-
-/** Polls until `test` holds for the answer (bounded). */
-async function until<T>(fn: () => Promise<T>, test: (v: T) => boolean, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (test(v) || Date.now() > deadline) return v;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 test("an async job submitted to one worker is polled to its end on the other", async () => {
   const id = `shared-${randomUUID()}`;
   const submitted = await postJson(`${a.api}/generate`, {
     input: { request_id: id, workflow_json: modelFree() },
   });
   expect(submitted.status).toBe(202);
-  const polled = await until(
+  const polled = await pollUntil(
     () => getJson(`${b.api}/result/${id}`),
     (r) => r.status === 200 && r.body.status === "completed",
   );
@@ -105,7 +98,7 @@ test("a sync retry that arrives while the job still runs elsewhere waits for it"
     const wf = loadImageWorkflow(input.url(`${id}.png`));
     const firstP = postJson(`${a.api}/generate/sync`, { input: { request_id: id, workflow_json: wf } });
     await input.requested();
-    await until(
+    await pollUntil(
       () => getJson(`${b.api}/result/${id}`),
       (r) => r.status === 200,
     );
@@ -127,7 +120,7 @@ test("a cancel sent to the other worker reaches the running job", async () => {
   const done = postJson(`${a.api}/generate/sync`, {
     input: { request_id: id, workflow_json: tinyText2Image(200) },
   });
-  await until(
+  await pollUntil(
     () => Promise.resolve(a.worker.jobs.get(id)?.status),
     (s) => s === "generating",
   );
@@ -136,7 +129,7 @@ test("a cancel sent to the other worker reaches the running job", async () => {
   expect(cancel.body.id).toBe(id);
   const ended = await done;
   expect(ended.body.status).toBe("cancelled");
-  const polled = await until(
+  const polled = await pollUntil(
     () => getJson(`${b.api}/result/${id}`),
     (r) => r.body?.status === "cancelled",
   );
@@ -165,14 +158,14 @@ test("a worker killed mid-job leaves a document that shows the failure once its 
   });
   try {
     const api = `http://127.0.0.1:${apiPort}`;
-    await until(
+    await pollUntil(
       () => getJson(`${api}/ready`).catch(() => ({ status: 0, body: undefined })),
       (r) => r.status === 200,
     );
     const running = postJson(`${api}/generate/sync`, {
       input: { request_id: id, workflow_json: tinyText2Image(200) },
     }).catch(() => undefined);
-    await until(
+    await pollUntil(
       () => getJson(`${b.api}/result/${id}`),
       (r) => r.body?.status === "generating",
     );
@@ -181,7 +174,7 @@ test("a worker killed mid-job leaves a document that shows the failure once its 
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
   }
-  const lost = await until(
+  const lost = await pollUntil(
     () => getJson(`${b.api}/result/${id}`),
     (r) => r.body?.status === "failed",
     10_000,

@@ -1,10 +1,10 @@
 import { Router, type Request, type Response } from "express";
 import { NotFoundError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
-import { requestHash, type Job, type JobEvent, type ResultDocument } from "../jobs/job.js";
-import { reusedId, type JobManager } from "../jobs/manager.js";
+import { RemoteJobs, isFinal, publicDocument } from "../jobs/endpoint-jobs.js";
+import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
+import type { JobManager } from "../jobs/manager.js";
 import type { SharedDocument, SharedJobs } from "../jobs/shared.js";
-import { delay } from "../../lib/backoff.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";
 import { sendError } from "./body.js";
 
@@ -36,23 +36,6 @@ export function attachWork(req: Request, work: Work): void {
   works.set(req, work);
 }
 
-/** What a reader of the bucket is shown: the result document, without the bookkeeping fields. */
-function publicDocument(doc: SharedDocument): ResultDocument {
-  const {
-    owner: _o,
-    heartbeat_at: _h,
-    http_status: _s,
-    retryable: _r,
-    request_hash: _q,
-    run_id: _u,
-    ...rest
-  } = doc;
-  return rest;
-}
-
-const isFinal = (doc: SharedDocument) =>
-  doc.status === "completed" || doc.status === "failed" || doc.status === "cancelled";
-
 /**
  * The HTTP status for a finished job: its error's status for client mistakes (4xx) and retryable failures (5xx),
  * else 200 with the failure in the document (a 5xx for a deterministic failure would be retried forever).
@@ -74,6 +57,15 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   // Exact paths on both ports (as upstream's): no case folding, no optional trailing slash.
   const router = Router({ caseSensitive: true, strict: true });
   const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
+  // Other workers' jobs (read from the bucket) answer a caller whose request or poll landed here.
+  const remote =
+    deps.shared &&
+    new RemoteJobs({
+      shared: deps.shared,
+      local: (id) => deps.jobs.get(id),
+      ...(deps.remoteWaitMs !== undefined && { waitMs: deps.remoteWaitMs }),
+      ...(deps.logger && { logger: deps.logger }),
+    });
 
   const notHere = (id: string) =>
     new NotFoundError(
@@ -84,46 +76,12 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
             "to reach the same worker",
     );
 
-  /**
-   * A request whose caller-chosen request_id names a job another worker of the endpoint holds (running, or
-   * finished and not retryable): that job, read from the bucket, instead of running it twice. Only the request
-   * that made the job gets it: another request under its id is refused (409).
-   */
-  const elsewhere = async (input: ParsedInput, payload: unknown): Promise<SharedDocument | undefined> => {
-    const given = (payload as { input?: { request_id?: unknown } } | undefined)?.input?.request_id;
-    if (!deps.shared || typeof given !== "string" || given.trim() === "" || deps.jobs.get(input.requestId)) {
-      return undefined;
-    }
-    // A bucket that cannot be read does not refuse work: the job runs here (its claim logs the problem).
-    const doc = await deps.shared.read(input.requestId, AbortSignal.timeout(10_000)).catch(() => undefined);
-    if (!doc || (doc.status === "failed" && doc.retryable)) return undefined;
-    if (doc.request_hash !== requestHash(input)) throw reusedId(input.requestId);
-    return doc;
-  };
-
-  /** Polls the bucket until another worker's job is final, the caller left, or the wait ran out. */
-  const followRemote = async (doc: SharedDocument, res: Response): Promise<SharedDocument> => {
-    const until = Date.now() + (deps.remoteWaitMs ?? 3_600_000);
-    if (!isFinal(doc)) {
-      deps.logger?.info(
-        { stage: "shared", request_id: doc.id, remote_status: doc.status },
-        "this request_id is another worker's running job: waiting for its result",
-      );
-    }
-    let current = doc;
-    while (!isFinal(current) && !res.destroyed && Date.now() < until) {
-      await delay(500);
-      current = (await deps.shared!.read(doc.id, AbortSignal.timeout(10_000))) ?? current;
-    }
-    return current;
-  };
-
   type Submitted = { job: Job; created: boolean; remote?: undefined } | { remote: SharedDocument };
   const submit = async (req: Request): Promise<Submitted> => {
     const work = works.get(req);
     const input = parseGenerateInput(work?.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
-    const remote = await elsewhere(input, work?.payload);
-    if (remote) return { remote };
+    const held = await remote?.holding(input, work?.payload);
+    if (held) return { remote: held };
     return deps.jobs.submit(input, work?.workload ?? deps.workloadOf(input));
   };
 
@@ -171,7 +129,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     const watched = await submitWatched(req, res);
     if (!watched) return;
     if (watched.remote) {
-      const doc = await followRemote(watched.remote, res);
+      const doc = await remote!.follow(watched.remote, () => res.destroyed);
       if (!res.destroyed) res.status(isFinal(doc) ? doc.http_status : 202).json(publicDocument(doc));
       return;
     }
@@ -207,7 +165,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     if (watched.remote) {
       const first = watched.remote;
       write({ id: first.id, type: "status", status: first.status, message: first.message });
-      const doc = await followRemote(first, res);
+      const doc = await remote!.follow(first, () => res.destroyed);
       write({ type: "result", http_status: isFinal(doc) ? doc.http_status : 202, ...publicDocument(doc) });
       return void res.end();
     }
@@ -230,7 +188,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
   /** Another worker's job, from the bucket; undefined (after answering) when there is none or it failed. */
   const remoteJob = async (id: string, res: Response): Promise<SharedDocument | undefined> => {
     try {
-      const doc = deps.shared ? await deps.shared.read(id, AbortSignal.timeout(10_000)) : undefined;
+      const doc = await remote?.read(id);
       if (!doc) sendError(res, notHere(id));
       return doc;
     } catch (err) {
@@ -254,12 +212,10 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
       // Another worker's: leave it a cancel request (it looks every second) and answer the document as it stands.
       const doc = await remoteJob(req.params.id, res);
       if (!doc) return;
-      if (!isFinal(doc)) {
-        try {
-          await deps.shared!.requestCancel(doc, AbortSignal.timeout(10_000));
-        } catch (err) {
-          return sendError(res, err);
-        }
+      try {
+        await remote!.cancel(doc);
+      } catch (err) {
+        return sendError(res, err);
       }
       return void res.status(200).json(publicDocument(doc));
     }

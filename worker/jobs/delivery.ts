@@ -1,0 +1,124 @@
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { FrozenConfig } from "../../config/index.js";
+import { resolveS3, s3FromRequest, type ObjectStorage } from "../../handlers/storage/s3.js";
+import { validateCallbackUrl, type WebhookSender } from "../../handlers/webhook.js";
+import { BadRequestError, asWorkerError } from "../../lib/errors.js";
+import type { Logger } from "../../lib/logger.js";
+import type { ParsedInput } from "../schema.js";
+import { UPLOADED_MARKER } from "../janitor.js";
+import type { Job } from "./job.js";
+import { observeSafely, type JobObserver } from "./observer.js";
+
+export interface ResultDeliveryDeps {
+  config: FrozenConfig;
+  storage: ObjectStorage;
+  webhooks: WebhookSender;
+  logger: Logger;
+  observer?: JobObserver;
+}
+
+/**
+ * Where a job's results go: its files to object storage, its final document to a webhook. The caller chooses both
+ * targets, so they are checked when the job is submitted (refused with 400 before anything runs), not when it ends.
+ */
+export class ResultDelivery {
+  constructor(private readonly deps: ResultDeliveryDeps) {}
+
+  /** Refuses a request whose webhook or storage target is malformed or not allowed (a private address). */
+  checkTargets(input: ParsedInput): void {
+    const { config } = this.deps;
+    const webhookUrl = input.webhook?.url?.trim() || config.webhook.url;
+    if (webhookUrl !== undefined && !/^https?:\/\//i.test(webhookUrl)) {
+      throw new BadRequestError("webhook.url must be an http(s) URL");
+    }
+    const callerWebhook = input.webhook?.url?.trim();
+    if (callerWebhook) validateCallbackUrl(callerWebhook, config.webhook.allowPrivate);
+    if (!input.internal?.skipStorage) {
+      resolveS3(config.s3, s3FromRequest(input.s3), { allowPrivate: config.webhook.allowPrivate });
+    }
+  }
+
+  /** Uploads every file output in parallel; returns how many failed (each carries its upload_error). */
+  async upload(job: Job, signal: AbortSignal): Promise<number> {
+    if (job.input.internal?.skipStorage) return 0;
+    const s3 = job.input.s3;
+    const target = resolveS3(this.deps.config.s3, {
+      accessKeyId: s3?.access_key_id,
+      secretAccessKey: s3?.secret_access_key,
+      endpointUrl: s3?.endpoint_url,
+      bucketName: s3?.bucket_name,
+      region: s3?.region,
+    });
+    if (!target) return 0;
+    if (job.output.length === 0) return 0;
+    const observe = (ok: boolean, bytes: number) =>
+      observeSafely(this.deps.logger, () => this.deps.observer?.upload?.(ok, bytes));
+    const results = await Promise.all(
+      job.output.map(async (entry) => {
+        try {
+          const stored = await this.deps.storage.put(
+            target,
+            `${job.id}/${entry.filename}`,
+            entry.local_path,
+            signal,
+          );
+          entry.url = stored.url;
+          observe(true, stored.bytes);
+          return true;
+        } catch (err) {
+          if (signal.aborted) throw signal.reason;
+          entry.upload_error = asWorkerError(err).message;
+          observe(false, 0);
+          return false;
+        }
+      }),
+    );
+    const failed = results.filter((ok) => !ok).length;
+    // Every file is in storage: the janitor may remove this folder when the disk stays full (its second rule).
+    if (failed === 0) {
+      await writeFile(join(this.deps.config.outputDir, job.id, UPLOADED_MARKER), "").catch((err: unknown) =>
+        this.deps.logger.warn(
+          { request_id: job.id, stage: "postprocess", err },
+          "could not mark as uploaded",
+        ),
+      );
+    }
+    return failed;
+  }
+
+  /** Sends the final document to the request's webhook, else WEBHOOK_URL, in the background. */
+  notify(job: Job): void {
+    const { config } = this.deps;
+    const callerUrl = job.input.webhook?.url?.trim();
+    const operatorUrl = config.webhook.url;
+    if ((!callerUrl && !operatorUrl) || job.input.internal) return;
+    const callerSecret = job.input.webhook?.secret?.trim() || undefined;
+    const doc = job.result();
+    job.webhook = { status: "pending", attempts: 0 };
+    void this.deps.webhooks
+      .send({
+        // The operator's keys go only with the operator's URL (the destination type allows nothing else).
+        to: callerUrl
+          ? { kind: "caller", url: callerUrl, secret: callerSecret }
+          : {
+              kind: "operator",
+              url: operatorUrl!,
+              signing: {
+                secret: callerSecret ?? config.webhook.secret,
+                signingKey: config.webhook.signingKey,
+              },
+            },
+        requestId: job.id,
+        body: {
+          id: doc.id,
+          status: doc.status,
+          message: doc.message,
+          output: doc.output,
+          timings: doc.timings,
+          extra: job.input.webhook?.extra_params ?? {},
+        },
+      })
+      .then((record) => (job.webhook = record));
+  }
+}

@@ -1,0 +1,224 @@
+import { randomUUID } from "node:crypto";
+import type { FrozenConfig } from "../../config/index.js";
+import type { ComfyBackend, ComfyPool, Lease } from "../../handlers/comfyui/pool.js";
+import { classifyFailure } from "../../handlers/comfyui/failures.js";
+import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
+import { collectOutputs } from "../../handlers/outputs.js";
+import { prepareWorkflow } from "../../handlers/preprocess/index.js";
+import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
+import {
+  CancelledError,
+  DeviceFailedError,
+  ExecutionError,
+  InternalError,
+  JobTimeoutError,
+  OutOfMemoryError,
+  asWorkerError,
+  type WorkerError,
+} from "../../lib/errors.js";
+import type { Logger } from "../../lib/logger.js";
+import type { ResultDelivery } from "./delivery.js";
+import type { JobPublisher } from "./endpoint-jobs.js";
+import type { Job } from "./job.js";
+import { observeSafely, type JobObserver } from "./observer.js";
+
+type Stage = "preprocess" | "queue" | "generation" | "postprocess";
+
+export interface JobRunnerDeps {
+  config: FrozenConfig;
+  /** The ComfyUI backends prompts are dispatched to. */
+  pool: ComfyPool;
+  downloader: InputDownloader;
+  delivery: ResultDelivery;
+  logger: Logger;
+  /** The WebSocket client id all prompts are queued under. */
+  clientId: string;
+  now: () => number;
+  observer?: JobObserver;
+  /** Publishes the job for the endpoint's other workers (absent without the shared bucket). */
+  publisher?: JobPublisher;
+  /** Called last with the finished job, so that pollers of /result find it (the registry keeps it). */
+  retain: (job: Job) => void;
+}
+
+/**
+ * Runs a job: preprocess, a slot on the pool's best backend (at most `maxInFlightPrompts` prompts submitted to
+ * each, so the next prompt is already queued in ComfyUI while the previous job uploads), the prompt, outputs,
+ * storage, webhook. It never throws: every failure becomes the job's error (see `classify`).
+ */
+export class JobRunner {
+  constructor(private readonly deps: JobRunnerDeps) {}
+
+  async run(job: Job): Promise<void> {
+    const { config, logger, pool, now, publisher, delivery } = this.deps;
+    const log = logger.child({ request_id: job.id });
+    const deadline = AbortSignal.timeout(config.jobs.timeoutMs);
+    const signal = AbortSignal.any([job.abort.signal, deadline]);
+    const stage = (name: Stage, ms: number) => this.observe((o) => o.stage?.(name, ms));
+    let inputFiles: string[] = [];
+    let lease: Lease | undefined;
+    let outcome: { status: "completed" | "failed" | "cancelled"; message: string } = {
+      status: "failed",
+      message: "the job ended unexpectedly",
+    };
+    let t = now();
+    try {
+      // 1. Preprocess: seeds, URL inputs, output-node nonce.
+      job.setStatus("processing", "Preparing inputs");
+      const nodes = await pool.catalog.get(signal);
+      const prepared = await prepareWorkflow(job.input.workflow, {
+        requestId: job.id,
+        nodes,
+        downloader: this.deps.downloader,
+        signal,
+      });
+      inputFiles = prepared.inputFiles;
+      job.timings.preprocess_ms = now() - t;
+      stage("preprocess", job.timings.preprocess_ms);
+
+      // 2. Wait for a slot on a ComfyUI backend, then run the prompt there.
+      t = now();
+      job.setStatus("queued", "Waiting for ComfyUI");
+      lease = await pool.acquire({ workload: job.workload, signal, backend: job.input.internal?.backend });
+      const { backend } = lease;
+      job.backend = backend.index;
+      job.timings.queue_ms = now() - t;
+      stage("queue", job.timings.queue_ms);
+      t = now();
+      job.setStatus("generating", "Submitted to ComfyUI");
+      const run = await runPrompt({
+        client: backend.client,
+        events: backend.events,
+        clientId: this.deps.clientId,
+        promptId: randomUUID(),
+        workflow: prepared.workflow,
+        signal,
+        pollMs: config.comfyui.historyPollMs,
+        onEvent: (event, details) => {
+          job.details = details;
+          job.emitEvent(
+            event.type === "progress"
+              ? { ...event, percent: event.max > 0 ? Math.round((event.value / event.max) * 1000) / 10 : 0 }
+              : event,
+          );
+        },
+      });
+      lease.release();
+      job.history = run.history;
+      job.details = run.details;
+      job.timings.generation_ms = now() - t;
+      stage("generation", job.timings.generation_ms);
+
+      // 3. Outputs and storage (the ComfyUI slot is already free for the next job). The claim of the id in the
+      // bucket ran meanwhile: a job another worker holds goes no further (a conflict aborted it already).
+      if ((await publisher?.claimed(job)) === false) throw job.abort.signal.reason;
+      t = now();
+      job.setStatus("processing", "Collecting outputs");
+      job.output = await collectOutputs(run.history, {
+        requestId: job.id,
+        comfyOutputDir: backend.outputDir,
+        comfyInputDir: config.comfyui.inputDir,
+        outputDir: config.outputDir,
+        client: backend.client,
+        signal,
+      });
+      const failedUploads = await delivery.upload(job, signal);
+      job.timings.postprocess_ms = now() - t;
+      stage("postprocess", job.timings.postprocess_ms);
+      outcome =
+        failedUploads > 0
+          ? {
+              status: "failed",
+              message: `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`,
+            }
+          : { status: "completed", message: `Completed with ${job.output.length} output(s)` };
+    } catch (raw) {
+      lease?.release(raw);
+      const err = await this.classify(raw, job, deadline, lease?.backend);
+      job.error = err;
+      outcome = { status: err instanceof CancelledError ? "cancelled" : "failed", message: err.message };
+      if (err instanceof InternalError) {
+        log.error({ stage: "job", err: raw }, `unexpected failure: ${err.message}`);
+      }
+    } finally {
+      for (const f of inputFiles) this.deps.downloader.unpin(f);
+      // Timings first: whoever listens for the final status reads them.
+      job.finishedAt = now();
+      job.timings.completed_at_ms = job.finishedAt;
+      job.timings.total_ms = job.finishedAt - job.createdAt;
+      job.setStatus(outcome.status, outcome.message);
+      this.observe((o) => o.finished?.(job));
+      // Order matters: the bucket's copy is taken before the webhook adds its (this worker's) delivery record, and
+      // both before `retain` compacts the job.
+      publisher?.settled(job);
+      const level = job.status === "completed" ? "info" : "warn";
+      log[level](
+        {
+          status: job.status,
+          outputs: job.output.length,
+          ...(job.backend !== undefined && { backend: job.backend }),
+          timings: job.timings,
+          ...(job.error && { code: job.error.code }),
+        },
+        `job ${job.status}: ${job.message}`,
+      );
+      delivery.notify(job);
+      this.deps.retain(job);
+    }
+  }
+
+  /**
+   * The error a failed job reports. Out of memory (by the exception's type) frees memory and is retryable; a
+   * suspected device failure takes the backend out of the rotation only when a health probe of it fails too, else
+   * the job failed on its own (an ExecutionError, as any node raising).
+   */
+  private async classify(
+    raw: unknown,
+    job: Job,
+    deadline: AbortSignal,
+    backend: ComfyBackend | undefined,
+  ): Promise<WorkerError> {
+    const { config, logger, pool } = this.deps;
+    if (job.abort.signal.aborted) return asWorkerError(job.abort.signal.reason);
+    if (deadline.aborted) {
+      return new JobTimeoutError(`the job ran longer than JOB_TIMEOUT_MS=${config.jobs.timeoutMs}`);
+    }
+    const err = asWorkerError(raw);
+    if (!(err instanceof ExecutionError && err.details && backend)) return err;
+    const { execution_details, comfyui_response } = err.details as Record<string, never>;
+    if (execution_details) job.details = execution_details;
+    if (comfyui_response) job.history = comfyui_response;
+    const kind = classifyFailure(job.details?.error ?? null);
+    if (kind === "out_of_memory") {
+      void backend.client.free(AbortSignal.timeout(10_000)).then(
+        () =>
+          logger.warn(
+            { request_id: job.id, stage: "generation" },
+            "out of memory: asked ComfyUI to free memory",
+          ),
+        (e: unknown) => logger.error({ request_id: job.id, err: e }, "out of memory, and POST /free failed"),
+      );
+      return new OutOfMemoryError(`ComfyUI ran out of memory (${err.message}); memory was freed, retry`);
+    }
+    if (kind === "device_suspected") {
+      const probeFailure = await pool.probe(backend);
+      if (probeFailure === undefined) {
+        logger.info(
+          { request_id: job.id, stage: "health", backend: backend.index },
+          "a device error was reported, and the backend passed its health probe: it stays in service",
+        );
+        return err;
+      }
+      const failed = new DeviceFailedError(`unrecoverable device error: ${err.message} (${probeFailure})`);
+      pool.fail(backend, failed.message);
+      this.observe((o) => o.deviceFailed?.(failed.message, backend));
+      return failed;
+    }
+    return err;
+  }
+
+  private observe(fn: (observer: JobObserver) => void): void {
+    const { observer, logger } = this.deps;
+    if (observer) observeSafely(logger, () => fn(observer));
+  }
+}
