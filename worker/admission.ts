@@ -4,12 +4,16 @@
  * client re-routes it. With no benchmark score yet, any load means an unbounded wait.
  */
 export class Admission {
-  maxPerf = 0;
-
   constructor(
     private readonly maxQueueTimeS: number,
     private readonly currentWorkload: () => number,
+    /** The worker's score now (the Capacity's max_perf); 0 before any is known. */
+    private readonly score: () => number = () => 0,
   ) {}
+
+  get maxPerf(): number {
+    return this.score();
+  }
 
   expectedWaitS(): number {
     const load = this.currentWorkload();

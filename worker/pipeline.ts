@@ -28,6 +28,8 @@ export interface PipelineHooks {
   deviceFailed?(message: string, backend: ComfyBackend): void;
   /** A job reached its final status (after metrics saw it). */
   finished?(job: Job): void;
+  /** Each backend's score, by index, for placing prompts (the worker's Capacity); 0 for all without it. */
+  scoreOf?(index: number): number;
 }
 
 export function createPipeline(
@@ -43,6 +45,7 @@ export function createPipeline(
     clientId,
     slotsPerBackend: config.jobs.maxInFlightPrompts,
     logger,
+    ...(hooks.scoreOf && { scoreOf: hooks.scoreOf }),
   });
   const metrics = new WorkerMetrics();
   const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });

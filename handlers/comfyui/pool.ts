@@ -28,8 +28,6 @@ export class ComfyBackend {
   up = false;
   /** Why it left the rotation for good (an unrecoverable device error, a benchmark that never completed). */
   failed: string | undefined;
-  /** Its score in benchmark runs per 100 s, as measured on it: what it adds to max_perf. 0 until measured. */
-  perf = 0;
   /** Prompts it holds now (running or queued in it), and their workload. */
   running = 0;
   workload = 0;
@@ -41,9 +39,15 @@ export class ComfyBackend {
     readonly url: string,
     readonly outputDir: string,
     opts: { requestTimeoutMs: number; clientId: string; logger: Logger },
+    private readonly score: () => number,
   ) {
     this.client = new ComfyClient({ baseUrl: url, requestTimeoutMs: opts.requestTimeoutMs });
     this.events = new ComfyEvents({ url: this.client.wsUrl(opts.clientId), logger: opts.logger });
+  }
+
+  /** Its score in benchmark runs per 100 s, as measured on it: what it adds to max_perf. 0 until measured. */
+  get perf(): number {
+    return this.score();
   }
 
   /** Takes new prompts: answering, and not failed. */
@@ -85,6 +89,8 @@ export interface ComfyPoolOptions {
   logger: Logger;
   /** How long a health probe (GET /system_stats, then a tiny prompt run to its end) may take. */
   probeTimeoutMs?: number;
+  /** Each backend's score, by index, read when placing prompts (the worker's Capacity owns it); 0 if unmeasured. */
+  scoreOf?: (index: number) => number;
 }
 
 interface Waiter {
@@ -114,11 +120,17 @@ export class ComfyPool extends EventEmitter {
     if (opts.backends.length === 0) throw new Error("a ComfyUI pool needs at least one backend");
     this.backends = opts.backends.map(
       (b, i) =>
-        new ComfyBackend(i, b.url, b.outputDir, {
-          requestTimeoutMs: opts.requestTimeoutMs,
-          clientId: opts.clientId,
-          logger: opts.logger.child({ backend: i }),
-        }),
+        new ComfyBackend(
+          i,
+          b.url,
+          b.outputDir,
+          {
+            requestTimeoutMs: opts.requestTimeoutMs,
+            clientId: opts.clientId,
+            logger: opts.logger.child({ backend: i }),
+          },
+          () => opts.scoreOf?.(i) ?? 0,
+        ),
     );
     this.catalog = new NodeCatalog(
       { objectInfo: (signal) => this.anyClient().objectInfo(signal) },
@@ -133,29 +145,6 @@ export class ComfyPool extends EventEmitter {
 
   get anyInRotation(): boolean {
     return this.backends.some((b) => b.inRotation);
-  }
-
-  /** The sum of the scores of the backends in rotation: the worker's capacity now. */
-  capacity(): number {
-    return this.backends.reduce((sum, b) => sum + (b.inRotation ? b.perf : 0), 0);
-  }
-
-  /**
-   * One backend's score: the mean of the measured ones (the GPUs of one machine are alike), 0 before any is. It is
-   * the unit of workloads and of the live score, as a job runs on one backend.
-   */
-  unitPerf(): number {
-    const measured = this.backends.filter((b) => b.perf > 0);
-    return measured.length > 0 ? measured.reduce((s, b) => s + b.perf, 0) / measured.length : 0;
-  }
-
-  /**
-   * Sets the unit score measured on real work: every backend moves by the same factor, keeping their proportions
-   * (the live score measures a backend's speed, not which backend's).
-   */
-  setUnitPerf(unit: number): void {
-    const before = this.unitPerf();
-    for (const b of this.backends) b.perf = before > 0 ? (b.perf * unit) / before : unit;
   }
 
   /**

@@ -1,10 +1,13 @@
 import { Admission } from "../../worker/admission.js";
 
-/** An Admission over a load the test sets. */
+/** An Admission over a load and a score the test sets. */
 function admission(maxQueueTimeS: number, maxPerf = 0) {
-  const state = { load: 0 };
-  const a = new Admission(maxQueueTimeS, () => state.load);
-  a.maxPerf = maxPerf;
+  const state = { load: 0, maxPerf };
+  const a = new Admission(
+    maxQueueTimeS,
+    () => state.load,
+    () => state.maxPerf,
+  );
   return { a, state };
 }
 
@@ -14,10 +17,10 @@ describe("Admission", () => {
   });
 
   test("no load means no wait, with or without max_perf", () => {
-    const { a } = admission(10);
+    const { a, state } = admission(10);
     expect(a.expectedWaitS()).toBe(0);
     expect(a.admits()).toBe(true);
-    a.maxPerf = 50;
+    state.maxPerf = 50;
     expect(a.expectedWaitS()).toBe(0);
     expect(a.admits()).toBe(true);
   });
@@ -62,15 +65,15 @@ describe("Admission", () => {
     state.load = 1;
     expect(a.expectedWaitS()).toBe(Infinity);
     expect(a.admits()).toBe(false);
-    a.maxPerf = -3;
+    state.maxPerf = -3;
     expect(a.expectedWaitS()).toBe(Infinity);
   });
 
-  test("setting max_perf later takes effect at once, and the load is read on every call", () => {
+  test("max_perf and the load are read on every call", () => {
     const { a, state } = admission(5);
     state.load = 100;
     expect(a.admits()).toBe(false);
-    a.maxPerf = 20;
+    state.maxPerf = 20;
     expect(a.expectedWaitS()).toBe(5);
     expect(a.admits()).toBe(true);
     state.load = 120;

@@ -229,8 +229,11 @@ describe("LoadSignal", () => {
     }
     const burst = (wf: Workflow) => {
       const queued: number[] = [];
-      const admission = new Admission(30, () => queued.reduce((a, b) => a + b, 0));
-      admission.maxPerf = state.maxPerf;
+      const admission = new Admission(
+        30,
+        () => queued.reduce((a, b) => a + b, 0),
+        () => state.maxPerf,
+      );
       while (admission.admits()) queued.push(load.workloadOf(wf));
       return { accepted: queued.length, waitAtRefusal: admission.expectedWaitS() };
     };

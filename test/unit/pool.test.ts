@@ -3,7 +3,11 @@ import { ComfyUnavailableError } from "../../lib/errors.js";
 import { createLogger } from "../../lib/logger.js";
 
 /** Dispatch only: no prompt is sent, so the backends' URLs are never called. */
-function pool(n: number, slotsPerBackend = 1): ComfyPool {
+function pool(
+  n: number,
+  slotsPerBackend = 1,
+  scores: readonly number[] = Array<number>(n).fill(1),
+): ComfyPool {
   const p = new ComfyPool({
     backends: Array.from({ length: n }, (_, i) => ({
       url: `http://backend-${i}.invalid`,
@@ -13,11 +17,9 @@ function pool(n: number, slotsPerBackend = 1): ComfyPool {
     clientId: "test",
     slotsPerBackend,
     logger: createLogger({ level: "silent", pretty: false }),
+    scoreOf: (i) => scores[i] ?? 0,
   });
-  for (const b of p.backends) {
-    p.setUp(b, true);
-    b.perf = 1;
-  }
+  for (const b of p.backends) p.setUp(b, true);
   return p;
 }
 
@@ -37,8 +39,7 @@ const settled = async (promise: Promise<unknown>) => {
 
 describe("ComfyPool dispatch", () => {
   test("each prompt goes to the backend that would finish it first", async () => {
-    const p = pool(2, 2);
-    p.backends[1]!.perf = 3; // three times as fast
+    const p = pool(2, 2, [1, 3]); // backend 1 three times as fast
     const a = await take(p);
     const b = await take(p);
     const c = await take(p);
@@ -82,11 +83,11 @@ describe("ComfyPool dispatch", () => {
     p.fail(p.backends[1]!, "device lost");
     await expect(waiting).rejects.toThrow(/none of the 2 ComfyUI backends/);
     await expect(take(p)).rejects.toBeInstanceOf(ComfyUnavailableError);
-    expect(p.capacity()).toBe(0);
+    expect(p.anyInRotation).toBe(false);
     // Backend 0 answers again: it rejoins; backend 1 stays out for good.
     p.setUp(p.backends[0]!, true);
     expect((await take(p)).backend.index).toBe(0);
-    expect(p.capacity()).toBe(1);
+    expect(p.backends.map((b) => b.inRotation)).toEqual([true, false]);
   });
 
   test("an aborted wait leaves the queue (its listener removed) and releases are idempotent", async () => {
@@ -105,33 +106,17 @@ describe("ComfyPool dispatch", () => {
     expect(p.backends[0]!.running).toBe(1);
   });
 
-  test("the capacity is the sum of the scores of the backends in rotation, and each change is emitted", () => {
-    const p = pool(3);
-    p.backends[2]!.perf = 2;
+  test("a backend leaving or rejoining the rotation is emitted once; its score is read from its owner", () => {
+    const p = pool(3, 1, [1, 1, 2]);
+    expect(p.backends.map((b) => b.state().perf)).toEqual([1, 1, 2]);
     const changes: number[] = [];
     p.on("change", (b: { index: number }) => changes.push(b.index));
-    expect(p.capacity()).toBe(4);
     p.setUp(p.backends[2]!, false);
-    expect(p.capacity()).toBe(2);
     p.setUp(p.backends[2]!, false); // no change, no event
     p.fail(p.backends[0]!, "gone");
-    expect(p.capacity()).toBe(1);
+    p.fail(p.backends[0]!, "gone again"); // already out: no event
     expect(changes).toEqual([2, 0]);
-  });
-
-  test("the unit score is the backends' mean; a live score moves every backend by one factor", () => {
-    const p = pool(3);
-    p.backends[0]!.perf = 0; // not measured (it was down during the benchmark): left out of the mean
-    p.backends[1]!.perf = 2;
-    p.backends[2]!.perf = 4;
-    expect(p.unitPerf()).toBe(3);
-    p.setUnitPerf(6);
-    expect(p.backends.map((b) => b.perf)).toEqual([0, 4, 8]);
-    expect(p.capacity()).toBe(12);
-    const fresh = pool(2);
-    for (const b of fresh.backends) b.perf = 0;
-    fresh.setUnitPerf(1.5);
-    expect(fresh.backends.map((b) => b.perf)).toEqual([1.5, 1.5]);
+    expect(p.backends.map((b) => b.inRotation)).toEqual([false, true, false]);
   });
 
   test("a prompt that found its backend unreachable takes it out before its slot goes to the next", async () => {
