@@ -90,6 +90,8 @@ async function vastEnv(extra: Record<string, string>): Promise<Record<string, st
     MASTER_TOKEN: "token-16",
     CONTAINER_ID: "16",
     PUBLIC_IPADDR: "127.0.0.1",
+    // Any free port for the plain-HTTP listener: WORKER_PORT + 1, its default, may be taken on a busy machine.
+    WORKER_HTTP_PORT: "0",
     USE_SSL: "false",
     S3_ACCESS_KEY_ID: s.s3AccessKeyId,
     S3_SECRET_ACCESS_KEY: s.s3SecretAccessKey,

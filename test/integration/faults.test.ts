@@ -255,6 +255,8 @@ test("SIGTERM during a job: the job completes, its caller gets the answer, the p
       env: {
         ...process.env,
         WORKER_PORT: String(await freePort()),
+        // Any free port: WORKER_PORT + 1 may be taken on a busy machine.
+        WORKER_HTTP_PORT: "0",
         WORKER_HOST: "127.0.0.1",
         API_PORT: String(apiPort),
         COMFYUI_URL: s.comfyUrl,

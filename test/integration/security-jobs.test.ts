@@ -114,6 +114,8 @@ describe("a request_id answers only the request that made it", () => {
         SHARED_JOBS_PREFIX: prefix,
         JOB_HEARTBEAT_MS: heartbeatMs,
         WORKER_PORT: String(await freePort()),
+        // Any free port: WORKER_PORT + 1 may be taken on a busy machine.
+        WORKER_HTTP_PORT: "0",
         API_PORT: String(apiPort),
         BENCHMARK_SKIP: "true",
         BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),

@@ -149,6 +149,8 @@ test("a worker killed mid-job leaves a document that shows the failure once its 
       SHARED_JOBS_PREFIX: prefix,
       JOB_HEARTBEAT_MS: "500",
       WORKER_PORT: String(await freePort()),
+      // Any free port: WORKER_PORT + 1 may be taken on a busy machine.
+      WORKER_HTTP_PORT: "0",
       API_PORT: String(apiPort),
       BENCHMARK_SKIP: "true",
       BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
