@@ -60,6 +60,8 @@ export class AutoscalerReporter {
   private readonly stopSignal = new AbortController();
   private forced = false;
   private ticking = false;
+  /** The tick in flight, which stop() waits for. */
+  private inTick: Promise<void> | undefined;
   private last: LastStatusReport | undefined;
 
   constructor(private readonly opts: ReporterOptions) {
@@ -98,13 +100,12 @@ export class AutoscalerReporter {
   private async loop(): Promise<void> {
     if (!this.running) return;
     this.ticking = true;
-    try {
-      await this.tick();
-    } catch (err) {
+    this.inTick = this.tick().catch((err: unknown) => {
       this.opts.logger.error({ stage: "report", err }, "report loop failed");
-    } finally {
-      this.ticking = false;
-    }
+    });
+    await this.inTick;
+    this.ticking = false;
+    this.inTick = undefined;
     if (this.running) this.schedule(this.forced ? 0 : this.opts.intervalMs);
   }
 
@@ -216,6 +217,9 @@ export class AutoscalerReporter {
   async stop(final?: () => Promise<void>): Promise<void> {
     this.running = false;
     clearTimeout(this.statusTimer);
+    // A tick in flight ends first: its /delete_requests/ and the final one would otherwise both send the requests
+    // that finished (neither has dropped them yet), and the autoscaler would hear each twice.
+    await this.inTick;
     if (final) await final().catch(() => undefined);
     this.stopSignal.abort();
   }
