@@ -22,15 +22,15 @@ const OOM_RUNTIME_MESSAGES = [
   /^CUDA out of memory\./,
 ];
 
-/** CUDA errors that can leave the device unusable until the process restarts: worth a probe, no more. */
+/**
+ * CUDA errors that can leave the device unusable until the process restarts: worth a probe, no more. Anchored at
+ * the start of torch's own text (illegal memory access, device-side asserts, launch failures and ECC errors all
+ * come as "CUDA error: ..."), so that a caller's text further in a message cannot raise the suspicion.
+ */
 const DEVICE_SUSPECT_MESSAGES = [
-  /illegal memory access/i,
-  /device-side assert/i,
   /^CUDA error: /,
-  /CUBLAS_STATUS_(EXECUTION_FAILED|INTERNAL_ERROR)/,
-  /CUDNN_STATUS_(EXECUTION_FAILED|INTERNAL_ERROR)/,
-  /unspecified launch failure/i,
-  /ECC error/i,
+  /^CUBLAS_STATUS_(EXECUTION_FAILED|INTERNAL_ERROR)/,
+  /^cuDNN error: CUDNN_STATUS_(EXECUTION_FAILED|INTERNAL_ERROR)/,
 ];
 
 export function classifyFailure(

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
+import { delay } from "../../lib/backoff.js";
 import { ComfyUnavailableError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import { ComfyClient } from "./client.js";
@@ -296,8 +297,10 @@ export class ComfyPool extends EventEmitter {
     const signal = AbortSignal.timeout(this.opts.probeTimeoutMs ?? 30_000);
     // A bare UUID: newer ComfyUIs (0.33.0 does) refuse any other prompt_id with 400 invalid_prompt_id.
     const promptId = randomUUID();
+    let statsAnswered = false;
     try {
       await backend.client.systemStats(signal);
+      statsAnswered = true;
       await backend.client.queuePrompt(PROBE_WORKFLOW, {
         clientId: this.opts.clientId,
         promptId,
@@ -309,24 +312,26 @@ export class ComfyPool extends EventEmitter {
         if (entry?.status?.status_str === "success") return undefined;
         if (entry !== undefined)
           return `the health probe prompt ended ${entry.status?.status_str ?? "without status"}`;
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, PROBE_POLL_MS);
-          signal.addEventListener("abort", done, { once: true });
-          function done() {
-            clearTimeout(timer);
-            signal.removeEventListener("abort", done);
-            resolve();
-          }
-        });
-        if (signal.aborted) {
-          void backend.client.deleteFromQueue([promptId], AbortSignal.timeout(5_000)).catch(() => undefined);
-          return "the health probe prompt did not complete in time";
-        }
+        await delay(PROBE_POLL_MS, signal).catch(() => undefined);
+        if (signal.aborted) return this.probeInconclusive(backend, promptId);
       }
     } catch (err) {
+      // /system_stats answered: a prompt that could not finish in time waited behind another (front only jumps
+      // the queue, not the prompt running), which says nothing about the device.
+      if (signal.aborted && statsAnswered) return this.probeInconclusive(backend, promptId);
       if (signal.aborted) return "the health probe did not complete in time";
       return `the health probe failed: ${err instanceof Error ? err.message : String(err)}`;
     }
+  }
+
+  /** A probe prompt still waiting at the deadline: withdrawn, and the backend kept (undefined: not a failure). */
+  private probeInconclusive(backend: ComfyBackend, promptId: string): undefined {
+    void backend.client.deleteFromQueue([promptId], AbortSignal.timeout(5_000)).catch(() => undefined);
+    this.opts.logger.warn(
+      { stage: "health", backend: backend.index, comfyui: backend.url },
+      "the health probe prompt did not finish in time behind the running prompt; /system_stats answered: kept",
+    );
+    return undefined;
   }
 
   /** Asks every backend once (in parallel) and records the answers. */

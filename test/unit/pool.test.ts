@@ -1,3 +1,4 @@
+import { delay } from "../../lib/backoff.js";
 import { ComfyPool, type Lease } from "../../handlers/comfyui/pool.js";
 import { ComfyUnavailableError } from "../../lib/errors.js";
 import { createLogger } from "../../lib/logger.js";
@@ -196,8 +197,16 @@ describe("ComfyPool health probe", () => {
       }),
     });
     await expect(failing.p.probe(failing.b)).resolves.toMatch(/ended error/);
-    const stuck = probed({ history: async () => undefined }, 300);
-    await expect(stuck.p.probe(stuck.b)).resolves.toMatch(/did not complete in time/);
+    const hung = probed({ systemStats: (signal) => delay(60_000, signal).then(() => ({})) }, 300);
+    await expect(hung.p.probe(hung.b)).resolves.toMatch(/did not complete in time/);
+  });
+
+  test("a probe prompt still waiting behind the running prompt at the deadline keeps the backend", async () => {
+    let withdrawn: string[] = [];
+    const { p, b } = probed({ history: async () => undefined }, 300);
+    Object.assign(b.client, { deleteFromQueue: async (ids: string[]) => void (withdrawn = ids) });
+    await expect(p.probe(b)).resolves.toBeUndefined();
+    expect(withdrawn).toHaveLength(1);
   });
 
   test("failures that arrive together share one probe", async () => {
