@@ -149,3 +149,24 @@ export async function pollUntil<T>(
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** The first status the operator page's event stream (`/console/events`) sends, parsed; 30 s deadline. */
+export async function firstConsoleStatus(api: string): Promise<any> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 30_000);
+  try {
+    const events = await fetch(`${api}/console/events`, { signal: ac.signal });
+    const reader = events.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    let status: RegExpExecArray | null = null;
+    while (!(status = /event: status\ndata: (.*)\n\n/.exec(text))) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the event stream ended");
+      text += value;
+    }
+    return JSON.parse(status[1]!);
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+}

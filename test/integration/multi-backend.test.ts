@@ -8,7 +8,7 @@ import { ensureComfyUI, startComfyUI, type ComfyInstall } from "../../scripts/se
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import type { Job } from "../../worker/jobs/job.js";
 import { stack } from "../harness/stack.js";
-import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { firstConsoleStatus, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { fastBenchmarkFile, modelFree } from "../harness/workflows.js";
 
 /**
@@ -189,31 +189,15 @@ test("/ready, /metrics and the operator page's status list each backend", async 
     expect(metrics).toContain(`comfyui_worker_backend_prompts{backend="${i}",url="${url}"} 0`);
   }
   // The page's event stream: its first status names both backends.
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), 30_000);
-  try {
-    const events = await fetch(`${w.api}/console/events`, { signal: ac.signal });
-    const reader = events.body!.pipeThrough(new TextDecoderStream()).getReader();
-    let text = "";
-    let status: RegExpExecArray | null = null;
-    while (!(status = /event: status\ndata: (.*)\n\n/.exec(text))) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error("the event stream ended");
-      text += value;
-    }
-    const comfyui = JSON.parse(status[1]!).comfyui as {
-      up: boolean;
-      backends: { url: string; up: boolean }[];
-    };
-    expect(comfyui.up).toBe(true);
-    expect(comfyui.backends.map((b) => [b.url, b.up])).toEqual([
-      [stack().comfyUrl, true],
-      [own.url, true],
-    ]);
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
-  }
+  const comfyui = (await firstConsoleStatus(w.api)).comfyui as {
+    up: boolean;
+    backends: { url: string; up: boolean }[];
+  };
+  expect(comfyui.up).toBe(true);
+  expect(comfyui.backends.map((b) => [b.url, b.up])).toEqual([
+    [stack().comfyUrl, true],
+    [own.url, true],
+  ]);
 });
 
 test("disk care ages out what is left in the backends' own output folders, never a folder holding the worker's", async () => {

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { median } from "../../worker/cost-model.js";
 import { stack } from "../harness/stack.js";
-import { postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { firstConsoleStatus, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
 
 /**
@@ -269,25 +269,9 @@ async function startFakeDeviceFailureProxy(target: string): Promise<FakeDeviceFa
   };
 }
 
-/** The first status the operator page's event stream sends: the backends as the worker sees them. */
+/** The backends as the worker sees them, from the operator page's event stream. */
 async function consoleBackends(api: string): Promise<{ up: boolean; failed: string | null }[]> {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), 30_000);
-  try {
-    const events = await fetch(`${api}/console/events`, { signal: ac.signal });
-    const reader = events.body!.pipeThrough(new TextDecoderStream()).getReader();
-    let text = "";
-    let status: RegExpExecArray | null = null;
-    while (!(status = /event: status\ndata: (.*)\n\n/.exec(text))) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error("the event stream ended");
-      text += value;
-    }
-    return JSON.parse(status[1]!).comfyui.backends;
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
-  }
+  return (await firstConsoleStatus(api)).comfyui.backends;
 }
 
 const inRotation = async (api: string) => {
