@@ -101,6 +101,7 @@ describe("originGuard", () => {
     [{ host: "localhost:18288", origin: "file://" }],
     [{ host: "localhost:18288", "sec-fetch-site": "cross-site" }],
     [{ host: "localhost:18288", "sec-fetch-site": "same-site" }],
+    [{ host: "localhost:18288", "sec-fetch-site": "cross-origin-of-a-future-spec" }],
   ])("refuses a cross-site request %j with 403", (headers) => {
     expect(run(headers)).toBeInstanceOf(CrossSiteRequestError);
   });

@@ -229,6 +229,14 @@ describe("the routed guard", () => {
     expect(reached).toEqual([]);
   });
 
+  test("a path whose percent-encoding does not decode is the caller's mistake: 400, never a 500", async () => {
+    const { url, reached } = await serve();
+    const bad = await send(url, "POST", "/result/%ZZ", envelope());
+    expect(bad.status).toBe(400);
+    expect(JSON.parse(bad.body)).toMatchObject({ code: "bad_request" });
+    expect(reached).toEqual([]);
+  });
+
   test("an envelope with missing fields is 422 naming them; a session that does not exist is 410", async () => {
     const { url, reached } = await serve();
     const missing = await send(url, "POST", "/generate", { payload: {} });

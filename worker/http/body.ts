@@ -11,6 +11,7 @@ import {
   BadRequestError,
   PayloadTooLargeError,
   UnsupportedMediaTypeError,
+  WorkerError,
   toHttp,
 } from "../../lib/errors.js";
 
@@ -301,6 +302,13 @@ export function errorHandler(opts: {
         `request body is larger than ${opts.limitName ?? "MAX_BODY_BYTES"}=${opts.maxBodyBytes}`,
       );
       res.status(413).json(e.toJSON());
+      return;
+    }
+    // Express's own client errors (a path whose percent-encoding does not decode) carry a 4xx `status`: the
+    // caller's mistake, never a 500 (which the Vast client retries forever).
+    const status = (err as { status?: unknown }).status;
+    if (!(err instanceof WorkerError) && typeof status === "number" && status >= 400 && status < 500) {
+      sendError(res, new BadRequestError(err instanceof Error ? err.message : "bad request"));
       return;
     }
     sendError(res, err);

@@ -50,8 +50,10 @@ export function originGuard(allowedHosts: readonly string[]): RequestHandler {
         ),
       );
     }
+    // Allowed: the page's own requests (same-origin) and ones a person made (none: typed, bookmarked); curl sends
+    // no such header. Any other value, a future one included, is refused.
     const site = req.get("sec-fetch-site")?.toLowerCase();
-    if (site === "cross-site" || site === "same-site") {
+    if (site !== undefined && site !== "same-origin" && site !== "none") {
       return next(
         new CrossSiteRequestError(`requests from another site's page are refused (Sec-Fetch-Site: ${site})`),
       );
