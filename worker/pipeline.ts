@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { FrozenConfig } from "../config/index.js";
-import { ComfyPool, type ComfyBackend } from "../handlers/comfyui/pool.js";
+import { ComfyPool } from "../handlers/comfyui/pool.js";
 import { InputDownloader } from "../handlers/preprocess/downloads.js";
 import { ObjectStorage, resolveS3 } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
@@ -24,8 +24,6 @@ export interface Pipeline {
 }
 
 export interface PipelineHooks {
-  /** An unrecoverable device error happened in a job; its backend left the rotation. */
-  deviceFailed?(message: string, backend: ComfyBackend): void;
   /** A job reached its final status (after metrics saw it). */
   finished?(job: Job): void;
   /** Each backend's score, by index, for placing prompts (the worker's Capacity); 0 for all without it. */
@@ -93,7 +91,6 @@ export function createPipeline(
         hooks.finished?.(job);
       },
       upload: (ok, bytes) => metrics.upload(ok, bytes),
-      ...(hooks.deviceFailed && { deviceFailed: hooks.deviceFailed }),
     },
   });
   return { pool, downloader, storage, webhooks, jobs, metrics, shared };

@@ -105,11 +105,17 @@ export class InputDownloader {
         throw err;
       });
     }
-    const done = this.slots
-      .run(opts.signal, () =>
-        url.startsWith("data:")
-          ? this.fromDataUri(url, hash, opts.expectImage, opts.signal)
-          : this.fromUrl(url, hash, opts),
+    // A cached input takes no download slot: only fetching and decoding wait for one.
+    const done = this.cache
+      .lookup(hash)
+      .then(
+        (hit) =>
+          hit ??
+          this.slots.run(opts.signal, () =>
+            url.startsWith("data:")
+              ? this.fromDataUri(url, hash, opts.expectImage, opts.signal)
+              : this.fromUrl(url, hash, opts),
+          ),
       )
       .finally(() => this.inFlight.delete(key));
     this.inFlight.set(key, { done, signal: opts.signal });
@@ -136,8 +142,6 @@ export class InputDownloader {
     expectImage: boolean,
     signal: AbortSignal | undefined,
   ): Promise<string> {
-    const hit = await this.cache.lookup(hash);
-    if (hit) return hit;
     signal?.throwIfAborted();
     const match = /^data:([^;,]*)((?:;[^;,]*)*),(.*)$/s.exec(uri);
     if (!match) throw new InputError("malformed data: URI");
@@ -171,8 +175,6 @@ export class InputDownloader {
     hash: string,
     opts: { expectImage: boolean; signal?: AbortSignal | undefined },
   ) {
-    const hit = await this.cache.lookup(hash);
-    if (hit) return hit;
     await mkdir(this.opts.inputDir, { recursive: true });
     const tmp = join(this.opts.inputDir, `${CACHE_PREFIX}${hash}.${randomUUID()}.part`);
     const maxBytes = this.opts.maxBytes;

@@ -70,15 +70,21 @@ export class InputCache {
 
   /** One pass over the folder: what earlier runs left, oldest first. */
   private async load(): Promise<Map<string, Entry>> {
-    const names = await readdir(this.opts.dir).catch(() => [] as string[]);
-    const found: { hash: string; entry: Entry; mtime: number }[] = [];
-    for (const name of names) {
-      const hash = hashOf(name);
-      if (hash === undefined) continue;
-      const s = await stat(join(this.opts.dir, name)).catch(() => undefined);
-      if (!s?.isFile()) continue;
-      found.push({ hash, entry: { name, bytes: s.size }, mtime: s.mtimeMs });
-    }
+    // A folder that does not exist yet holds nothing; any other failure must not hide the files it holds (they
+    // would never be counted nor evicted).
+    const names = await readdir(this.opts.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return [] as string[];
+      throw err;
+    });
+    const stated = await Promise.all(
+      names.map(async (name) => {
+        const hash = hashOf(name);
+        if (hash === undefined) return undefined;
+        const s = await stat(join(this.opts.dir, name)).catch(() => undefined);
+        return s?.isFile() ? { hash, entry: { name, bytes: s.size }, mtime: s.mtimeMs } : undefined;
+      }),
+    );
+    const found = stated.filter((f) => f !== undefined);
     found.sort((a, b) => a.mtime - b.mtime);
     const index = new Map<string, Entry>();
     for (const f of found) {

@@ -172,6 +172,9 @@ describe("InputDownloader", () => {
     const abort = new AbortController();
     const waiting = d.fetch(dataUri("w"), { expectImage: true, signal: abort.signal });
     const other = d.fetch(dataUri("o"), { expectImage: true });
+    // Both first look in the cache (no slot for that), then queue for the slot.
+    const deadline = Date.now() + 5_000;
+    while (d.waiting < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     expect(d.waiting).toBe(2);
     abort.abort(new CancelledError("cancelled while waiting"));
     await expect(waiting).rejects.toThrow("cancelled while waiting");

@@ -42,14 +42,7 @@ export class ResultDelivery {
   /** Uploads every file output in parallel; returns how many failed (each carries its upload_error). */
   async upload(job: Job, signal: AbortSignal): Promise<number> {
     if (job.input.internal?.skipStorage) return 0;
-    const s3 = job.input.s3;
-    const target = resolveS3(this.deps.config.s3, {
-      accessKeyId: s3?.access_key_id,
-      secretAccessKey: s3?.secret_access_key,
-      endpointUrl: s3?.endpoint_url,
-      bucketName: s3?.bucket_name,
-      region: s3?.region,
-    });
+    const target = resolveS3(this.deps.config.s3, s3FromRequest(job.input.s3));
     if (!target) return 0;
     if (job.output.length === 0) return 0;
     const observe = (ok: boolean, bytes: number) =>

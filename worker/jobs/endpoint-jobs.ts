@@ -2,7 +2,7 @@ import { delay } from "../../lib/backoff.js";
 import { ConflictError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
-import { requestHash, type Job, type ResultDocument } from "./job.js";
+import { FINAL_STATUSES, requestHash, type Job, type ResultDocument } from "./job.js";
 import { reusedId } from "./registry.js";
 import type { JobBinding, SharedDocument, SharedJobs } from "./shared.js";
 
@@ -17,8 +17,7 @@ function bindingOf(job: Job): JobBinding {
   return { requestHash: job.requestHash, runId: job.runId };
 }
 
-export const isFinal = (doc: SharedDocument): boolean =>
-  doc.status === "completed" || doc.status === "failed" || doc.status === "cancelled";
+export const isFinal = (doc: SharedDocument): boolean => FINAL_STATUSES.includes(doc.status);
 
 /** What a reader of the bucket is shown: the result document, without the bookkeeping fields. */
 export function publicDocument(doc: SharedDocument): ResultDocument {
@@ -56,6 +55,7 @@ export class JobPublisher {
   /** When each claimed running job's document was last written (its heartbeat). */
   private readonly lastWritten = new Map<string, number>();
   private readonly publishing = new Set<Promise<void>>();
+  private syncing = false;
 
   constructor(private readonly deps: JobPublisherDeps) {}
 
@@ -76,7 +76,8 @@ export class JobPublisher {
     const claimed = this.deps.shared.claim(job.result(), bindingOf(job)).then(
       (r) => {
         if (r.claimed) {
-          this.lastWritten.set(job.id, this.deps.now());
+          // A job that ended before its claim came back has no heartbeat left to send.
+          if (!job.final) this.lastWritten.set(job.id, this.deps.now());
           return true;
         }
         job.abort.abort(
@@ -127,13 +128,29 @@ export class JobPublisher {
     await this.deps.shared.flush();
   }
 
-  /** Looks for other workers' cancel requests and refreshes the documents of running jobs (their heartbeat). */
+  /**
+   * Looks for other workers' cancel requests and refreshes the documents of running jobs (their heartbeat). A
+   * sync still reading a slow bucket makes the next tick skip, so reads never pile up.
+   */
   private async sync(): Promise<void> {
+    if (this.syncing) return;
+    this.syncing = true;
+    try {
+      await this.syncOnce();
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  private async syncOnce(): Promise<void> {
     const { shared, logger, now } = this.deps;
     await Promise.all(
       [...this.lastWritten.entries()].map(async ([id, writtenAt]) => {
         const job = this.deps.find(id);
-        if (!job || job.final) return;
+        if (!job || job.final) {
+          this.lastWritten.delete(id);
+          return;
+        }
         try {
           if (await shared.cancelRequested(id, job.runId, AbortSignal.timeout(5_000))) {
             this.deps.cancel(id, "Cancelled by the caller (through another worker)");

@@ -1,4 +1,3 @@
-import type { ComfyBackend } from "../../handlers/comfyui/pool.js";
 import type { Logger } from "../../lib/logger.js";
 import type { Job } from "./job.js";
 
@@ -7,8 +6,6 @@ export interface JobObserver {
   stage?(stage: "preprocess" | "queue" | "generation" | "postprocess", ms: number): void;
   finished?(job: Job): void;
   upload?(ok: boolean, bytes: number): void;
-  /** An unrecoverable device error: the backend left the rotation for good. */
-  deviceFailed?(message: string, backend: ComfyBackend): void;
 }
 
 /** Calls an observer; its failure is logged, never the job's (metrics must not fail a generation). */

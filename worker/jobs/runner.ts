@@ -211,7 +211,6 @@ export class JobRunner {
       }
       const failed = new DeviceFailedError(`unrecoverable device error: ${err.message} (${probeFailure})`);
       pool.fail(backend, failed.message);
-      this.observe((o) => o.deviceFailed?.(failed.message, backend));
       return failed;
     }
     return err;
