@@ -45,7 +45,7 @@ WORKER_VERSION = "1.1.0"
 MIN_NODE_MAJOR = 22
 # What the build depends on: a change to any of these rebuilds on the next start.
 BUILD_INPUTS = ["package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json"]
-BUILD_FOLDERS = ["config", "lib", "worker", "handlers", "benchmark", "scripts"]
+BUILD_FOLDERS = ["config", "lib", "worker", "handlers", "benchmark", "scripts", "web"]
 # The stock image's convert-workflows.sh waits this long for ComfyUI (its COMFYUI_READY_TIMEOUT, 300 s unless set)
 # before it converts; the margin covers the conversion and the wrapper's own start.
 CONVERSION_MARGIN_S = 60

@@ -11,7 +11,6 @@
  * working tree's uncommitted files on the clone (a measurement of what is about to be committed; the section says so).
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
 import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { cpus, homedir, totalmem } from "node:os";
@@ -22,23 +21,13 @@ import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { freePort } from "../../scripts/services/child.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import { s3Env, startParts, startWorker, workerEnv, type BenchParts } from "./parts.js";
+import { oldestPython } from "../../scripts/services/python.js";
 import { fmt, median, spread } from "./stats.js";
 
 const run = promisify(execFile);
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 const repeats = Number(process.env.BENCH_COLD_REPEATS ?? 3);
 const overlayWorktree = /^(1|true|yes)$/i.test(process.env.BENCH_COLD_WORKTREE ?? "");
-/** start_server.sh's venv is Python 3.10 (uv's managed one): $PYTHON_3_10, else pyenv's newest 3.10, else PATH's. */
-const python310 = (() => {
-  if (process.env.PYTHON_3_10) return process.env.PYTHON_3_10;
-  const versions = join(process.env.PYENV_ROOT ?? join(homedir(), ".pyenv"), "versions");
-  const found = existsSync(versions)
-    ? readdirSync(versions)
-        .filter((v) => /^3\.10\.\d+$/.test(v))
-        .sort((a, b) => Number(b.split(".")[2]) - Number(a.split(".")[2]))
-    : [];
-  return found[0] ? join(versions, found[0], "bin", "python3.10") : "python3.10";
-})();
 /** pip's cache for both sides' installs, warmed by an untimed install before the timed ones. */
 const pipCache = join(homedir(), ".cache", "comfyui-worker", "bench-pip-cache");
 const UPSTREAM_REQUIREMENT = "vastai==1.9.1";
@@ -237,7 +226,8 @@ async function rebundle(clone: string): Promise<void> {
 
 /** start_server.sh's venv: Python 3.10, then pip installs `args` (pip's cache in `pipCache`). */
 async function makeVenv(venv: string, args: string[]): Promise<void> {
-  await run(python310, ["-m", "venv", venv]);
+  // start_server.sh's venv is Python 3.10 (uv's managed one).
+  await run(oldestPython(), ["-m", "venv", venv]);
   await run(join(venv, "bin", "pip"), ["install", "--quiet", "--disable-pip-version-check", ...args], {
     env: { ...process.env, PIP_CACHE_DIR: pipCache },
     timeout: 600_000,
@@ -398,7 +388,7 @@ export async function coldStartSection(parts: BenchParts): Promise<string> {
         );
     }
     if (router.problems.length > 0) log(`report shape problems: ${router.problems.slice(0, 5).join("; ")}`);
-    const { stdout: python } = await run(python310, ["--version"]);
+    const { stdout: python } = await run(oldestPython(), ["--version"]);
     return section(runs, {
       python: python.trim(),
       source:

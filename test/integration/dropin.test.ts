@@ -10,7 +10,7 @@ import { stack } from "../harness/stack.js";
 import { vastClientRequest } from "../harness/vast-client.js";
 import { repoRoot } from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
-import { oldestPython } from "../harness/python.js";
+import { oldestPython } from "../../scripts/services/python.js";
 
 /**
  * The drop-in path: this repository as the stock template's PYWORKER_REPO, run the way pyworker's start_server.sh

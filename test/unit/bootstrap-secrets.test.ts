@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { redactUrl } from "../../lib/redact.js";
-import { oldestPython } from "../harness/python.js";
+import { oldestPython } from "../../scripts/services/python.js";
 
 /**
  * What the two bootstraps (scripts/docker-entrypoint.sh and worker.py, the drop-in that `python3 -m worker` runs)
