@@ -95,11 +95,6 @@ export function signatureHeaders(id: string, timestamp: number, body: string, si
 }
 
 /**
- * Delivers webhooks off the request path: `send` returns at once; delivery retries with capped, jittered backoff
- * on network errors, 5xx, 408 and 429, and gives up on any other 4xx. Each attempt has a deadline. Failures are
- * logged and counted, never thrown at the caller. `drain` waits for deliveries in flight (for shutdown).
- */
-/**
  * The one check of a caller-chosen callback URL (a request's webhook.url, a session's on_close_route) at
  * submission: throws a 400 error (CallbackAddressError) when the address policy refuses it. Deliveries
  * to a caller's destination are checked again at connect time (DNS, redirects).
@@ -119,6 +114,11 @@ class DeliveryFailure extends Error {
   }
 }
 
+/**
+ * Delivers webhooks off the request path: `send` returns at once; delivery retries with capped, jittered backoff
+ * on network errors, 5xx, 408 and 429, and gives up on any other 4xx. Each attempt has a deadline. Failures are
+ * logged and counted, never thrown at the caller. `drain` waits for deliveries in flight (for shutdown).
+ */
 export class WebhookSender {
   private readonly http: Got;
   /** For caller-chosen URLs: the address policy enforced on the address connected to. */

@@ -10,7 +10,7 @@ import { asVerified, RequestTracker } from "../../worker/reporter/tracker.js";
  * A recording autoscaler on loopback whose first /worker_status/ answer the test holds back: the reporter's tick
  * is then in flight when the worker stops.
  */
-async function heldAutoscaler() {
+async function heldAutoscaler(firstStatusAnswer = 200) {
   const received: { path: string; body: any }[] = [];
   let release!: () => void;
   const released = new Promise<void>((r) => (release = r));
@@ -25,7 +25,7 @@ async function heldAutoscaler() {
       if (req.url === "/worker_status/" && !held) {
         held = true;
         firstStatus.emit("held");
-        void released.then(answer);
+        void released.then(() => res.writeHead(firstStatusAnswer).end());
         return;
       }
       // Anything sent while the first status is held means the stop did not wait for the tick: let the tick
@@ -40,26 +40,33 @@ async function heldAutoscaler() {
   return { url, received, release, firstStatus, close: () => server.close() };
 }
 
+/** A reporter to `url` whose tracker holds one finished request (424242), reporting only when made to. */
+function finishedRequestReporter(url: string) {
+  const tracker = new RequestTracker(() => Date.now() / 1000);
+  const res = Object.assign(new EventEmitter(), { writableFinished: false, statusCode: 200 });
+  tracker.track(asVerified({ request_idx: 424242, reqnum: 1, cost: 100 }), 100, res as unknown as Response);
+  Object.assign(res, { writableFinished: true });
+  res.emit("close");
+  const reporter = new AutoscalerReporter({
+    addrs: [url],
+    containerId: 1,
+    masterToken: "t",
+    url: "http://127.0.0.1:1",
+    tracker,
+    state: { loadtime: () => 1, maxPerf: () => 1, errorMsg: () => "", currentLoad: () => 0 } as never,
+    logger: silentLogger(),
+    intervalMs: 600_000,
+    heartbeatMs: 600_000,
+    timeoutMs: 5_000,
+    retryDelayMs: 10,
+  });
+  return { reporter };
+}
+
 test("a stop while a tick is in flight reports each finished request once, not by the tick and the last flush both", async () => {
   const autoscaler = await heldAutoscaler();
   try {
-    const tracker = new RequestTracker(() => Date.now() / 1000);
-    const res = Object.assign(new EventEmitter(), { writableFinished: false, statusCode: 200 });
-    tracker.track(asVerified({ request_idx: 424242, reqnum: 1, cost: 100 }), 100, res as unknown as Response);
-    Object.assign(res, { writableFinished: true });
-    res.emit("close");
-    const reporter = new AutoscalerReporter({
-      addrs: [autoscaler.url],
-      containerId: 1,
-      masterToken: "t",
-      url: "http://127.0.0.1:1",
-      tracker,
-      state: { loadtime: () => 1, maxPerf: () => 1, errorMsg: () => "", currentLoad: () => 0 } as never,
-      logger: silentLogger(),
-      intervalMs: 600_000,
-      heartbeatMs: 600_000,
-      timeoutMs: 5_000,
-    });
+    const { reporter } = finishedRequestReporter(autoscaler.url);
     const held = once(autoscaler.firstStatus, "held");
     reporter.start();
     await held;
@@ -72,6 +79,28 @@ test("a stop while a tick is in flight reports each finished request once, not b
     expect(
       deleted.flatMap((r) => r.body.requests.map((q: { request_idx: number }) => q.request_idx)),
     ).toEqual([424242]);
+  } finally {
+    autoscaler.close();
+  }
+}, 30_000);
+
+test("a stop cuts the tick in flight short after its current attempt: no retries hold up the last reports", async () => {
+  const autoscaler = await heldAutoscaler(500);
+  try {
+    const { reporter } = finishedRequestReporter(autoscaler.url);
+    const held = once(autoscaler.firstStatus, "held");
+    reporter.start();
+    await held;
+    const stopped = reporter.stop(() => reporter.flush());
+    const silence = setTimeout(autoscaler.release, 300);
+    await stopped;
+    clearTimeout(silence);
+    // The tick's one attempt (answered 500, not tried again), then the last status and the last requests.
+    expect(autoscaler.received.map((r) => r.path)).toEqual([
+      "/worker_status/",
+      "/worker_status/",
+      "/delete_requests/",
+    ]);
   } finally {
     autoscaler.close();
   }

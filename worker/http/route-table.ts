@@ -45,7 +45,6 @@ export const PLAIN_HTTP_ROUTES = [
   { method: "POST", path: "/session/end", auth: "session-auth", work: false },
 ] as const satisfies readonly (typeof ROUTED_ROUTES)[number][];
 
-/** `METHOD /path` of a declared route: the key its handler is registered under. */
 type KeyOf<R> = R extends { method: infer M extends string; path: infer P extends string }
   ? `${M} ${P}`
   : never;

@@ -59,8 +59,9 @@ export class AutoscalerReporter {
   private committedDiskGb: number | undefined;
   private readonly stopSignal = new AbortController();
   private forced = false;
-  private ticking = false;
-  /** The tick in flight, which stop() waits for. */
+  /** stop() is waiting for the tick in flight: its posts make no further attempts. */
+  private cuttingTickShort = false;
+  /** The tick in flight, which poke() does not interrupt and stop() waits for. */
   private inTick: Promise<void> | undefined;
   private last: LastStatusReport | undefined;
 
@@ -89,7 +90,7 @@ export class AutoscalerReporter {
    */
   poke(): void {
     this.forced = true;
-    if (this.running && !this.ticking) this.schedule(0);
+    if (this.running && !this.inTick) this.schedule(0);
   }
 
   private schedule(ms: number): void {
@@ -99,12 +100,10 @@ export class AutoscalerReporter {
 
   private async loop(): Promise<void> {
     if (!this.running) return;
-    this.ticking = true;
     this.inTick = this.tick().catch((err: unknown) => {
       this.opts.logger.error({ stage: "report", err }, "report loop failed");
     });
     await this.inTick;
-    this.ticking = false;
     this.inTick = undefined;
     if (this.running) this.schedule(this.forced ? 0 : this.opts.intervalMs);
   }
@@ -190,8 +189,9 @@ export class AutoscalerReporter {
 
   private async post(path: string, body: Record<string, unknown>): Promise<boolean> {
     const attempts = this.opts.attempts ?? 3;
-    // Once stopping, only the last status report is still worth the wait.
-    const stopping = () => this.stopSignal.signal.aborted && path !== "/worker_status/";
+    // Once stopping, only the last reports are still worth the wait: a tick cut short by stop() tries no more.
+    const stopping = () =>
+      this.cuttingTickShort || (this.stopSignal.signal.aborted && path !== "/worker_status/");
     for (const addr of this.opts.addrs) {
       if (path === "/delete_requests/" && addr === NO_DELETE_REQUESTS_ADDR) continue;
       if (stopping()) return false;
@@ -218,8 +218,11 @@ export class AutoscalerReporter {
     this.running = false;
     clearTimeout(this.statusTimer);
     // A tick in flight ends first: its /delete_requests/ and the final one would otherwise both send the requests
-    // that finished (neither has dropped them yet), and the autoscaler would hear each twice.
+    // that finished (neither has dropped them yet), and the autoscaler would hear each twice. It ends after its
+    // current attempt, not its retries, so that the final reports keep the time the stop window leaves.
+    this.cuttingTickShort = true;
     await this.inTick;
+    this.cuttingTickShort = false;
     if (final) await final().catch(() => undefined);
     this.stopSignal.abort();
   }
