@@ -244,16 +244,19 @@ export function jsonBody(
       next();
     };
     // A stream that fails (bad compressed data) is the caller's malformed body; a client that went away hears nothing.
+    /** The client went away: nothing to answer, and nothing more to read or decode. */
+    const abandon = () => {
+      settled = true;
+      detach();
+      chunks.length = 0;
+      decoding?.destroy();
+    };
     const onError = () => {
-      if (req.destroyed || res.destroyed) return void (settled = true);
+      if (req.destroyed || res.destroyed) return abandon();
       refuse(bodyError("entity.parse.failed"));
     };
     const onClose = () => {
-      if (!req.complete) {
-        settled = true;
-        detach();
-        chunks.length = 0;
-      }
+      if (!req.complete) abandon();
     };
 
     const declared = Number(req.get("content-length") ?? NaN);

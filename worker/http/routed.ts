@@ -84,7 +84,7 @@ export class SessionStore {
     readonly maxSessions: number,
     private readonly tracker: RequestTracker,
     private readonly onClose: (s: Session) => void = () => undefined,
-    private readonly maxLifetimeS = 3600,
+    private readonly maxLifetimeS: number,
   ) {}
 
   /** A new session of `lifetime` seconds (see sessionLifetime); undefined when every slot is taken. */
