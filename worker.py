@@ -46,6 +46,8 @@ MIN_NODE_MAJOR = 22
 # What the build depends on: a change to any of these rebuilds on the next start.
 BUILD_INPUTS = ["package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json"]
 BUILD_FOLDERS = ["config", "lib", "worker", "handlers", "benchmark", "scripts", "web"]
+# What the build itself writes inside those folders (the page's compiled script): not a source.
+BUILD_OUTPUTS = {os.path.join("web", "console", "build")}
 # The stock image's convert-workflows.sh waits this long for ComfyUI (its COMFYUI_READY_TIMEOUT, 300 s unless set)
 # before it converts; the margin covers the conversion and the wrapper's own start.
 CONVERSION_MARGIN_S = 60
@@ -213,7 +215,9 @@ def build_fingerprint(node_version: str) -> str:
     files = [os.path.join(ROOT, name) for name in BUILD_INPUTS]
     for folder in BUILD_FOLDERS:
         for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, folder)):
-            dirnames.sort()
+            dirnames[:] = sorted(
+                d for d in dirnames if os.path.relpath(os.path.join(dirpath, d), ROOT) not in BUILD_OUTPUTS
+            )
             files.extend(os.path.join(dirpath, name) for name in sorted(filenames))
     for path in files:
         if os.path.isfile(path):
