@@ -11,6 +11,7 @@ import { healthRoutes } from "./http/health.js";
 import { createLocalApp } from "./http/local.js";
 import { PLAIN_HTTP_ROUTES } from "./http/route-table.js";
 import { createRoutedApp, type SessionStore } from "./http/routed.js";
+import type { WorkerEventEmitter } from "./events.js";
 import type { Janitor } from "./janitor.js";
 import type { SharedJobs } from "./jobs/shared.js";
 import { createListeners, type Listeners } from "./listeners.js";
@@ -25,6 +26,7 @@ export interface AppsDeps extends ReadSources {
   root: string;
   assets: Pick<InstallLayout, "console" | "swaggerUi"> | undefined;
   shared: SharedJobs | undefined;
+  events: WorkerEventEmitter;
   load: LoadSignal;
   tracker: RequestTracker;
   sessions: SessionStore;
@@ -43,7 +45,7 @@ export function createApps(d: AppsDeps): Listeners {
   const { config, logger, load, startup } = d;
   const workloadOfWorkflow = (workflow: unknown): number => load.workloadOf(workflow);
   const health = healthRoutes({ live: () => startup.phase !== "stopped", readiness: readiness(d) });
-  // One router for both ports: a job is the same job whichever port its callers came through.
+  // One set of handlers for both ports: a job is the same job whichever port its callers came through.
   const generate = generateRoutes({
     jobs: d.jobs,
     ...(d.shared && { shared: d.shared }),
@@ -81,12 +83,14 @@ export function createApps(d: AppsDeps): Listeners {
         maxBodyBytes: config.limits.maxBodyBytes,
         jsonShape: config.limits.jsonShape,
         allowedHosts: config.api.allowedHosts,
-        generate,
-        health,
-        docs: docsRoutes(loadExample(d.root), assets.swaggerUi),
-        debug: debugRoutes({ load: () => load.state(), maxPerf: () => d.capacity.maxPerf() }),
-        console: consoleRoutes({ feed: consoleFeed(d), root: d.root, page: assets.console }),
-        metrics: d.metrics.routes(refreshMetrics(d)),
+        handlers: {
+          ...generate,
+          ...health,
+          ...docsRoutes(loadExample(d.root), assets.swaggerUi),
+          ...debugRoutes({ load: () => load.state(), maxPerf: () => d.capacity.maxPerf() }),
+          ...consoleRoutes({ feed: consoleFeed(d), root: d.root, page: assets.console }),
+          ...d.metrics.routes(refreshMetrics(d)),
+        },
       })
     : undefined;
   return createListeners(config, {

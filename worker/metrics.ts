@@ -1,11 +1,11 @@
-import { Router } from "express";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { ShapeState } from "./cost-model.js";
+import type { WorkerEventEmitter } from "./events.js";
+import type { RouteHandlers } from "./http/route-table.js";
 import type { Job } from "./jobs/job.js";
-import type { JobObserver } from "./jobs/manager.js";
 
 /** The worker's Prometheus metrics, on a registry of its own (no global state). */
-export class WorkerMetrics implements JobObserver {
+export class WorkerMetrics {
   readonly registry = new Registry();
   readonly jobs = new Counter({
     name: "comfyui_worker_jobs_total",
@@ -114,16 +114,26 @@ export class WorkerMetrics implements JobObserver {
       collectDefaultMetrics({ register: this.registry, prefix: "comfyui_worker_" });
   }
 
-  stage(stage: string, ms: number): void {
+  /** Counts the jobs' stages, uploads and final statuses from now on; returns the function that stops it. */
+  listen(events: Pick<WorkerEventEmitter, "on">): () => void {
+    const offs = [
+      events.on("job.stage", ({ stage, ms }) => this.stage(stage, ms)),
+      events.on("job.upload", ({ ok, bytes }) => this.upload(ok, bytes)),
+      events.on("job.finished", (job) => this.finished(job)),
+    ];
+    return () => offs.forEach((off) => off());
+  }
+
+  private stage(stage: string, ms: number): void {
     this.stageSeconds.observe({ stage }, ms / 1000);
   }
 
-  finished(job: Job): void {
+  private finished(job: Job): void {
     this.jobs.inc({ status: job.status });
     if (job.error) this.jobErrors.inc({ code: job.error.code });
   }
 
-  upload(ok: boolean, bytes: number): void {
+  private upload(ok: boolean, bytes: number): void {
     if (ok) this.s3Bytes.inc(bytes);
     else this.s3Failures.inc();
   }
@@ -141,12 +151,13 @@ export class WorkerMetrics implements JobObserver {
     if (liveScore !== undefined) this.liveScore.set(liveScore);
   }
 
-  routes(refresh: () => void): Router {
-    const router = Router();
-    router.get("/metrics", async (_req, res) => {
-      refresh();
-      res.type(this.registry.contentType).send(await this.registry.metrics());
-    });
-    return router;
+  /** GET /metrics: `refresh` first sets the gauges read at scrape time. */
+  routes(refresh: () => void): RouteHandlers<"GET /metrics"> {
+    return {
+      "GET /metrics": async (_req, res) => {
+        refresh();
+        res.type(this.registry.contentType).send(await this.registry.metrics());
+      },
+    };
   }
 }

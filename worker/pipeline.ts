@@ -4,10 +4,11 @@ import { ComfyPool } from "../handlers/comfyui/pool.js";
 import { InputDownloader } from "../handlers/preprocess/downloads.js";
 import { ObjectStorage, resolveS3 } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
-import type { Job } from "./jobs/job.js";
+import { Emitter } from "../lib/events.js";
+import type { Logger } from "../lib/logger.js";
+import type { WorkerEventEmitter, WorkerEvents } from "./events.js";
 import { JobManager } from "./jobs/manager.js";
 import { SharedJobs } from "./jobs/shared.js";
-import type { Logger } from "../lib/logger.js";
 import { WorkerMetrics } from "./metrics.js";
 
 /** The job pipeline and its clients of external systems, without any listener: the worker and the CLI share it. */
@@ -18,14 +19,15 @@ export interface Pipeline {
   storage: ObjectStorage;
   webhooks: WebhookSender;
   jobs: JobManager;
+  /** The jobs' lifecycle: metrics listen first; the worker's load signal, the operator page and tests after. */
+  events: WorkerEventEmitter;
   metrics: WorkerMetrics;
   /** Job documents in the operator's bucket (SHARED_JOBS, with S3 configured). */
   shared: SharedJobs | undefined;
 }
 
-export interface PipelineHooks {
-  /** A job reached its final status (after metrics saw it). */
-  finished?(job: Job): void;
+/** What the pipeline asks of the worker around it. */
+export interface PipelineQueries {
   /** Each backend's score, by index, for placing prompts (the worker's Capacity); 0 for all without it. */
   scoreOf?(index: number): number;
 }
@@ -34,7 +36,7 @@ export function createPipeline(
   config: FrozenConfig,
   logger: Logger,
   now: () => number = Date.now,
-  hooks: PipelineHooks = {},
+  queries: PipelineQueries = {},
 ): Pipeline {
   const clientId = `comfyui-worker-${randomUUID()}`;
   const pool = new ComfyPool({
@@ -43,9 +45,11 @@ export function createPipeline(
     clientId,
     slotsPerBackend: config.jobs.maxInFlightPrompts,
     logger,
-    ...(hooks.scoreOf && { scoreOf: hooks.scoreOf }),
+    ...(queries.scoreOf && { scoreOf: queries.scoreOf }),
   });
   const metrics = new WorkerMetrics();
+  const events = new Emitter<WorkerEvents>(logger);
+  metrics.listen(events);
   const downloader = new InputDownloader({ inputDir: config.comfyui.inputDir, ...config.inputs });
   const storage = new ObjectStorage({
     forcePathStyle: config.s3.forcePathStyle,
@@ -84,14 +88,7 @@ export function createPipeline(
     logger,
     clientId,
     now,
-    observer: {
-      stage: (stage, ms) => metrics.stage(stage, ms),
-      finished: (job) => {
-        metrics.finished(job);
-        hooks.finished?.(job);
-      },
-      upload: (ok, bytes) => metrics.upload(ok, bytes),
-    },
+    events,
   });
-  return { pool, downloader, storage, webhooks, jobs, metrics, shared };
+  return { pool, downloader, storage, webhooks, jobs, events, metrics, shared };
 }

@@ -3,7 +3,7 @@ import type { ComfyPool } from "../handlers/comfyui/pool.js";
 import { resolveS3, type ObjectStorage } from "../handlers/storage/s3.js";
 import type { Admission } from "./admission.js";
 import type { Capacity } from "./capacity.js";
-import { ConsoleFeed } from "./console/feed.js";
+import { ConsoleFeed, type ConsoleSources } from "./console/feed.js";
 import type { HealthState } from "./http/health.js";
 import type { Janitor } from "./janitor.js";
 import type { JobManager } from "./jobs/manager.js";
@@ -59,6 +59,7 @@ export function consoleFeed(
     janitor: Janitor;
     reporter: AutoscalerReporter | undefined;
     storage: ObjectStorage;
+    events: ConsoleSources["events"];
     startedAt: number;
     now: () => number;
   },
@@ -67,6 +68,7 @@ export function consoleFeed(
   const s3 = resolveS3(config.s3, undefined);
   return new ConsoleFeed({
     jobs: src.jobs,
+    events: src.events,
     admission: src.admission,
     janitor: src.janitor,
     reporter: src.reporter,

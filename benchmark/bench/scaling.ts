@@ -123,7 +123,7 @@ export async function measureScaling(
   try {
     const victim = set.backends[1]!;
     const running = new Promise<void>((resolve) => {
-      const off = worker.jobs.onJob((job: Job) => {
+      const off = worker.events.on("job.created", (job: Job) => {
         job.on("event", (e: { type: string }) => {
           if (e.type === "executing" && job.backend === 1) {
             off();

@@ -121,7 +121,7 @@ test("a backend killed mid-burst: only its running jobs fail (retryable), max_pe
   const sum = w.worker.admission.maxPerf;
   // The moment a job starts running on the backend to kill (an event, not a poll).
   const runningOnOwn = new Promise<Job>((resolve) => {
-    const off = w.worker.jobs.onJob((job) => {
+    const off = w.worker.events.on("job.created", (job) => {
       job.on("event", (e: { type: string }) => {
         if (e.type === "executing" && job.backend === 1) {
           off();

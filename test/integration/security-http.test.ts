@@ -103,6 +103,30 @@ describe("the local API answers its operator only", () => {
     expect((await send(w.api, `/result/${id}`)).status).toBe(404);
   });
 
+  test("an unknown path is 404 whatever its content type (its body is not read); a known one's other methods 405", async () => {
+    const unknown = await send(w.api, "/nope", {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: "not JSON",
+    });
+    expect([unknown.status, JSON.parse(unknown.text)]).toEqual([
+      404,
+      { error: "no route POST /nope on this port", code: "route_not_found" },
+    ]);
+    const put = await send(w.api, "/generate", {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body: job(`put-${Date.now()}`),
+    });
+    expect([put.status, put.headers.allow, errorOf(put)]).toEqual([
+      405,
+      "POST",
+      "/generate takes POST, not PUT",
+    ]);
+    const head = await send(w.api, "/health", { method: "HEAD" });
+    expect(head.status).toBe(200);
+  });
+
   test("a cross-site page's request is 403 on every route: a POST, the event stream, results, metrics", async () => {
     const id = `cross-${Date.now()}`;
     const crossSite: Record<string, string>[] = [

@@ -1,9 +1,14 @@
 import { request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import express, { type Express } from "express";
+import type { Express, RequestHandler } from "express";
 import { Admission } from "../../worker/admission.js";
 import { ReplayGuard, type AuthData, type SignatureVerifier } from "../../worker/auth/signature.js";
-import { PLAIN_HTTP_ROUTES, ROUTED_ROUTES } from "../../worker/http/route-table.js";
+import {
+  PLAIN_HTTP_ROUTES,
+  ROUTED_ROUTES,
+  routeKey,
+  type RoutedRouteKey,
+} from "../../worker/http/route-table.js";
 import { SessionStore, createRoutedApp, type RoutedDeps } from "../../worker/http/routed.js";
 import { RequestTracker } from "../../worker/reporter/tracker.js";
 import { silentLogger } from "./fakes.js";
@@ -26,11 +31,15 @@ type Routes = Parameters<typeof createRoutedApp>[1];
 
 function routedApp(overrides: Partial<RoutedDeps> = {}, routes: Routes = ROUTED_ROUTES) {
   const reached: Reached[] = [];
-  const fakeHandlers = express.Router();
-  fakeHandlers.use((req, res) => {
+  const fakeHandler: RequestHandler = (req, res) => {
     reached.push({ method: req.method, path: req.path });
     res.json({ reached: req.path });
-  });
+  };
+  // The same fake behind every declared route: the generation and health handlers included.
+  const fakeHandlers = Object.fromEntries(ROUTED_ROUTES.map((r) => [routeKey(r), fakeHandler])) as Record<
+    RoutedRouteKey,
+    RequestHandler
+  >;
   const tracker = new RequestTracker();
   const sessions = new SessionStore(4, tracker, () => undefined, 600);
   const deps: RoutedDeps = {
@@ -250,6 +259,44 @@ describe("the routed guard", () => {
     });
     const gone = await send(url, "POST", "/generate", { ...envelope(), session_id: "no-such-session" });
     expect(gone.status).toBe(410);
+    expect(reached).toEqual([]);
+  });
+
+  test("a declared Content-Length above ROUTED_MAX_BODY_BYTES is 413 before a byte of the body is sent, and closes", async () => {
+    const { url, reached } = await serve();
+    // Only the headers go out: the answer must not wait for the body.
+    const answer = await new Promise<{ status: number; body: string; connection: string | undefined }>(
+      (resolve, reject) => {
+        const req = request(`${url}/generate/sync`, {
+          method: "POST",
+          agent: false,
+          headers: { "content-type": "application/json", "content-length": String(64 * 1024 + 1) },
+          signal: AbortSignal.timeout(10_000),
+        });
+        req.on("response", (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () => {
+            req.destroy();
+            resolve({
+              status: res.statusCode ?? 0,
+              body: Buffer.concat(chunks).toString("utf8"),
+              connection: res.headers.connection,
+            });
+          });
+        });
+        req.on("error", reject);
+        req.flushHeaders();
+      },
+    );
+    expect(answer).toEqual({
+      status: 413,
+      body: JSON.stringify({
+        error: "request body is larger than ROUTED_MAX_BODY_BYTES=65536",
+        code: "payload_too_large",
+      }),
+      connection: "close",
+    });
     expect(reached).toEqual([]);
   });
 

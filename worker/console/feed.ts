@@ -3,6 +3,7 @@ import { extname } from "node:path";
 import type { BenchmarkResult } from "../boot-benchmark.js";
 import type { BackendState, ConsoleJob, ConsoleOutput, ConsoleStatus } from "../../web/console/wire.js";
 import type { Admission } from "../admission.js";
+import type { WorkerEventEmitter } from "../events.js";
 import type { Janitor } from "../janitor.js";
 import type { Job } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
@@ -11,6 +12,8 @@ import type { AutoscalerReporter } from "../reporter/reporter.js";
 /** What the operator page shows, read through the parts' own read-only accessors. */
 export interface ConsoleSources {
   jobs: JobManager;
+  /** Where the feed hears of each new job. */
+  events: Pick<WorkerEventEmitter, "on">;
   admission: Admission;
   janitor: Janitor;
   reporter: AutoscalerReporter | undefined;
@@ -67,7 +70,7 @@ export class ConsoleFeed {
 
   constructor(private readonly src: ConsoleSources) {
     this.s3 = { target: src.settings.s3Target, reachable: null, checked_at: null, error: null };
-    src.jobs.onJob((job) => this.track(job));
+    src.events.on("job.created", (job) => this.track(job));
   }
 
   private get now(): number {

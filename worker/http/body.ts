@@ -148,15 +148,22 @@ const DECODERS: Readonly<Record<string, () => Transform>> = {
  * upstream reads any type as JSON and the router's client must keep working); anything else is 415. A request
  * without a body goes on with `req.body` unset; an empty one is `{}`; the top level must be an object or array.
  * A refused body is read off and discarded (at most another `maxBodyBytes`, then the connection is closed) so that
- * the client hears the answer.
+ * the client hears the answer; with `closeEarly` (the routed port, open to the internet), a Content-Length above
+ * the limit is refused before a byte of the body is read, on a connection that closes so that the rest is not read
+ * either. Chunked bodies are bounded while they are read either way.
  */
 export function jsonBody(
   maxBodyBytes: number,
   shape: JsonShapeLimits,
-  opts: { anyContentType?: boolean } = {},
+  opts: { anyContentType?: boolean; closeEarly?: boolean } = {},
 ): RequestHandler {
   return (req, res, next) => {
     if (!hasBody(req)) return next();
+    const declared = Number(req.get("content-length") ?? NaN);
+    if (opts.closeEarly && declared > maxBodyBytes) {
+      res.set("connection", "close");
+      return next(bodyError("entity.too.large"));
+    }
     if (!opts.anyContentType && !req.is("application/json")) {
       const sent = req.get("content-type");
       return next(
@@ -259,7 +266,6 @@ export function jsonBody(
       if (!req.complete) abandon();
     };
 
-    const declared = Number(req.get("content-length") ?? NaN);
     if (contentEncoding === "identity" && declared > maxBodyBytes)
       return refuse(bodyError("entity.too.large"));
     stream.on("data", onData);

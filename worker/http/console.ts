@@ -1,8 +1,9 @@
 import { existsSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Router, type Response } from "express";
+import type { RequestHandler, Response } from "express";
 import type { ConsoleFeed } from "../console/feed.js";
+import type { RouteHandlers } from "./route-table.js";
 
 export interface ConsoleRoutesDeps {
   feed: ConsoleFeed;
@@ -22,14 +23,18 @@ const CSP =
  * stream, output files, example workflows). Read-only: the page's "try a workflow" form posts to
  * /generate/stream like any other caller of the local API.
  */
-export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
-  const router = Router();
+export function consoleRoutes(
+  deps: ConsoleRoutesDeps,
+): RouteHandlers<
+  | "GET /"
+  | "GET /console/style.css"
+  | "GET /console/app.js"
+  | "GET /console/events"
+  | "GET /console/output/:id/:index"
+  | "GET /console/workflows"
+  | "GET /console/workflows/:name"
+> {
   const examples = join(deps.root, "misc", "workflows");
-  const files: Record<string, { path: string; type: string }> = {
-    "/": { path: deps.page.index, type: "text/html; charset=utf-8" },
-    "/console/style.css": { path: deps.page.style, type: "text/css; charset=utf-8" },
-    "/console/app.js": { path: deps.page.app, type: "text/javascript; charset=utf-8" },
-  };
 
   const page = (res: Response, type: string) => {
     res.setHeader("content-type", type);
@@ -38,21 +43,21 @@ export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
     res.setHeader("x-content-type-options", "nosniff");
   };
 
-  for (const [route, file] of Object.entries(files)) {
-    router.get(route, async (_req, res) => {
-      if (!existsSync(file.path)) {
+  const file =
+    (path: string, type: string): RequestHandler =>
+    async (_req, res) => {
+      if (!existsSync(path)) {
         res
           .status(503)
           .type("text/plain")
-          .send(`${file.path} is missing: build the page with \`npm run build:console\``);
+          .send(`${path} is missing: build the page with \`npm run build:console\``);
         return;
       }
-      page(res, file.type);
-      res.send(await readFile(file.path));
-    });
-  }
+      page(res, type);
+      res.send(await readFile(path));
+    };
 
-  router.get("/console/events", (req, res) => {
+  const events: RequestHandler = (_req, res) => {
     res.status(200);
     res.setHeader("content-type", "text/event-stream; charset=utf-8");
     res.setHeader("cache-control", "no-store");
@@ -71,13 +76,12 @@ export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
       clearInterval(keepalive);
       detach();
     });
-  });
+  };
 
   // A job's output by its index: only files the worker itself listed as that job's outputs, never a caller's path.
-  router.get("/console/output/:id/:index", (req, res) => {
-    const path = /^\d+$/.test(req.params.index)
-      ? deps.feed.outputPath(req.params.id, Number(req.params.index))
-      : undefined;
+  const output: RequestHandler = (req, res) => {
+    const { id, index } = req.params as { id: string; index: string };
+    const path = /^\d+$/.test(index) ? deps.feed.outputPath(id, Number(index)) : undefined;
     if (!path) {
       res.status(404).type("text/plain").send("no such output");
       return;
@@ -87,15 +91,15 @@ export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
     res.sendFile(path, { dotfiles: "allow" }, (err) => {
       if (err && !res.headersSent) res.status(404).type("text/plain").send("output file is gone");
     });
-  });
+  };
 
-  router.get("/console/workflows", async (_req, res) => {
+  const workflows: RequestHandler = async (_req, res) => {
     const names = (await readdir(examples).catch(() => [] as string[])).filter((n) => n.endsWith(".json"));
     res.setHeader("cache-control", "no-store");
     res.json(names.sort());
-  });
+  };
 
-  router.get("/console/workflows/:name", async (req, res) => {
+  const workflow: RequestHandler = async (req, res) => {
     const names = await readdir(examples).catch(() => [] as string[]);
     // Looked up among the folder's own names, so that no request names a path.
     const name = names.find((n) => n === req.params.name && n.endsWith(".json"));
@@ -104,7 +108,15 @@ export function consoleRoutes(deps: ConsoleRoutesDeps): Router {
       return;
     }
     res.type("application/json").send(await readFile(join(examples, name)));
-  });
+  };
 
-  return router;
+  return {
+    "GET /": file(deps.page.index, "text/html; charset=utf-8"),
+    "GET /console/style.css": file(deps.page.style, "text/css; charset=utf-8"),
+    "GET /console/app.js": file(deps.page.app, "text/javascript; charset=utf-8"),
+    "GET /console/events": events,
+    "GET /console/output/:id/:index": output,
+    "GET /console/workflows": workflows,
+    "GET /console/workflows/:name": workflow,
+  };
 }

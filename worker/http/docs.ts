@@ -1,9 +1,10 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Router } from "express";
+import type { RequestHandler } from "express";
 import { z } from "zod";
 import { errorCatalogue } from "../../lib/errors.js";
 import { GenerateRequest } from "../schema.js";
+import type { RouteHandlers } from "./route-table.js";
 
 /** The OpenAPI document, generated from the same zod schema that validates requests, with the seed's example. */
 export function openApiDocument(example: unknown): Record<string, unknown> {
@@ -137,19 +138,27 @@ function errorSchema(): Record<string, unknown> {
 export const SWAGGER_UI_FILES = ["swagger-ui.css", "swagger-ui-bundle.js"] as const;
 
 /** `swaggerUiDir`: the folder holding SWAGGER_UI_FILES (lib/install.ts `installLayout().swaggerUi`). */
-export function docsRoutes(example: unknown, swaggerUiDir: string): Router {
-  const router = Router();
+export function docsRoutes(
+  example: unknown,
+  swaggerUiDir: string,
+): RouteHandlers<"GET /openapi.json" | "GET /docs" | "GET /docs/" | "GET /docs/assets/:file"> {
   const doc = openApiDocument(example);
-  router.get("/openapi.json", (_req, res) => void res.json(doc));
-  for (const file of SWAGGER_UI_FILES) {
-    router.get(`/docs/assets/${file}`, (_req, res) => res.sendFile(join(swaggerUiDir, file)));
-  }
   const page = `<!doctype html><html><head><meta charset="utf-8"><title>ComfyUI worker API</title>
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head><body><div id="ui"></div>
 <script src="/docs/assets/swagger-ui-bundle.js"></script>
 <script>window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#ui" });</script></body></html>`;
-  router.get(["/docs", "/docs/"], (_req, res) => void res.type("html").send(page));
-  return router;
+  const sendPage: RequestHandler = (_req, res) => void res.type("html").send(page);
+  return {
+    "GET /openapi.json": (_req, res) => void res.json(doc),
+    "GET /docs": sendPage,
+    "GET /docs/": sendPage,
+    "GET /docs/assets/:file": (req, res) => {
+      // Looked up among the files the page loads, so that no request names a path.
+      const file = SWAGGER_UI_FILES.find((f) => f === req.params.file);
+      if (!file) return void res.status(404).type("text/plain").send("no such file");
+      res.sendFile(join(swaggerUiDir, file));
+    },
+  };
 }
 
 export function loadExample(root: string): unknown {

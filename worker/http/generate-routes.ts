@@ -1,4 +1,4 @@
-import { Router, type Request, type Response } from "express";
+import type { Request, RequestHandler, Response } from "express";
 import { NotFoundError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import { RemoteJobs, isFinal, publicDocument } from "../jobs/endpoint-jobs.js";
@@ -7,6 +7,7 @@ import type { JobManager } from "../jobs/manager.js";
 import type { SharedDocument, SharedJobs } from "../jobs/shared.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";
 import { sendError } from "./body.js";
+import type { RouteHandlers } from "./route-table.js";
 
 export interface GenerateRoutesDeps {
   jobs: JobManager;
@@ -48,14 +49,21 @@ function sendResult(res: Response, job: Job): void {
   res.status(statusFor(job)).json(job.result());
 }
 
+/** The generation routes: the same handlers on both ports (a job is the same job whichever port it came through). */
+export type GenerateRouteKey =
+  | "POST /generate/sync"
+  | "POST /generate"
+  | "POST /generate/stream"
+  | "GET /result/:id"
+  | "POST /result/:id"
+  | "POST /cancel/:id";
+
 /**
  * /generate/sync, /generate (async), /generate/stream, /result/{id}, /cancel/{id}. A caller that disconnects from
  * sync or stream cancels the job, unless someone else also waits on it or it was submitted asynchronously.
- * The app that mounts it hands each request's payload and workload over with `attachWork`.
+ * The app that mounts them hands each request's payload and workload over with `attachWork`.
  */
-export function generateRoutes(deps: GenerateRoutesDeps): Router {
-  // Exact paths on both ports (as upstream's): no case folding, no optional trailing slash.
-  const router = Router({ caseSensitive: true, strict: true });
+export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<GenerateRouteKey> {
   const watchers = new WeakMap<Job, { count: number; detached: boolean }>();
   // Other workers' jobs (read from the bucket) answer a caller whose request or poll landed here.
   const remote =
@@ -125,7 +133,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     }
   };
 
-  router.post("/generate/sync", async (req, res) => {
+  const sync: RequestHandler = async (req, res) => {
     const watched = await submitWatched(req, res);
     if (!watched) return;
     if (watched.remote) {
@@ -137,9 +145,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     await job.done;
     leave();
     if (!res.destroyed) sendResult(res, job);
-  });
+  };
 
-  router.post("/generate", async (req, res) => {
+  const submitAsync: RequestHandler = async (req, res) => {
     try {
       const submitted = await submit(req);
       if (submitted.remote) return void res.status(200).json(publicDocument(submitted.remote));
@@ -151,9 +159,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     } catch (err) {
       sendError(res, err);
     }
-  });
+  };
 
-  router.post("/generate/stream", async (req, res) => {
+  const stream: RequestHandler = async (req, res) => {
     const watched = await submitWatched(req, res);
     if (!watched) return;
     res.status(200).setHeader("content-type", "application/x-ndjson");
@@ -183,7 +191,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     };
     write(doc);
     res.end();
-  });
+  };
 
   /** Another worker's job, from the bucket; undefined (after answering) when there is none or it failed. */
   const remoteJob = async (id: string, res: Response): Promise<SharedDocument | undefined> => {
@@ -197,20 +205,20 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     }
   };
 
-  const result = async (req: Request<{ id: string }>, res: Response) => {
-    const job = deps.jobs.get(req.params.id);
+  const result: RequestHandler = async (req, res) => {
+    const { id } = req.params as { id: string };
+    const job = deps.jobs.get(id);
     if (job) return void res.status(200).json(job.result());
-    const doc = await remoteJob(req.params.id, res);
+    const doc = await remoteJob(id, res);
     if (doc) res.status(200).json(publicDocument(doc));
   };
-  router.get("/result/:id", result);
-  router.post("/result/:id", result);
 
-  router.post("/cancel/:id", async (req, res) => {
-    const job = deps.jobs.cancel(req.params.id);
+  const cancel: RequestHandler = async (req, res) => {
+    const { id } = req.params as { id: string };
+    const job = deps.jobs.cancel(id);
     if (!job) {
       // Another worker's: leave it a cancel request (it looks every second) and answer the document as it stands.
-      const doc = await remoteJob(req.params.id, res);
+      const doc = await remoteJob(id, res);
       if (!doc) return;
       try {
         await remote!.cancel(doc);
@@ -221,7 +229,14 @@ export function generateRoutes(deps: GenerateRoutesDeps): Router {
     }
     // A queued job settles at once; a running one once ComfyUI stopped it. Answer with its state either way.
     void job.done.then(() => res.status(200).json(job.result()));
-  });
+  };
 
-  return router;
+  return {
+    "POST /generate/sync": sync,
+    "POST /generate": submitAsync,
+    "POST /generate/stream": stream,
+    "GET /result/:id": result,
+    "POST /result/:id": result,
+    "POST /cancel/:id": cancel,
+  };
 }

@@ -1,4 +1,4 @@
-import { Router } from "express";
+import type { RouteHandlers } from "./route-table.js";
 
 export interface HealthState {
   /** Liveness: the process serves HTTP. */
@@ -8,14 +8,14 @@ export interface HealthState {
 }
 
 /** GET /health (liveness) and GET /ready (ComfyUI up, benchmark done, not overloaded, not draining). */
-export function healthRoutes(state: HealthState): Router {
-  const router = Router({ caseSensitive: true, strict: true });
-  router.get("/health", (_req, res) => {
-    res.status(state.live() ? 200 : 503).json({ status: state.live() ? "ok" : "down" });
-  });
-  router.get("/ready", (_req, res) => {
-    const r = state.readiness();
-    res.status(r.ready ? 200 : 503).json({ ready: r.ready, reasons: r.reasons, ...r.details });
-  });
-  return router;
+export function healthRoutes(state: HealthState): RouteHandlers<"GET /health" | "GET /ready"> {
+  return {
+    "GET /health": (_req, res) => {
+      res.status(state.live() ? 200 : 503).json({ status: state.live() ? "ok" : "down" });
+    },
+    "GET /ready": (_req, res) => {
+      const r = state.readiness();
+      res.status(r.ready ? 200 : 503).json({ ready: r.ready, reasons: r.reasons, ...r.details });
+    },
+  };
 }

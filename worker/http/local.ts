@@ -1,21 +1,24 @@
-import type { Express, RequestHandler, Router } from "express";
-import { CrossSiteRequestError, MisdirectedRequestError } from "../../lib/errors.js";
-import { errorHandler, jsonBody, strictApp, type JsonShapeLimits } from "./body.js";
+import type { Express, RequestHandler } from "express";
+import {
+  CrossSiteRequestError,
+  MethodNotAllowedError,
+  MisdirectedRequestError,
+  RouteNotFoundError,
+} from "../../lib/errors.js";
+import { errorHandler, jsonBody, sendError, strictApp, type JsonShapeLimits } from "./body.js";
 import { attachWork } from "./generate-routes.js";
+import { LOCAL_ROUTES, routeKey, type LocalRouteKey, type RouteHandlers } from "./route-table.js";
 
 export interface LocalDeps {
   maxBodyBytes: number;
   jsonShape: JsonShapeLimits;
   /** API_ALLOWED_HOSTS: host names answered besides loopback's (lower case, no port). */
   allowedHosts: readonly string[];
-  generate: Router;
-  health: Router;
-  docs: Router;
-  metrics?: Router;
-  /** Read-only state for operators (the cost model). */
-  debug?: Router;
-  /** The operator page at / (this port only, never the routed one). */
-  console?: Router;
+  /**
+   * A handler for every route of LOCAL_ROUTES: generation, health, /docs, /metrics, /debug/load and the operator
+   * page at / (this port only, never the routed one).
+   */
+  handlers: RouteHandlers<LocalRouteKey>;
 }
 
 /** The names loopback is reached by; any port (an SSH tunnel may forward another local port to this one). */
@@ -83,23 +86,37 @@ function sameHost(origin: string, host: string): boolean {
 /**
  * The local API port (127.0.0.1:18288 by default): bare `{input}` requests for interactive use over an SSH tunnel,
  * as the template's API wrapper, plus /docs and the operator page at /. No signatures, no admission control:
- * instead only its operator's requests are answered (`originGuard`), and bodies are read only as
- * `application/json`, which a web page cannot send to another site without the browser asking first.
+ * instead only its operator's requests are answered (`originGuard`, before anything else), and bodies are read
+ * only as `application/json`, which a web page cannot send to another site without the browser asking first.
+ * Built from LOCAL_ROUTES: a body is read only on a declared route that takes one, so an unknown path is 404 (not
+ * 415) whatever its body, and a declared path with another method 405.
  */
 export function createLocalApp(deps: LocalDeps): Express {
   const app = strictApp();
   app.use(originGuard(deps.allowedHosts));
-  app.use("/", deps.health);
-  app.use("/", deps.docs);
-  if (deps.metrics) app.use("/", deps.metrics);
-  if (deps.debug) app.use("/", deps.debug);
-  if (deps.console) app.use("/", deps.console);
-  app.use(jsonBody(deps.maxBodyBytes, deps.jsonShape));
-  app.use((req, _res, next) => {
+  const body = jsonBody(deps.maxBodyBytes, deps.jsonShape);
+  const handOver: RequestHandler = (req, _res, next) => {
     attachWork(req, { payload: req.body as unknown });
     next();
+  };
+  const methods = new Map<string, string[]>();
+  for (const route of LOCAL_ROUTES) {
+    const chain = [...(route.body === "json" ? [body, handOver] : []), deps.handlers[routeKey(route)]];
+    // A GET route answers HEAD too (Express's own rule).
+    if (route.method === "GET") app.get(route.path, ...chain);
+    else app.post(route.path, ...chain);
+    methods.set(route.path, [...(methods.get(route.path) ?? []), route.method]);
+  }
+  for (const [path, declared] of methods) {
+    const allow = declared.flatMap((m) => (m === "GET" ? ["GET", "HEAD"] : [m])).join(", ");
+    app.all(path, (req, res) => {
+      res.set("allow", allow);
+      sendError(res, new MethodNotAllowedError(`${req.path} takes ${allow}, not ${req.method}`));
+    });
+  }
+  app.use((req, res) => {
+    sendError(res, new RouteNotFoundError(`no route ${req.method} ${req.path.slice(0, 200)} on this port`));
   });
-  app.use("/", deps.generate);
   app.use(errorHandler({ invalidJsonStatus: 400, maxBodyBytes: deps.maxBodyBytes }));
   return app;
 }

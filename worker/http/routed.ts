@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
-import type { Express, NextFunction, Request, RequestHandler, Response, Router } from "express";
+import type { Express, NextFunction, Request, RequestHandler, Response } from "express";
 import type { Admission } from "../admission.js";
 import { isOwnUrl, type AuthData, type ReplayGuard, type SignatureVerifier } from "../auth/signature.js";
 import { bearerToken, sameAuth, tokenMatches } from "../auth/token.js";
@@ -8,12 +8,13 @@ import { DEFAULT_WORKLOAD } from "../workload.js";
 import type { Logger } from "../../lib/logger.js";
 import { asVerified, type RequestTracker, type VerifiedAuth } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
-import { BadRequestError, PayloadTooLargeError } from "../../lib/errors.js";
+import { BadRequestError } from "../../lib/errors.js";
 import { errorHandler, jsonBody, sendError, strictApp, type JsonShapeLimits } from "./body.js";
-import { attachWork } from "./generate-routes.js";
+import { attachWork, type GenerateRouteKey } from "./generate-routes.js";
 import {
   ROUTED_ROUTES,
   routeKey,
+  type RouteHandlers,
   type RoutedAuth,
   type RoutedRoute,
   type RoutedRouteKey,
@@ -55,8 +56,8 @@ export interface RoutedDeps {
   /** The file /pyworker/update creates (upstream's `/.force_update`): the start script updates the worker on it. */
   updateFlagFile: string;
   /** Generation routes; they read what `attachWork` hands them. Reached only through ROUTED_ROUTES. */
-  generate: Router;
-  health: Router;
+  generate: RouteHandlers<GenerateRouteKey & RoutedRouteKey>;
+  health: RouteHandlers<"GET /health" | "GET /ready">;
   /** Workload of a request's payload, before it is parsed in full (for admission and reports). */
   workloadOf: (payload: unknown) => number;
 }
@@ -247,8 +248,8 @@ export function createRoutedApp(
   };
 
   const handlers: Record<RoutedRouteKey, RequestHandler> = {
-    "GET /health": deps.health,
-    "GET /ready": deps.health,
+    "GET /health": deps.health["GET /health"],
+    "GET /ready": deps.health["GET /ready"],
     "POST /session/create": createSession,
     "POST /session/get": (req, res) => {
       const s = sessionOf.get(req);
@@ -280,24 +281,20 @@ export function createRoutedApp(
       deps.logger.info({ stage: "update", file: deps.updateFlagFile }, "update requested: flag file written");
       res.json({ ok: true });
     },
-    // The shared generation router answers these (the same job whichever port its callers came through); only
-    // the pairs declared here reach it from this port.
-    "POST /generate/sync": deps.generate,
-    "POST /generate": deps.generate,
-    "POST /generate/stream": deps.generate,
-    "POST /result/:id": deps.generate,
-    "POST /cancel/:id": deps.generate,
+    // The generation handlers shared with the local API (the same job whichever port its callers came through).
+    "POST /generate/sync": deps.generate["POST /generate/sync"],
+    "POST /generate": deps.generate["POST /generate"],
+    "POST /generate/stream": deps.generate["POST /generate/stream"],
+    "POST /result/:id": deps.generate["POST /result/:id"],
+    "POST /cancel/:id": deps.generate["POST /cancel/:id"],
   };
 
-  const body = [
-    earlyTooLarge(deps.maxBodyBytes),
-    jsonBody(deps.maxBodyBytes, deps.jsonShape, { anyContentType: true }),
-  ];
+  const body = jsonBody(deps.maxBodyBytes, deps.jsonShape, { anyContentType: true, closeEarly: true });
   for (const route of routes) {
     const chain = [
       // Express answers HEAD with a GET route: only the declared method passes.
       exactMethod(route.method),
-      ...(route.auth === "open" ? [] : body),
+      ...(route.auth === "open" ? [] : [body]),
       policies[route.auth](route),
       handlers[routeKey(route)],
     ];
@@ -402,22 +399,6 @@ function authRefusal(deps: RoutedDeps, auth: AuthData, inSession: boolean): stri
     deps.replay.record(reqnum);
   }
   return undefined;
-}
-
-/**
- * Answers 413 from Content-Length before a byte of the body is read, and closes the connection so that the rest
- * is not read either. Chunked bodies are still bounded while parsing.
- */
-function earlyTooLarge(maxBodyBytes: number) {
-  return (req: Request, res: Response, next: NextFunction): void => {
-    const declared = Number(req.get("content-length") ?? NaN);
-    if (!(declared > maxBodyBytes)) return next();
-    res.set("connection", "close");
-    sendError(
-      res,
-      new PayloadTooLargeError(`request body is larger than ROUTED_MAX_BODY_BYTES=${maxBodyBytes}`),
-    );
-  };
 }
 
 /** What the vastai client sends under VAST_DEBUG_WORKER_URL: `{request_idx, url}` only. */

@@ -7,15 +7,16 @@ import { BadRequestError, asWorkerError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
 import { UPLOADED_MARKER } from "../janitor.js";
+import type { WorkerEventEmitter } from "../events.js";
 import type { Job } from "./job.js";
-import { observeSafely, type JobObserver } from "./observer.js";
 
 export interface ResultDeliveryDeps {
   config: FrozenConfig;
   storage: ObjectStorage;
   webhooks: WebhookSender;
   logger: Logger;
-  observer?: JobObserver;
+  /** Hears each file's upload. */
+  events: WorkerEventEmitter;
 }
 
 /**
@@ -45,8 +46,7 @@ export class ResultDelivery {
     const target = resolveS3(this.deps.config.s3, s3FromRequest(job.input.s3));
     if (!target) return 0;
     if (job.output.length === 0) return 0;
-    const observe = (ok: boolean, bytes: number) =>
-      observeSafely(this.deps.logger, () => this.deps.observer?.upload?.(ok, bytes));
+    const uploaded = (ok: boolean, bytes: number) => this.deps.events.emit("job.upload", { job, ok, bytes });
     const results = await Promise.all(
       job.output.map(async (entry) => {
         try {
@@ -57,12 +57,12 @@ export class ResultDelivery {
             signal,
           );
           entry.url = stored.url;
-          observe(true, stored.bytes);
+          uploaded(true, stored.bytes);
           return true;
         } catch (err) {
           if (signal.aborted) throw signal.reason;
           entry.upload_error = asWorkerError(err).message;
-          observe(false, 0);
+          uploaded(false, 0);
           return false;
         }
       }),

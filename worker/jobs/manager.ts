@@ -5,16 +5,14 @@ import type { ObjectStorage } from "../../handlers/storage/s3.js";
 import type { WebhookSender } from "../../handlers/webhook.js";
 import { CancelledError, NotReadyError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
+import type { WorkerEventEmitter } from "../events.js";
 import type { ParsedInput } from "../schema.js";
 import { ResultDelivery } from "./delivery.js";
 import { JobPublisher } from "./endpoint-jobs.js";
 import { Job } from "./job.js";
-import { observeSafely, type JobObserver } from "./observer.js";
 import { JobRegistry } from "./registry.js";
 import { JobRunner } from "./runner.js";
 import type { SharedJobs } from "./shared.js";
-
-export type { JobObserver } from "./observer.js";
 
 export interface JobManagerDeps {
   config: FrozenConfig;
@@ -27,7 +25,8 @@ export interface JobManagerDeps {
   /** The WebSocket client id all prompts are queued under. */
   clientId: string;
   now?: () => number;
-  observer?: JobObserver;
+  /** The job lifecycle's events (created, each stage, each upload, finished). */
+  events: WorkerEventEmitter;
   /** Job documents in the operator's bucket, for endpoints of several workers. */
   shared?: SharedJobs;
 }
@@ -36,14 +35,13 @@ export interface JobManagerDeps {
  * Accepts jobs and answers for them: the one object the HTTP routes, the console and the lifecycle talk to. It
  * wires the registry (which jobs exist, idempotency, retention), the runner (what a job does), the delivery of
  * results and, with a shared bucket, the publisher (what the endpoint's other workers see), and owns only what
- * spans them: whether new jobs are accepted, the drain, and who is told of new jobs.
+ * spans them: whether new jobs are accepted and the drain. Observers listen to `deps.events`.
  */
 export class JobManager {
   private readonly registry: JobRegistry;
   private readonly runner: JobRunner;
   private readonly delivery: ResultDelivery;
   private readonly publisher: JobPublisher | undefined;
-  private readonly watchers = new Set<(job: Job) => void>();
   private readonly now: () => number;
   private accepting = true;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -91,12 +89,6 @@ export class JobManager {
     return this.registry.active();
   }
 
-  /** Calls `fn` with each job created from now on (read-only observers: the operator page); returns the unsubscribe. */
-  onJob(fn: (job: Job) => void): () => void {
-    this.watchers.add(fn);
-    return () => this.watchers.delete(fn);
-  }
-
   activeWorkload(): number {
     return this.active().reduce((sum, j) => sum + j.workload, 0);
   }
@@ -112,7 +104,7 @@ export class JobManager {
     this.delivery.checkTargets(input);
     const job = new Job(input, workload, this.now());
     this.registry.add(job);
-    for (const fn of this.watchers) observeSafely(this.deps.logger, () => fn(job));
+    this.deps.events.emit("job.created", job);
     this.publisher?.claim(job);
     void this.runner.run(job);
     return { job, created: true };
