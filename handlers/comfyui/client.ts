@@ -1,6 +1,14 @@
+import { randomUUID } from "node:crypto";
 import { got, type Got, RequestError } from "got";
 import { ComfyUnavailableError, InvalidWorkflowError } from "../../lib/errors.js";
-import type { HistoryEntry, ObjectInfoNode, QueuePromptResponse, Workflow } from "./types.js";
+import type {
+  ComfyCapabilities,
+  ComfyJob,
+  HistoryEntry,
+  ObjectInfoNode,
+  QueuePromptResponse,
+  Workflow,
+} from "./types.js";
 
 export interface ComfyClientOptions {
   baseUrl: string;
@@ -11,7 +19,8 @@ export interface ComfyClientOptions {
  * ComfyUI's HTTP API. Failure contract: a refused workflow is InvalidWorkflowError (400, with ComfyUI's `error` and
  * `node_errors`), and so is a 500 from /prompt while ComfyUI otherwise answers; ComfyUI not answering, or
  * answering 5xx elsewhere, is ComfyUnavailableError (retryable). Every call has a
- * deadline and takes an AbortSignal.
+ * deadline and takes an AbortSignal. The routes of newer ComfyUIs (the jobs API) are called only where
+ * `capabilities()` found them.
  */
 export class ComfyClient {
   readonly baseUrl: string;
@@ -57,12 +66,16 @@ export class ComfyClient {
     }
   }
 
-  /** Queues a workflow under our own `promptId`, so that its events can be followed before the answer arrives. */
+  /**
+   * Queues a workflow under our own `promptId`, so that its events can be followed before the answer arrives, and
+   * under `clientId`, the WebSocket that hears them (ComfyUI sends a prompt's progress only to its client).
+   */
   async queuePrompt(
     workflow: Workflow,
     opts: { clientId: string; promptId: string; signal?: AbortSignal | undefined; front?: boolean },
   ): Promise<QueuePromptResponse> {
     const signal = opts.signal;
+    if (opts.clientId === "") throw new TypeError("queuePrompt needs the client id of the WebSocket");
     let answer: { status: number; body: Record<string, unknown> };
     try {
       answer = await this.call<Record<string, unknown>>("POST", "prompt", {
@@ -123,6 +136,70 @@ export class ComfyClient {
     return typeof body === "object" && body !== null ? body[promptId] : undefined;
   }
 
+  /**
+   * A prompt's state in the jobs API (only where `capabilities().jobsApi`), or undefined when ComfyUI knows no such
+   * prompt (neither queued, running nor in its history).
+   */
+  async job(promptId: string, signal?: AbortSignal): Promise<ComfyJob | undefined> {
+    const { status, body } = await this.call<ComfyJob>("GET", `api/jobs/${encodeURIComponent(promptId)}`, {
+      signal,
+      what: "GET /api/jobs/{id}",
+    });
+    if (status === 404) return undefined;
+    if (status !== 200 || typeof body !== "object" || body === null || typeof body.status !== "string")
+      throw new ComfyUnavailableError(`ComfyUI answered ${status} to GET /api/jobs/{id} without a job`);
+    return body;
+  }
+
+  /**
+   * Cancels one prompt atomically (only where `capabilities().atomicCancel`): interrupted only while it is the one
+   * running, removed if it waits, nothing otherwise. Resolves with whether ComfyUI cancelled something.
+   */
+  async cancelJob(promptId: string, signal?: AbortSignal): Promise<boolean> {
+    const { status, body } = await this.call<{ cancelled?: unknown }>(
+      "POST",
+      `api/jobs/${encodeURIComponent(promptId)}/cancel`,
+      { signal, what: "POST /api/jobs/{id}/cancel" },
+    );
+    if (status !== 200)
+      throw new ComfyUnavailableError(`ComfyUI answered ${status} to POST /api/jobs/{id}/cancel`);
+    return body?.cancelled === true;
+  }
+
+  /** Drops finished prompts from ComfyUI's history (it keeps up to 10,000 in memory otherwise). */
+  async deleteHistory(promptIds: string[], signal?: AbortSignal): Promise<void> {
+    const { status } = await this.call("POST", "history", {
+      json: { delete: promptIds },
+      signal,
+      what: "POST /history",
+    });
+    if (status !== 200) throw new ComfyUnavailableError(`ComfyUI answered ${status} to POST /history`);
+  }
+
+  /**
+   * What this ComfyUI offers beyond the 0.3 API, asked of it without side effects: the jobs API answering a list of
+   * one, the cancel route answering for an id nobody uses (a no-op there; an older ComfyUI answers 404 or 405), its
+   * feature flags. A route that is missing is a feature it lacks; ComfyUI not answering is ComfyUnavailableError.
+   */
+  async capabilities(signal?: AbortSignal): Promise<ComfyCapabilities> {
+    const [jobs, cancel, features] = await Promise.all([
+      this.call<{ jobs?: unknown }>("GET", "api/jobs?limit=1", { signal, what: "GET /api/jobs" }),
+      this.call<{ cancelled?: unknown }>("POST", `api/jobs/${randomUUID()}/cancel`, {
+        signal,
+        what: "POST /api/jobs/{id}/cancel",
+      }),
+      this.call<Record<string, unknown>>("GET", "features", { signal, what: "GET /features" }),
+    ]);
+    const isObject = (v: unknown): v is Record<string, unknown> =>
+      typeof v === "object" && v !== null && !Array.isArray(v);
+    return {
+      jobsApi: jobs.status === 200 && isObject(jobs.body) && Array.isArray(jobs.body.jobs),
+      atomicCancel:
+        cancel.status === 200 && isObject(cancel.body) && typeof cancel.body.cancelled === "boolean",
+      featureFlags: features.status === 200 && isObject(features.body) ? features.body : {},
+    };
+  }
+
   /** Removes prompts that have not started from ComfyUI's queue. */
   async deleteFromQueue(promptIds: string[], signal?: AbortSignal): Promise<void> {
     await this.call("POST", "queue", { json: { delete: promptIds }, signal, what: "POST /queue" });
@@ -147,7 +224,7 @@ export class ComfyClient {
 
   async free(signal?: AbortSignal): Promise<void> {
     await this.call("POST", "free", {
-      json: { unload_models: false, free_memory: true },
+      json: { unload_models: true, free_memory: true },
       signal,
       what: "POST /free",
     });

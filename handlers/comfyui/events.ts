@@ -14,7 +14,9 @@ export interface ComfyEventsOptions {
 
 /**
  * One WebSocket to ComfyUI for the whole worker (one client id), reconnecting with capped, jittered backoff.
- * Text frames are parsed and dispatched to the listeners of their `prompt_id`; binary preview frames are ignored.
+ * Text frames are parsed and dispatched to the listeners of their `prompt_id`; binary preview frames are ignored,
+ * and so is any frame that is not `{type, data: {...}}` (no listener sees it). Keys a frame carries beyond those are
+ * kept: newer ComfyUIs add some (asset ids in `executed`), and no check here refuses them.
  * Emits "open" and "close" so that callers can reconcile from /history after a gap. A listener that throws is
  * logged and never breaks the loop.
  */
@@ -47,13 +49,13 @@ export class ComfyEvents extends EventEmitter {
     });
     ws.on("message", (data, isBinary) => {
       if (isBinary) return;
-      let event: ComfyEvent;
+      let event: unknown;
       try {
-        event = JSON.parse(data.toString()) as ComfyEvent;
+        event = JSON.parse(data.toString());
       } catch {
         return;
       }
-      this.dispatch(event);
+      if (isEvent(event)) this.dispatch(event);
     });
     ws.on("error", (err) => {
       this.opts.logger.debug({ stage: "comfyui-ws", err: err.message }, "ComfyUI WebSocket error");
@@ -115,4 +117,11 @@ export class ComfyEvents extends EventEmitter {
     }
     this.connected = false;
   }
+}
+
+/** A text frame the listeners can read: an object with a string `type` and an object `data` (other keys kept). */
+export function isEvent(value: unknown): value is ComfyEvent {
+  if (typeof value !== "object" || value === null) return false;
+  const { type, data } = value as { type?: unknown; data?: unknown };
+  return typeof type === "string" && typeof data === "object" && data !== null && !Array.isArray(data);
 }

@@ -6,7 +6,7 @@ import type { Logger } from "../../lib/logger.js";
 import { ComfyClient } from "./client.js";
 import { ComfyEvents } from "./events.js";
 import { NodeCatalog } from "./node-catalog.js";
-import type { Workflow } from "./types.js";
+import type { ComfyCapabilities, Workflow } from "./types.js";
 
 /** The smallest prompt ComfyUI runs without a model: proves that its executor still completes prompts. */
 const PROBE_WORKFLOW: Workflow = {
@@ -34,6 +34,15 @@ export class ComfyBackend {
   workload = 0;
   /** The health probe in progress: failures that arrive together share it. */
   probing: Promise<string | undefined> | undefined;
+  /** A POST /free asked after an out-of-memory failure, while it runs: the next prompt sent here waits for it. */
+  freeing: Promise<void> | undefined;
+  /** What it offers, once detected (see `capabilities`). */
+  detected: ComfyCapabilities | undefined;
+  private detecting: Promise<ComfyCapabilities> | undefined;
+  /** The last detection logged, so that a backend found the same after a restart is not logged again. */
+  private logged: string | undefined;
+  private readonly logger: Logger;
+  private readonly requestTimeoutMs: number;
 
   constructor(
     readonly index: number,
@@ -44,6 +53,59 @@ export class ComfyBackend {
   ) {
     this.client = new ComfyClient({ baseUrl: url, requestTimeoutMs: opts.requestTimeoutMs });
     this.events = new ComfyEvents({ url: this.client.wsUrl(opts.clientId), logger: opts.logger });
+    this.logger = opts.logger;
+    this.requestTimeoutMs = opts.requestTimeoutMs;
+  }
+
+  /**
+   * What this ComfyUI offers beyond the 0.3 API (the jobs API, atomic cancel, its feature flags), asked once and
+   * kept until it may have restarted (`redetect`); callers that ask together share one detection. Failure
+   * contract: ComfyUI not answering -> ComfyUnavailableError, and the next call asks again; `signal` only stops
+   * this caller's wait.
+   */
+  capabilities(signal?: AbortSignal): Promise<ComfyCapabilities> {
+    if (this.detected) return Promise.resolve(this.detected);
+    const detecting = (this.detecting ??= this.detect());
+    if (!signal) return detecting;
+    if (signal.aborted) return Promise.reject(signal.reason as Error);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal.reason as Error);
+      signal.addEventListener("abort", onAbort, { once: true });
+      detecting.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+    });
+  }
+
+  /** Forgets what was detected: the next prompt asks again (a ComfyUI that came back may be another version). */
+  redetect(): void {
+    this.detected = undefined;
+  }
+
+  private async detect(): Promise<ComfyCapabilities> {
+    const started = Date.now();
+    try {
+      const found = await this.client.capabilities(AbortSignal.timeout(this.requestTimeoutMs));
+      this.detected = found;
+      const summary = JSON.stringify(found);
+      if (summary !== this.logged) {
+        this.logged = summary;
+        const uses = [
+          found.jobsApi ? "the jobs API for prompt state" : "/history polling for prompt state (no jobs API)",
+          found.atomicCancel ? "atomic cancel" : "/queue delete + /interrupt to cancel (no atomic cancel)",
+        ];
+        this.logger.info(
+          {
+            stage: "comfyui-capabilities",
+            comfyui: this.url,
+            capabilities: found,
+            duration_ms: Date.now() - started,
+          },
+          `ComfyUI at ${this.url}: using ${uses.join(", ")}`,
+        );
+      }
+      return found;
+    } finally {
+      this.detecting = undefined;
+    }
   }
 
   /** Its score in benchmark runs per 100 s, as measured on it: what it adds to max_perf. 0 until measured. */
@@ -259,8 +321,9 @@ export class ComfyPool extends EventEmitter {
     const log = this.opts.logger.child({ stage: "health", backend: backend.index, comfyui: backend.url });
     if (up) {
       log.info("ComfyUI is answering");
-      // It may have restarted: other custom nodes, and a socket to open again.
+      // It may have restarted: other custom nodes, another version, and a socket to open again.
       this.catalog.invalidate();
+      backend.redetect();
       backend.events.reconnect();
     } else {
       log.warn("ComfyUI stopped answering: out of the rotation until it answers again");
@@ -309,6 +372,7 @@ export class ComfyPool extends EventEmitter {
       });
       for (;;) {
         const entry = await backend.client.history(promptId, signal);
+        if (entry !== undefined) void this.forget(backend, promptId);
         if (entry?.status?.status_str === "success") return undefined;
         if (entry !== undefined)
           return `the health probe prompt ended ${entry.status?.status_str ?? "without status"}`;
@@ -322,6 +386,16 @@ export class ComfyPool extends EventEmitter {
       if (signal.aborted) return "the health probe did not complete in time";
       return `the health probe failed: ${err instanceof Error ? err.message : String(err)}`;
     }
+  }
+
+  /** Drops a finished prompt's history entry in ComfyUI; a failure is logged, nothing else depends on it. */
+  forget(backend: ComfyBackend, promptId: string): Promise<void> {
+    return backend.client.deleteHistory([promptId], AbortSignal.timeout(5_000)).catch((err: unknown) => {
+      this.opts.logger.warn(
+        { stage: "history", backend: backend.index, comfyui: backend.url, prompt_id: promptId, err },
+        "could not delete the prompt's entry from ComfyUI's history (it stays there)",
+      );
+    });
   }
 
   /** A probe prompt still waiting at the deadline: withdrawn, and the backend kept (undefined: not a failure). */

@@ -1,7 +1,15 @@
-import { ComfyUnavailableError, ExecutionError } from "../../lib/errors.js";
+import { ComfyUnavailableError, ExecutionError, StalledError } from "../../lib/errors.js";
 import type { ComfyClient } from "./client.js";
 import type { ComfyEvents } from "./events.js";
-import type { ComfyEvent, HistoryEntry, Workflow } from "./types.js";
+import {
+  BASELINE_CAPABILITIES,
+  type ComfyCapabilities,
+  type ComfyEvent,
+  type ComfyJob,
+  type HistoryEntry,
+  type NodeError,
+  type Workflow,
+} from "./types.js";
 
 export interface ProgressUpdate {
   time: number;
@@ -22,8 +30,15 @@ export interface ExecutionDetails {
   completed_at: number | null;
   error: Record<string, unknown> | null;
   interrupted: boolean;
-  /** True when the end was learned from /history rather than the WebSocket. */
+  /** True when the end was learned by asking ComfyUI (its jobs API, or /history) rather than from the WebSocket. */
   reconciled_from_history: boolean;
+  /**
+   * ComfyUI's validation errors of a prompt it accepted all the same ({} for most): output nodes that failed
+   * validation while others passed are left out of the run. Node id -> its errors and `dependent_outputs`.
+   */
+  node_errors: Record<string, NodeError>;
+  /** The output nodes that will produce no outputs because of `node_errors` (sorted); [] for a whole run. */
+  skipped_outputs: string[];
 }
 
 /** What a caller following the prompt hears, read from ComfyUI's events in the one switch below. */
@@ -41,10 +56,20 @@ export interface RunPromptOptions {
   workflow: Workflow;
   /** Aborting interrupts this prompt only (or removes it from ComfyUI's queue) and rejects with the reason. */
   signal: AbortSignal;
-  /** History is polled this often while no event says the prompt ended (the WebSocket can drop or go quiet). */
+  /**
+   * The prompt's state is asked this often while no event says it ended (the WebSocket can drop or go quiet, or a
+   * message be lost): of the jobs API where the backend has it, else of /history.
+   */
   pollMs: number;
+  /** What the backend offers (ComfyBackend.capabilities()); without it, only the 0.3 API is used. */
+  capabilities?: ComfyCapabilities;
   /** ComfyUI failing to answer for this long fails the prompt as retryable. */
   unavailableAfterMs?: number;
+  /**
+   * The watchdog: a prompt that runs (execution started) with no event and no progress change for this long, while
+   * the WebSocket is open, is interrupted and rejects with StalledError. 0 or absent: no watchdog.
+   */
+  stallMs?: number;
   onEvent?: (event: PromptEvent, details: ExecutionDetails) => void;
   now?: () => number;
 }
@@ -55,12 +80,36 @@ export interface PromptRun {
 }
 
 /**
+ * The output nodes a prompt accepted with `node_errors` leaves out (every node's `dependent_outputs`), sorted; an
+ * entry without them names no output (ComfyUI lists the outputs under the node whose error they depend on).
+ */
+export function skippedOutputs(nodeErrors: Record<string, NodeError> | undefined): string[] {
+  const skipped = new Set<string>();
+  for (const error of Object.values(nodeErrors ?? {})) {
+    const outputs = error?.dependent_outputs;
+    if (Array.isArray(outputs)) for (const id of outputs) skipped.add(String(id));
+  }
+  return [...skipped].sort((a, b) => a.localeCompare(b, "en", { numeric: true }));
+}
+
+/** What a finished job's message adds for a partial run ("" for a whole one). */
+export function partialRunNote(details: Pick<ExecutionDetails, "skipped_outputs"> | undefined): string {
+  const skipped = details?.skipped_outputs ?? [];
+  if (skipped.length === 0) return "";
+  return `; output node(s) ${skipped.join(", ")} skipped: they failed ComfyUI's validation (see execution_details.node_errors)`;
+}
+
+/**
  * Runs one prompt on ComfyUI and resolves with its history entry once it has finished successfully.
- * Failure contract: validation -> InvalidWorkflowError; a node raising -> ExecutionError (with ComfyUI's error);
- * ComfyUI gone or the prompt lost by a restarted ComfyUI -> ComfyUnavailableError; abort -> the signal's reason.
+ * Failure contract: validation of every output -> InvalidWorkflowError (some outputs only: the prompt runs without
+ * them, `details.skipped_outputs`); a node raising -> ExecutionError (with ComfyUI's error); ComfyUI gone or the
+ * prompt lost by a restarted ComfyUI -> ComfyUnavailableError; abort -> the signal's reason, once the prompt was
+ * cancelled in ComfyUI (atomically where the backend can); no event while running for `stallMs` -> StalledError,
+ * once the prompt was cancelled the same way.
  */
 export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
   const now = opts.now ?? Date.now;
+  const capabilities = opts.capabilities ?? BASELINE_CAPABILITIES;
   const details: ExecutionDetails = {
     prompt_id: opts.promptId,
     nodes_executed: [],
@@ -72,13 +121,20 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
     error: null,
     interrupted: false,
     reconciled_from_history: false,
+    node_errors: {},
+    skipped_outputs: [],
   };
   const waker = new Waker();
   const wake = () => waker.wake();
+  const watchdog = new Watchdog(opts.stallMs ?? 0, () => opts.events.connected !== false);
+  // Every read below follows this signal: the caller's abort, or the watchdog's.
+  const signal = AbortSignal.any([opts.signal, watchdog.signal]);
+  const reads: RunPromptOptions = { ...opts, signal };
   let endedByEvent = false;
   const onEvent = (event: ComfyEvent) => {
     const d = event.data;
     let heard: PromptEvent | undefined;
+    watchdog.heard(event);
     switch (event.type) {
       case "execution_start":
         details.started_at = typeof d.timestamp === "number" ? d.timestamp : now();
@@ -128,37 +184,45 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
     }
     if (heard) opts.onEvent?.(heard, details);
   };
-  const onSocketChange = () => wake();
+  const onSocketChange = () => {
+    // Events are not heard while the socket is down: the watchdog waits for it (the polls still read the end).
+    watchdog.rearm();
+    wake();
+  };
   const unsubscribe = opts.events.subscribe(opts.promptId, onEvent);
   opts.events.on("open", onSocketChange);
   opts.events.on("close", onSocketChange);
   const unavailableAfterMs = opts.unavailableAfterMs ?? 3_000;
   try {
-    await opts.client.queuePrompt(opts.workflow, {
+    const queued = await opts.client.queuePrompt(opts.workflow, {
       clientId: opts.clientId,
       promptId: opts.promptId,
-      signal: opts.signal,
+      signal,
     });
+    const nodeErrors = queued.node_errors;
+    if (typeof nodeErrors === "object" && nodeErrors !== null && Object.keys(nodeErrors).length > 0) {
+      details.node_errors = nodeErrors;
+      details.skipped_outputs = skippedOutputs(nodeErrors);
+    }
+    const readEnd = capabilities.jobsApi
+      ? () => endFromJobs(reads, () => watchdog.running())
+      : endFromHistory(reads);
     let failingSince: number | undefined;
-    let polls = 0;
-    // History is read when an event says the prompt ended (a wake that came early is kept), or at each poll:
+    // The state is read when an event says the prompt ended (a wake that came early is kept), or at each poll:
     // not right after queueing, which would only load ComfyUI's server while it starts the prompt.
     for (;;) {
-      await waker.sleep(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), opts.signal);
-      opts.signal.throwIfAborted();
+      await waker.sleep(failingSince === undefined ? opts.pollMs : Math.min(opts.pollMs, 250), signal);
+      signal.throwIfAborted();
       let entry: HistoryEntry | undefined;
       let lost = false;
       try {
-        entry = await opts.client.history(opts.promptId, opts.signal);
-        if (entry === undefined && ++polls % 5 === 0 && !(await isQueued(opts))) {
-          // Not queued, not running, no history: a restarted ComfyUI lost it (or it just finished: look again).
-          entry = await opts.client.history(opts.promptId, opts.signal);
-          lost = entry === undefined;
-        }
+        const end = await readEnd();
+        lost = end === LOST;
+        if (end !== LOST) entry = end;
         failingSince = undefined;
       } catch (err) {
         // ComfyUI not answering is tolerated for a moment (a restart of its server, a slow /history).
-        if (!(err instanceof ComfyUnavailableError) || opts.signal.aborted) throw err;
+        if (!(err instanceof ComfyUnavailableError) || signal.aborted) throw err;
         failingSince ??= now();
         if (now() - failingSince >= unavailableAfterMs) throw err;
       }
@@ -171,9 +235,14 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
       }
     }
   } catch (err) {
-    if (opts.signal.aborted) await stopPrompt(opts);
+    if (signal.aborted) await stopPrompt(opts, capabilities);
+    if (watchdog.signal.aborted && !opts.signal.aborted) {
+      const stalled = watchdog.signal.reason as StalledError;
+      throw new StalledError(stalled.message, { execution_details: details });
+    }
     throw err;
   } finally {
+    watchdog.stop();
     unsubscribe();
     opts.events.off("open", onSocketChange);
     opts.events.off("close", onSocketChange);
@@ -198,19 +267,145 @@ function finish(entry: HistoryEntry, details: ExecutionDetails): PromptRun {
   return { history: entry, details };
 }
 
+/** A prompt ComfyUI no longer knows (neither queued, running nor finished): a restarted ComfyUI lost it. */
+const LOST = Symbol("lost");
+type End = HistoryEntry | undefined | typeof LOST;
+
+/** Job states after which ComfyUI's history holds the prompt. */
+const FINISHED_JOB_STATES: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
+
+/**
+ * The prompt's end, from the jobs API: one call says queued, running or finished, and an unknown id is a lost
+ * prompt at once. A finished prompt's entry is then read from /history, the shape every version shares (the jobs
+ * API rewrites some outputs); the job's own copy stands in if the entry is gone meanwhile.
+ */
+async function endFromJobs(opts: RunPromptOptions, onRunning: () => void): Promise<End> {
+  const job = await opts.client.job(opts.promptId, opts.signal);
+  if (job === undefined) return (await opts.client.history(opts.promptId, opts.signal)) ?? LOST;
+  if (job.status === "in_progress") onRunning();
+  if (job.status === "pending" || job.status === "in_progress") return undefined;
+  const entry = await opts.client.history(opts.promptId, opts.signal);
+  if (entry !== undefined) return entry;
+  return FINISHED_JOB_STATES.has(job.status) ? entryFromJob(job) : undefined;
+}
+
+/** A finished job as a history entry: its outputs, and its status (or one made from its state). */
+function entryFromJob(job: ComfyJob): HistoryEntry {
+  const messages: [string, Record<string, unknown>][] = job.execution_error
+    ? [["execution_error", job.execution_error]]
+    : job.status === "cancelled"
+      ? [["execution_interrupted", { prompt_id: job.id }]]
+      : [];
+  return {
+    prompt: [],
+    outputs: job.outputs ?? {},
+    status: job.execution_status ?? {
+      status_str: job.status === "completed" ? "success" : "error",
+      completed: job.status === "completed",
+      messages,
+    },
+  };
+}
+
+/**
+ * The prompt's end, from /history (ComfyUI without the jobs API): an entry once it finished; every fifth read
+ * without one, /queue says whether it is still there.
+ */
+function endFromHistory(opts: RunPromptOptions): () => Promise<End> {
+  let polls = 0;
+  return async () => {
+    const entry = await opts.client.history(opts.promptId, opts.signal);
+    if (entry !== undefined || ++polls % 5 !== 0 || (await isQueued(opts))) return entry;
+    // Not queued, not running, no history: a restarted ComfyUI lost it (or it just finished: look again).
+    return (await opts.client.history(opts.promptId, opts.signal)) ?? LOST;
+  };
+}
+
 async function isQueued(opts: RunPromptOptions): Promise<boolean> {
   const q = await opts.client.queue(opts.signal);
   const ids = [...q.queue_running, ...q.queue_pending].map((item) => item[1]);
   return ids.includes(opts.promptId);
 }
 
-/** Interrupts the prompt if it runs and removes it if it waits; ComfyUI being gone is fine here. */
-async function stopPrompt(opts: RunPromptOptions): Promise<void> {
+/**
+ * Interrupts the prompt if it runs and removes it if it waits; ComfyUI being gone is fine here. Where the backend
+ * has the atomic cancel route, that alone: ComfyUI checks and interrupts under its queue's lock. Without it, the
+ * prompt may end between the check /interrupt makes and its interrupt, and the interrupt hit the next prompt.
+ */
+async function stopPrompt(opts: RunPromptOptions, capabilities: ComfyCapabilities): Promise<void> {
   const signal = AbortSignal.timeout(5_000);
+  if (capabilities.atomicCancel) {
+    await opts.client.cancelJob(opts.promptId, signal).catch(() => undefined);
+    return;
+  }
   await Promise.allSettled([
     opts.client.deleteFromQueue([opts.promptId], signal),
     opts.client.interrupt(opts.promptId, signal),
   ]);
+}
+
+/** Events that say the prompt works on: any of its events except a progress (or progress state) unchanged. */
+function progressKey(event: ComfyEvent): string | undefined {
+  const d = event.data;
+  if (event.type === "progress") return `${String(d.node)}:${String(d.value)}/${String(d.max)}`;
+  if (event.type === "progress_state") return JSON.stringify(d.nodes ?? null);
+  return undefined;
+}
+
+/**
+ * A running prompt's watchdog: armed once the prompt runs (its first event, or the jobs API saying so), re-armed by
+ * every event that shows work, held while the WebSocket is down (nothing could be heard then); when it fires, its
+ * signal aborts with a StalledError. A queued prompt waiting behind another is not watched: it is not running.
+ */
+class Watchdog {
+  private readonly controller = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private started = false;
+  private lastProgress: string | undefined;
+
+  constructor(
+    private readonly ms: number,
+    private readonly listening: () => boolean,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  heard(event: ComfyEvent): void {
+    const key = progressKey(event);
+    if (key !== undefined) {
+      if (key === this.lastProgress) return;
+      this.lastProgress = key;
+    }
+    this.started = true;
+    this.rearm();
+  }
+
+  /** The jobs API says the prompt runs: watched from now on, if no event said so already. */
+  running(): void {
+    if (this.started) return;
+    this.started = true;
+    this.rearm();
+  }
+
+  rearm(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (!(this.ms > 0) || !this.started || this.controller.signal.aborted || !this.listening()) return;
+    this.timer = setTimeout(() => {
+      const s = Math.round(this.ms / 100) / 10;
+      this.controller.abort(
+        new StalledError(`the prompt stalled: no execution event or progress for ${s} s while it ran`),
+      );
+    }, this.ms);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
 }
 
 /**

@@ -5,7 +5,14 @@
 import { EventEmitter } from "node:events";
 import type { ComfyClient } from "../../handlers/comfyui/client.js";
 import type { ComfyEvents } from "../../handlers/comfyui/events.js";
-import type { ComfyEvent, HistoryEntry, Workflow } from "../../handlers/comfyui/types.js";
+import {
+  BASELINE_CAPABILITIES,
+  type ComfyCapabilities,
+  type ComfyEvent,
+  type ComfyJob,
+  type HistoryEntry,
+  type Workflow,
+} from "../../handlers/comfyui/types.js";
 import type { ObjectStorage, ResolvedS3 } from "../../handlers/storage/s3.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
 
@@ -49,14 +56,23 @@ export class FakeComfyEvents extends EventEmitter {
 /**
  * ComfyUI's HTTP API as runPrompt, the job runner and the pool read it. A queued prompt is in the queue until the
  * test finishes it (`finish`), and /history answers for it from then on. `onQueue` runs after each /prompt (the test
- * plays ComfyUI there: events, a finish, a failure); `failQueue` makes the next /prompt reject.
+ * plays ComfyUI there: events, a finish, a failure); `failQueue` makes the next /prompt reject. `offers` is what it
+ * offers beyond the 0.3 API (none unless a test says so: the jobs API, atomic cancel); `nodeErrors` what /prompt
+ * answers a partial run with.
  */
 export class FakeComfyClient {
   readonly queued: { promptId: string; workflow: Workflow }[] = [];
   readonly interrupted: string[] = [];
   readonly deleted: string[] = [];
+  /** Prompts cancelled through the atomic cancel route. */
+  readonly cancelled: string[] = [];
+  /** Prompts whose history entry was deleted. */
+  readonly historyDeleted: string[] = [];
+  offers: ComfyCapabilities = BASELINE_CAPABILITIES;
+  nodeErrors: Record<string, unknown> = {};
   freed = 0;
   historyCalls = 0;
+  jobCalls = 0;
   private readonly histories = new Map<string, HistoryEntry>();
   private readonly running = new Set<string>();
   onQueue: ((promptId: string) => void) | undefined;
@@ -81,7 +97,35 @@ export class FakeComfyClient {
     this.queued.push({ promptId: opts.promptId, workflow });
     this.running.add(opts.promptId);
     this.onQueue?.(opts.promptId);
-    return { prompt_id: opts.promptId, number: this.queued.length, node_errors: {} };
+    return { prompt_id: opts.promptId, number: this.queued.length, node_errors: this.nodeErrors };
+  };
+
+  readonly capabilities = async (): Promise<ComfyCapabilities> => this.offers;
+
+  /** The jobs API: in_progress while queued, the history entry's state once finished, unknown otherwise. */
+  readonly job = async (promptId: string): Promise<ComfyJob | undefined> => {
+    this.jobCalls++;
+    const entry = this.histories.get(promptId);
+    if (entry !== undefined) {
+      const status = entry.status?.status_str === "success" ? "completed" : "failed";
+      return {
+        id: promptId,
+        status,
+        outputs: entry.outputs,
+        ...(entry.status && { execution_status: entry.status }),
+      };
+    }
+    return this.running.has(promptId) ? { id: promptId, status: "in_progress" } : undefined;
+  };
+
+  readonly cancelJob = async (promptId: string): Promise<boolean> => {
+    this.cancelled.push(promptId);
+    return this.running.delete(promptId);
+  };
+
+  readonly deleteHistory = async (promptIds: string[]): Promise<void> => {
+    for (const id of promptIds) this.histories.delete(id);
+    this.historyDeleted.push(...promptIds);
   };
 
   readonly history = async (promptId: string): Promise<HistoryEntry | undefined> => {

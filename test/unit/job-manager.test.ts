@@ -12,6 +12,8 @@ import {
   NotReadyError,
   RequestIdReusedError,
 } from "../../lib/errors.js";
+import { Emitter } from "../../lib/events.js";
+import type { WorkerEvents } from "../../worker/events.js";
 import { JobManager } from "../../worker/jobs/manager.js";
 import type { Job } from "../../worker/jobs/job.js";
 import { SharedJobs } from "../../worker/jobs/shared.js";
@@ -23,6 +25,7 @@ import {
   FakeObjectStorage,
   fakeClock,
   silentLogger,
+  successEntry,
 } from "./fakes.js";
 
 /**
@@ -38,6 +41,7 @@ class FakeComfyPool {
     client: this.client.asClient(),
     events: this.events.asEvents(),
     outputDir: "",
+    capabilities: () => this.client.capabilities(),
   } as unknown as ComfyBackend;
   /** ComfyUI's node definitions: the one node type these workflows use. */
   readonly catalog = { get: async () => ({ EmptyImage: { input: { required: {} } } }) };
@@ -58,6 +62,7 @@ class FakeComfyPool {
 
   probe = async () => undefined;
   fail = () => undefined;
+  forget = (_backend: ComfyBackend, promptId: string) => this.client.deleteHistory([promptId]);
 
   asPool(): ComfyPool {
     return this as unknown as ComfyPool;
@@ -100,6 +105,7 @@ function manager(env: Record<string, string> = {}, extra: { shared?: SharedJobs 
   const webhooks = new FakeWebhookSender();
   const storage = new FakeObjectStorage();
   const clock = fakeClock();
+  const events = new Emitter<WorkerEvents>(silentLogger());
   const jobs = new JobManager({
     config,
     pool: pool.asPool(),
@@ -109,9 +115,10 @@ function manager(env: Record<string, string> = {}, extra: { shared?: SharedJobs 
     logger: silentLogger(),
     clientId: "fake-client",
     now: clock.now,
+    events,
     ...extra,
   });
-  return { jobs, pool, webhooks, storage, clock };
+  return { jobs, pool, webhooks, storage, clock, events };
 }
 
 function input(requestId: string, seed = 1, rest: Partial<ParsedInput> = {}): ParsedInput {
@@ -140,6 +147,8 @@ describe("JobManager submissions", () => {
     expect(job.backend).toBe(0);
     expect(job.timings.completed_at_ms).not.toBeNull();
     expect(pool.client.queued).toHaveLength(1);
+    // Its entry in ComfyUI's history is dropped once its outputs were collected.
+    expect(pool.client.historyDeleted).toEqual([pool.client.queued[0]!.promptId]);
     expect(pool.released).toBe(1);
     expect(jobs.active()).toEqual([]);
   });
@@ -245,6 +254,60 @@ describe("JobManager submissions", () => {
       body: { id: "r1", status: "completed" },
     });
     expect(job.webhook).toMatchObject({ status: "delivered" });
+  });
+});
+
+describe("JobManager events", () => {
+  /** Every event the manager emits, in order, as `name id [detail]`. */
+  function record(events: Emitter<WorkerEvents>): string[] {
+    const seen: string[] = [];
+    events.on("job.created", (job) => void seen.push(`created ${job.id}`));
+    events.on("job.stage", ({ job, stage }) => void seen.push(`stage ${job.id} ${stage}`));
+    events.on("job.upload", ({ job, ok, bytes }) => void seen.push(`upload ${job.id} ${ok} ${bytes}`));
+    events.on("job.finished", (job) => void seen.push(`finished ${job.id} ${job.status}`));
+    return seen;
+  }
+
+  test("a job is created, passes its four stages, uploads its file and finishes, in that order, once each", async () => {
+    const { jobs, pool, events } = manager({
+      S3_ACCESS_KEY_ID: "fake-key",
+      S3_SECRET_ACCESS_KEY: "fake-secret",
+      S3_BUCKET_NAME: "fake-bucket",
+    });
+    pool.client.onQueue = (id) => {
+      pool.client.finish(id, successEntry({ "1": { text: ["hello"] } }));
+      pool.events.send(id, "executing", { node: null });
+    };
+    const seen = record(events);
+    const { job } = jobs.submit(input("r1"), 100);
+    // Answered by the existing job: not a new one.
+    jobs.submit(input("r1"), 100);
+    await finished(job);
+    expect(seen).toEqual([
+      "created r1",
+      "stage r1 preprocess",
+      "stage r1 queue",
+      "stage r1 generation",
+      "upload r1 true 1",
+      "stage r1 postprocess",
+      "finished r1 completed",
+    ]);
+  });
+
+  test("a listener that throws fails neither the job nor the other listeners", async () => {
+    const { jobs, events } = manager();
+    for (const name of ["job.created", "job.stage", "job.finished"] as const) {
+      events.on(name, () => {
+        throw new Error(`a broken ${name} listener (fake)`);
+      });
+    }
+    const seen = record(events);
+    const { job } = jobs.submit(input("r1"), 100);
+    await finished(job);
+    expect(job.status).toBe("completed");
+    expect(seen[0]).toBe("created r1");
+    expect(seen.at(-1)).toBe("finished r1 completed");
+    expect(jobs.active()).toEqual([]);
   });
 });
 

@@ -39,6 +39,8 @@ function completedJob(workflow: Workflow, workload: number, seconds: number): Jo
     error: null,
     interrupted: false,
     reconciled_from_history: false,
+    node_errors: {},
+    skipped_outputs: [],
   };
   job.setStatus("completed", "done");
   return job;

@@ -158,6 +158,7 @@ describe("ComfyPool health probe", () => {
         status: { status_str: "success", completed: true, messages: [] },
       }),
       deleteFromQueue: async () => undefined,
+      deleteHistory: async () => undefined,
       ...fake,
     });
     return { p, b };
@@ -209,6 +210,28 @@ describe("ComfyPool health probe", () => {
     expect(withdrawn).toHaveLength(1);
   });
 
+  test("the probe prompt's history entry is deleted once read", async () => {
+    const deleted: string[][] = [];
+    const queued: string[] = [];
+    const { p, b } = probed({
+      queuePrompt: async (_workflow, opts) => {
+        queued.push(opts.promptId);
+        return { prompt_id: opts.promptId, number: 0, node_errors: {} };
+      },
+    });
+    const done = new Promise<void>((resolve) =>
+      Object.assign(b.client, {
+        deleteHistory: async (ids: string[]) => {
+          deleted.push(ids);
+          resolve();
+        },
+      }),
+    );
+    await expect(p.probe(b)).resolves.toBeUndefined();
+    await done;
+    expect(deleted).toEqual([queued]);
+  });
+
   test("failures that arrive together share one probe", async () => {
     let checks = 0;
     const { p, b } = probed({
@@ -221,5 +244,71 @@ describe("ComfyPool health probe", () => {
     expect([a, c, checks]).toEqual([undefined, undefined, 1]);
     await p.probe(b);
     expect(checks).toBe(2);
+  });
+});
+
+describe("ComfyBackend capabilities", () => {
+  const NEWER = { jobsApi: true, atomicCancel: true, featureFlags: { supports_preview_metadata: true } };
+
+  function backend() {
+    const p = pool(1);
+    const b = p.backends[0]!;
+    let asked = 0;
+    let answer: () => Promise<unknown> = async () => NEWER;
+    Object.assign(b.client, {
+      capabilities: () => {
+        asked++;
+        return answer();
+      },
+    });
+    return {
+      p,
+      b,
+      asked: () => asked,
+      answer: (fn: () => Promise<unknown>) => (answer = fn),
+    };
+  }
+
+  test("asked once: callers that ask together share the detection, later ones get what was found", async () => {
+    const { b, asked } = backend();
+    const [x, y] = await Promise.all([b.capabilities(), b.capabilities()]);
+    expect(x).toEqual(NEWER);
+    expect(y).toBe(x);
+    expect(await b.capabilities()).toBe(x);
+    expect(b.detected).toBe(x);
+    expect(asked()).toBe(1);
+  });
+
+  test("a ComfyUI that does not answer is asked again by the next caller (a failure is not kept)", async () => {
+    const { b, asked, answer } = backend();
+    answer(async () => {
+      throw new ComfyUnavailableError("ComfyUI did not answer GET /api/jobs (fake)");
+    });
+    await expect(b.capabilities()).rejects.toBeInstanceOf(ComfyUnavailableError);
+    answer(async () => NEWER);
+    await expect(b.capabilities()).resolves.toEqual(NEWER);
+    expect(asked()).toBe(2);
+  });
+
+  test("a backend back in the rotation (it may have restarted as another version) is asked again", async () => {
+    const { p, b, asked } = backend();
+    await b.capabilities();
+    p.setUp(b, false);
+    p.setUp(b, true);
+    await b.capabilities();
+    expect(asked()).toBe(2);
+  });
+
+  test("a caller's abort stops its own wait, not the detection others share", async () => {
+    const { b, answer } = backend();
+    let finish!: (v: unknown) => void;
+    answer(() => new Promise((resolve) => (finish = resolve)));
+    const controller = new AbortController();
+    const mine = b.capabilities(controller.signal);
+    const other = b.capabilities();
+    controller.abort(new Error("mine"));
+    await expect(mine).rejects.toThrow("mine");
+    finish(NEWER);
+    await expect(other).resolves.toEqual(NEWER);
   });
 });

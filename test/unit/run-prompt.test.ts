@@ -1,6 +1,16 @@
-import { runPrompt, type PromptEvent, type RunPromptOptions } from "../../handlers/comfyui/run-prompt.js";
+import {
+  partialRunNote,
+  runPrompt,
+  skippedOutputs,
+  type PromptEvent,
+  type RunPromptOptions,
+} from "../../handlers/comfyui/run-prompt.js";
+import type { ComfyCapabilities } from "../../handlers/comfyui/types.js";
 import { CancelledError, ComfyUnavailableError, ExecutionError } from "../../lib/errors.js";
 import { FakeComfyClient, FakeComfyEvents, successEntry } from "./fakes.js";
+
+/** A ComfyUI with the jobs API and the atomic cancel route (0.33.0 has both). */
+const NEWER: ComfyCapabilities = { jobsApi: true, atomicCancel: true, featureFlags: {} };
 
 const WORKFLOW = { "1": { class_type: "EmptyImage", inputs: {} } };
 /** Long enough that a test finishing well within its own timeout proves an event, not the poll, ended the wait. */
@@ -186,5 +196,117 @@ describe("runPrompt", () => {
     await expect(runPrompt(opts)).rejects.toBeInstanceOf(ComfyUnavailableError);
     // The first failure starts the clock; it gives up once 3 ms of the fake clock have passed since.
     expect(calls).toBe(4);
+  });
+
+  describe("on a ComfyUI with the jobs API and atomic cancel", () => {
+    test("a prompt whose events never come is seen finished by the jobs API: /history is read once, at the end", async () => {
+      const { client, events, opts } = setup({ pollMs: 5, capabilities: NEWER });
+      let polls = 0;
+      client.onQueue = (id) => {
+        const job = client.job;
+        Object.assign(client, {
+          job: async (promptId: string) => {
+            if (++polls === 3) client.finish(id, successEntry({ "9": { images: [] } }));
+            return job(promptId);
+          },
+        });
+      };
+      const run = await runPrompt(opts);
+      expect(run.history.outputs).toEqual({ "9": { images: [] } });
+      expect(run.details.reconciled_from_history).toBe(true);
+      expect(client.jobCalls).toBe(3);
+      expect(client.historyCalls).toBe(1);
+      expect(events.listened()).toEqual([]);
+    });
+
+    test("a prompt the jobs API does not know (a restarted ComfyUI) is ComfyUnavailableError at the first read", async () => {
+      const { client, opts } = setup({ pollMs: 1, capabilities: NEWER });
+      client.onQueue = (id) => client.forget(id);
+      await expect(runPrompt(opts)).rejects.toThrow(/lost the prompt/);
+      expect(client.jobCalls).toBe(1);
+    });
+
+    test("a failed job is read from its history entry, as on an older ComfyUI", async () => {
+      const { client, opts } = setup({ pollMs: 1, capabilities: NEWER });
+      const error = { node_id: "9", node_type: "SaveImage", exception_message: "disk full" };
+      client.onQueue = (id) =>
+        client.finish(id, {
+          prompt: [],
+          outputs: {},
+          status: { status_str: "error", completed: false, messages: [["execution_error", error]] },
+        });
+      await expect(runPrompt(opts)).rejects.toThrow(
+        new ExecutionError("ComfyUI failed at node 9 (SaveImage): disk full"),
+      );
+    });
+
+    test("a job whose history entry is gone meanwhile stands in with the job's own copy", async () => {
+      const { client, opts } = setup({ pollMs: 1, capabilities: NEWER });
+      client.onQueue = (id) => client.finish(id, successEntry({ "3": { images: [] } }));
+      Object.assign(client, { history: async () => undefined });
+      const run = await runPrompt(opts);
+      expect(run.history.outputs).toEqual({ "3": { images: [] } });
+    });
+
+    test(
+      "an abort cancels through the atomic route alone (no /interrupt that could hit the next prompt)",
+      async () => {
+        const controller = new AbortController();
+        const { client, events, opts } = setup({ signal: controller.signal, capabilities: NEWER });
+        const reason = new CancelledError("Cancelled by the caller");
+        client.onQueue = (id) => {
+          events.send(id, "executing", { node: "1" });
+          queueMicrotask(() => controller.abort(reason));
+        };
+        await expect(runPrompt(opts)).rejects.toBe(reason);
+        expect(client.cancelled).toEqual(["prompt-1"]);
+        expect(client.interrupted).toEqual([]);
+        expect(client.deleted).toEqual([]);
+      },
+      QUICK,
+    );
+  });
+
+  test(
+    "a 200 with node_errors is a partial run: it runs, and the details name the outputs that will not come",
+    async () => {
+      const { client, events, opts } = setup();
+      client.nodeErrors = {
+        "8": {
+          errors: [{ type: "value_bigger_than_max", message: "Value 999 bigger than max of 31" }],
+          dependent_outputs: ["9", "12"],
+          class_type: "ImageBlur",
+        },
+        "12": { errors: [], dependent_outputs: ["12"], class_type: "SaveImage" },
+      };
+      client.onQueue = (id) => {
+        client.finish(id, successEntry({ "3": { images: [] } }));
+        events.send(id, "executing", { node: null });
+      };
+      const run = await runPrompt(opts);
+      expect(run.details.node_errors).toEqual(client.nodeErrors);
+      expect(run.details.skipped_outputs).toEqual(["9", "12"]);
+    },
+    QUICK,
+  );
+});
+
+describe("partial runs", () => {
+  test("skippedOutputs: every node's dependent_outputs, once each, in node-id order; nothing for none", () => {
+    expect(skippedOutputs({})).toEqual([]);
+    expect(skippedOutputs(undefined)).toEqual([]);
+    expect(
+      skippedOutputs({
+        "5": { dependent_outputs: ["10", "9"] },
+        "7": { dependent_outputs: ["9"], errors: [], class_type: "X", extra: true } as never,
+        "8": { errors: [] },
+      }),
+    ).toEqual(["9", "10"]);
+  });
+
+  test("partialRunNote: says which output nodes were skipped, and nothing for a whole run", () => {
+    expect(partialRunNote(undefined)).toBe("");
+    expect(partialRunNote({ skipped_outputs: [] })).toBe("");
+    expect(partialRunNote({ skipped_outputs: ["9", "12"] })).toMatch(/^; output node\(s\) 9, 12 skipped/);
   });
 });

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { FrozenConfig } from "../../config/index.js";
 import type { ComfyBackend, ComfyPool, Lease } from "../../handlers/comfyui/pool.js";
 import { classifyFailure } from "../../handlers/comfyui/failures.js";
-import { runPrompt } from "../../handlers/comfyui/run-prompt.js";
+import { partialRunNote, runPrompt } from "../../handlers/comfyui/run-prompt.js";
 import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
@@ -13,16 +13,16 @@ import {
   InternalError,
   JobTimeoutError,
   OutOfMemoryError,
+  StalledError,
   asWorkerError,
   type WorkerError,
 } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ResultDelivery } from "./delivery.js";
 import type { JobPublisher } from "./endpoint-jobs.js";
+import type { JobStage, WorkerEventEmitter } from "../events.js";
 import type { Job } from "./job.js";
-import { observeSafely, type JobObserver } from "./observer.js";
-
-type Stage = "preprocess" | "queue" | "generation" | "postprocess";
+import { stallTimeoutMs } from "../workload.js";
 
 export interface JobRunnerDeps {
   config: FrozenConfig;
@@ -34,7 +34,8 @@ export interface JobRunnerDeps {
   /** The WebSocket client id all prompts are queued under. */
   clientId: string;
   now: () => number;
-  observer?: JobObserver;
+  /** Hears each stage's duration and the final status. */
+  events: WorkerEventEmitter;
   /** Publishes the job for the endpoint's other workers (absent without the shared bucket). */
   publisher?: JobPublisher;
   /** Called last with the finished job, so that pollers of /result find it (the registry keeps it). */
@@ -50,11 +51,11 @@ export class JobRunner {
   constructor(private readonly deps: JobRunnerDeps) {}
 
   async run(job: Job): Promise<void> {
-    const { config, logger, pool, now, publisher, delivery } = this.deps;
+    const { config, logger, pool, now, publisher, delivery, events } = this.deps;
     const log = logger.child({ request_id: job.id });
     const deadline = AbortSignal.timeout(config.jobs.timeoutMs);
     const signal = AbortSignal.any([job.abort.signal, deadline]);
-    const stage = (name: Stage, ms: number) => this.observe((o) => o.stage?.(name, ms));
+    const stage = (name: JobStage, ms: number) => events.emit("job.stage", { job, stage: name, ms });
     let inputFiles: string[] = [];
     let lease: Lease | undefined;
     let outcome: { status: "completed" | "failed" | "cancelled"; message: string } = {
@@ -84,6 +85,8 @@ export class JobRunner {
       job.backend = backend.index;
       job.timings.queue_ms = now() - t;
       stage("queue", job.timings.queue_ms);
+      // Memory that an out-of-memory failure here asked ComfyUI to free is freed before this prompt is sent.
+      await backend.freeing;
       t = now();
       job.setStatus("generating", "Submitted to ComfyUI");
       const run = await runPrompt({
@@ -94,6 +97,12 @@ export class JobRunner {
         workflow: prepared.workflow,
         signal,
         pollMs: config.comfyui.historyPollMs,
+        capabilities: await backend.capabilities(signal),
+        // Workloads are in the backend's benchmark runs (seconds x its score): back to the predicted seconds.
+        stallMs: stallTimeoutMs(
+          backend.perf > 0 ? job.workload / backend.perf : undefined,
+          config.jobs.stallTimeoutMs,
+        ),
         onEvent: (event, details) => {
           job.details = details;
           job.emitEvent(
@@ -131,7 +140,10 @@ export class JobRunner {
               status: "failed",
               message: `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`,
             }
-          : { status: "completed", message: `Completed with ${job.output.length} output(s)` };
+          : {
+              status: "completed",
+              message: `Completed with ${job.output.length} output(s)${partialRunNote(job.details)}`,
+            };
     } catch (raw) {
       lease?.release(raw);
       const err = await this.classify(raw, job, deadline, lease?.backend);
@@ -141,13 +153,16 @@ export class JobRunner {
         log.error({ stage: "job", err: raw }, `unexpected failure: ${err.message}`);
       }
     } finally {
+      // The prompt's entry in ComfyUI's history was read (outputs collected, or the failure taken from it): ComfyUI
+      // would keep it, and up to 10,000 others, in memory. A failure to delete is logged and changes nothing here.
+      if (lease && job.history && job.details) await pool.forget(lease.backend, job.details.prompt_id);
       for (const f of inputFiles) this.deps.downloader.unpin(f);
       // Timings first: whoever listens for the final status reads them.
       job.finishedAt = now();
       job.timings.completed_at_ms = job.finishedAt;
       job.timings.total_ms = job.finishedAt - job.createdAt;
       job.setStatus(outcome.status, outcome.message);
-      this.observe((o) => o.finished?.(job));
+      events.emit("job.finished", job);
       // Order matters: the bucket's copy is taken before the webhook adds its (this worker's) delivery record, and
       // both before `retain` compacts the job.
       publisher?.settled(job);
@@ -184,20 +199,32 @@ export class JobRunner {
       return new JobTimeoutError(`the job ran longer than JOB_TIMEOUT_MS=${config.jobs.timeoutMs}`);
     }
     const err = asWorkerError(raw);
+    if (err instanceof StalledError && backend) return this.stalled(err, job, backend);
     if (!(err instanceof ExecutionError && err.details && backend)) return err;
     const { execution_details, comfyui_response } = err.details as Record<string, never>;
     if (execution_details) job.details = execution_details;
     if (comfyui_response) job.history = comfyui_response;
     const kind = classifyFailure(job.details?.error ?? null);
     if (kind === "out_of_memory") {
-      void backend.client.free(AbortSignal.timeout(10_000)).then(
-        () =>
-          logger.warn(
-            { request_id: job.id, stage: "generation" },
-            "out of memory: asked ComfyUI to free memory",
-          ),
-        (e: unknown) => logger.error({ request_id: job.id, err: e }, "out of memory, and POST /free failed"),
-      );
+      // Set before this method first awaits: the slot was released, and the next prompt for this backend waits
+      // for it (see `run`).
+      backend.freeing ??= backend.client
+        .free(AbortSignal.timeout(10_000))
+        .then(
+          () =>
+            logger.warn(
+              { request_id: job.id, stage: "generation", backend: backend.index },
+              "out of memory: ComfyUI unloaded its models and freed memory",
+            ),
+          (e: unknown) =>
+            logger.error(
+              { request_id: job.id, stage: "generation", backend: backend.index, err: e },
+              "out of memory, and POST /free failed: the next prompt runs without it",
+            ),
+        )
+        .finally(() => {
+          backend.freeing = undefined;
+        });
       return new OutOfMemoryError(`ComfyUI ran out of memory (${err.message}); memory was freed, retry`);
     }
     if (kind === "device_suspected") {
@@ -215,9 +242,36 @@ export class JobRunner {
     }
     return err;
   }
-
-  private observe(fn: (observer: JobObserver) => void): void {
-    const { observer, logger } = this.deps;
-    if (observer) observeSafely(logger, () => fn(observer));
+  /**
+   * A prompt that stalled was interrupted (runPrompt did): its backend is probed, as a suspected device failure
+   * is. One that fails the probe leaves the rotation; the job stays `stalled` (retryable) either way.
+   */
+  private async stalled(err: StalledError, job: Job, backend: ComfyBackend): Promise<WorkerError> {
+    const { logger, pool } = this.deps;
+    const log = logger.child({
+      request_id: job.id,
+      stage: "health",
+      backend: backend.index,
+      comfyui: backend.url,
+    });
+    const started = Date.now();
+    const probeFailure = await pool.probe(backend);
+    const duration_ms = Date.now() - started;
+    if (probeFailure === undefined) {
+      log.warn(
+        { duration_ms, probe: "passed" },
+        `${err.message}; the backend passed its health probe: it stays in service`,
+      );
+      return err;
+    }
+    log.warn(
+      { duration_ms, probe: "failed" },
+      `${err.message}; the backend failed its health probe: ${probeFailure}`,
+    );
+    pool.fail(backend, `a prompt stalled, and then ${probeFailure}`);
+    return new StalledError(
+      `${err.message}; the backend failed its health probe and left the rotation`,
+      err.details,
+    );
   }
 }
