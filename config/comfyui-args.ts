@@ -8,19 +8,34 @@ export interface ComfyArgs {
   baseDir?: string;
   inputDir?: string;
   outputDir?: string;
+  /** ComfyUI's temp folder is `<this>/temp`; without it, `<base>/temp`. */
+  tempDir?: string;
+  databaseUrl?: string;
+  /** The GPU flags that a launcher of one ComfyUI per GPU must give itself. */
+  cudaDevice?: string;
+  defaultDevice?: string;
+  /** Every word, in order, as ComfyUI gets them. */
+  words: string[];
 }
 
-const FLAGS: Record<string, keyof ComfyArgs> = {
+const FLAGS: Record<string, Exclude<keyof ComfyArgs, "words">> = {
   "--port": "port",
   "--base-directory": "baseDir",
   "--input-directory": "inputDir",
   "--output-directory": "outputDir",
+  "--temp-directory": "tempDir",
+  "--database-url": "databaseUrl",
+  "--cuda-device": "cudaDevice",
+  "--default-device": "defaultDevice",
 };
 
-/** Splits on whitespace as the shell scripts that start ComfyUI do (they pass the variable unquoted). */
+/**
+ * Splits on whitespace as the shell scripts that start ComfyUI do (they pass the variable unquoted); the last of a
+ * flag wins, as in ComfyUI's own parsing.
+ */
 export function parseComfyArgs(args: string | undefined): ComfyArgs {
-  const out: ComfyArgs = {};
   const words = (args ?? "").split(/\s+/).filter(Boolean);
+  const out: ComfyArgs = { words };
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
     const eq = word.indexOf("=");

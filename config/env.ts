@@ -20,6 +20,11 @@ export class EnvReader {
     return v === undefined || v.trim() === "" ? undefined : v.trim();
   }
 
+  /** Whether the variable is set at all, even to an empty string (which some variables read as "none"). */
+  present(name: string): boolean {
+    return this.env[name] !== undefined;
+  }
+
   string(name: string, fallback: string): string {
     return this.raw(name) ?? fallback;
   }

@@ -1,9 +1,11 @@
 import { join, resolve } from "node:path";
 import { parseComfyArgs } from "./comfyui-args.js";
 import { ConfigError, EnvReader, type Env } from "./env.js";
+import { launchComfyDir, planLaunch, type LaunchConfig, type LaunchHost } from "./launch.js";
 import { redactUrl } from "../lib/redact.js";
 
 export { ConfigError } from "./env.js";
+export type { LaunchConfig, LaunchedInstance, LaunchHost } from "./launch.js";
 
 export interface S3Settings {
   accessKeyId?: string;
@@ -52,13 +54,23 @@ export interface Config {
     inputDir: string;
     startupTimeoutMs: number;
     requestTimeoutMs: number;
-    /** How often the history is polled when the WebSocket is quiet. */
+    /** How often a prompt's state is asked (jobs API, else /history) while the WebSocket is quiet. */
     historyPollMs: number;
   };
+  /**
+   * COMFYUI_LAUNCH=true: the ComfyUIs the worker starts, restarts and stops (worker/launcher/), instance i being
+   * backend i. Undefined: ComfyUI is someone else's to run.
+   */
+  launch?: LaunchConfig;
   /** Where finished outputs are kept: `<outputDir>/<request_id>/`. */
   outputDir: string;
   jobs: {
     timeoutMs: number;
+    /**
+     * The longest a running prompt may go without an execution event or a progress change before it is interrupted
+     * as stalled (a cap on the timeout derived from the job's predicted time); 0: no watchdog.
+     */
+    stallTimeoutMs: number;
     /** Prompts kept submitted to ComfyUI at once (the one running plus those queued behind it). */
     maxInFlightPrompts: number;
     resultRetentionMs: number;
@@ -151,7 +163,7 @@ export interface Config {
 type DeepReadonly<T> = { readonly [K in keyof T]: T[K] extends object ? DeepReadonly<T[K]> : T[K] };
 export type FrozenConfig = DeepReadonly<Config>;
 
-function deepFreeze<T>(value: T): T {
+export function deepFreeze<T>(value: T): T {
   if (value && typeof value === "object") {
     for (const v of Object.values(value)) deepFreeze(v);
     Object.freeze(value);
@@ -160,19 +172,71 @@ function deepFreeze<T>(value: T): T {
 }
 
 /**
- * Parses the environment once into a typed, validated, frozen config. Throws ConfigError naming the variable.
- * `root` is the worker's installation folder (for misc/ files and the benchmark cache).
+ * The routed port and the URL this worker advertises on it (PUBLIC_IPADDR and Vast's public port for WORKER_PORT;
+ * https with USE_SSL): the autoscaler knows the worker by it, in its reports and in a start-up failure's alike.
  */
-export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig {
-  const e = new EnvReader(env);
+export function advertisedAddress(e: EnvReader): { workerPort: number; useSsl: boolean; publicUrl: string } {
   const workerPort = e.int("WORKER_PORT", 3000, { min: 0, max: 65535 });
   const useSsl = e.bool("USE_SSL", false);
   const publicIp = e.optional("PUBLIC_IPADDR") ?? "127.0.0.1";
   const publicPort = e.int(`VAST_TCP_PORT_${workerPort}`, workerPort, { min: 0, max: 65535 });
+  return { workerPort, useSsl, publicUrl: `${useSsl ? "https" : "http"}://${publicIp}:${publicPort}` };
+}
+
+/** The routed port's certificate and key (USE_SSL), which Vast signs for the instance. */
+export function sslFiles(e: EnvReader): { sslCert: string; sslKey: string } {
+  return {
+    // Not SSL_CERT_FILE: OpenSSL, curl and Python read that as their list of trusted CAs.
+    sslCert: e.string("WORKER_SSL_CERT_FILE", "/etc/instance.crt"),
+    sslKey: e.string("WORKER_SSL_KEY_FILE", "/etc/instance.key"),
+  };
+}
+
+/** Where the local API listens, and whether it does. */
+export function apiAddress(e: EnvReader): { host: string; port: number; enabled: boolean } {
+  return {
+    host: e.string("API_HOST", "127.0.0.1"),
+    port: e.int("API_PORT", 18288, { min: 0, max: 65535 }),
+    enabled: e.bool("API_ENABLED", true),
+  };
+}
+
+/** Where /worker_status/ goes (REPORT_ADDR, each in turn) and who sends it. */
+export function reportTarget(e: EnvReader): {
+  reportAddrs: string[];
+  masterToken: string;
+  containerId: number;
+} {
+  return {
+    reportAddrs: (e.optional("REPORT_ADDR") ?? "")
+      .split(",")
+      .map((s) => s.trim().replace(/\/+$/, ""))
+      .filter(Boolean),
+    masterToken: e.string("MASTER_TOKEN", ""),
+    containerId: e.int("CONTAINER_ID", 0),
+  };
+}
+
+/**
+ * A seed user's custom benchmark in the layout of Vast's PyWorker (its comfyui-json worker), relative to the
+ * PyWorker clone: the worker looks for it in its own installation, and our image in the seed's clone too.
+ */
+export const SEED_BENCHMARK = join("workers", "comfyui-json", "misc", "benchmark.json");
+
+/**
+ * Parses the environment once into a typed, validated, frozen config. Throws ConfigError naming the variable.
+ * `root` is the worker's installation folder (for misc/ files and the benchmark cache). `host` answers what
+ * COMFYUI_LAUNCH=true needs to know of the machine (worker/launcher/host.ts `systemHost()`).
+ */
+export function loadConfig(env: Env, root: string = process.cwd(), host: LaunchHost = noHost): FrozenConfig {
+  const e = new EnvReader(env);
+  const { workerPort, useSsl, publicUrl } = advertisedAddress(e);
   const stopWaitS = e.optional("STOP_WAIT_S") === undefined ? undefined : e.int("STOP_WAIT_S", 0, { min: 3 });
   // ComfyUI's own arguments describe what it really does; COMFYUI_BASE_DIR is where we expect it by default.
   const comfyArgs = parseComfyArgs(e.optional("COMFYUI_ARGS"));
-  const comfyBase = comfyArgs.baseDir ?? e.optional("COMFYUI_BASE_DIR");
+  // A ComfyUI the worker starts runs from COMFYUI_DIR, where its folders are unless told otherwise.
+  const comfyDir = e.bool("COMFYUI_LAUNCH", false) ? launchComfyDir(e) : undefined;
+  const comfyBase = comfyArgs.baseDir ?? e.optional("COMFYUI_BASE_DIR") ?? comfyDir;
   const comfyInput =
     e.optional("COMFYUI_INPUT_DIR") ??
     comfyArgs.inputDir ??
@@ -183,7 +247,19 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     (comfyBase ? [join(comfyBase, "output")] : undefined);
   if (comfyInput === undefined) throw new ConfigError("COMFYUI_INPUT_DIR", "set it, or COMFYUI_BASE_DIR");
   if (comfyOutputs === undefined) throw new ConfigError("COMFYUI_OUTPUT_DIR", "set it, or COMFYUI_BASE_DIR");
-  const backends = comfyBackends(e, comfyArgs.port, comfyOutputs);
+  const plan =
+    comfyDir === undefined
+      ? undefined
+      : planLaunch(
+          e,
+          comfyArgs,
+          comfyDir,
+          { base: comfyBase!, input: resolve(comfyInput), outputs: comfyOutputs },
+          host,
+        );
+  const backends = plan?.perGpu
+    ? comfyBackends(e, undefined, plan.perGpu.outputDirs, plan.perGpu.urls)
+    : comfyBackends(e, plan?.port ?? comfyArgs.port, comfyOutputs);
   const webhookSecret = e.optional("WEBHOOK_SECRET");
   const webhookSigningKey = e.optional("WEBHOOK_SIGNING_KEY");
 
@@ -191,11 +267,9 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     worker: {
       host: e.string("WORKER_HOST", "0.0.0.0"),
       port: workerPort,
-      publicUrl: `${useSsl ? "https" : "http"}://${publicIp}:${publicPort}`,
+      publicUrl,
       useSsl,
-      // Not SSL_CERT_FILE: OpenSSL, curl and Python read that as their list of trusted CAs.
-      sslCert: e.string("WORKER_SSL_CERT_FILE", "/etc/instance.crt"),
-      sslKey: e.string("WORKER_SSL_KEY_FILE", "/etc/instance.key"),
+      ...sslFiles(e),
     },
     plainHttp: {
       // WORKER_PORT=0 (any free port) makes this one any free port too.
@@ -210,9 +284,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       ...(stopWaitS !== undefined && { stopWaitS }),
     },
     api: {
-      host: e.string("API_HOST", "127.0.0.1"),
-      port: e.int("API_PORT", 18288, { min: 0, max: 65535 }),
-      enabled: e.bool("API_ENABLED", true),
+      ...apiAddress(e),
       allowedHosts: (e.list("API_ALLOWED_HOSTS") ?? []).map((h) => {
         // Names only (any port is accepted): a port or scheme here would never match a Host header's name.
         if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)$/i.test(h)) {
@@ -231,9 +303,11 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
       requestTimeoutMs: e.int("COMFYUI_REQUEST_TIMEOUT_MS", 30_000, { min: 100 }),
       historyPollMs: e.int("COMFYUI_HISTORY_POLL_MS", 1_000, { min: 10 }),
     },
+    ...(plan && { launch: plan.launch }),
     outputDir: resolve(e.optional("OUTPUT_DIR") ?? backends[0]!.outputDir),
     jobs: {
       timeoutMs: e.int("JOB_TIMEOUT_MS", 600_000, { min: 1 }),
+      stallTimeoutMs: e.int("STALL_TIMEOUT_MS", 600_000, { min: 0 }),
       maxInFlightPrompts: e.int("MAX_INFLIGHT_PROMPTS", 2, { min: 1, max: 64 }),
       resultRetentionMs: e.int("RESULT_RETENTION_MS", 3_600_000, { min: 0 }),
       resultRetentionMax: e.int("RESULT_RETENTION_MAX", 1_000, { min: 0 }),
@@ -286,12 +360,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     },
     autoscaler: {
       unsecured: e.bool("UNSECURED", false),
-      reportAddrs: (e.optional("REPORT_ADDR") ?? "")
-        .split(",")
-        .map((s) => s.trim().replace(/\/+$/, ""))
-        .filter(Boolean),
-      masterToken: e.string("MASTER_TOKEN", ""),
-      containerId: e.int("CONTAINER_ID", 0),
+      ...reportTarget(e),
       legacySignatures: e.bool("SIGNATURE_LEGACY", false),
       checkUrl: e.bool("AUTH_CHECK_URL", true),
       replayWindow: e.int("REQNUM_REPLAY_WINDOW", 1000, { min: 0 }),
@@ -304,7 +373,7 @@ export function loadConfig(env: Env, root: string = process.cwd()): FrozenConfig
     benchmark: {
       jsonPath: e.optional("BENCHMARK_JSON_PATH"),
       defaultJsonPath: join(root, "misc", "benchmark.json"),
-      seedJsonPath: join(root, "workers", "comfyui-json", "misc", "benchmark.json"),
+      seedJsonPath: join(root, SEED_BENCHMARK),
       wrapperJsonPath: e.string(
         "BENCHMARK_WRAPPER_JSON_PATH",
         "/opt/comfyui-api-wrapper/workflows/pyworker_benchmark.json",
@@ -351,13 +420,18 @@ export function describeConfig(config: FrozenConfig): unknown {
 }
 
 /**
- * COMFYUI_URLS (several backends) or COMFYUI_URL (one), paired with COMFYUI_OUTPUT_DIR's folders in order. Backends
- * never share an output folder: ComfyUI numbers its files by what the folder holds, so two servers writing into
- * one would overwrite each other's outputs.
+ * COMFYUI_URLS (several backends) or COMFYUI_URL (one), or the ComfyUIs the worker starts (`planned`), paired with
+ * COMFYUI_OUTPUT_DIR's folders in order. Backends never share an output folder: ComfyUI numbers its files by what
+ * the folder holds, so two servers writing into one would overwrite each other's outputs.
  */
-function comfyBackends(e: EnvReader, argsPort: number | undefined, outputs: string[]): ComfyBackendConfig[] {
-  const urls = e.urlList("COMFYUI_URLS");
-  if (urls !== undefined && e.optional("COMFYUI_URL") !== undefined) {
+function comfyBackends(
+  e: EnvReader,
+  argsPort: number | undefined,
+  outputs: string[],
+  planned?: string[],
+): ComfyBackendConfig[] {
+  const urls = planned ?? e.urlList("COMFYUI_URLS");
+  if (planned === undefined && urls !== undefined && e.optional("COMFYUI_URL") !== undefined) {
     throw new ConfigError("COMFYUI_URLS", "set either COMFYUI_URL (one ComfyUI) or COMFYUI_URLS, not both");
   }
   const list = urls ?? [e.url("COMFYUI_URL", `http://127.0.0.1:${argsPort ?? 18188}`)!];
@@ -382,3 +456,19 @@ function comfyBackends(e: EnvReader, argsPort: number | undefined, outputs: stri
   }
   return list.map((url, i) => ({ url, outputDir: dirs[i]! }));
 }
+
+/** The host of a config read without one: COMFYUI_LAUNCH=true cannot be planned then (the caller's mistake). */
+const noHost: LaunchHost = (() => {
+  const unknown = (): never => {
+    throw new Error(
+      "COMFYUI_LAUNCH=true: loadConfig needs a LaunchHost (worker/launcher/host.ts systemHost())",
+    );
+  };
+  return {
+    gpuCount: unknown,
+    isExecutable: unknown,
+    findProgram: unknown,
+    readText: unknown,
+    library: unknown,
+  };
+})();

@@ -5,8 +5,7 @@ export function backoffDelay(
   capMs: number,
   random: () => number = Math.random,
 ): number {
-  const ceiling = Math.min(capMs, baseMs * 2 ** attempt);
-  return Math.floor(random() * ceiling);
+  return Math.floor(random() * doublingDelay(attempt, baseMs, capMs));
 }
 
 /** Resolves after `ms`, or rejects with the signal's reason when it aborts first. Removes its listener. */
@@ -23,4 +22,12 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/**
+ * The delay before retry `attempt` (from 0) without jitter: `baseMs` doubling up to `capMs` (1 s, 2 s, 4 s ... for
+ * a restart whose times the operator reads in the log).
+ */
+export function doublingDelay(attempt: number, baseMs: number, capMs: number): number {
+  return Math.min(capMs, baseMs * 2 ** Math.min(attempt, 52));
 }

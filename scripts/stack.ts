@@ -5,21 +5,25 @@
  *   router emulator                       http://127.0.0.1:8080   (REPORT_ADDR of the worker, the client's autoscaler)
  *   worker, routed port (signed)          http://127.0.0.1:3000
  *   worker, local API, page at /, /docs   http://127.0.0.1:18288
+ * Each worker starts its ComfyUI itself, as in production (COMFYUI_LAUNCH=true, worker/launcher/): restarted if it
+ * dies, stopped after the worker drains; its log in .stack/logs/comfyui.log.
  * STACK_WORKERS=N starts an endpoint of N workers on the same S3 and router, worker i (from 0) with its own
- * ComfyUI on 18188+i and ports 3000+i / 18288+i.
- * STACK_COMFYUI_INSTANCES=M gives each worker M ComfyUI backends (as a machine of M GPUs): worker i's backend j on
- * 18188+i*M+j, each with its own output folder, all reading the first one's input folder. STACK_COMFYUI_THREADS=T
- * limits each CPU backend to T threads (one GPU each, as it were).
+ * ComfyUI on 18188+i and ports 3000+i / 18288+i (logs of worker i > 0 in .stack/logs/worker-<i+1>/).
+ * STACK_COMFYUI_INSTANCES=M gives each worker M ComfyUI backends as production's one per GPU does (COMFYUI_PER_GPU
+ * with M GPU ids): worker i's backend j on 18188+i*M+j, each with its own output folder (output/gpu<j>), all
+ * reading one input folder. STACK_COMFYUI_THREADS=T limits each CPU backend to T threads (one GPU each, as it
+ * were).
  * Every variable the worker reads can be set in the environment to override the stack's defaults.
  * Ctrl-C or SIGTERM stops every child.
  */
 import { join } from "node:path";
 import { loadConfig } from "../config/index.js";
 import { createWorker } from "../worker/app.js";
+import { systemHost } from "../worker/launcher/host.js";
 import { bootBenchmark } from "../benchmark/boot.js";
 import { createLogger } from "../lib/logger.js";
 import type { Service } from "./services/child.js";
-import { ensureComfyUI, ensureTinyCheckpoint, startComfyUI } from "./services/comfyui.js";
+import { comfyArgsFor, ensureComfyUI, ensureTinyCheckpoint } from "./services/comfyui.js";
 import { repoRoot } from "./services/paths.js";
 import { startS3 } from "./services/seaweedfs.js";
 import { RouterEmulator } from "./router-emulator/emulator.js";
@@ -65,62 +69,39 @@ try {
   const install = await ensureComfyUI();
   const suffix = (i: number) => (i === 0 ? "" : `-${i + 1}`);
   const baseDirs = Array.from({ length: workerCount }, (_, i) => join(stackDir, `comfyui${suffix(i)}`));
-  // Worker i's backends: the first in baseDirs[i], the others beside it; every one reads the first's inputs.
-  const backendsOf = (i: number) =>
-    Array.from({ length: instances }, (_, j) => ({
-      port: ports.comfy + i * instances + j,
-      baseDir: j === 0 ? baseDirs[i]! : `${baseDirs[i]!}-gpu${j}`,
-      inputDir: join(baseDirs[i]!, "input"),
-      log: join(stackDir, "logs", `comfyui${suffix(i)}${j === 0 ? "" : `-gpu${j}`}.log`),
-    }));
-  const allBackends = baseDirs.flatMap((_, i) => backendsOf(i));
-  for (const b of allBackends) await ensureTinyCheckpoint(install, b.baseDir);
-  const [s3, ...comfys] = await Promise.all([
-    startS3({
-      host: "127.0.0.1",
-      port: ports.s3,
-      dataDir: join(stackDir, "s3"),
-      accessKeyId: "local-access-key",
-      secretAccessKey: "local-secret-key",
-      buckets: ["outputs"],
-      logFile: join(stackDir, "logs", "seaweedfs.log"),
-    }),
-    ...allBackends.map((b) =>
-      startComfyUI({
-        install,
-        host: "127.0.0.1",
-        port: b.port,
-        baseDir: b.baseDir,
-        inputDir: b.inputDir,
-        logFile: b.log,
-        ...(threads !== undefined && { threads }),
-      }),
-    ),
-  ]);
-  services.push(s3, ...comfys);
-  for (const comfy of comfys) say(`ComfyUI        ${comfy.url}   (log ${comfy.logFile})`);
+  for (const dir of baseDirs) await ensureTinyCheckpoint(install, dir);
+  const s3 = await startS3({
+    host: "127.0.0.1",
+    port: ports.s3,
+    dataDir: join(stackDir, "s3"),
+    accessKeyId: "local-access-key",
+    secretAccessKey: "local-secret-key",
+    buckets: ["outputs"],
+    logFile: join(stackDir, "logs", "seaweedfs.log"),
+  });
+  services.push(s3);
   say(`S3             ${s3.endpoint}   bucket outputs, key local-access-key / local-secret-key`);
 
   router = new RouterEmulator({ port: ports.router, log: (l) => say(`router: ${l}`) });
   say(`router         ${await router.listen()}   (REPORT_ADDR, /route/, GET /workers)`);
 
   for (let i = 0; i < workerCount; i++) {
-    const own = comfys.slice(i * instances, (i + 1) * instances);
     const workerPort = ports.worker + i;
+    // What production's image sets, pointed at the cached install and this worker's folders.
+    const launch = {
+      COMFYUI_LAUNCH: "true",
+      COMFYUI_DIR: install.comfyDir,
+      COMFYUI_PYTHON: install.python,
+      COMFYUI_PORT: String(ports.comfy + i * instances),
+      COMFYUI_ARGS: comfyArgsFor(baseDirs[i]!).join(" "),
+      LOG_DIR: i === 0 ? join(stackDir, "logs") : join(stackDir, "logs", `worker-${i + 1}`),
+    };
     const config = loadConfig(
       {
         WORKER_PORT: String(workerPort),
         WORKER_HOST: "127.0.0.1",
         API_PORT: String(ports.api + i),
-        ...(instances === 1
-          ? { COMFYUI_URL: own[0]!.url }
-          : {
-              COMFYUI_URLS: own.map((c) => c.url).join(","),
-              COMFYUI_OUTPUT_DIR: backendsOf(i)
-                .map((b) => join(b.baseDir, "output"))
-                .join(","),
-            }),
-        COMFYUI_BASE_DIR: baseDirs[i]!,
+        ...launch,
         S3_ACCESS_KEY_ID: s3.accessKeyId,
         S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
         S3_ENDPOINT_URL: s3.endpoint,
@@ -144,12 +125,19 @@ try {
         // Per-worker values win over the environment when there are several.
         // Their plain-HTTP ports follow the routed ones (WORKER_PORT + 1 is the next worker's).
         ...(workerCount > 1 && {
+          ...launch,
           WORKER_PORT: String(workerPort),
           WORKER_HTTP_PORT: String(ports.worker + workerCount + i),
           API_PORT: String(ports.api + i),
         }),
+        // M backends: one ComfyUI per "GPU" (each CPU ComfyUI ignores its id).
+        ...(instances > 1 && {
+          COMFYUI_PER_GPU: "true",
+          CUDA_VISIBLE_DEVICES: Array.from({ length: instances }, (_, j) => String(j)).join(","),
+        }),
       },
       repoRoot,
+      systemHost(env),
     );
     const logger = createLogger(config.log).child({ worker: i + 1 });
     const worker = createWorker({
@@ -157,10 +145,17 @@ try {
       logger,
       root: repoRoot,
       benchmark: bootBenchmark(config, repoRoot),
+      launchEnv: {
+        ...env,
+        ...(threads !== undefined && { OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) }),
+      },
     });
     stopWorkers.push(() => worker.stop(10_000));
-    await worker.start();
     const name = workerCount > 1 ? ` ${i + 1}` : "";
+    for (const [j, backend] of config.comfyui.backends.entries()) {
+      say(`worker${name} ComfyUI ${backend.url}   (log ${config.launch?.instances[j]?.logFile ?? "?"})`);
+    }
+    await worker.start();
     say(`worker${name} routed  ${worker.routedUrl()}   (signed by the router)`);
     say(
       `worker${name} API     ${worker.apiUrl() ?? "disabled"}   (the operator page at /, /generate/sync, /docs, /metrics)`,

@@ -9,9 +9,11 @@ import type { SignatureVerifier } from "./auth/signature.js";
 import type { BenchmarkResult, BootBenchmark } from "./boot-benchmark.js";
 import { boot, followPool } from "./boot-sequence.js";
 import { Capacity } from "./capacity.js";
+import type { WorkerEventEmitter } from "./events.js";
 import { createApps } from "./http-apps.js";
 import { SessionStore } from "./http/routed.js";
 import { Janitor } from "./janitor.js";
+import { Fleet, logFleet } from "./launcher/fleet.js";
 import type { JobManager } from "./jobs/manager.js";
 import type { SharedJobs } from "./jobs/shared.js";
 import { LiveScore } from "./live-score.js";
@@ -35,6 +37,8 @@ export interface WorkerDeps {
   /** Public key PEM to use instead of fetching it (tests). */
   publicKeyPem?: string;
   now?: () => number;
+  /** The environment the ComfyUIs of COMFYUI_LAUNCH=true start from (the CLI hands over the process's). */
+  launchEnv?: NodeJS.ProcessEnv;
 }
 
 export type { Phase } from "./startup.js";
@@ -44,6 +48,8 @@ export interface Worker {
   /** Ordered, idempotent: stop accepting, tell the autoscaler, drain up to `drainMs`, then abort the rest. */
   stop(drainMs?: number): Promise<void>;
   readonly jobs: JobManager;
+  /** The jobs' lifecycle (created, stages, uploads, finished), for observers. */
+  readonly events: WorkerEventEmitter;
   readonly reporter: AutoscalerReporter | undefined;
   readonly metrics: WorkerMetrics;
   readonly admission: Admission;
@@ -54,6 +60,8 @@ export interface Worker {
   readonly load: LoadSignal;
   /** Each backend's score, the benchmark's result and max_perf. */
   readonly capacity: Capacity;
+  /** The ComfyUIs this worker starts (COMFYUI_LAUNCH=true), instance i being backend i; else undefined. */
+  readonly fleet: Fleet | undefined;
   routedUrl(): string;
   apiUrl(): string | undefined;
   /** The plain-HTTP port's URL (POST /session/end only), once it listens. */
@@ -69,10 +77,12 @@ export function createWorker(deps: WorkerDeps): Worker {
   const { config, logger } = deps;
   const now = deps.now ?? Date.now;
   const startedAt = now();
-  const { pool, downloader, storage, webhooks, jobs, metrics, shared } = createPipeline(config, logger, now, {
-    scoreOf: (index) => capacity.scoreOf(index),
-    finished: (job) => load.completed(job),
-  });
+  const { pool, downloader, storage, webhooks, jobs, events, metrics, shared } = createPipeline(
+    config,
+    logger,
+    now,
+    { scoreOf: (index) => capacity.scoreOf(index) },
+  );
   const comfyUrls = config.comfyui.backends.map((b) => b.url).join(", ");
   const janitor = new Janitor({
     outputDir: config.outputDir,
@@ -107,6 +117,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     maxPerf: () => capacity.reportedUnit(),
     onScore: (unit) => capacity.measured(unit),
   });
+  events.on("job.finished", (job) => load.completed(job));
   const admission = new Admission(
     config.autoscaler.maxQueueTimeS,
     () => jobs.activeWorkload(),
@@ -122,6 +133,11 @@ export function createWorker(deps: WorkerDeps): Worker {
   );
   let verifier: SignatureVerifier | undefined;
 
+  // COMFYUI_LAUNCH=true: the ComfyUIs the pool drives are this worker's to start, restart and stop.
+  if (config.launch && !deps.launchEnv) throw new Error("COMFYUI_LAUNCH=true needs launchEnv");
+  const fleet = config.launch && new Fleet(config.launch, { logger, env: deps.launchEnv! });
+  if (fleet) logFleet(fleet, logger);
+
   const reporter = autoscalerReporter({ config, logger, tracker, startup, capacity, jobs, sessions });
 
   const listeners = createApps({
@@ -133,6 +149,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     capacity,
     pool,
     jobs,
+    events,
     admission,
     shared,
     load,
@@ -155,6 +172,7 @@ export function createWorker(deps: WorkerDeps): Worker {
 
   const worker: Worker = {
     jobs,
+    events,
     reporter,
     metrics,
     admission,
@@ -162,6 +180,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     shared,
     load,
     capacity,
+    fleet,
     phase: () => startup.phase,
     errorMsg: () => startup.errorMsg,
     benchmark: () => capacity.benchmark(),
@@ -171,6 +190,8 @@ export function createWorker(deps: WorkerDeps): Worker {
 
     async start() {
       logger.info({ stage: "lifecycle", comfyui: comfyUrls }, "starting");
+      // Before anything waits for them; they come up while the ports open.
+      await fleet?.start();
       reporter?.start();
       try {
         await listeners.listen(logger);
@@ -228,6 +249,8 @@ export function createWorker(deps: WorkerDeps): Worker {
           pool.stop();
           janitor.stop();
           storage.close();
+          // Last: they served the jobs that drained.
+          await fleet?.stop();
           startup.stopped();
           logger.info({ stage: "lifecycle" }, "stopped");
         })();

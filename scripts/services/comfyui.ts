@@ -3,7 +3,8 @@ import { createHash } from "node:crypto";
 import { access, mkdir, readFile, rename, symlink, lstat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { answers, startService, type Service } from "./child.js";
+import { parentDeathBinding, spawnInstance, waitUntilReady } from "../../worker/launcher/instance.js";
+import type { Service } from "./child.js";
 import { runInstallScriptLines } from "./install.js";
 import { cacheDir, repoRoot } from "./paths.js";
 
@@ -79,43 +80,77 @@ export interface ComfyUIOptions {
   inputDir?: string;
   /** CPU threads for torch (OMP_NUM_THREADS): one per backend, as a GPU is one device per backend. */
   threads?: number;
+  /** Folders of `<baseDir>/custom_nodes` loaded all the same (a test's own nodes); none by default. */
+  customNodes?: string[];
 }
 
-/** Starts a real ComfyUI on the CPU with its own base directory; custom nodes and API nodes disabled. */
+/**
+ * Starts a real ComfyUI on the CPU with its own base directory; custom nodes and API nodes disabled. Through the
+ * worker's own launcher process code (worker/launcher/instance.ts): a session of its own, bound to this process,
+ * ready once /system_stats answers.
+ */
 export async function startComfyUI(opts: ComfyUIOptions): Promise<Service & { url: string }> {
   await mkdir(opts.baseDir, { recursive: true });
   const url = `http://${opts.host}:${opts.port}`;
-  const service = await startService({
-    name: "ComfyUI",
-    command: opts.install.python,
-    args: [
-      "main.py",
-      "--cpu",
-      "--listen",
-      opts.host,
-      "--port",
-      String(opts.port),
-      "--base-directory",
-      opts.baseDir,
-      "--disable-all-custom-nodes",
-      "--disable-api-nodes",
-      "--disable-auto-launch",
-      "--database-url",
-      "sqlite:///:memory:",
-      ...(opts.inputDir !== undefined ? ["--input-directory", opts.inputDir] : []),
-    ],
-    cwd: opts.install.comfyDir,
-    env: {
-      ...process.env,
-      PYTHONUNBUFFERED: "1",
-      ...(opts.threads !== undefined && {
-        OMP_NUM_THREADS: String(opts.threads),
-        MKL_NUM_THREADS: String(opts.threads),
-      }),
+  const instance = spawnInstance(
+    {
+      name: "ComfyUI",
+      command: opts.install.python,
+      args: [
+        "main.py",
+        "--cpu",
+        "--listen",
+        opts.host,
+        "--port",
+        String(opts.port),
+        ...comfyArgsFor(opts.baseDir),
+        "--disable-auto-launch",
+        ...(opts.inputDir !== undefined ? ["--input-directory", opts.inputDir] : []),
+        // Last: the flag takes every word after it.
+        ...(opts.customNodes?.length ? ["--whitelist-custom-nodes", ...opts.customNodes] : []),
+      ],
+      cwd: opts.install.comfyDir,
+      env: {
+        ...process.env,
+        PYTHONUNBUFFERED: "1",
+        ...(opts.threads !== undefined && {
+          OMP_NUM_THREADS: String(opts.threads),
+          MKL_NUM_THREADS: String(opts.threads),
+        }),
+      },
+      logFile: opts.logFile,
+      url,
     },
+    { bind: (await parentDeathBinding()) ?? [] },
+  );
+  const service = {
+    name: "ComfyUI",
+    process: instance.child,
     logFile: opts.logFile,
-    ready: (signal) => answers(`${url}/system_stats`, signal),
-    timeoutMs: opts.timeoutMs ?? 180_000,
-  });
-  return Object.assign(service, { url });
+    url,
+    stop: async (graceMs = 10_000) => void (await instance.stop(graceMs)),
+  };
+  try {
+    await waitUntilReady(instance, { timeoutMs: opts.timeoutMs ?? 180_000 });
+  } catch (err) {
+    await service.stop();
+    throw err;
+  }
+  return service;
+}
+
+/**
+ * ComfyUI's arguments for a CPU ComfyUI of the stack and the tests, with its models and folders below `baseDir`
+ * (COMFYUI_ARGS of a worker that starts it itself, less the port and listen address that the launcher gives).
+ */
+export function comfyArgsFor(baseDir: string): string[] {
+  return [
+    "--cpu",
+    "--base-directory",
+    baseDir,
+    "--disable-all-custom-nodes",
+    "--disable-api-nodes",
+    "--database-url",
+    "sqlite:///:memory:",
+  ];
 }

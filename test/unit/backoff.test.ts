@@ -1,6 +1,6 @@
 import { getEventListeners } from "node:events";
 import { jest } from "@jest/globals";
-import { backoffDelay, delay } from "../../lib/backoff.js";
+import { backoffDelay, delay, doublingDelay } from "../../lib/backoff.js";
 
 describe("backoffDelay", () => {
   test("full jitter: random() scales the capped exponential ceiling", () => {
@@ -121,5 +121,15 @@ describe("delay", () => {
       await p;
     }
     expect(getEventListeners(ac.signal, "abort")).toHaveLength(0);
+  });
+});
+
+describe("doublingDelay", () => {
+  test("base, doubling, capped; no jitter (a restart's delays read 1 s, 2 s, 4 s ... in the log)", () => {
+    expect([0, 1, 2, 3, 4, 5, 6, 7].map((a) => doublingDelay(a, 1_000, 60_000))).toEqual([
+      1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000,
+    ]);
+    expect(doublingDelay(5_000, 1_000, 60_000)).toBe(60_000);
+    expect(doublingDelay(0, 1_000, 500)).toBe(500);
   });
 });

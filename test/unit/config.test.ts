@@ -43,6 +43,7 @@ describe("loadConfig", () => {
     expect(c.outputDir).toBe("/opt/comfy/output");
     expect(c.jobs).toEqual({
       timeoutMs: 600_000,
+      stallTimeoutMs: 600_000,
       maxInFlightPrompts: 2,
       resultRetentionMs: 3_600_000,
       resultRetentionMax: 1_000,
