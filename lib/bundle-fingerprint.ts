@@ -38,11 +38,16 @@ export function sourceFingerprint(root: string, paths: readonly string[]): Sourc
 
 export type BundleCheck = { ok: true } | { ok: false; reason: string };
 
+/** What `<root>/bundle/manifest.json` records (throws when it cannot be read). */
+export function readBundleManifest(root: string): SourceFingerprint {
+  return JSON.parse(readFileSync(join(root, BUNDLE_DIR, BUNDLE_MANIFEST), "utf8")) as SourceFingerprint;
+}
+
 /** Whether the bundle in `<root>/bundle` was built from the sources now in `root`; the reason when not. */
 export function checkBundleSources(root: string): BundleCheck {
   let recorded: SourceFingerprint;
   try {
-    recorded = JSON.parse(readFileSync(join(root, BUNDLE_DIR, BUNDLE_MANIFEST), "utf8")) as SourceFingerprint;
+    recorded = readBundleManifest(root);
   } catch (err) {
     return { ok: false, reason: `no readable ${BUNDLE_DIR}/${BUNDLE_MANIFEST}: ${(err as Error).message}` };
   }

@@ -13,6 +13,8 @@ declare global {
 export const BUNDLE_DIR = "bundle";
 export const BUNDLE_PROGRAM = "worker.mjs";
 export const BUNDLE_MANIFEST = "manifest.json";
+/** The CLI as `npm run build` (tsc) writes it: what an installation runs when its bundle is not its sources'. */
+export const DIST_PROGRAM = "dist/worker/cli.js";
 
 /** Where the worker finds what it reads from files at run time. */
 export interface InstallLayout {

@@ -11,3 +11,27 @@ export function redactUrl(url: string | undefined): string | undefined {
     return "(not a URL)";
   }
 }
+
+// A URL in running text: scheme:// up to the next blank; the punctuation that ends a sentence or a quote is not
+// part of it.
+const URL_IN_TEXT = /[A-Za-z][A-Za-z0-9+.-]*:\/\/\S*/g;
+const TRAILING_PUNCTUATION = /[\]'"),.;:!?>]+$/;
+
+/**
+ * Text with each URL in it redacted as redactUrl does: what a child program (git, a failed download) says may quote
+ * a URL with its token, and every such line passes through here before it is logged or reported.
+ */
+export function redactText(text: string): string {
+  return text.replace(URL_IN_TEXT, (url) => {
+    const trailing = TRAILING_PUNCTUATION.exec(url)?.[0] ?? "";
+    return redactUrl(url.slice(0, url.length - trailing.length)) + trailing;
+  });
+}
+
+/**
+ * A source setting (a repository, a script: a URL or a local path) as it may be shown: a path as it is, anything
+ * with a scheme (a URL, user:password@host...) redacted.
+ */
+export function redactSource(source: string): string {
+  return /^[A-Za-z][A-Za-z0-9+.-]*:/.test(source) ? redactUrl(source)! : source;
+}

@@ -2,8 +2,10 @@ import { Command } from "commander";
 import { ConfigError, describeConfig, loadConfig, type FrozenConfig } from "../config/index.js";
 import { benchmarkCommand } from "./commands/benchmark.js";
 import { checkCommand } from "./commands/check.js";
+import { registerPrepareCommand } from "./commands/prepare.js";
 import { submitCommand } from "./commands/submit.js";
 import { createWorker } from "./app.js";
+import { systemHost } from "./launcher/host.js";
 import { bootBenchmark } from "../benchmark/boot.js";
 import { createLogger } from "../lib/logger.js";
 import { checkBundleSources } from "../lib/bundle-fingerprint.js";
@@ -12,7 +14,8 @@ import { installLayout, type InstallLayout } from "../lib/install.js";
 /** The config from the environment, or exit 2 with the message naming the variable. */
 function configOrExit(layout: InstallLayout): FrozenConfig {
   try {
-    const config = loadConfig(process.env, layout.root);
+    // COMFYUI_LAUNCH=true plans the ComfyUIs from what this machine has (its GPUs, ComfyUI's venv).
+    const config = loadConfig(process.env, layout.root, systemHost(process.env));
     // pino-pretty runs in a worker thread that pino loads from node_modules by name: the bundle has neither.
     if (config.log.pretty && layout.bundled) {
       throw new ConfigError(
@@ -72,6 +75,7 @@ async function start(layout: InstallLayout, opts: { drainMs?: string }): Promise
     root,
     assets: layout,
     benchmark: bootBenchmark(config, root),
+    launchEnv: process.env,
   });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
@@ -172,5 +176,6 @@ export function buildProgram(): Command {
       console.log(result.ok ? "bundle: built from these sources" : `bundle: ${result.reason}`);
       process.exit(result.ok ? 0 : 1);
     });
+  registerPrepareCommand(program, layout, process.env);
   return program;
 }

@@ -13,6 +13,26 @@ export const NO_DELETE_REQUESTS_ADDR = "https://cloud.vast.ai/api/v0";
 /** The protocol version the autoscaler sees (upstream's backend VERSION). */
 export const WORKER_VERSION = "1.1.0";
 
+/** Who sends a /worker_status/: the instance, its token, and the URL it advertises. */
+export interface StatusIdentity {
+  containerId: number;
+  masterToken: string;
+  url: string;
+}
+
+/**
+ * The fields that name the sender in every /worker_status/ body: the reporter's, and the one a start-up failure
+ * sends (`prepare`, as upstream's start_server.sh sends `{id, mtoken, version, error_msg, url}`).
+ */
+export function statusIdentity(who: StatusIdentity): {
+  id: number;
+  mtoken: string;
+  version: string;
+  url: string;
+} {
+  return { id: who.containerId, mtoken: who.masterToken, version: WORKER_VERSION, url: who.url };
+}
+
 export interface ReporterState {
   maxPerf(): number;
   /** Seconds from start to ready; 0 until ready. */
@@ -144,9 +164,7 @@ export class AutoscalerReporter {
     const sent: IntervalCounters = { ...t.counters };
     const diskGb = await this.diskUsedGb();
     const body = {
-      id: this.opts.containerId,
-      mtoken: this.opts.masterToken,
-      version: WORKER_VERSION,
+      ...statusIdentity(this.opts),
       loadtime: s.loadtime(),
       cur_load: s.currentLoad(),
       rej_load: sent.rej_load,
@@ -161,7 +179,6 @@ export class AutoscalerReporter {
       additional_disk_usage: diskGb - (this.committedDiskGb ?? diskGb),
       disk_usage: diskGb,
       working_request_idxs: t.workingRequestIdxs(),
-      url: this.opts.url,
     };
     const ok = await this.post("/worker_status/", body);
     const { mtoken: _secret, ...shown } = body;
