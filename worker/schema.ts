@@ -30,6 +30,34 @@ export const WebhookSpec = z
   })
   .describe("Webhook configuration");
 
+export const PREVIEW_DEFAULTS = Object.freeze({ max_px: 256, every_ms: 500 });
+
+export const PreviewSpec = z
+  .object({
+    max_px: z
+      .number()
+      .int()
+      .min(8)
+      .max(2048)
+      .optional()
+      .describe(
+        `Largest side of a preview in pixels, ${PREVIEW_DEFAULTS.max_px} by default; a larger frame is shrunk and sent as PNG`,
+      ),
+    every_ms: z
+      .number()
+      .int()
+      .min(100)
+      .max(600_000)
+      .optional()
+      .describe(
+        `Least interval between two previews in milliseconds, ${PREVIEW_DEFAULTS.every_ms} by default`,
+      ),
+  })
+  .strict()
+  .describe(
+    "Live previews of the sampler as `preview` lines on /generate/stream (ComfyUI >= 0.5.0; see docs/api.md). Off when absent",
+  );
+
 export const WorkflowNodeSchema = z
   .object({
     class_type: z.string().min(1),
@@ -50,6 +78,7 @@ export const GenerateInput = z.object({
     .describe("A ComfyUI API-format graph. `__RANDOM_INT__` values are seeded; URL inputs are downloaded."),
   s3: S3Override.optional(),
   webhook: WebhookSpec.optional(),
+  preview: PreviewSpec.optional(),
 });
 
 export const GenerateRequest = z.object({ input: GenerateInput });
@@ -63,6 +92,8 @@ export interface ParsedInput {
   workflow: Workflow;
   s3: z.infer<typeof S3Override> | undefined;
   webhook: z.infer<typeof WebhookSpec> | undefined;
+  /** Live previews asked for (defaults filled in); absent: none. */
+  preview?: { maxPx: number; everyMs: number };
   /** Set by the worker itself (the benchmark), never from a request. */
   internal?: {
     skipStorage?: boolean;
@@ -94,5 +125,16 @@ export function parseGenerateInput(payload: unknown, limits: { maxWorkflowNodes:
       `workflow_json has ${nodes} nodes, above MAX_WORKFLOW_NODES=${limits.maxWorkflowNodes}`,
     );
   }
-  return { requestId, workflow: input.workflow_json as Workflow, s3: input.s3, webhook: input.webhook };
+  return {
+    requestId,
+    workflow: input.workflow_json as Workflow,
+    s3: input.s3,
+    webhook: input.webhook,
+    ...(input.preview && {
+      preview: {
+        maxPx: input.preview.max_px ?? PREVIEW_DEFAULTS.max_px,
+        everyMs: input.preview.every_ms ?? PREVIEW_DEFAULTS.every_ms,
+      },
+    }),
+  };
 }

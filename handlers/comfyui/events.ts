@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import WebSocket from "ws";
 import type { Logger } from "../../lib/logger.js";
 import { backoffDelay } from "../../lib/backoff.js";
+import { PREVIEW_FEATURE_FLAGS, parsePreviewFrame } from "./previews.js";
 import type { ComfyEvent } from "./types.js";
 
 export interface ComfyEventsOptions {
@@ -14,8 +15,12 @@ export interface ComfyEventsOptions {
 
 /**
  * One WebSocket to ComfyUI for the whole worker (one client id), reconnecting with capped, jittered backoff.
- * Text frames are parsed and dispatched to the listeners of their `prompt_id`; binary preview frames are ignored,
- * and so is any frame that is not `{type, data: {...}}` (no listener sees it). Keys a frame carries beyond those are
+ * Text frames are parsed and dispatched to the listeners of their `prompt_id`, and so are binary preview frames, as
+ * events of type PREVIEW_EVENT (`data`: `prompt_id`, `node` where the frame names it, `mime`, `image` a Buffer): a
+ * frame with metadata names its prompt, an old-form one (no ids) goes to the prompt running on this ComfyUI. Any
+ * other frame, and any text frame that is not `{type, data: {...}}`, is skipped (no listener sees it). The first
+ * message sent announces `supports_preview_metadata` (ComfyUI's feature_flags handshake, answered in kind by the
+ * versions that have it, ignored by older ones). Keys a frame carries beyond those are
  * kept: newer ComfyUIs add some (asset ids in `executed`), and no check here refuses them.
  * Emits "open" and "close" so that callers can reconcile from /history after a gap. A listener that throws is
  * logged and never breaks the loop.
@@ -26,6 +31,8 @@ export class ComfyEvents extends EventEmitter {
   private attempt = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The prompt this ComfyUI runs, as its events tell: where a preview frame without ids belongs. */
+  private runningPrompt: string | undefined;
   connected = false;
 
   constructor(private readonly opts: ComfyEventsOptions) {
@@ -44,11 +51,13 @@ export class ComfyEvents extends EventEmitter {
     ws.on("open", () => {
       this.attempt = 0;
       this.connected = true;
+      this.runningPrompt = undefined;
+      ws.send(JSON.stringify({ type: "feature_flags", data: PREVIEW_FEATURE_FLAGS }), () => undefined);
       this.opts.logger.debug({ stage: "comfyui-ws" }, "ComfyUI WebSocket connected");
       this.emit("open");
     });
     ws.on("message", (data, isBinary) => {
-      if (isBinary) return;
+      if (isBinary) return this.onBinary(data);
       let event: unknown;
       try {
         event = JSON.parse(data.toString());
@@ -75,9 +84,24 @@ export class ComfyEvents extends EventEmitter {
     });
   }
 
+  private onBinary(data: WebSocket.RawData): void {
+    if (this.byPrompt.size === 0) return;
+    const bytes = Buffer.isBuffer(data)
+      ? data
+      : Array.isArray(data)
+        ? Buffer.concat(data)
+        : Buffer.from(data);
+    const frame = parsePreviewFrame(bytes);
+    const promptId = frame?.promptId ?? this.runningPrompt;
+    if (!frame || promptId === undefined) return;
+    const { mime, image, node } = frame;
+    this.dispatch({ type: PREVIEW_EVENT, data: { prompt_id: promptId, mime, image, ...(node && { node }) } });
+  }
+
   private dispatch(event: ComfyEvent): void {
     const promptId = event.data?.prompt_id;
     if (typeof promptId !== "string") return;
+    this.trackRunning(event.type, promptId, event.data.node);
     const listeners = this.byPrompt.get(promptId);
     if (!listeners) return;
     for (const listener of listeners) {
@@ -87,6 +111,19 @@ export class ComfyEvents extends EventEmitter {
         this.opts.logger.error({ stage: "comfyui-ws", err, promptId }, "a ComfyUI event listener failed");
       }
     }
+  }
+
+  private trackRunning(type: string, promptId: string, node: unknown): void {
+    if (type === "execution_start" || type === "progress" || (type === "executing" && node != null))
+      this.runningPrompt = promptId;
+    else if (
+      (type === "executing" ||
+        type === "execution_success" ||
+        type === "execution_error" ||
+        type === "execution_interrupted") &&
+      this.runningPrompt === promptId
+    )
+      this.runningPrompt = undefined;
   }
 
   /** Listens to one prompt's events; call the returned function to stop. */
@@ -118,6 +155,9 @@ export class ComfyEvents extends EventEmitter {
     this.connected = false;
   }
 }
+
+/** The type of the event a binary preview frame is dispatched as (no text message of ComfyUI's has a colon). */
+export const PREVIEW_EVENT = "binary:preview";
 
 /** A text frame the listeners can read: an object with a string `type` and an object `data` (other keys kept). */
 export function isEvent(value: unknown): value is ComfyEvent {

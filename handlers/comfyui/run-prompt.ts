@@ -1,6 +1,6 @@
 import { ComfyUnavailableError, ExecutionError, StalledError } from "../../lib/errors.js";
 import type { ComfyClient } from "./client.js";
-import type { ComfyEvents } from "./events.js";
+import { PREVIEW_EVENT, type ComfyEvents } from "./events.js";
 import {
   BASELINE_CAPABILITIES,
   type ComfyCapabilities,
@@ -46,7 +46,19 @@ export type PromptEvent =
   | { type: "progress"; node: string | null; value: number; max: number }
   | { type: "executing"; node: string }
   | { type: "executed"; node: string; output: unknown }
-  | { type: "cached"; nodes: string[] };
+  | { type: "cached"; nodes: string[] }
+  /**
+   * A preview image of the running node (only where `previewMethod` asked for them, or the server sends them by
+   * default); `step`/`max` are the node's last progress heard, null when none was.
+   */
+  | {
+      type: "preview";
+      node: string | null;
+      mime: string;
+      image: Buffer;
+      step: number | null;
+      max: number | null;
+    };
 
 export interface RunPromptOptions {
   client: ComfyClient;
@@ -70,6 +82,8 @@ export interface RunPromptOptions {
    * the WebSocket is open, is interrupted and rejects with StalledError. 0 or absent: no watchdog.
    */
   stallMs?: number;
+  /** ComfyUI's preview method for this prompt (`extra_data.preview_method`); absent: no previews asked for. */
+  previewMethod?: string | undefined;
   onEvent?: (event: PromptEvent, details: ExecutionDetails) => void;
   now?: () => number;
 }
@@ -131,6 +145,8 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
   const signal = AbortSignal.any([opts.signal, watchdog.signal]);
   const reads: RunPromptOptions = { ...opts, signal };
   let endedByEvent = false;
+  // Each node's last step, for the previews (a preview may come before its step's `progress`: `progress_state` too).
+  const steps = new Map<string, { value: number; max: number }>();
   const onEvent = (event: ComfyEvent) => {
     const d = event.data;
     let heard: PromptEvent | undefined;
@@ -167,6 +183,7 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
           max: Number(d.max),
         };
         details.progress_updates.push(update);
+        if (update.node !== null) steps.set(update.node, { value: update.value, max: update.max });
         heard = { type: "progress", node: update.node, value: update.value, max: update.max };
         break;
       }
@@ -181,6 +198,29 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
       case "execution_success":
         wake();
         break;
+      case "progress_state":
+        if (typeof d.nodes === "object" && d.nodes !== null) {
+          for (const [node, state] of Object.entries(
+            d.nodes as Record<string, { value?: unknown; max?: unknown }>,
+          ))
+            if (typeof state?.value === "number" && typeof state.max === "number")
+              steps.set(node, { value: state.value, max: state.max });
+        }
+        break;
+      case PREVIEW_EVENT: {
+        const node = typeof d.node === "string" ? d.node : details.current_node;
+        const step = node === null ? undefined : steps.get(node);
+        if (Buffer.isBuffer(d.image) && typeof d.mime === "string")
+          heard = {
+            type: "preview",
+            node,
+            mime: d.mime,
+            image: d.image,
+            step: step?.value ?? null,
+            max: step?.max ?? null,
+          };
+        break;
+      }
     }
     if (heard) opts.onEvent?.(heard, details);
   };
@@ -198,6 +238,7 @@ export async function runPrompt(opts: RunPromptOptions): Promise<PromptRun> {
       clientId: opts.clientId,
       promptId: opts.promptId,
       signal,
+      previewMethod: opts.previewMethod,
     });
     const nodeErrors = queued.node_errors;
     if (typeof nodeErrors === "object" && nodeErrors !== null && Object.keys(nodeErrors).length > 0) {

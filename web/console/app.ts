@@ -203,6 +203,17 @@ function jobItem(j: ConsoleJob): HTMLElement {
       ),
       progressBar(p.percent, `Progress of ${j.id}`),
     );
+    if (j.preview) {
+      const step = j.preview.step !== null ? `, step ${j.preview.step}` : "";
+      li.append(
+        h("img", {
+          class: "preview",
+          src: j.preview.src,
+          alt: `Live preview of node ${j.preview.node ?? "?"}${step}`,
+          title: `node ${j.preview.node ?? "?"}${step}`,
+        }),
+      );
+    }
   } else {
     li.append(stageBar(j));
     // A failure's message is in its cause box below.

@@ -69,6 +69,8 @@ export interface ConsoleJob {
   };
   outputs: ConsoleOutput[];
   error: { code: string; message: string; node_type: string | null; exception: string | null } | null;
+  /** The latest live preview while it runs (a request that asked for previews): a data: URL, small by request. */
+  preview: { src: string; node: string | null; step: number | null } | null;
 }
 
 /** One ComfyUI backend as the worker sees it. */

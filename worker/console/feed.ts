@@ -327,6 +327,14 @@ export function summarize(job: Job): ConsoleJob {
       steps: steps ? steps.max : null,
       percent: Math.round(Math.min(1, Math.max(0, fraction)) * 1000) / 10,
     },
+    preview:
+      job.preview && !job.final
+        ? {
+            src: `data:${job.preview.mime};base64,${job.preview.data}`,
+            node: job.preview.node,
+            step: job.preview.step,
+          }
+        : null,
     outputs: job.output.map((o, i) => ({
       filename: o.filename,
       local: o.local_path ? `/console/output/${encodeURIComponent(job.id)}/${i}` : null,

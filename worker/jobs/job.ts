@@ -102,7 +102,23 @@ export type JobEvent =
   | { type: "progress"; node: string | null; value: number; max: number; percent: number }
   | { type: "executing"; node: string }
   | { type: "executed"; node: string; output: unknown }
-  | { type: "cached"; nodes: string[] };
+  | { type: "cached"; nodes: string[] }
+  | PreviewEvent;
+
+/**
+ * A live preview (only for a request that asked for them): the image in base64 (`data`), its MIME type and size, the
+ * node that made it and its step (null when unknown).
+ */
+export interface PreviewEvent {
+  type: "preview";
+  node: string | null;
+  step: number | null;
+  max: number | null;
+  mime: string;
+  width: number;
+  height: number;
+  data: string;
+}
 
 /** One accepted request, from admission to its final status. Emits "event" (JobEvent) and "done". */
 export class Job extends EventEmitter {
@@ -119,6 +135,8 @@ export class Job extends EventEmitter {
   backend: number | undefined;
   /** The webhook delivery of the final document, once started. */
   webhook: DeliveryRecord | undefined;
+  /** The last preview sent, while it runs (for a request that asked for previews). */
+  preview: PreviewEvent | undefined;
   /** The request's hash (`requestHash`), kept past `compact` so that a retry can be told from another request. */
   readonly requestHash: string;
   /** This run of the request_id (a retry after a retryable failure is another run): what a cancel request names. */
@@ -183,6 +201,7 @@ export class Job extends EventEmitter {
       webhook: undefined,
       ...(internal && { internal }),
     };
+    this.preview = undefined;
     this.removeAllListeners();
     return Buffer.byteLength(JSON.stringify(this.result()));
   }
