@@ -51,6 +51,54 @@ export class PayloadTooLargeError extends WorkerError {
   readonly httpStatus = 413;
 }
 
+/** A model reference (https://, s3://, hf://) that is malformed or names an address the policy refuses. */
+export class ModelReferenceError extends WorkerError {
+  static readonly meaning =
+    "A model reference (https://, s3://, hf://) is malformed, names no model file, or names an address the policy refuses.";
+  readonly code = "model_bad_reference";
+  readonly httpStatus = 400;
+}
+
+/** A model reference in an input that does not choose a file of a models folder (LoadImage's image, a text). */
+export class NotModelInputError extends WorkerError {
+  static readonly meaning =
+    "A model reference was given in an input that does not choose a file of a models folder.";
+  readonly code = "not_a_model_input";
+  readonly httpStatus = 400;
+}
+
+/** The source of a model could not be read (no answer, DNS, 404, 5xx): not retried, the caller fixes the reference. */
+export class ModelUnreachableError extends WorkerError {
+  static readonly meaning =
+    "The source of a model reference could not be read (connection, DNS, 404, 5xx); not retried.";
+  readonly code = "model_unreachable";
+  readonly httpStatus = 424;
+}
+
+/** The source of a model answered 401 or 403: the reference needs (other) credentials. */
+export class ModelAccessDeniedError extends WorkerError {
+  static readonly meaning =
+    "The source of a model answered 401 or 403 (HF_TOKEN, the bucket's keys or a signed URL are needed).";
+  readonly code = "model_access_denied";
+  readonly httpStatus = 424;
+}
+
+/** A model is larger than MODEL_MAX_BYTES, or cannot fit in MODEL_CACHE_MAX_BYTES beside the models in use. */
+export class ModelTooLargeError extends WorkerError {
+  static readonly meaning =
+    "A model is above MODEL_MAX_BYTES, or does not fit in MODEL_CACHE_MAX_BYTES beside the models jobs use.";
+  readonly code = "model_too_large";
+  readonly httpStatus = 413;
+}
+
+/** The downloaded model's sha256 is not the one the reference gave (`#sha256=`): the file was discarded. */
+export class ModelChecksumError extends WorkerError {
+  static readonly meaning =
+    "The downloaded model's sha256 differs from the reference's #sha256=; the file was discarded.";
+  readonly code = "model_bad_checksum";
+  readonly httpStatus = 422;
+}
+
 /** A body of a type the route does not read (the local API reads only `application/json`). */
 export class UnsupportedMediaTypeError extends WorkerError {
   static readonly meaning = "The body is not sent as content-type: application/json (local API).";
@@ -245,6 +293,12 @@ export const ERROR_CLASSES = [
   InvalidWorkflowError,
   InputError,
   PayloadTooLargeError,
+  ModelReferenceError,
+  NotModelInputError,
+  ModelUnreachableError,
+  ModelAccessDeniedError,
+  ModelTooLargeError,
+  ModelChecksumError,
   UnsupportedMediaTypeError,
   CrossSiteRequestError,
   MisdirectedRequestError,

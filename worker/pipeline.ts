@@ -2,6 +2,8 @@ import { randomUUID } from "node:crypto";
 import type { FrozenConfig } from "../config/index.js";
 import { ComfyPool } from "../handlers/comfyui/pool.js";
 import { InputDownloader } from "../handlers/preprocess/downloads.js";
+import { MODEL_DIRS } from "../handlers/preprocess/model-folders.js";
+import { ModelFetcher } from "../handlers/preprocess/models.js";
 import { ObjectStorage, resolveS3 } from "../handlers/storage/s3.js";
 import { WebhookSender } from "../handlers/webhook.js";
 import { Emitter } from "../lib/events.js";
@@ -16,6 +18,8 @@ export interface Pipeline {
   /** The ComfyUI backends (COMFYUI_URLS), their clients, event sockets and health. */
   pool: ComfyPool;
   downloader: InputDownloader;
+  /** Model references in loaders' inputs (absent without a known models folder). */
+  models: ModelFetcher | undefined;
   storage: ObjectStorage;
   webhooks: WebhookSender;
   jobs: JobManager;
@@ -66,6 +70,26 @@ export function createPipeline(
     onAttempt: (outcome) => metrics.webhookAttempts.inc({ outcome }),
   });
   const operatorBucket = resolveS3(config.s3, undefined);
+  const models =
+    config.models.dir === undefined
+      ? undefined
+      : new ModelFetcher({
+          ...config.models,
+          modelsDir: config.models.dir,
+          dirs: MODEL_DIRS,
+          allowPrivate: config.inputs.allowPrivate,
+          logger,
+          // s3:// names an object of the operator's storage: resolveS3 refuses another bucket (the operator's keys
+          // stay with its bucket). The URL outlives the download, resumed ranges included (S3 allows 7 days).
+          ...(operatorBucket && {
+            presignS3: async (bucket: string, key: string) =>
+              storage.presignGet(
+                resolveS3(config.s3, { bucketName: bucket })!,
+                key,
+                Math.min(604_800, Math.ceil(config.models.timeoutMs / 1000) + 60),
+              ),
+          }),
+        });
   const shared =
     config.jobs.shared && operatorBucket
       ? new SharedJobs({
@@ -83,6 +107,7 @@ export function createPipeline(
     config,
     pool,
     downloader,
+    ...(models && { models }),
     storage,
     webhooks,
     logger,
@@ -90,5 +115,5 @@ export function createPipeline(
     now,
     events,
   });
-  return { pool, downloader, storage, webhooks, jobs, events, metrics, shared };
+  return { pool, downloader, models, storage, webhooks, jobs, events, metrics, shared };
 }

@@ -1,3 +1,4 @@
+import { untilAborted } from "../../lib/backoff.js";
 import type { ObjectInfoNode } from "./types.js";
 
 /**
@@ -27,23 +28,4 @@ export class NodeCatalog {
   invalidate(): void {
     this.info = undefined;
   }
-}
-
-/** `promise`, or the signal's reason if it aborts first (the listener is removed either way). */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason as Error);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e as Error);
-      },
-    );
-  });
 }

@@ -6,6 +6,7 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { got, type Got } from "got";
 import { InputError, PayloadTooLargeError } from "../../lib/errors.js";
+import { Pins } from "../../lib/pins.js";
 import { blockingLookup, isBlockedAddress } from "./address-policy.js";
 import { CACHE_PREFIX, InputCache } from "./input-cache.js";
 import { Slots } from "./slots.js";
@@ -54,7 +55,7 @@ export class InputDownloader {
   /** Downloads under way, shared by every job that asks for the same input meanwhile (with the signal it runs under). */
   private readonly inFlight = new Map<string, { done: Promise<string>; signal: AbortSignal | undefined }>();
   /** Cache files that a job still needs: never evicted. */
-  private readonly pinned = new Map<string, number>();
+  private readonly pinned = new Pins();
   private readonly slots: Slots;
   private readonly cache: InputCache;
 
@@ -123,17 +124,15 @@ export class InputDownloader {
   }
 
   pinnedFiles(): Set<string> {
-    return new Set(this.pinned.keys());
+    return this.pinned.files();
   }
 
   pin(name: string): void {
-    this.pinned.set(name, (this.pinned.get(name) ?? 0) + 1);
+    this.pinned.pin(name);
   }
 
   unpin(name: string): void {
-    const n = (this.pinned.get(name) ?? 1) - 1;
-    if (n <= 0) this.pinned.delete(name);
-    else this.pinned.set(name, n);
+    this.pinned.unpin(name);
   }
 
   private async fromDataUri(
@@ -277,9 +276,9 @@ function extFromMime(mime: string): string | undefined {
   return table[m];
 }
 
-class BlockedAddressError extends InputError {}
+export class BlockedAddressError extends InputError {}
 
-function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean): void {
+export function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean): void {
   if (url === undefined) return;
   const u = typeof url === "string" ? new URL(url) : url;
   if (u.protocol !== "http:" && u.protocol !== "https:")
@@ -295,7 +294,7 @@ function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean):
 }
 
 /** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
-const safeLookup = blockingLookup((message) => new BlockedAddressError(message));
+export const safeLookup = blockingLookup((message) => new BlockedAddressError(message));
 
 function describeDownloadError(err: unknown, timeoutMs: number): string {
   const e = err as { name?: string; code?: string; message?: string; response?: { statusCode?: number } };

@@ -1,7 +1,16 @@
-import { InputError, InvalidWorkflowError, PayloadTooLargeError, WorkerError } from "../../lib/errors.js";
+import {
+  InputError,
+  InvalidWorkflowError,
+  ModelReferenceError,
+  NotModelInputError,
+  PayloadTooLargeError,
+  WorkerError,
+} from "../../lib/errors.js";
 import type { ObjectInfoNode, Workflow, WorkflowNode } from "../comfyui/types.js";
 import type { InputDownloader } from "./downloads.js";
 import { fileNameProblem } from "./file-names.js";
+import { isModelReference, modelFolder, type ModelFolder } from "./model-folders.js";
+import type { ModelFetcher } from "./models.js";
 import { seedRandomInts } from "./random-int.js";
 
 /** The input added to every output node so that ComfyUI's cache never skips saving this request's files. */
@@ -11,6 +20,8 @@ export interface PreparedWorkflow {
   workflow: Workflow;
   /** Cached input files this workflow uses; unpin them when the job ends. */
   inputFiles: string[];
+  /** Downloaded models (`<dir>/<name>`) this workflow uses; unpin them (ModelFetcher) when the job ends. */
+  modelFiles: string[];
 }
 
 const URL_VALUE = /^(https?:\/\/\S+|data:[^,]*,[\s\S]*)$/i;
@@ -22,6 +33,8 @@ interface PlannedDownload {
   input: string;
   url: string;
   expectImage: boolean;
+  /** A model reference (https://, s3://, hf://) in an input choosing a file of this models folder. */
+  model?: ModelFolder | undefined;
 }
 
 /**
@@ -32,7 +45,10 @@ interface PlannedDownload {
  * - a file input (one that ComfyUI declares as a list of choices: LoadImage's `image`, LoadAudio's `audio`...) holds
  *   an http(s) URL or data: URI, which is downloaded and replaced by the local file name, or a file name that stays
  *   in its folder (`fileNameProblem`); a URL in a text input (a prompt, a custom node's URL field) is left as it is;
- * - at most `downloader.maxPerJob` inputs are fetched: more is refused before the first download starts;
+ * - a models input (a loader's `ckpt_name`, `lora_name`...: model-folders.ts) holds a model reference
+ *   (`https://`, `s3://`, `hf://`), which `models` downloads into ComfyUI's models folder and is replaced by the
+ *   file's name there; a reference in any other file input is refused (not_a_model_input);
+ * - at most `downloader.maxPerJob` inputs (models included) are fetched: more is refused before the first download starts;
  * - output nodes get the request id as an extra input, which ComfyUI ignores when running the node but which keeps
  *   its cache from skipping this request's saves.
  */
@@ -42,6 +58,8 @@ export async function prepareWorkflow(
     requestId: string;
     nodes: Record<string, ObjectInfoNode>;
     downloader: InputDownloader;
+    /** Downloads model references; absent, a reference is refused (no models folder known). */
+    models?: ModelFetcher | undefined;
     signal?: AbortSignal | undefined;
   },
 ): Promise<PreparedWorkflow> {
@@ -51,25 +69,53 @@ export async function prepareWorkflow(
     if (opts.nodes[node.class_type]?.output_node) node.inputs[REQUEST_NONCE_INPUT] = opts.requestId;
   }
   const inputFiles: string[] = [];
-  const downloads = planned.map(({ nodeId, node, input, url, expectImage }) =>
-    opts.downloader.fetch(url, { expectImage, signal: opts.signal }).then(
-      (file) => {
-        node.inputs[input] = file;
-        opts.downloader.pin(file);
-        inputFiles.push(file);
-      },
-      (err: unknown) => {
-        throw opts.signal?.aborted ? err : nameInput(err, nodeId, node.class_type, input);
-      },
-    ),
+  const modelFiles: string[] = [];
+  const downloads = planned.map(({ nodeId, node, input, url, expectImage, model }) =>
+    model
+      ? fetchModel(url, model, opts.models, opts.signal).then(
+          ({ name, file }) => {
+            node.inputs[input] = name;
+            modelFiles.push(file);
+          },
+          (err: unknown) => {
+            throw opts.signal?.aborted ? err : nameInput(err, nodeId, node.class_type, input);
+          },
+        )
+      : opts.downloader.fetch(url, { expectImage, signal: opts.signal }).then(
+          (file) => {
+            node.inputs[input] = file;
+            opts.downloader.pin(file);
+            inputFiles.push(file);
+          },
+          (err: unknown) => {
+            throw opts.signal?.aborted ? err : nameInput(err, nodeId, node.class_type, input);
+          },
+        ),
   );
   const results = await Promise.allSettled(downloads);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
   if (failed) {
     for (const f of inputFiles) opts.downloader.unpin(f);
+    for (const f of modelFiles) opts.models?.unpin(f);
     throw failed.reason;
   }
-  return { workflow: seeded, inputFiles };
+  return { workflow: seeded, inputFiles, modelFiles };
+}
+
+function fetchModel(
+  value: string,
+  folder: ModelFolder,
+  models: ModelFetcher | undefined,
+  signal: AbortSignal | undefined,
+): Promise<{ name: string; file: string }> {
+  if (!models) {
+    return Promise.reject(
+      new ModelReferenceError(
+        "model references need ComfyUI's models folder (COMFYUI_MODELS_DIR or COMFYUI_BASE_DIR)",
+      ),
+    );
+  }
+  return models.fetch(value, folder, signal);
 }
 
 /**
@@ -95,6 +141,23 @@ export function planDownloads(
       if (typeof value !== "string") continue;
       const choices = fileChoices(info, input);
       if (!choices) continue;
+      if (isModelReference(value) && !choices.has(value)) {
+        const model = modelFolder(node.class_type, input);
+        if (model) {
+          planned.push({ nodeId, node, input, url: value, expectImage: false, model });
+          continue;
+        }
+        if (!URL_VALUE.test(value)) {
+          throw nameInput(
+            new NotModelInputError(
+              "a model reference (s3://, hf://) is only read in an input that chooses a file of a models folder",
+            ),
+            nodeId,
+            node.class_type,
+            input,
+          );
+        }
+      }
       if (URL_VALUE.test(value)) {
         const expectImage = /^(image|mask)$/i.test(input) || /^LoadImage/i.test(node.class_type);
         planned.push({ nodeId, node, input, url: value, expectImage });
@@ -153,6 +216,15 @@ function nameInput(err: unknown, nodeId: string, classType: string, input: strin
   if (err instanceof WorkerError && err.retryable) return err;
   const where = `node ${nodeId} (${classType}) input "${input}"`;
   const details = { node_id: nodeId, class_type: classType, input };
+  // A model's failure keeps its own code (model_unreachable, model_bad_checksum...): the cause is the point.
+  if ((err instanceof WorkerError && err.code.startsWith("model_")) || err instanceof NotModelInputError) {
+    const Class = err.constructor as new (
+      m: string,
+      d?: Record<string, unknown>,
+      o?: { cause?: unknown },
+    ) => WorkerError;
+    return new Class(`${where}: ${err.message}`, { ...err.details, ...details }, { cause: err });
+  }
   if (err instanceof PayloadTooLargeError)
     return new PayloadTooLargeError(`${where}: ${err.message}`, details);
   const message = err instanceof Error ? err.message : String(err);

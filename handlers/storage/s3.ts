@@ -395,6 +395,13 @@ export class ObjectStorage {
     }
   }
 
+  /** A pre-signed GET URL for an object (a model reference `s3://`): read like any URL, ranges included. */
+  presignGet(target: ResolvedS3, key: string, expiresIn: number): Promise<string> {
+    return this.using(target, (client) =>
+      getSignedUrl(client, new GetObjectCommand({ Bucket: target.bucketName, Key: key }), { expiresIn }),
+    );
+  }
+
   /** Whether an object exists (HeadObject). Failures other than "not found" reject with StorageUnavailableError. */
   async exists(target: ResolvedS3, key: string, signal?: AbortSignal): Promise<boolean> {
     if (!isSafeKey(key)) return false;

@@ -1,0 +1,380 @@
+import { createHash, randomUUID, type Hash } from "node:crypto";
+import { once } from "node:events";
+import { createReadStream } from "node:fs";
+import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
+import type { IncomingHttpHeaders } from "node:http";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { got, type Got } from "got";
+import {
+  ModelAccessDeniedError,
+  ModelChecksumError,
+  ModelReferenceError,
+  ModelTooLargeError,
+  ModelUnreachableError,
+  WorkerError,
+} from "../../lib/errors.js";
+import { backoffDelay, delay, untilAborted } from "../../lib/backoff.js";
+import type { Logger } from "../../lib/logger.js";
+import { Pins } from "../../lib/pins.js";
+import { redactText } from "../../lib/redact.js";
+import { BlockedAddressError, checkLiteralHost, safeLookup } from "./downloads.js";
+import { ModelCache, type CachedModel, type Reservation } from "./model-cache.js";
+import {
+  modelFileName,
+  parseModelReference,
+  type ModelFolder,
+  type ModelReference,
+} from "./model-folders.js";
+
+export interface ModelFetcherOptions {
+  /** ComfyUI's models folder. */
+  modelsDir: string;
+  /** The sub-folders downloads go to (model-folders.ts): read at first use for what earlier runs left. */
+  dirs: readonly string[];
+  /** MODEL_MAX_BYTES. */
+  maxBytes: number;
+  /** MODEL_CACHE_MAX_BYTES. */
+  cacheMaxBytes: number;
+  /** MODEL_DOWNLOAD_TIMEOUT_MS: one download, whole. */
+  timeoutMs: number;
+  /** INPUT_URL_ALLOW_PRIVATE: the address policy for https:// and hf:// references. */
+  allowPrivate: boolean;
+  hfEndpoint: string;
+  hfToken?: string | undefined;
+  /** A pre-signed GET URL of an object of the operator's storage; absent without S3 settings (s3:// refused). */
+  presignS3?: ((bucket: string, key: string) => Promise<string>) | undefined;
+  logger?: Logger | undefined;
+}
+
+/**
+ * Attempts of one download: a dropped connection resumes from the bytes already on disk (a Range request), after a
+ * short backoff; a refusal, a status or a limit is never retried.
+ */
+const MAX_ATTEMPTS = 4;
+/** Sub-folder of the models folder holding downloads under way: no folder_paths entry lists it. */
+const PARTIAL_DIR = ".downloads";
+
+/**
+ * Models named by reference in a loader's input (`https://`, `s3://`, `hf://`), downloaded into ComfyUI's models
+ * folder under a content-addressed name. One download per reference, whoever asks meanwhile: the download runs under
+ * its own deadline, never a caller's signal (a cancelled job stops waiting, the download goes on for the others and
+ * the cache). A download is written under `.downloads/` with a `.partial` name and renamed into its folder when
+ * whole and verified, so ComfyUI never lists a partial file; ComfyUI's folder listing is cached by the folder's
+ * mtime, so the renamed file is seen by the next prompt without a restart.
+ *
+ * Failure contract (never retried by the caller): ModelReferenceError (malformed, refused address),
+ * ModelUnreachableError, ModelAccessDeniedError (401/403), ModelTooLargeError, ModelChecksumError; the caller's
+ * signal's reason when it aborts. Messages show the reference without query or credentials.
+ */
+export class ModelFetcher {
+  private readonly http: Got;
+  /** For the operator's own storage (s3://): its endpoint is the operator's choice, no address policy. */
+  private readonly unguarded: Got;
+  private readonly cache: ModelCache;
+  private readonly inFlight = new Map<string, Promise<CachedModel>>();
+  /** Files (`<dir>/<name>`) a queued or running job uses, with how many jobs: never evicted. */
+  private readonly pinned = new Pins();
+  /** Downloads that went to the network, for tests and metrics. */
+  downloads = 0;
+  private swept: Promise<void> | undefined;
+
+  constructor(private readonly opts: ModelFetcherOptions) {
+    this.cache = new ModelCache({
+      modelsDir: opts.modelsDir,
+      dirs: opts.dirs,
+      maxBytes: opts.cacheMaxBytes,
+      isPinned: (file) => this.pinned.has(file),
+    });
+    this.http = makeHttp(opts.allowPrivate);
+    this.unguarded = got.extend({ retry: { limit: 0 }, followRedirect: true, maxRedirects: 5 }) as Got;
+  }
+
+  /**
+   * The file name (relative to the folder) that replaces `value` in the workflow, pinned for the caller: call
+   * `unpin(<dir>/<name>)` (the `file` returned) when the job ends.
+   */
+  async fetch(
+    value: string,
+    folder: ModelFolder,
+    signal?: AbortSignal,
+  ): Promise<{ name: string; file: string }> {
+    const ref = parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint });
+    const key = `${folder.dir}/${ref.stem}`;
+    let shared = this.inFlight.get(key);
+    if (!shared) {
+      const started = this.resolve(ref, folder).finally(() => this.inFlight.delete(key));
+      this.inFlight.set(key, started);
+      shared = started;
+    }
+    // Pinned in the same turn the download resolves: no other download's eviction runs in between.
+    const pinned = shared.then((entry) => {
+      this.pin(entry.file);
+      return entry;
+    });
+    const entry = await untilAborted(pinned, signal).catch((err: unknown) => {
+      // A caller that stopped waiting leaves the pin its download took for it.
+      if (signal?.aborted)
+        void pinned.then(
+          (e) => this.unpin(e.file),
+          () => undefined,
+        );
+      throw err;
+    });
+    if (ref.sha256 !== undefined && entry.sha256 !== undefined && entry.sha256 !== ref.sha256) {
+      this.unpin(entry.file);
+      throw new ModelChecksumError(
+        `${ref.shown}: the cached file's sha256 is ${entry.sha256}, not the ${ref.sha256} the reference gives`,
+      );
+    }
+    return { name: entry.name, file: entry.file };
+  }
+
+  pin(file: string): void {
+    this.pinned.pin(file);
+  }
+
+  unpin(file: string): void {
+    this.pinned.unpin(file);
+  }
+
+  /** The cache's size now (files and bytes downloaded, bytes reserved by downloads under way). */
+  size(): Promise<{ files: number; bytes: number; reserved: number }> {
+    return this.cache.size();
+  }
+
+  private async resolve(ref: ModelReference, folder: ModelFolder): Promise<CachedModel> {
+    const hit = await this.cache.lookup(folder.dir, ref.stem);
+    if (hit) {
+      // A file an earlier run left has no recorded digest: a reference that gives one is checked against it once
+      // (pinned meanwhile: another download's eviction must not take it while it is read).
+      if (ref.sha256 !== undefined && hit.sha256 === undefined) {
+        this.pin(hit.file);
+        try {
+          hit.sha256 = await sha256Of(join(this.opts.modelsDir, hit.file));
+        } finally {
+          this.unpin(hit.file);
+        }
+      }
+      return hit;
+    }
+    const started = Date.now();
+    const entry = await this.download(ref, folder);
+    this.opts.logger?.info(
+      {
+        stage: "model_download",
+        ms: Date.now() - started,
+        bytes: entry.bytes,
+        folder: folder.folder,
+        model: ref.shown,
+      },
+      `downloaded ${ref.shown} into ${entry.file}`,
+    );
+    return entry;
+  }
+
+  private async source(
+    ref: ModelReference,
+  ): Promise<{ url: string; headers: Record<string, string>; guarded: boolean }> {
+    const s = ref.source;
+    if (s.kind === "url") return { url: s.url, headers: {}, guarded: true };
+    if (s.kind === "hf") {
+      const token = this.opts.hfToken;
+      return { url: s.url, headers: token ? { authorization: `Bearer ${token}` } : {}, guarded: true };
+    }
+    if (!this.opts.presignS3)
+      throw new ModelReferenceError(`${ref.shown}: s3:// references need the worker's S3 settings`);
+    // The operator's own endpoint: its address is the operator's choice, as for outputs. Another bucket than the
+    // operator's is refused there (the operator's keys stay with its bucket).
+    const presign = this.opts.presignS3;
+    const url = await presign(s.bucket, s.key).catch((err: unknown) => {
+      throw new ModelReferenceError(`${ref.shown}: ${err instanceof Error ? err.message : String(err)}`);
+    });
+    return { url, headers: {}, guarded: false };
+  }
+
+  private async download(ref: ModelReference, folder: ModelFolder): Promise<CachedModel> {
+    this.downloads++;
+    const signal = AbortSignal.timeout(this.opts.timeoutMs);
+    const { url, headers, guarded } = await this.source(ref);
+    const partialDir = join(this.opts.modelsDir, PARTIAL_DIR);
+    await mkdir(partialDir, { recursive: true });
+    this.swept ??= this.sweepPartials(partialDir);
+    await this.swept;
+    const tmp = join(partialDir, `${ref.stem}${randomUUID()}.partial`);
+    let reservation: Reservation | undefined;
+    let name: string | undefined;
+    try {
+      let attempt = 0;
+      // What is on disk: every byte counted and hashed was written first, so a resume starts exactly there.
+      let received = 0;
+      let hash = createHash("sha256");
+      for (;;) {
+        const start = received;
+        let stream: ReturnType<Got["stream"]> | undefined;
+        try {
+          stream = (guarded ? this.http : this.unguarded).stream(url, {
+            headers: { ...headers, ...(start > 0 && { range: `bytes=${start}-` }) },
+            signal,
+          });
+          // An error while room is made below is read by the pipeline (the stream keeps it), never unhandled.
+          stream.on("error", () => undefined);
+          const [res] = (await once(stream, "response")) as [
+            { statusCode: number; headers: IncomingHttpHeaders },
+          ];
+          if (start > 0 && res.statusCode !== 206) {
+            // The server ignored the range: the body is the whole file again.
+            received = 0;
+            hash = createHash("sha256");
+          }
+          const total = received + Number(res.headers["content-length"] ?? NaN);
+          if (total > this.opts.maxBytes) {
+            throw new ModelTooLargeError(
+              `${ref.shown} is ${total} bytes, above MODEL_MAX_BYTES=${this.opts.maxBytes}`,
+            );
+          }
+          // Named from the first answer (its path, else its Content-Disposition): a wrong name fails before the body.
+          name ??= modelFileName(ref, filenameOf(res.headers["content-disposition"]));
+          // Room is made before the body is read: the size is known from the first answer when it declares one.
+          if (!reservation && Number.isFinite(total))
+            reservation = await this.cache.reserve(total, ref.shown);
+          const file = await open(tmp, received > 0 ? "a" : "w");
+          const maxBytes = this.opts.maxBytes;
+          const h = hash;
+          const sink = new Writable({
+            write(chunk: Buffer, _enc, cb) {
+              if (received + chunk.length > maxBytes)
+                return cb(new ModelTooLargeError(`${ref.shown} is larger than MODEL_MAX_BYTES=${maxBytes}`));
+              file.write(chunk).then(() => {
+                received += chunk.length;
+                h.update(chunk);
+                cb();
+              }, cb);
+            },
+          });
+          try {
+            await pipeline(stream, sink);
+          } finally {
+            await file.close();
+          }
+          break;
+        } catch (err) {
+          // A refusal after the answer came (size, name, no room) closes the connection at once.
+          stream?.destroy();
+          attempt++;
+          if (!resumable(err) || attempt >= MAX_ATTEMPTS || signal.aborted)
+            throw this.describe(err, ref, signal);
+          await delay(backoffDelay(attempt, 500, 5_000), signal).catch(() => {
+            throw this.describe(err, ref, signal);
+          });
+          this.opts.logger?.warn(
+            { stage: "model_download", model: ref.shown, bytes: received, attempt },
+            `download of ${ref.shown} dropped: resuming at byte ${received}`,
+          );
+        }
+      }
+      const digest = hash.digest("hex");
+      if (ref.sha256 !== undefined && digest !== ref.sha256) {
+        throw new ModelChecksumError(
+          `${ref.shown}: sha256 is ${digest}, not the ${ref.sha256} the reference gives`,
+        );
+      }
+      name ??= modelFileName(ref);
+      if (!reservation) reservation = await this.cache.reserve(received, ref.shown);
+      await mkdir(join(this.opts.modelsDir, folder.dir), { recursive: true });
+      const file = `${folder.dir}/${name}`;
+      await rename(tmp, join(this.opts.modelsDir, file));
+      const entry: CachedModel = { file, name, bytes: received, sha256: digest };
+      await this.cache.add(folder.dir, ref.stem, entry);
+      return entry;
+    } finally {
+      reservation?.();
+      await rm(tmp, { force: true });
+    }
+  }
+
+  /**
+   * Removes what downloads of an earlier run left in `.downloads/` (a crash, a kill): only files older than a
+   * download may last, so another process's download under way there is never touched.
+   */
+  private async sweepPartials(dir: string): Promise<void> {
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const before = Date.now() - this.opts.timeoutMs;
+    for (const name of names) {
+      const path = join(dir, name);
+      const s = await stat(path).catch(() => undefined);
+      if (s && s.mtimeMs < before) await rm(path, { force: true });
+    }
+  }
+
+  /** The failure, as one of the contract's errors; messages never quote a URL's query (signatures, tokens). */
+  private describe(err: unknown, ref: ModelReference, signal: AbortSignal): WorkerError {
+    if (err instanceof WorkerError && !(err instanceof BlockedAddressError)) return err;
+    const cause = (err as { cause?: unknown }).cause;
+    if (cause instanceof ModelTooLargeError) return cause;
+    const blocked =
+      err instanceof BlockedAddressError ? err : cause instanceof BlockedAddressError ? cause : undefined;
+    if (blocked) return new ModelReferenceError(`${ref.shown}: ${blocked.message}`);
+    const e = err as { name?: string; code?: string; message?: string; response?: { statusCode?: number } };
+    const status = (e.response?.statusCode ?? 0) >= 400 ? e.response?.statusCode : undefined;
+    if (status === 401 || status === 403)
+      return new ModelAccessDeniedError(`${ref.shown}: the source answered ${status}`, { status });
+    if (status !== undefined)
+      return new ModelUnreachableError(`${ref.shown}: the source answered ${status}`, { status });
+    if (signal.aborted || e.name === "TimeoutError")
+      return new ModelUnreachableError(
+        `${ref.shown}: the download took longer than MODEL_DOWNLOAD_TIMEOUT_MS=${this.opts.timeoutMs}`,
+      );
+    return new ModelUnreachableError(`${ref.shown}: ${redactText(e.code ?? e.message ?? String(err))}`);
+  }
+}
+
+/** got under the address policy (literal hosts, redirects and the address DNS gives), redirects followed. */
+function makeHttp(allowPrivate: boolean): Got {
+  return got.extend({
+    retry: { limit: 0 },
+    followRedirect: true,
+    maxRedirects: 5,
+    dnsLookup: allowPrivate ? undefined : safeLookup,
+    hooks: {
+      beforeRequest: [(options) => checkLiteralHost(options.url, allowPrivate)],
+      beforeRedirect: [(options) => checkLiteralHost(options.url, allowPrivate)],
+    },
+  }) as Got;
+}
+
+/** A dropped connection, worth resuming; a refusal, a status or a limit is not. */
+function resumable(err: unknown): boolean {
+  if (err instanceof WorkerError) return false;
+  const e = err as { name?: string; code?: string; response?: unknown };
+  if (e.name === "HTTPError" || e.name === "TimeoutError") return false;
+  return (
+    e.name === "ReadError" ||
+    ["ECONNRESET", "EPIPE", "ECONNABORTED", "ERR_STREAM_PREMATURE_CLOSE"].includes(e.code ?? "")
+  );
+}
+
+/** The file name a Content-Disposition gives (`filename="..."` or `filename*=UTF-8''...`). */
+function filenameOf(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const star = /filename\*\s*=\s*[^']*''([^;]+)/i.exec(header)?.[1];
+  if (star) {
+    try {
+      return decodeURIComponent(star.trim());
+    } catch {
+      /* fall through to filename= */
+    }
+  }
+  return /filename\s*=\s*"?([^";]+)"?/i.exec(header)?.[1]?.trim();
+}
+
+async function hashFile(path: string): Promise<Hash> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash;
+}
+
+async function sha256Of(path: string): Promise<string> {
+  return (await hashFile(path)).digest("hex");
+}
