@@ -54,3 +54,16 @@ export function parseComfyArgs(args: string | undefined): ComfyArgs {
   }
   return out;
 }
+
+/**
+ * The flags a ComfyUI tree accepts, read from its `comfy/cli_args.py` text (`parser.add_argument("--flag", ...)`),
+ * so that the worker passes a flag only to the versions that have it (argparse refuses an unknown one, and ComfyUI
+ * then does not start). Empty for no text.
+ */
+export function cliFlags(cliArgsPy: string | undefined): Set<string> {
+  const flags = new Set<string>();
+  for (const m of (cliArgsPy ?? "").matchAll(/add_argument\(([^)]*)/g)) {
+    for (const name of m[1]!.matchAll(/["'](--[A-Za-z0-9][\w-]*)["']/g)) flags.add(name[1]!);
+  }
+  return flags;
+}

@@ -71,6 +71,11 @@ export interface Config {
      * as stalled (a cap on the timeout derived from the job's predicted time); 0: no watchdog.
      */
     stallTimeoutMs: number;
+    /**
+     * A backend whose free VRAM, read after each job, fell after each of this many jobs in a row (by more than
+     * 10 % of its total in all) has drifted: it is drained and restarted where the worker started it; 0: not watched.
+     */
+    vramDriftJobs: number;
     /** Prompts kept submitted to ComfyUI at once (the one running plus those queued behind it). */
     maxInFlightPrompts: number;
     resultRetentionMs: number;
@@ -96,6 +101,20 @@ export interface Config {
     maxPerJob: number;
     /** Downloads running at once, worker-wide; the others wait for a slot. */
     concurrency: number;
+  };
+  /** Models named by reference (https://, s3://, hf://) in a loader's input, downloaded on demand. */
+  models: {
+    /** ComfyUI's models folder (`<base directory>/models`, or COMFYUI_MODELS_DIR); undefined: references refused. */
+    dir: string | undefined;
+    /** One model's bytes at most (MODEL_MAX_BYTES). */
+    maxBytes: number;
+    /** The downloaded models kept at most, in bytes; least recently used evicted first (MODEL_CACHE_MAX_BYTES). */
+    cacheMaxBytes: number;
+    /** One model's download, whole (MODEL_DOWNLOAD_TIMEOUT_MS). */
+    timeoutMs: number;
+    /** Where hf://<org>/<repo>/<path> resolves (HF_ENDPOINT), with HF_TOKEN as its bearer token. */
+    hfEndpoint: string;
+    hfToken: string | undefined;
   };
   /** `routedMaxBodyBytes` bounds the routed port, open to anyone: smaller than the local API's `maxBodyBytes`. */
   limits: {
@@ -245,6 +264,7 @@ export function loadConfig(env: Env, root: string = process.cwd(), host: LaunchH
     e.list("COMFYUI_OUTPUT_DIR") ??
     (comfyArgs.outputDir !== undefined ? [comfyArgs.outputDir] : undefined) ??
     (comfyBase ? [join(comfyBase, "output")] : undefined);
+  const comfyModels = e.optional("COMFYUI_MODELS_DIR") ?? (comfyBase ? join(comfyBase, "models") : undefined);
   if (comfyInput === undefined) throw new ConfigError("COMFYUI_INPUT_DIR", "set it, or COMFYUI_BASE_DIR");
   if (comfyOutputs === undefined) throw new ConfigError("COMFYUI_OUTPUT_DIR", "set it, or COMFYUI_BASE_DIR");
   const plan =
@@ -308,6 +328,7 @@ export function loadConfig(env: Env, root: string = process.cwd(), host: LaunchH
     jobs: {
       timeoutMs: e.int("JOB_TIMEOUT_MS", 600_000, { min: 1 }),
       stallTimeoutMs: e.int("STALL_TIMEOUT_MS", 600_000, { min: 0 }),
+      vramDriftJobs: e.int("VRAM_DRIFT_JOBS", 8, { min: 0 }),
       maxInFlightPrompts: e.int("MAX_INFLIGHT_PROMPTS", 2, { min: 1, max: 64 }),
       resultRetentionMs: e.int("RESULT_RETENTION_MS", 3_600_000, { min: 0 }),
       resultRetentionMax: e.int("RESULT_RETENTION_MAX", 1_000, { min: 0 }),
@@ -324,6 +345,14 @@ export function loadConfig(env: Env, root: string = process.cwd(), host: LaunchH
       cacheMaxFiles: e.int("INPUT_CACHE_MAX_FILES", 1_000, { min: 0 }),
       maxPerJob: e.int("MAX_INPUT_URLS", 64, { min: 0 }),
       concurrency: e.int("INPUT_DOWNLOAD_CONCURRENCY", 8, { min: 1, max: 1_024 }),
+    },
+    models: {
+      dir: comfyModels === undefined ? undefined : resolve(comfyModels),
+      maxBytes: e.int("MODEL_MAX_BYTES", 32 * 1024 ** 3, { min: 1 }),
+      cacheMaxBytes: e.int("MODEL_CACHE_MAX_BYTES", 64 * 1024 ** 3, { min: 0 }),
+      timeoutMs: e.int("MODEL_DOWNLOAD_TIMEOUT_MS", 3_600_000, { min: 1 }),
+      hfEndpoint: e.url("HF_ENDPOINT") ?? "https://huggingface.co",
+      hfToken: e.optional("HF_TOKEN"),
     },
     limits: {
       maxBodyBytes: e.int("MAX_BODY_BYTES", 64 * 1024 * 1024, { min: 1024 }),
@@ -416,6 +445,7 @@ export function describeConfig(config: FrozenConfig): unknown {
       signingKey: mask(config.webhook.signingKey),
     },
     autoscaler: { ...config.autoscaler, masterToken: mask(config.autoscaler.masterToken) },
+    models: { ...config.models, hfToken: mask(config.models.hfToken) },
   };
 }
 

@@ -6,7 +6,7 @@
  * answers), so that reading the config stays free of I/O of its own.
  */
 import { join, resolve } from "node:path";
-import type { ComfyArgs } from "./comfyui-args.js";
+import { cliFlags, type ComfyArgs } from "./comfyui-args.js";
 import { ConfigError, type EnvReader } from "./env.js";
 import { redactUrl } from "../lib/redact.js";
 
@@ -124,9 +124,12 @@ export function planLaunch(
     // starts, copying the file aside and back when that fails: several on one file race each other. Where this
     // ComfyUI has the flag and COMFYUI_ARGS sets none, instances 1..N-1 get one of their own beside it.
     const userDir = join(comfyDir, "user");
-    const ownDatabases =
-      args.databaseUrl === undefined &&
-      (host.readText(join(comfyDir, "comfy", "cli_args.py"))?.includes("--database-url") ?? false);
+    const flags = cliFlags(host.readText(join(comfyDir, "comfy", "cli_args.py")));
+    const ownDatabases = args.databaseUrl === undefined && flags.has("--database-url");
+    // ComfyUI's assets system (on by default where --disable-assets exists) indexes the model folders into that
+    // database at start and stops start-up (ASSETS_STARTUP_FAILED) when it cannot use it. The worker uses none of
+    // it, and instance 0 already indexes the same folders: instances 1..N-1 run without it.
+    const noAssets = flags.has("--disable-assets") ? ["--disable-assets"] : [];
     made.push(...outputs, ...(ownDatabases ? [userDir] : []));
     instances = gpus.map((gpu, i) => ({
       index: i,
@@ -146,6 +149,7 @@ export function planLaunch(
         ...(ownDatabases && i > 0
           ? ["--database-url", `sqlite:///${join(userDir, `comfyui-gpu${i}.db`)}`]
           : []),
+        ...(i > 0 ? noAssets : []),
       ],
       logFile: join(logDir, `comfyui-${i}.log`),
     }));

@@ -93,7 +93,7 @@ try {
       COMFYUI_DIR: install.comfyDir,
       COMFYUI_PYTHON: install.python,
       COMFYUI_PORT: String(ports.comfy + i * instances),
-      COMFYUI_ARGS: comfyArgsFor(baseDirs[i]!).join(" "),
+      COMFYUI_ARGS: comfyArgsFor(install, baseDirs[i]!).join(" "),
       LOG_DIR: i === 0 ? join(stackDir, "logs") : join(stackDir, "logs", `worker-${i + 1}`),
     };
     const config = loadConfig(

@@ -1,7 +1,6 @@
 import { mkdir } from "node:fs/promises";
 import type { FrozenConfig } from "../config/index.js";
 import type { ComfyBackend } from "../handlers/comfyui/pool.js";
-import { SessionCloseNotifier } from "../handlers/session-close.js";
 import type { InstallLayout } from "../lib/install.js";
 import type { Logger } from "../lib/logger.js";
 import { Admission } from "./admission.js";
@@ -11,9 +10,10 @@ import { boot, followPool } from "./boot-sequence.js";
 import { Capacity } from "./capacity.js";
 import type { WorkerEventEmitter } from "./events.js";
 import { createApps } from "./http-apps.js";
-import { SessionStore } from "./http/routed.js";
-import { Janitor } from "./janitor.js";
-import { Fleet, logFleet } from "./launcher/fleet.js";
+import { createSessions } from "./sessions.js";
+import { Janitor, janitorOptions } from "./janitor.js";
+import type { Fleet } from "./launcher/fleet.js";
+import { ownComfyUIs } from "./comfyui-owner.js";
 import type { JobManager } from "./jobs/manager.js";
 import type { SharedJobs } from "./jobs/shared.js";
 import { LiveScore } from "./live-score.js";
@@ -84,19 +84,15 @@ export function createWorker(deps: WorkerDeps): Worker {
     { scoreOf: (index) => capacity.scoreOf(index) },
   );
   const comfyUrls = config.comfyui.backends.map((b) => b.url).join(", ");
-  const janitor = new Janitor({
-    outputDir: config.outputDir,
-    inputDir: config.comfyui.inputDir,
-    leftoverDirs: config.comfyui.backends.map((b) => b.outputDir).filter((d) => d !== config.outputDir),
-    minFreeBytes: config.disk.minFreeBytes,
-    maxAgeMs: config.disk.outputMaxAgeMs,
-    intervalMs: config.disk.janitorIntervalMs,
-    logger,
-    activeIds: () => new Set(jobs.active().map((j) => j.id)),
-    pinnedInputs: () => downloader.pinnedFiles(),
-    onRemoved: (files) => metrics.janitorRemoved.inc(files),
-    onFreeBytes: (bytes) => metrics.diskFreeBytes.set(bytes),
-  });
+  const janitor = new Janitor(
+    janitorOptions(config, {
+      logger,
+      activeIds: () => new Set(jobs.active().map((j) => j.id)),
+      pinnedInputs: () => downloader.pinnedFiles(),
+      onRemoved: (files) => metrics.janitorRemoved.inc(files),
+      onFreeBytes: (bytes) => metrics.diskFreeBytes.set(bytes),
+    }),
+  );
   const startup = new Startup(logger, () => reporter?.poke());
   const score = new LiveScore({ band: config.benchmark.liveScoreBand });
   const capacity = new Capacity<ComfyBackend>({
@@ -124,19 +120,19 @@ export function createWorker(deps: WorkerDeps): Worker {
     () => capacity.maxPerf(),
   );
   const tracker = new RequestTracker();
-  const sessionClose = new SessionCloseNotifier({ allowPrivate: config.webhook.allowPrivate, logger });
-  const sessions = new SessionStore(
-    10,
-    tracker,
-    (s) => void sessionClose.notify(s),
-    config.autoscaler.sessionMaxLifetimeS,
-  );
+  const { store: sessions, ...sessionSweep } = createSessions({ config, tracker, logger, now });
   let verifier: SignatureVerifier | undefined;
 
-  // COMFYUI_LAUNCH=true: the ComfyUIs the pool drives are this worker's to start, restart and stop.
-  if (config.launch && !deps.launchEnv) throw new Error("COMFYUI_LAUNCH=true needs launchEnv");
-  const fleet = config.launch && new Fleet(config.launch, { logger, env: deps.launchEnv! });
-  if (fleet) logFleet(fleet, logger);
+  const lifecycle = new AbortController();
+  const fleet = ownComfyUIs({
+    config,
+    pool,
+    events,
+    metrics,
+    logger,
+    launchEnv: deps.launchEnv,
+    signal: lifecycle.signal,
+  });
 
   const reporter = autoscalerReporter({ config, logger, tracker, startup, capacity, jobs, sessions });
 
@@ -163,10 +159,6 @@ export function createWorker(deps: WorkerDeps): Worker {
     startedAt,
     now,
   });
-
-  // Expired sessions go every 5 s, as upstream's GC loop.
-  let sessionSweep: NodeJS.Timeout | undefined;
-  const lifecycle = new AbortController();
 
   followPool(pool, startup, capacity);
 
@@ -201,12 +193,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       }
       await mkdir(config.outputDir, { recursive: true });
       janitor.start();
-      sessionSweep = setInterval(() => {
-        for (const gone of sessions.expire(now() / 1000)) {
-          logger.info({ stage: "session", session_id: gone.id }, "session expired");
-        }
-      }, 5_000);
-      sessionSweep.unref();
+      sessionSweep.startSweeping();
 
       await boot({
         config,
@@ -233,7 +220,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           logger.info({ stage: "lifecycle", active_jobs: jobs.active().length }, "stopping: no new jobs");
           startup.drain();
           lifecycle.abort();
-          clearInterval(sessionSweep);
+          sessionSweep.stopSweeping();
           jobs.stopAccepting();
           await jobs.drain(drainMs);
           // Deliveries in flight get 5 s, or what is left of the process manager's stop window (STOP_WAIT_S) less a

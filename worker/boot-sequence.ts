@@ -89,6 +89,8 @@ async function waitForComfy(d: BootDeps): Promise<boolean> {
   for (;;) {
     await pool.checkAll();
     startup.comfyui(pool.anyInRotation);
+    // Every backend out of service for good (a ComfyUI the worker starts that cannot start): followPool told why.
+    if (pool.backends.every((b) => b.failed !== undefined)) return false;
     const missing = pool.backends.filter((b) => !b.up);
     if (missing.length === 0 || (startup.comfyUp && d.now() >= deadline)) return true;
     if (d.now() >= deadline) {

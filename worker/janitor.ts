@@ -1,6 +1,7 @@
 import { readdir, rm, stat, statfs } from "node:fs/promises";
 import { join, sep } from "node:path";
 import { CACHE_PREFIX } from "../handlers/preprocess/downloads.js";
+import type { FrozenConfig } from "../config/index.js";
 import type { Logger } from "../lib/logger.js";
 
 /** Written in an output folder once every file of it is in storage: the janitor's second rule may remove it. */
@@ -25,6 +26,22 @@ export interface JanitorOptions {
   onRemoved?: (files: number, bytes: number) => void;
   onFreeBytes?: (bytes: number) => void;
   now?: () => number;
+}
+
+/** The folders and rules of FrozenConfig's `disk` and ComfyUI sections, with what only the running worker knows. */
+export function janitorOptions(
+  config: FrozenConfig,
+  live: Pick<JanitorOptions, "logger" | "activeIds" | "pinnedInputs" | "onRemoved" | "onFreeBytes">,
+): JanitorOptions {
+  return {
+    outputDir: config.outputDir,
+    inputDir: config.comfyui.inputDir,
+    leftoverDirs: config.comfyui.backends.map((b) => b.outputDir).filter((d) => d !== config.outputDir),
+    minFreeBytes: config.disk.minFreeBytes,
+    maxAgeMs: config.disk.outputMaxAgeMs,
+    intervalMs: config.disk.janitorIntervalMs,
+    ...live,
+  };
 }
 
 /** The last pass, for the operator page. */

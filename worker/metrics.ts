@@ -84,6 +84,18 @@ export class WorkerMetrics {
     help: "Files removed by disk care",
     registers: [this.registry],
   });
+  readonly vramDrift = new Counter({
+    name: "comfyui_worker_vram_drift_total",
+    help: "Times a backend's free VRAM, read after each job, drifted down job after job (VRAM_DRIFT_JOBS)",
+    labelNames: ["backend"],
+    registers: [this.registry],
+  });
+  readonly comfyRestarts = new Counter({
+    name: "comfyui_worker_comfyui_restarts_total",
+    help: "ComfyUIs the worker started restarted on purpose (drained first), by reason",
+    labelNames: ["backend", "reason"],
+    registers: [this.registry],
+  });
 
   readonly costFixedSeconds = new Gauge({
     name: "comfyui_worker_cost_model_fixed_seconds",

@@ -10,6 +10,13 @@ import type {
   Workflow,
 } from "./types.js";
 
+/** A device's memory as ComfyUI reports it, in bytes; `type`: torch's device type ("cuda", "cpu", ...). */
+export interface DeviceMemory {
+  type: string;
+  vramTotal: number;
+  vramFree: number;
+}
+
 export interface ComfyClientOptions {
   baseUrl: string;
   requestTimeoutMs: number;
@@ -69,10 +76,18 @@ export class ComfyClient {
   /**
    * Queues a workflow under our own `promptId`, so that its events can be followed before the answer arrives, and
    * under `clientId`, the WebSocket that hears them (ComfyUI sends a prompt's progress only to its client).
+   * `previewMethod` asks for this prompt's previews (`extra_data.preview_method`, read by ComfyUI >= 0.5.0; older
+   * versions ignore it and use their `--preview-method`); absent, the server's default holds (`none` unless set).
    */
   async queuePrompt(
     workflow: Workflow,
-    opts: { clientId: string; promptId: string; signal?: AbortSignal | undefined; front?: boolean },
+    opts: {
+      clientId: string;
+      promptId: string;
+      signal?: AbortSignal | undefined;
+      front?: boolean;
+      previewMethod?: string | undefined;
+    },
   ): Promise<QueuePromptResponse> {
     const signal = opts.signal;
     if (opts.clientId === "") throw new TypeError("queuePrompt needs the client id of the WebSocket");
@@ -85,6 +100,7 @@ export class ComfyClient {
           prompt_id: opts.promptId,
           // Ahead of the prompts already queued (a health probe must not wait for them).
           ...(opts.front && { front: true }),
+          ...(opts.previewMethod && { extra_data: { preview_method: opts.previewMethod } }),
         },
         signal,
         what: "POST /prompt",
@@ -237,6 +253,19 @@ export class ComfyClient {
     });
     if (status !== 200) throw new ComfyUnavailableError(`ComfyUI answered ${status} to GET /system_stats`);
     return body;
+  }
+
+  /**
+   * Its first device's memory from /system_stats (`devices[0]`), or undefined when it lists none or without numbers.
+   * On the CPU (`type` "cpu") the numbers are the machine's RAM. Failure contract as `systemStats`.
+   */
+  async deviceMemory(signal?: AbortSignal): Promise<DeviceMemory | undefined> {
+    const devices = (await this.systemStats(signal)).devices;
+    const first: unknown = Array.isArray(devices) ? devices[0] : undefined;
+    if (typeof first !== "object" || first === null) return undefined;
+    const d = first as Record<string, unknown>;
+    if (typeof d.vram_total !== "number" || typeof d.vram_free !== "number") return undefined;
+    return { type: typeof d.type === "string" ? d.type : "", vramTotal: d.vram_total, vramFree: d.vram_free };
   }
 
   async objectInfo(signal?: AbortSignal): Promise<Record<string, ObjectInfoNode>> {

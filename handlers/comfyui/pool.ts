@@ -29,6 +29,8 @@ export class ComfyBackend {
   up = false;
   /** Why it left the rotation for good (an unrecoverable device error, a benchmark that never completed). */
   failed: string | undefined;
+  /** Why it is out of the rotation for now (drained for a restart), until `restore`. */
+  withdrawn: string | undefined;
   /** Prompts it holds now (running or queued in it), and their workload. */
   running = 0;
   workload = 0;
@@ -113,9 +115,9 @@ export class ComfyBackend {
     return this.score();
   }
 
-  /** Takes new prompts: answering, and not failed. */
+  /** Takes new prompts: answering, not failed and not withdrawn. */
   get inRotation(): boolean {
-    return this.up && this.failed === undefined;
+    return this.up && this.failed === undefined && this.withdrawn === undefined;
   }
 
   /** The state an operator or a status document shows. */
@@ -170,7 +172,8 @@ interface Waiter {
  * check leaves the rotation (its running prompts fail on their own, retryable) and rejoins when it answers again;
  * with none left, waiting and new prompts fail at once (retryable) rather than wait for a timeout.
  *
- * Emits "change" (backend) when a backend leaves or rejoins the rotation.
+ * Emits "change" (backend) when a backend leaves or rejoins the rotation, and "idle" (backend) when a backend's last
+ * prompt released its slot.
  */
 export class ComfyPool extends EventEmitter {
   readonly backends: ComfyBackend[];
@@ -309,6 +312,7 @@ export class ComfyPool extends EventEmitter {
         backend.running--;
         backend.workload -= workload;
         if (failure instanceof ComfyUnavailableError) this.setUp(backend, false);
+        if (backend.running === 0) this.emit("idle", backend);
         this.dispatch();
       },
     };
@@ -342,6 +346,60 @@ export class ComfyPool extends EventEmitter {
     );
     this.emit("change", backend);
     this.dispatch();
+  }
+
+  /**
+   * Takes a backend out of the rotation for now (to restart it): new prompts go elsewhere, those it holds run on.
+   * `restore` brings it back.
+   */
+  withdraw(backend: ComfyBackend, reason: string): void {
+    if (backend.withdrawn !== undefined) return;
+    backend.withdrawn = reason;
+    this.opts.logger.warn(
+      { stage: "health", backend: backend.index, comfyui: backend.url },
+      `ComfyUI at ${backend.url} leaves the rotation for now: ${reason}`,
+    );
+    this.emit("change", backend);
+    this.dispatch();
+  }
+
+  /** Ends `withdraw`: in the rotation again once it answers (at once if it does), as after a restart. */
+  restore(backend: ComfyBackend): void {
+    if (backend.withdrawn === undefined) return;
+    backend.withdrawn = undefined;
+    // It restarted: as a ComfyUI that answers again (setUp).
+    this.catalog.invalidate();
+    backend.redetect();
+    backend.events.reconnect();
+    this.opts.logger.info(
+      { stage: "health", backend: backend.index, comfyui: backend.url },
+      `ComfyUI at ${backend.url} is back in the rotation${backend.up ? "" : " once it answers"}`,
+    );
+    this.emit("change", backend);
+    this.dispatch();
+  }
+
+  /** Resolves once the backend holds no prompt (at once if it holds none); rejects when `signal` aborts. */
+  idle(backend: ComfyBackend, signal?: AbortSignal): Promise<void> {
+    if (backend.running === 0) return Promise.resolve();
+    if (signal?.aborted) return Promise.reject(signal.reason as Error);
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.off("idle", onIdle);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const onIdle = (b: ComfyBackend) => {
+        if (b !== backend) return;
+        done();
+        resolve();
+      };
+      const onAbort = () => {
+        done();
+        reject(signal!.reason as Error);
+      };
+      this.on("idle", onIdle);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
   }
 
   /**

@@ -1,8 +1,10 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { access, mkdir, readFile, rename, symlink, lstat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
+import { cliFlags } from "../../config/comfyui-args.js";
 import { parentDeathBinding, spawnInstance, waitUntilReady } from "../../worker/launcher/instance.js";
 import type { Service } from "./child.js";
 import { runInstallScriptLines } from "./install.js";
@@ -103,7 +105,7 @@ export async function startComfyUI(opts: ComfyUIOptions): Promise<Service & { ur
         opts.host,
         "--port",
         String(opts.port),
-        ...comfyArgsFor(opts.baseDir),
+        ...comfyArgsFor(opts.install, opts.baseDir),
         "--disable-auto-launch",
         ...(opts.inputDir !== undefined ? ["--input-directory", opts.inputDir] : []),
         // Last: the flag takes every word after it.
@@ -141,16 +143,43 @@ export async function startComfyUI(opts: ComfyUIOptions): Promise<Service & { ur
 
 /**
  * ComfyUI's arguments for a CPU ComfyUI of the stack and the tests, with its models and folders below `baseDir`
- * (COMFYUI_ARGS of a worker that starts it itself, less the port and listen address that the launcher gives).
+ * (COMFYUI_ARGS of a worker that starts it itself, less the port and listen address that the launcher gives). No
+ * partner (API) nodes and nothing fetched from the internet, by the flags this tree has: newer ComfyUIs replace
+ * --disable-api-nodes, which they deprecate, with --disable-partner-nodes and --offline.
  */
-export function comfyArgsFor(baseDir: string): string[] {
+export function comfyArgsFor(install: ComfyInstall, baseDir: string): string[] {
+  const flags = cliFlagsOf(install.comfyDir);
+  const offline = flags.has("--disable-partner-nodes")
+    ? ["--disable-partner-nodes", ...(flags.has("--offline") ? ["--offline"] : [])]
+    : flags.has("--disable-api-nodes")
+      ? ["--disable-api-nodes"]
+      : [];
   return [
     "--cpu",
     "--base-directory",
     baseDir,
     "--disable-all-custom-nodes",
-    "--disable-api-nodes",
+    ...offline,
     "--database-url",
     "sqlite:///:memory:",
   ];
+}
+
+const flagsByTree = new Map<string, Set<string>>();
+
+/** The flags of the ComfyUI tree in `comfyDir` (its comfy/cli_args.py), read once per tree. */
+function cliFlagsOf(comfyDir: string): Set<string> {
+  let flags = flagsByTree.get(comfyDir);
+  if (flags === undefined) {
+    const path = join(comfyDir, "comfy", "cli_args.py");
+    let text: string;
+    try {
+      text = readFileSync(path, "utf8");
+    } catch (err) {
+      throw new Error(`cannot read ${path} to choose ComfyUI's flags: ${(err as Error).message}`);
+    }
+    flags = cliFlags(text);
+    flagsByTree.set(comfyDir, flags);
+  }
+  return flags;
 }

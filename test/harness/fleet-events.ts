@@ -19,6 +19,8 @@ export function recordFleet(fleet: Fleet): FleetRecord {
     "restarting",
     "stopped",
     "warning",
+    "startFailed",
+    "recycled",
   ];
   for (const name of names) {
     fleet.on(name, (event) => {

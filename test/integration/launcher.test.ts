@@ -33,7 +33,7 @@ async function launchEnv(dir: string): Promise<Record<string, string>> {
     COMFYUI_DIR: install.comfyDir,
     COMFYUI_PYTHON: install.python,
     COMFYUI_PORT: String(await freePort()),
-    COMFYUI_ARGS: comfyArgsFor(dir).join(" "),
+    COMFYUI_ARGS: comfyArgsFor(install, dir).join(" "),
     LOG_DIR: join(dir, "logs"),
   };
 }
@@ -54,7 +54,7 @@ async function systemStats(url: string): Promise<number> {
   return res.status;
 }
 
-test("a ComfyUI killed under the fleet is started again on its port; stop() ends it", async () => {
+test("a ComfyUI killed under the fleet is started again on its port; restart() recycles it (SIGTERM, answers again); stop() ends it", async () => {
   const dir = await mkdtemp(join(stack().tmpRoot, "launcher-"));
   const config = loadConfig(
     { UNSECURED: "true", ...(await launchEnv(dir)) },
@@ -85,13 +85,23 @@ test("a ComfyUI killed under the fleet is started again on its port; stop() ends
     expect(await systemStats(url)).toBe(200);
     expect(ended(first.pid!)).toBe(true);
 
-    await fleet.stop();
-    expect(await events.next("stopped")).toMatchObject({ index: 0, pid: again.pid, killed: false });
+    // What the worker does to a ComfyUI whose free VRAM drifted: stopped and started again, answering once it
+    // resolves, with no crash of its own told.
+    await fleet.restart(0, "a test's reason");
+    expect(await events.next("recycled")).toMatchObject({ index: 0, pid: again.pid, killed: false });
+    const third = await events.next("started");
+    await events.next("ready");
+    expect(await systemStats(url)).toBe(200);
     expect(ended(again.pid!)).toBe(true);
+    expect(events.seen.filter((e) => e.name === "exited")).toHaveLength(1);
+
+    await fleet.stop();
+    expect(await events.next("stopped")).toMatchObject({ index: 0, pid: third.pid, killed: false });
+    expect(ended(third.pid!)).toBe(true);
     await expect(systemStats(url)).rejects.toThrow();
-    // Its output went to its log file, both runs.
+    // Its output went to its log file, all three runs.
     const log = await readFile(join(dir, "logs", "comfyui.log"), "utf8");
-    expect(log.match(/To see the GUI go to/g)?.length).toBe(2);
+    expect(log.match(/To see the GUI go to/g)?.length).toBe(3);
   } finally {
     await fleet.stop();
   }
@@ -110,25 +120,28 @@ function startCli(env: Record<string, string>) {
   );
   const lines: Record<string, any>[] = [];
   let text = "";
-  let partial = "";
   const wake = new Set<() => void>();
-  const take = (chunk: Buffer) => {
-    text += chunk.toString();
-    const all = partial + chunk.toString();
-    const end = all.lastIndexOf("\n") + 1;
-    partial = all.slice(end);
-    for (const line of all.slice(0, end).split("\n")) {
-      if (!line.startsWith("{")) continue;
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        // A ComfyUI line that starts with a brace.
+  // Each stream's partial line apart: a chunk of one must not end the other's line.
+  const reader = () => {
+    let partial = "";
+    return (chunk: Buffer) => {
+      text += chunk.toString();
+      const all = partial + chunk.toString();
+      const end = all.lastIndexOf("\n") + 1;
+      partial = all.slice(end);
+      for (const line of all.slice(0, end).split("\n")) {
+        if (!line.startsWith("{")) continue;
+        try {
+          lines.push(JSON.parse(line));
+        } catch {
+          // A ComfyUI line that starts with a brace.
+        }
       }
-    }
-    for (const w of [...wake]) w();
+      for (const w of [...wake]) w();
+    };
   };
-  child.stdout!.on("data", take);
-  child.stderr!.on("data", take);
+  child.stdout!.on("data", reader());
+  child.stderr!.on("data", reader());
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once("exit", (code, signal) => resolve({ code, signal })),
   );
@@ -136,6 +149,8 @@ function startCli(env: Record<string, string>) {
     child,
     exited,
     output: () => text,
+    /** The worker's JSON log lines, in the order each was written. */
+    logLines: () => lines,
     /** The first log line that `match` accepts, within `timeoutMs`. */
     async line(match: (l: Record<string, any>) => boolean, timeoutMs: number): Promise<Record<string, any>> {
       let timer: NodeJS.Timeout | undefined;
@@ -194,11 +209,7 @@ test("the worker's CLI with COMFYUI_LAUNCH=true starts its ComfyUI, gets ready o
     expect(await worker.exited).toEqual({ code: 0, signal: null });
     expect(ended(pid)).toBe(true);
     // Stopped last, after the drain.
-    const order = worker
-      .output()
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l).msg as string);
+    const order = worker.logLines().map((l) => l.msg as string);
     const at = (prefix: string) => order.findIndex((m) => m?.startsWith(prefix));
     expect(at("stopping: no new jobs")).toBeGreaterThan(-1);
     expect(at("comfyui: stopped")).toBeGreaterThan(at("stopping: no new jobs"));

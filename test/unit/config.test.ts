@@ -44,6 +44,7 @@ describe("loadConfig", () => {
     expect(c.jobs).toEqual({
       timeoutMs: 600_000,
       stallTimeoutMs: 600_000,
+      vramDriftJobs: 8,
       maxInFlightPrompts: 2,
       resultRetentionMs: 3_600_000,
       resultRetentionMax: 1_000,

@@ -6,8 +6,9 @@ import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import type { LaunchConfig, LaunchedInstance } from "../../config/index.js";
 import { createLogger } from "../../lib/logger.js";
-import { Fleet } from "../../worker/launcher/fleet.js";
+import { Fleet, logFleet } from "../../worker/launcher/fleet.js";
 import { recordFleet } from "../harness/fleet-events.js";
+import { captureLog } from "../harness/log-capture.js";
 
 /**
  * The fleet's process handling on a FAKE ComfyUI (a few lines of Python answering /system_stats), so that it runs
@@ -17,6 +18,10 @@ import { recordFleet } from "../harness/fleet-events.js";
 
 const FAKE_COMFYUI = `
 import http.server, os, signal, sys
+# ComfyUI 0.4x's start with its assets database locked or unwritable: the marker on stderr, then exit 1.
+if os.path.exists(os.environ.get("FAKE_ASSETS_FAILED_FILE", "/nonexistent")):
+    sys.stderr.write("Exception: database is locked\\nASSETS_STARTUP_FAILED:locked\\n")
+    sys.exit(1)
 if os.environ.get("FAKE_IGNORE_TERM") == "1":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -237,4 +242,69 @@ test("a program that cannot start is an exit like any other (and started again)"
   expect(exited.error !== undefined || exited.code !== 0).toBe(true);
   expect((await events.next("restarting")).delayMs).toBe(1_000);
   await fleet.stop();
+});
+
+test("ASSETS_STARTUP_FAILED on its output: startFailed (logged as an error), its exit, and no restart; restart() starts it once fixed", async () => {
+  const marker = join(dir, "assets-fail");
+  await writeFile(marker, "");
+  const { logger: log, lines } = captureLog("info");
+  const fleet = new Fleet(await launchOf(1), {
+    logger,
+    echo: null,
+    env: { ...process.env, FAKE_ASSETS_FAILED_FILE: marker },
+  });
+  logFleet(fleet, log);
+  const events = recordFleet(fleet);
+  try {
+    await fleet.start();
+    const failed = await events.next("startFailed");
+    expect(failed).toMatchObject({ index: 0, code: "ASSETS_STARTUP_FAILED", kind: "locked" });
+    expect(failed.line).toBe("ASSETS_STARTUP_FAILED:locked");
+    expect((await events.next("exited")).code).toBe(1);
+    const logged = lines.map((l) => JSON.parse(l) as { level: number; msg: string; code?: string });
+    expect(logged.find((l) => l.code === "ASSETS_STARTUP_FAILED")).toMatchObject({ level: 50 });
+    // The operator fixed the database: restart() starts it, with no crash of its own told.
+    await rm(marker);
+    await fleet.restart(0, "the operator fixed it");
+    expect(events.seen.map((e) => e.name)).toEqual([
+      "planned",
+      "started",
+      "startFailed",
+      "exited",
+      "started",
+      "ready",
+    ]);
+  } finally {
+    await fleet.stop();
+  }
+});
+
+test("restart(index): a running instance is stopped (recycled, not exited) and started again on its port; resolves once it answers", async () => {
+  const launch = await launchOf(2);
+  const fleet = new Fleet(launch, { logger, env: process.env, echo: null });
+  const events = recordFleet(fleet);
+  try {
+    await fleet.start();
+    await events.next("ready");
+    await events.next("ready");
+    const before = fleet.process(1)!.pid!;
+    const other = fleet.process(0)!.pid!;
+    await fleet.restart(1, "free VRAM drifted down");
+    const recycled = await events.next("recycled");
+    expect(recycled).toMatchObject({
+      index: 1,
+      pid: before,
+      killed: false,
+      reason: "free VRAM drifted down",
+    });
+    expect(gone(before)).toBe(true);
+    expect(fleet.process(1)!.pid).not.toBe(before);
+    expect(fleet.process(0)!.pid).toBe(other);
+    expect((await fetch(`${launch.instances[1]!.url}/system_stats`)).status).toBe(200);
+    expect(events.seen.map((e) => e.name)).not.toContain("exited");
+    await expect(fleet.restart(5, "none")).rejects.toThrow("instance 5 is not one this worker starts");
+  } finally {
+    await fleet.stop();
+  }
+  await expect(fleet.restart(0, "late")).rejects.toThrow("stopping");
 });

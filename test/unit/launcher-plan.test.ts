@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { ConfigError, loadConfig, type LaunchHost } from "../../config/index.js";
+import { cliFlags } from "../../config/comfyui-args.js";
 import { instanceSpec } from "../../worker/launcher/fleet.js";
 
 /**
@@ -155,6 +156,29 @@ describe("COMFYUI_PER_GPU=true with 2 GPUs or more: one ComfyUI per GPU", () => 
       }
       // The databases' folder is made before they start.
       expect(launch.folders.includes(join(DIR, "user"))).toBe(args === "");
+    },
+  );
+
+  test.each([
+    [
+      "0.4x (assets on by default)",
+      '    parser.add_argument("--disable-assets", action="store_true", help="(off)")\n',
+      true,
+    ],
+    ["0.33.0 (assets opt-in)", 'parser.add_argument("--enable-assets", action="store_true")\n', false],
+  ])(
+    "a ComfyUI %s: instances 1..N-1 start with --disable-assets where the flag exists",
+    (_, line, supported) => {
+      const cliArgs = `parser.add_argument("--database-url", type=str)\n${line}`;
+      const host = machine({ gpus: 3, files: { [join(DIR, "comfy", "cli_args.py")]: cliArgs } });
+      const { launch } = plan({ COMFYUI_PER_GPU: "true" }, host);
+      expect(launch.instances.map((x) => x.args.includes("--disable-assets"))).toEqual([
+        false,
+        supported,
+        supported,
+      ]);
+      // A database of their own either way.
+      expect(launch.instances.map((x) => x.args.includes("--database-url"))).toEqual([false, true, true]);
     },
   );
 
@@ -461,4 +485,15 @@ describe("how each ComfyUI runs", () => {
   ])("a bad %s stops the start, naming it: %j", (variable, env, host) => {
     expect(configError(() => plan(env, host)).variable).toBe(variable);
   });
+});
+
+test("cliFlags: the flags of comfy/cli_args.py's add_argument calls, aliases included, nothing from help texts", () => {
+  const text = [
+    'parser.add_argument("--listen", type=str, default="127.0.0.1", help="Specify (--port too).")',
+    "parser.add_argument('--disable-api-nodes', action='store_true')",
+    'vram_group.add_argument("--gpu-only", "--highvram", action="store_true")',
+    "# parser.add_argument is also named in --comments-flag text outside a call",
+  ].join("\n");
+  expect([...cliFlags(text)].sort()).toEqual(["--disable-api-nodes", "--gpu-only", "--highvram", "--listen"]);
+  expect(cliFlags(undefined).size).toBe(0);
 });

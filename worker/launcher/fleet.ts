@@ -20,6 +20,13 @@ import {
 /** A run this long counts as healthy: the next exit starts the backoff over. */
 const HEALTHY_RUN_MS = 60_000;
 const FIRST_RESTART_DELAY_MS = 1_000;
+/** After it exits, how long its last lines may take to arrive before the fleet decides whether to restart it. */
+const OUTPUT_GRACE_MS = 2_000;
+/**
+ * What ComfyUI 0.4x prints as it exits at start when its assets database (sqlite) is locked or cannot be written:
+ * `ASSETS_STARTUP_FAILED:<kind>`. Starting it again would fail the same way until the operator acts.
+ */
+const ASSETS_STARTUP_FAILED = /ASSETS_STARTUP_FAILED:([\w.-]+)/;
 
 interface Instance {
   /** Its backend in the pool. */
@@ -44,6 +51,13 @@ export interface FleetEvents {
   };
   /** It starts again in `delayMs`. */
   restarting: Instance & { delayMs: number };
+  /**
+   * It cannot start until the operator acts: its output said `ASSETS_STARTUP_FAILED:<kind>` (its assets database is
+   * locked or cannot be written). Told once per start, as the line arrives; it is not started again when it exits.
+   */
+  startFailed: Instance & { code: "ASSETS_STARTUP_FAILED"; kind: string; line: string; logFile: string };
+  /** restart(index) stopped it (`durationMs`, `killed` as `stopped`) to start it again now, for `reason`. */
+  recycled: Instance & { pid: number | undefined; reason: string; durationMs: number; killed: boolean };
   /** Stopped by stop() after `durationMs`; `killed`: SIGTERM was not enough within COMFYUI_STOP_TIMEOUT. */
   stopped: Instance & { pid: number | undefined; durationMs: number; killed: boolean };
   /** Something the operator should know that stops nothing (no parent-death signal, a log file not written). */
@@ -68,6 +82,8 @@ interface Slot {
   /** Restarts since its last healthy run. */
   attempt: number;
   timer?: NodeJS.Timeout;
+  /** Its current process said it cannot start (ASSETS_STARTUP_FAILED): not started again when it exits. */
+  startFailed?: boolean;
 }
 
 export class Fleet {
@@ -99,6 +115,11 @@ export class Fleet {
     return this.events.on(name, listener);
   }
 
+  /** Whether instance `index` (backend `index`) is one this fleet starts. */
+  owns(index: number): boolean {
+    return this.slots.some((s) => s.instance.index === index);
+  }
+
   /** Instance `index`'s process now (undefined while it is down or not ours). */
   process(index: number): InstanceProcess | undefined {
     return this.slots.find((s) => s.instance.index === index)?.proc;
@@ -124,7 +145,39 @@ export class Fleet {
         this.emit("warning", { message: `cannot make ${folder}`, err }),
       );
     }
-    for (const slot of this.slots) this.run(slot);
+    for (const slot of this.slots) void this.run(slot).catch(() => undefined);
+  }
+
+  /**
+   * Stops instance `index` (SIGTERM, then SIGKILL after COMFYUI_STOP_TIMEOUT) and starts it again at once, whatever
+   * its state (down between restarts, or failed to start). Resolves once it answers; rejects if it exits before
+   * (the usual restarts then follow), if the fleet stops meanwhile, or for an index the fleet does not start.
+   */
+  async restart(index: number, reason: string): Promise<void> {
+    const slot = this.slots.find((s) => s.instance.index === index);
+    if (slot === undefined) throw new Error(`instance ${index} is not one this worker starts`);
+    if (this.state !== "running")
+      throw new Error(`the ComfyUIs are ${this.state}: ${slot.instance.name} stays`);
+    clearTimeout(slot.timer);
+    slot.timer = undefined;
+    const old = slot.proc;
+    // Its exit is ours: no `exited`, no restart of its own.
+    slot.proc = undefined;
+    if (old !== undefined && running(old)) {
+      const from = this.now();
+      const { killed } = await old.stop(this.launch.stopTimeoutS * 1000);
+      this.emit("recycled", {
+        ...this.id(slot),
+        pid: old.pid,
+        reason,
+        durationMs: this.now() - from,
+        killed,
+      });
+    }
+    if (this.state !== "running")
+      throw new Error(`the ComfyUIs are ${this.state}: ${slot.instance.name} stays`);
+    slot.attempt = 0;
+    await this.run(slot);
   }
 
   /** Stops every instance: SIGTERM, then SIGKILL to those left after COMFYUI_STOP_TIMEOUT. Starts none again. */
@@ -147,29 +200,48 @@ export class Fleet {
     return this.stopping;
   }
 
-  private run(slot: Slot): void {
+  /** Starts the slot's process; resolves once it answers, rejects if it exits first or the fleet stops. */
+  private run(slot: Slot): Promise<void> {
     slot.timer = undefined;
-    if (this.state !== "running") return;
+    if (this.state !== "running") return Promise.reject(new Error(`the ComfyUIs are ${this.state}`));
     const index = slot.instance.index;
+    const { url, logFile } = slot.spec;
+    slot.startFailed = false;
     const proc = spawnInstance(slot.spec, {
       bind: this.bind,
       ...(this.opts.echo !== null && { echo: this.opts.echo ?? process.stdout }),
       onLogError: (err) => this.emit("warning", { index, message: `cannot write ${slot.spec.logFile}`, err }),
+      onLine: (line) => {
+        const marker = ASSETS_STARTUP_FAILED.exec(line);
+        if (marker === null || slot.proc !== proc || slot.startFailed) return;
+        slot.startFailed = true;
+        this.emit("startFailed", {
+          ...this.id(slot),
+          code: "ASSETS_STARTUP_FAILED",
+          kind: marker[1]!,
+          line: line.trim(),
+          logFile,
+        });
+      },
     });
     slot.proc = proc;
     slot.since = this.now();
-    const { url, logFile } = slot.spec;
     this.emit("started", { ...this.id(slot), pid: proc.pid, url, gpu: slot.instance.gpu, logFile });
-    waitUntilReady(proc, { signal: this.lifetime.signal }).then(
-      () => this.emit("ready", { ...this.id(slot), pid: proc.pid, url, durationMs: this.now() - slot.since }),
-      // It exited first (told below), or the fleet stops.
-      () => undefined,
+    const ready = waitUntilReady(proc, { signal: this.lifetime.signal }).then(() =>
+      this.emit("ready", { ...this.id(slot), pid: proc.pid, url, durationMs: this.now() - slot.since }),
     );
-    void proc.exited.then((exit) => {
+    // It exited first (told below), or the fleet stops: the caller of restart() hears it, no one else.
+    ready.catch(() => undefined);
+    void proc.exited.then(async (exit) => {
       if (this.state !== "running" || slot.proc !== proc) return;
       const ranMs = this.now() - slot.since;
+      // Its last lines (the start-up failure's marker) before deciding.
+      let grace: NodeJS.Timeout | undefined;
+      await Promise.race([proc.output, new Promise((r) => (grace = setTimeout(r, OUTPUT_GRACE_MS)))]);
+      clearTimeout(grace);
+      if (this.state !== "running" || slot.proc !== proc) return;
       this.emit("exited", { ...this.id(slot), pid: proc.pid, ...exit, ranMs });
-      if (this.launch.restartMaxDelayS === 0) return;
+      if (this.launch.restartMaxDelayS === 0 || slot.startFailed) return;
       if (ranMs >= HEALTHY_RUN_MS) slot.attempt = 0;
       const delayMs = doublingDelay(
         slot.attempt++,
@@ -177,8 +249,9 @@ export class Fleet {
         this.launch.restartMaxDelayS * 1000,
       );
       this.emit("restarting", { ...this.id(slot), delayMs });
-      slot.timer = setTimeout(() => this.run(slot), delayMs);
+      slot.timer = setTimeout(() => void this.run(slot).catch(() => undefined), delayMs);
     });
+    return ready;
   }
 
   private id(slot: Slot): Instance {
@@ -258,5 +331,25 @@ export function logFleet(fleet: Fleet, logger: Logger): void {
       `${e.name}: stopped after ${s(e.durationMs)}${e.killed ? " (SIGKILL: SIGTERM was not enough)" : ""}`,
     ),
   );
+  fleet.on("startFailed", (e) =>
+    log.error(
+      { instance: e.index, code: e.code, kind: e.kind, log_file: e.logFile },
+      `${e.name}: ${startFailureMessage(e)}`,
+    ),
+  );
+  fleet.on("recycled", (e) =>
+    log.warn(
+      { instance: e.index, comfyui_pid: e.pid, duration_ms: e.durationMs, killed: e.killed },
+      `${e.name}: stopped after ${s(e.durationMs)}${e.killed ? " (SIGKILL)" : ""} to start it again: ${e.reason}`,
+    ),
+  );
   fleet.on("warning", (e) => log.warn({ instance: e.index, err: e.err }, e.message));
+}
+
+/** What a `startFailed` means, for the log and the worker's error_msg. */
+export function startFailureMessage(e: FleetEvents["startFailed"]): string {
+  return (
+    `ComfyUI stopped at start with ${e.code}:${e.kind}: its assets database (sqlite) is locked by another ` +
+    `process or cannot be written; not started again until the worker restarts (see ${e.logFile})`
+  );
 }

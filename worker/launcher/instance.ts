@@ -41,6 +41,8 @@ export interface InstanceProcess {
   readonly child: ChildProcess;
   /** Resolves once it has exited; never rejects. */
   readonly exited: Promise<InstanceExit>;
+  /** Resolves once its stdout and stderr have closed (all its lines were seen); never rejects. */
+  readonly output: Promise<void>;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves once it has exited, saying whether SIGKILL was needed. */
   stop(graceMs: number): Promise<{ killed: boolean }>;
 }
@@ -55,6 +57,8 @@ export interface SpawnOptions {
   echo?: NodeJS.WritableStream;
   /** Its log file could not be written (its output still goes to `echo`). */
   onLogError?: (err: Error) => void;
+  /** Each whole line of its output (stdout or stderr), without the newline, as it arrives. */
+  onLine?: (line: string) => void;
 }
 
 /**
@@ -77,7 +81,7 @@ export function spawnInstance(spec: InstanceSpec, opts: SpawnOptions): InstanceP
     // Kept on: a later error (a signal that cannot be sent) must not be an uncaught one.
     child.on("error", (error) => resolve({ code: null, signal: null, error }));
   });
-  copyOutput(child, spec.logFile, opts);
+  const output = copyOutput(child, spec.logFile, opts);
 
   let stopping: Promise<{ killed: boolean }> | undefined;
   return {
@@ -85,6 +89,7 @@ export function spawnInstance(spec: InstanceSpec, opts: SpawnOptions): InstanceP
     pid: child.pid,
     child,
     exited,
+    output,
     stop(graceMs) {
       stopping ??= (async () => {
         if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) {
@@ -106,10 +111,16 @@ export function spawnInstance(spec: InstanceSpec, opts: SpawnOptions): InstanceP
   };
 }
 
-/** Its stdout and stderr appended to its log file, and copied to `echo` a line at a time. */
-function copyOutput(child: ChildProcess, logFile: string, opts: SpawnOptions): void {
+/**
+ * Its stdout and stderr appended to its log file, and copied to `echo` and `onLine` a line at a time. Resolves once
+ * both have closed.
+ */
+function copyOutput(child: ChildProcess, logFile: string, opts: SpawnOptions): Promise<void> {
   const streams = [child.stdout, child.stderr].filter((s): s is Readable => s !== null);
   let open = streams.length;
+  let closed!: () => void;
+  const allClosed = new Promise<void>((resolve) => (closed = resolve));
+  if (open === 0) closed();
   // The log file once open; what it writes before that is kept until then (null: the file cannot be written).
   let log: NodeJS.WritableStream | null | undefined;
   const pending: Buffer[] = [];
@@ -131,17 +142,26 @@ function copyOutput(child: ChildProcess, logFile: string, opts: SpawnOptions): v
     stream.on("data", (chunk: Buffer) => {
       if (log) log.write(chunk);
       else if (log === undefined) pending.push(chunk);
-      if (!opts.echo) return;
+      if (!opts.echo && !opts.onLine) return;
       const text = partial + decoder.write(chunk);
       const end = text.lastIndexOf("\n") + 1;
       partial = text.slice(end);
-      if (end > 0) opts.echo.write(text.slice(0, end));
+      if (end === 0) return;
+      opts.echo?.write(text.slice(0, end));
+      if (opts.onLine) for (const line of text.slice(0, end - 1).split("\n")) opts.onLine(line);
     });
     stream.once("close", () => {
-      if (partial !== "") opts.echo?.write(`${partial}\n`);
-      if (--open === 0) log?.end();
+      if (partial !== "") {
+        opts.echo?.write(`${partial}\n`);
+        opts.onLine?.(partial);
+      }
+      if (--open === 0) {
+        log?.end();
+        closed();
+      }
     });
   }
+  return allClosed;
 }
 
 export class InstanceExitedError extends Error {
