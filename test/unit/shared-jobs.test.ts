@@ -217,3 +217,55 @@ describe("SharedJobs cancel requests", () => {
     expect(storage.objects.size).toBe(before);
   });
 });
+
+describe("SharedJobs while the bucket is unreachable", () => {
+  /** A worker of the endpoint whose final documents are tried again every few ms. */
+  function quickRetries(storage: FakeObjectStorage, attempts = 50) {
+    return new SharedJobs({
+      storage: storage.asStorage(),
+      target: FAKE_BUCKET,
+      prefix: "jobs/",
+      owner: "worker-a",
+      heartbeatMs: HEARTBEAT_MS,
+      logger: silentLogger(),
+      finalWriteRetry: { baseMs: 1, capMs: 5, attempts },
+    });
+  }
+  const until = async (test: () => boolean) => {
+    for (let i = 0; i < 2_000 && !test(); i++) await new Promise((r) => setTimeout(r, 1));
+  };
+
+  test("a final document written during an outage lands once the bucket answers again", async () => {
+    const storage = new FakeObjectStorage();
+    const a = quickRetries(storage);
+    const { binding, job: j } = job("r1");
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    j.setStatus("completed", "Completed with 0 output(s)");
+    a.write(j.result(), binding, 200, false);
+    await until(() => a.requests.put >= 3);
+    expect(storage.objects.has("jobs/r1/job.json")).toBe(false);
+    storage.down = undefined;
+    await until(() => storage.objects.has("jobs/r1/job.json"));
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({ id: "r1", status: "completed" });
+    await a.flush();
+  });
+
+  test("a heartbeat is not tried again, and flush (shutdown) ends a final document's retries after one last try", async () => {
+    const storage = new FakeObjectStorage();
+    const a = quickRetries(storage, 1_000_000);
+    const running = job("r1");
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    a.write(running.job.result(), running.binding, 202, false);
+    await a.flush();
+    expect(a.requests.put).toBe(1);
+
+    const done = job("r2");
+    done.job.setStatus("failed", "a node raised");
+    a.write(done.job.result(), done.binding, 200, false);
+    await until(() => a.requests.put >= 3);
+    await a.flush();
+    const tries = a.requests.put;
+    await new Promise((r) => setTimeout(r, 20));
+    expect(a.requests.put).toBe(tries);
+  });
+});

@@ -208,6 +208,10 @@ export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<Generate
   const result: RequestHandler = async (req, res) => {
     const { id } = req.params as { id: string };
     const job = deps.jobs.get(id);
+    // A retryable failure here may have been retried on another worker: a later run of the id in the bucket is
+    // the job's state now, so that every worker answers the same.
+    const later = job && (await remote?.laterRun(job));
+    if (later) return void res.status(200).json(publicDocument(later));
     if (job) return void res.status(200).json(job.result());
     const doc = await remoteJob(id, res);
     if (doc) res.status(200).json(publicDocument(doc));

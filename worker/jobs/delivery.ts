@@ -17,6 +17,8 @@ export interface ResultDeliveryDeps {
   logger: Logger;
   /** Hears each file's upload. */
   events: WorkerEventEmitter;
+  /** Told once a job's webhook delivery settled (delivered, or failed with its cause on `job.webhook`). */
+  onWebhookSettled?: (job: Job) => void;
 }
 
 /**
@@ -112,6 +114,9 @@ export class ResultDelivery {
           extra: job.input.webhook?.extra_params ?? {},
         },
       })
-      .then((record) => (job.webhook = record));
+      .then((record) => {
+        job.webhook = record;
+        this.deps.onWebhookSettled?.(job);
+      });
   }
 }

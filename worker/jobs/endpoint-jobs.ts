@@ -121,6 +121,29 @@ export class JobPublisher {
     void published.then(() => this.publishing.delete(published));
   }
 
+  /**
+   * Writes the final document again once its webhook delivery settled, so that the outcome (a failure with its
+   * cause) outlives this worker and every worker shows it. Only over this run's own document: a retryable failure
+   * may have been run again elsewhere since, so it is left as it was.
+   */
+  webhookSettled(job: Job): void {
+    if (job.input.internal || (job.status === "failed" && job.error?.retryable)) return;
+    const published = this.deps.shared
+      .read(job.id, AbortSignal.timeout(10_000))
+      .then((doc) => {
+        if (doc?.run_id === job.runId)
+          this.deps.shared.write(job.result(), bindingOf(job), job.httpStatus(), false);
+      })
+      .catch((err: unknown) =>
+        this.deps.logger.warn(
+          { request_id: job.id, stage: "shared", err },
+          "could not add the webhook's outcome to the shared job document",
+        ),
+      );
+    this.publishing.add(published);
+    void published.then(() => this.publishing.delete(published));
+  }
+
   /** Stops the heartbeats and waits for the documents still being written (shutdown). */
   async flush(): Promise<void> {
     clearInterval(this.syncTimer);
@@ -197,6 +220,17 @@ export class RemoteJobs {
     if (!doc || (doc.status === "failed" && doc.retryable)) return undefined;
     if (doc.request_hash !== requestHash(input)) throw reusedId(input.requestId);
     return doc;
+  }
+
+  /**
+   * The bucket's document of a later run of this worker's job's id: only a retryable failure is run again (by a
+   * retry that may land on another worker), so only then is the bucket read. Undefined when there is none, or
+   * the bucket cannot be read (this worker's own document is the answer then).
+   */
+  async laterRun(job: Job): Promise<SharedDocument | undefined> {
+    if (!(job.final && job.status === "failed" && job.error?.retryable)) return undefined;
+    const doc = await this.read(job.id).catch(() => undefined);
+    return doc && doc.run_id !== job.runId ? doc : undefined;
   }
 
   /** Another worker's job, as the bucket shows it; undefined when there is none. */

@@ -1,6 +1,7 @@
 import type { FrozenConfig } from "../../config/index.js";
 import type { ComfyPool } from "../../handlers/comfyui/pool.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
+import type { ModelFetcher } from "../../handlers/preprocess/models.js";
 import type { ObjectStorage } from "../../handlers/storage/s3.js";
 import type { WebhookSender } from "../../handlers/webhook.js";
 import { CancelledError, NotReadyError } from "../../lib/errors.js";
@@ -19,6 +20,8 @@ export interface JobManagerDeps {
   /** The ComfyUI backends prompts are dispatched to. */
   pool: ComfyPool;
   downloader: InputDownloader;
+  /** Model references in loaders' inputs (absent without a known models folder). */
+  models?: ModelFetcher;
   storage: ObjectStorage;
   webhooks: WebhookSender;
   logger: Logger;
@@ -50,7 +53,10 @@ export class JobManager {
     const { config, logger, shared } = deps;
     this.now = deps.now ?? Date.now;
     this.registry = new JobRegistry(config.jobs, this.now);
-    this.delivery = new ResultDelivery(deps);
+    this.delivery = new ResultDelivery({
+      ...deps,
+      onWebhookSettled: (job) => this.publisher?.webhookSettled(job),
+    });
     this.publisher =
       shared &&
       new JobPublisher({

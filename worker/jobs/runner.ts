@@ -2,10 +2,13 @@ import { randomUUID } from "node:crypto";
 import type { FrozenConfig } from "../../config/index.js";
 import type { ComfyBackend, ComfyPool, Lease } from "../../handlers/comfyui/pool.js";
 import { classifyFailure } from "../../handlers/comfyui/failures.js";
-import { partialRunNote, runPrompt } from "../../handlers/comfyui/run-prompt.js";
+import { partialRunNote, runPrompt, type PromptEvent } from "../../handlers/comfyui/run-prompt.js";
+import { PREVIEW_METHOD, PreviewThrottle, imageSize } from "../../handlers/comfyui/previews.js";
+import { shrinkJpeg } from "../../handlers/comfyui/preview-image.js";
 import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
+import type { ModelFetcher } from "../../handlers/preprocess/models.js";
 import {
   CancelledError,
   DeviceFailedError,
@@ -29,6 +32,8 @@ export interface JobRunnerDeps {
   /** The ComfyUI backends prompts are dispatched to. */
   pool: ComfyPool;
   downloader: InputDownloader;
+  /** Model references in loaders' inputs (absent without a known models folder). */
+  models?: ModelFetcher;
   delivery: ResultDelivery;
   logger: Logger;
   /** The WebSocket client id all prompts are queued under. */
@@ -40,6 +45,40 @@ export interface JobRunnerDeps {
   publisher?: JobPublisher;
   /** Called last with the finished job, so that pollers of /result find it (the registry keeps it). */
   retain: (job: Job) => void;
+}
+
+/**
+ * What passes a job's previews on: at most one every `everyMs` (the frames between are dropped before anything is
+ * done with them); a frame within `maxPx` as ComfyUI sent it, a larger JPEG shrunk to fit and sent as PNG (ComfyUI
+ * scales every preview to its `--preview-size`, 512 by default), any other frame dropped.
+ */
+function previewSender(
+  job: Job,
+  spec: { maxPx: number; everyMs: number },
+  now: () => number,
+): (event: Extract<PromptEvent, { type: "preview" }>) => void {
+  const throttle = new PreviewThrottle(spec.everyMs);
+  return (event) => {
+    const size = imageSize(event.image);
+    if (!size || !throttle.take(now())) return;
+    let sent = { mime: event.mime, image: event.image, ...size };
+    if (size.width > spec.maxPx || size.height > spec.maxPx) {
+      const small = event.mime === "image/jpeg" ? shrinkJpeg(event.image, spec.maxPx) : undefined;
+      if (!small) return;
+      sent = { mime: "image/jpeg", image: small.jpeg, width: small.width, height: small.height };
+    }
+    job.preview = {
+      type: "preview",
+      node: event.node,
+      step: event.step,
+      max: event.max,
+      mime: sent.mime,
+      width: sent.width,
+      height: sent.height,
+      data: sent.image.toString("base64"),
+    };
+    job.emitEvent(job.preview);
+  };
 }
 
 /**
@@ -57,6 +96,7 @@ export class JobRunner {
     const signal = AbortSignal.any([job.abort.signal, deadline]);
     const stage = (name: JobStage, ms: number) => events.emit("job.stage", { job, stage: name, ms });
     let inputFiles: string[] = [];
+    let modelFiles: string[] = [];
     let lease: Lease | undefined;
     let outcome: { status: "completed" | "failed" | "cancelled"; message: string } = {
       status: "failed",
@@ -71,9 +111,11 @@ export class JobRunner {
         requestId: job.id,
         nodes,
         downloader: this.deps.downloader,
+        models: this.deps.models,
         signal,
       });
       inputFiles = prepared.inputFiles;
+      modelFiles = prepared.modelFiles;
       job.timings.preprocess_ms = now() - t;
       stage("preprocess", job.timings.preprocess_ms);
 
@@ -89,6 +131,7 @@ export class JobRunner {
       await backend.freeing;
       t = now();
       job.setStatus("generating", "Submitted to ComfyUI");
+      const preview = job.input.preview && previewSender(job, job.input.preview, now);
       const run = await runPrompt({
         client: backend.client,
         events: backend.events,
@@ -103,7 +146,9 @@ export class JobRunner {
           backend.perf > 0 ? job.workload / backend.perf : undefined,
           config.jobs.stallTimeoutMs,
         ),
+        previewMethod: preview && PREVIEW_METHOD,
         onEvent: (event, details) => {
+          if (event.type === "preview") return preview?.(event);
           job.details = details;
           job.emitEvent(
             event.type === "progress"
@@ -157,6 +202,7 @@ export class JobRunner {
       // would keep it, and up to 10,000 others, in memory. A failure to delete is logged and changes nothing here.
       if (lease && job.history && job.details) await pool.forget(lease.backend, job.details.prompt_id);
       for (const f of inputFiles) this.deps.downloader.unpin(f);
+      for (const f of modelFiles) this.deps.models?.unpin(f);
       // Timings first: whoever listens for the final status reads them.
       job.finishedAt = now();
       job.timings.completed_at_ms = job.finishedAt;

@@ -1,4 +1,5 @@
 import type { ObjectStorage, ResolvedS3 } from "../../handlers/storage/s3.js";
+import { backoffDelay, delay } from "../../lib/backoff.js";
 import { OwnerLostError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ResultDocument } from "./job.js";
@@ -36,7 +37,14 @@ export interface SharedJobsOptions {
   heartbeatMs: number;
   logger: Logger;
   now?: () => number;
+  /**
+   * How a final document that could not be written is tried again (the bucket unreachable for a while): backoff
+   * from `baseMs` doubling to `capMs`, at most `attempts` tries in all (about two minutes by default).
+   */
+  finalWriteRetry?: { baseMs: number; capMs: number; attempts: number };
 }
+
+const FINAL_WRITE_RETRY = { baseMs: 1_000, capMs: 30_000, attempts: 12 };
 
 /** What a claim found: the id is ours now, or another worker's live (or finished) job holds it. */
 export type ClaimResult = { claimed: true } | { claimed: false; existing: SharedDocument };
@@ -56,6 +64,8 @@ export class SharedJobs {
   private readonly now: () => number;
   /** Writes in flight per id, chained so that a later document never lands before an earlier one. */
   private readonly writes = new Map<string, Promise<void>>();
+  /** Aborted by `flush`: the final documents waiting to be tried again stop waiting (one last try each). */
+  private stopping = new AbortController();
   /** S3 requests made, by kind (for the benchmark and /metrics). */
   readonly requests = { put: 0, get: 0, head: 0 };
 
@@ -119,20 +129,46 @@ export class SharedJobs {
     return { claimed: true };
   }
 
-  /** Writes the document in the background, in order per id; a failure is logged. */
+  /**
+   * Writes the document in the background, in order per id; a failure is logged. A final document is tried again
+   * with backoff while the bucket cannot be reached (else a job that ended during an outage would be known only to
+   * this worker's memory, and lost with it), until a later write of the id supersedes it or `flush` (shutdown:
+   * one last try).
+   */
   write(doc: ResultDocument, binding: JobBinding, httpStatus: number, retryable: boolean): void {
     const body = JSON.stringify(this.stamp(doc, binding, httpStatus, retryable));
     const key = this.docKey(doc.id);
+    const final = doc.status === "completed" || doc.status === "failed" || doc.status === "cancelled";
+    const retry = this.opts.finalWriteRetry ?? FINAL_WRITE_RETRY;
+    // A flush after this write was made ends its retries (one made later has retries of its own).
+    const stopping = this.stopping.signal;
     const previous = this.writes.get(doc.id) ?? Promise.resolve();
-    const next = previous.then(async () => {
-      this.requests.put++;
-      try {
-        await this.opts.storage.putDocument(this.opts.target, key, body);
-      } catch (err) {
-        this.opts.logger.warn(
-          { request_id: doc.id, stage: "shared", err },
-          "could not write the shared job document",
-        );
+    const next: Promise<void> = previous.then(async () => {
+      let last = false;
+      for (let attempt = 1; ; attempt++) {
+        this.requests.put++;
+        try {
+          await this.opts.storage.putDocument(this.opts.target, key, body);
+          if (attempt > 1)
+            this.opts.logger.info(
+              { request_id: doc.id, stage: "shared", attempt },
+              "wrote the shared job document once the bucket answered again",
+            );
+          return;
+        } catch (err) {
+          const again = final && !last && attempt < retry.attempts && this.writes.get(doc.id) === next;
+          this.opts.logger.warn(
+            { request_id: doc.id, stage: "shared", err, attempt },
+            `could not write the shared job document${again ? "; trying again" : ""}`,
+          );
+          if (!again) return;
+          // Shutdown (flush) does not wait out the backoff: one last try, now.
+          if (stopping.aborted) last = true;
+          else
+            await delay(backoffDelay(attempt - 1, retry.baseMs, retry.capMs), stopping).catch(
+              () => (last = true),
+            );
+        }
       }
     });
     this.writes.set(doc.id, next);
@@ -141,8 +177,14 @@ export class SharedJobs {
     });
   }
 
-  /** Waits for the background writes (shutdown, tests). */
+  /**
+   * Waits for the background writes (shutdown, tests): a final document waiting to be tried again is tried once
+   * more at once, then given up.
+   */
   async flush(): Promise<void> {
+    const stopping = this.stopping;
+    this.stopping = new AbortController();
+    stopping.abort();
     await Promise.all([...this.writes.values()]);
   }
 
