@@ -35,6 +35,7 @@ export default tseslint.config(
       "scripts/**",
       "test/**",
       "benchmark/bench/**",
+      "benchmark/soak/**",
       "jest.config.js",
     ],
     rules: { "no-restricted-properties": "off" },

@@ -1,0 +1,92 @@
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { once } from "node:events";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+
+export interface Delivery {
+  at: number;
+  request_id: string;
+  /** The Standard Webhooks signature verified against the body, id and timestamp. */
+  valid: boolean;
+  /** What the receiver did: answered 200, answered 500, or closed the connection (a fault window). */
+  answered: "200" | "500" | "closed";
+  status: string | undefined;
+}
+
+export type ReceiverMode = "ok" | "500" | "close";
+
+/**
+ * The soak's webhook receiver: verifies each delivery's Standard Webhooks signature (`v1,<HMAC-SHA256>` of
+ * `${webhook-id}.${webhook-timestamp}.${body}`) and records it; in a fault window it answers 500 or drops the
+ * connection without answering.
+ */
+export class WebhookReceiver {
+  readonly deliveries: Delivery[] = [];
+  /** The secret every soak request names (`whsec_` + base64, as Standard Webhooks writes them). */
+  readonly secret = `whsec_${randomBytes(24).toString("base64")}`;
+  mode: ReceiverMode = "ok";
+  private readonly sockets = new Set<Socket>();
+  private readonly server: Server;
+
+  constructor() {
+    this.server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        const body = Buffer.concat(chunks).toString("utf8");
+        const requestId = decodeURIComponent((req.url ?? "").split("/").pop() ?? "");
+        let status: string | undefined;
+        try {
+          status = (JSON.parse(body) as { status?: string }).status;
+        } catch {
+          status = undefined;
+        }
+        const answered = this.mode === "ok" ? "200" : this.mode === "500" ? "500" : "closed";
+        this.deliveries.push({
+          at: Date.now(),
+          request_id: requestId,
+          valid: this.verify(req.headers, body),
+          answered,
+          status,
+        });
+        if (answered === "closed") return void req.socket.destroy();
+        res.statusCode = answered === "500" ? 500 : 200;
+        res.end(answered === "500" ? "soak fault: 500" : "ok");
+      });
+    });
+    this.server.on("connection", (s: Socket) => {
+      this.sockets.add(s);
+      s.on("close", () => this.sockets.delete(s));
+    });
+  }
+
+  verify(headers: Record<string, string | string[] | undefined>, body: string): boolean {
+    const id = headers["webhook-id"];
+    const ts = headers["webhook-timestamp"];
+    const sig = headers["webhook-signature"];
+    if (typeof id !== "string" || typeof ts !== "string" || typeof sig !== "string") return false;
+    const key = Buffer.from(this.secret.slice("whsec_".length), "base64");
+    const expected = createHmac("sha256", key).update(`${id}.${ts}.${body}`).digest();
+    return sig.split(" ").some((s) => {
+      const [version, value] = s.split(",");
+      if (version !== "v1" || !value) return false;
+      const got = Buffer.from(value, "base64");
+      return got.length === expected.length && timingSafeEqual(got, expected);
+    });
+  }
+
+  url(requestId: string): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hook/${encodeURIComponent(requestId)}`;
+  }
+
+  async start(): Promise<this> {
+    this.server.listen(0, "127.0.0.1");
+    await once(this.server, "listening");
+    return this;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
