@@ -79,7 +79,8 @@ test("a sampler of 20 steps with `preview` set: preview lines with a decodable i
     expect(p).toMatchObject({ id, type: "preview", node: "3", mime: "image/jpeg", width: 64, height: 64 });
     const image = Buffer.from(p.data, "base64");
     expect(sniffMime(image)).toBe("image/jpeg");
-    expect(image.subarray(-8).toString("latin1", 0, 4)).toBe("IEND");
+    // A whole JPEG: it ends with its end-of-image marker.
+    expect(image.subarray(-2).toString("hex")).toBe("ffd9");
     const size = imageSize(image)!;
     expect(size).toEqual({ width: p.width, height: p.height });
     expect(Math.max(size.width, size.height)).toBeLessThanOrEqual(64);
