@@ -1,3 +1,10 @@
+/** Where Vast's images keep the user's files, ComfyUI included ($WORKSPACE). */
+export const DEFAULT_WORKSPACE = "/workspace";
+/** Where Vast's images keep their programs' logs (the portal shows them). */
+export const DEFAULT_LOG_DIR = "/var/log/portal";
+/** ComfyUI's port in Vast's images (its --port there). */
+export const DEFAULT_COMFYUI_PORT = 18188;
+
 /**
  * What ComfyUI's own command line (the `COMFYUI_ARGS` variable that Vast's image and our entrypoint pass to
  * `main.py`) says about where it listens and keeps its folders, so the worker follows a user who moved them

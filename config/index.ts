@@ -1,5 +1,5 @@
 import { join, resolve } from "node:path";
-import { parseComfyArgs } from "./comfyui-args.js";
+import { DEFAULT_COMFYUI_PORT, parseComfyArgs } from "./comfyui-args.js";
 import { ConfigError, EnvReader, type Env } from "./env.js";
 import { launchComfyDir, planLaunch, type LaunchConfig, type LaunchHost } from "./launch.js";
 import { redactUrl } from "../lib/redact.js";
@@ -464,7 +464,7 @@ function comfyBackends(
   if (planned === undefined && urls !== undefined && e.optional("COMFYUI_URL") !== undefined) {
     throw new ConfigError("COMFYUI_URLS", "set either COMFYUI_URL (one ComfyUI) or COMFYUI_URLS, not both");
   }
-  const list = urls ?? [e.url("COMFYUI_URL", `http://127.0.0.1:${argsPort ?? 18188}`)!];
+  const list = urls ?? [e.url("COMFYUI_URL", `http://127.0.0.1:${argsPort ?? DEFAULT_COMFYUI_PORT}`)!];
   if (list.length === 0) throw new ConfigError("COMFYUI_URLS", "lists no URL");
   if (list.length > 1 && outputs.length !== list.length) {
     throw new ConfigError(

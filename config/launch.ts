@@ -6,7 +6,13 @@
  * answers), so that reading the config stays free of I/O of its own.
  */
 import { join, resolve } from "node:path";
-import { cliFlags, type ComfyArgs } from "./comfyui-args.js";
+import {
+  DEFAULT_COMFYUI_PORT,
+  DEFAULT_LOG_DIR,
+  DEFAULT_WORKSPACE,
+  cliFlags,
+  type ComfyArgs,
+} from "./comfyui-args.js";
 import { ConfigError, type EnvReader } from "./env.js";
 import { redactUrl } from "../lib/redact.js";
 
@@ -74,7 +80,7 @@ export interface LaunchPlan {
 
 /** ComfyUI's folder: COMFYUI_DIR, else `$WORKSPACE/ComfyUI`. The default of COMFYUI_BASE_DIR when launching. */
 export function launchComfyDir(e: EnvReader): string {
-  return resolve(e.optional("COMFYUI_DIR") ?? join(e.string("WORKSPACE", "/workspace"), "ComfyUI"));
+  return resolve(e.optional("COMFYUI_DIR") ?? join(e.string("WORKSPACE", DEFAULT_WORKSPACE), "ComfyUI"));
 }
 
 /** The ComfyUI folders the worker would use for one ComfyUI (config/index.ts), which the plan divides per GPU. */
@@ -100,9 +106,9 @@ export function planLaunch(
   host: LaunchHost,
 ): LaunchPlan {
   const supervised = e.bool("WORKER_UNDER_SUPERVISOR", false);
-  const logDir = resolve(e.string("LOG_DIR", "/var/log/portal"));
+  const logDir = resolve(e.string("LOG_DIR", DEFAULT_LOG_DIR));
   const portVariable = args.port !== undefined ? "COMFYUI_ARGS" : "COMFYUI_PORT";
-  const comfyPort = e.int("COMFYUI_PORT", 18188, { min: 1, max: 65535 });
+  const comfyPort = e.int("COMFYUI_PORT", DEFAULT_COMFYUI_PORT, { min: 1, max: 65535 });
   const port = args.port ?? comfyPort;
   const notes: string[] = [];
   const gpus = e.bool("COMFYUI_PER_GPU", false) ? perGpuIds(e, args, host, notes) : [];

@@ -1,3 +1,4 @@
+import { DEFAULT_LOG_DIR, DEFAULT_WORKSPACE } from "./comfyui-args.js";
 import { join } from "node:path";
 import { parseComfyArgs } from "./comfyui-args.js";
 import { ConfigError, EnvReader, type Env } from "./env.js";
@@ -113,7 +114,7 @@ export function loadPrepareConfig(env: Env, target: PrepareTarget): PrepareConfi
 
 function imageConfig(e: EnvReader, ssl: PrepareSsl): ImagePrepare {
   const workerDir = e.string("WORKER_DIR", "/opt/worker");
-  const workspace = e.string("WORKSPACE", "/workspace");
+  const workspace = e.string("WORKSPACE", DEFAULT_WORKSPACE);
   const repo = e.optional("PYWORKER_REPO");
   const signUrl = e.string("VAST_SIGN_CERT_URL", "https://console.vast.ai/api/v0/sign_cert/");
   // As given, trailing slash and all: the instance id is appended to it (`?instance_id=`).
@@ -143,7 +144,7 @@ function imageConfig(e: EnvReader, ssl: PrepareSsl): ImagePrepare {
     worker: {
       comfyuiLaunch: e.optional("COMFYUI_LAUNCH"),
       logFile: e.optional("LOG_FILE"),
-      logDir: e.string("LOG_DIR", "/var/log/portal"),
+      logDir: e.string("LOG_DIR", DEFAULT_LOG_DIR),
       benchmarkCacheFile: e.optional("BENCHMARK_CACHE_FILE"),
       benchmarkJsonPath: e.optional("BENCHMARK_JSON_PATH"),
     },
@@ -152,8 +153,8 @@ function imageConfig(e: EnvReader, ssl: PrepareSsl): ImagePrepare {
 
 function stockTemplateConfig(e: EnvReader, ssl: PrepareSsl): StockTemplatePrepare {
   // The image sets WORKSPACE; start_server.sh's own folder is WORKSPACE_DIR (the same folder unless set apart).
-  const workspace = e.optional("WORKSPACE") ?? e.optional("WORKSPACE_DIR") ?? "/workspace";
-  const serverDir = e.optional("WORKSPACE_DIR") ?? e.optional("WORKSPACE") ?? "/workspace";
+  const workspace = e.optional("WORKSPACE") ?? e.optional("WORKSPACE_DIR") ?? DEFAULT_WORKSPACE;
+  const serverDir = e.optional("WORKSPACE_DIR") ?? e.optional("WORKSPACE") ?? DEFAULT_WORKSPACE;
   const foldersGiven =
     e.optional("COMFYUI_BASE_DIR") !== undefined ||
     (e.optional("COMFYUI_INPUT_DIR") !== undefined && e.optional("COMFYUI_OUTPUT_DIR") !== undefined) ||
