@@ -1,11 +1,12 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { runInstallScript } from "../../scripts/services/install.js";
 import { runPrepare } from "../../worker/commands/prepare.js";
 import { cleanUp, npmEnv, sink, tempDir, workerRepository } from "../harness/prepare.js";
+import { freePort } from "../../scripts/services/child.js";
 
 /**
  * `prepare --for stock-template` beside the stock image's API wrapper, run by a real supervisord (the tools venv's)
@@ -29,14 +30,6 @@ afterEach(async () => {
   }
   await cleanUp();
 });
-
-async function freePort(): Promise<number> {
-  const probe = createServer().listen(0, "127.0.0.1");
-  await new Promise((r) => probe.once("listening", r));
-  const port = (probe.address() as { port: number }).port;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
 
 /** Resolves once supervisorctl says the program is RUNNING (supervisord's start has no event to await). */
 async function untilRunning(ctl: string, timeoutMs = 30_000): Promise<void> {

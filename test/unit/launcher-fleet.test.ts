@@ -1,6 +1,5 @@
 import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -9,6 +8,7 @@ import { createLogger } from "../../lib/logger.js";
 import { Fleet, logFleet } from "../../worker/launcher/fleet.js";
 import { recordFleet } from "../harness/fleet-events.js";
 import { captureLog } from "../harness/log-capture.js";
+import { freePort } from "../../scripts/services/child.js";
 
 /**
  * The fleet's process handling on a FAKE ComfyUI (a few lines of Python answering /system_stats), so that it runs
@@ -50,14 +50,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  const probe = createServer().listen(0, "127.0.0.1");
-  await new Promise((r) => probe.once("listening", r));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
 
 async function launchOf(count: number, over: Partial<LaunchConfig> = {}): Promise<LaunchConfig> {
   const instances: LaunchedInstance[] = [];

@@ -1,8 +1,8 @@
 import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { freePort } from "../../scripts/services/child.js";
 
 /**
  * The worker's CLI with COMFYUI_LAUNCH=true on a FAKE ComfyUI: a main.py that exits at start the way ComfyUI 0.4x does
@@ -27,14 +27,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  const probe = createServer().listen(0, "127.0.0.1");
-  await new Promise((r) => probe.once("listening", r));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
 
 test("ASSETS_STARTUP_FAILED from the ComfyUI it starts: error_msg and an error in the log, no restart, SIGTERM still stops it", async () => {
   const apiPort = await freePort();

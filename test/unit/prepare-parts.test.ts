@@ -7,7 +7,6 @@ import { loadPrepareConfig, loadPrepareReport } from "../../config/prepare.js";
 import { redactSource, redactText } from "../../lib/redact.js";
 import { pairUsable } from "../../worker/prepare/certificate.js";
 import { certificateRequest } from "../../worker/prepare/csr.js";
-import { npmEnvironment } from "../../worker/prepare/npm-env.js";
 import { cleanUp, tempDir } from "../harness/prepare.js";
 import { selfSignedCert } from "../harness/tls.js";
 
@@ -15,49 +14,7 @@ import { selfSignedCert } from "../harness/tls.js";
 
 afterEach(cleanUp);
 
-// Every variable an instance may hold, and whether npm sees it.
-const NPM_ENV_TABLE: [string, boolean][] = [
-  ["PATH", true],
-  ["HOME", true],
-  ["TMPDIR", true],
-  ["LANG", true],
-  ["LC_ALL", true],
-  ["npm_config_cache", true],
-  ["NPM_CONFIG_REGISTRY", true],
-  ["NODE_OPTIONS", true],
-  ["NODE_EXTRA_CA_CERTS", true],
-  ["HTTPS_PROXY", true],
-  ["http_proxy", true],
-  ["NO_PROXY", true],
-  ["NODE_AUTH_TOKEN", false],
-  // Not a name a shell can hold; Node's environment can.
-  ["npm_config_//registry.example/:_authToken", false],
-  ["npm_config_key", false],
-  ["S3_ACCESS_KEY_ID", false],
-  ["S3_SECRET_ACCESS_KEY", false],
-  ["S3_ENDPOINT_URL", false],
-  ["MASTER_TOKEN", false],
-  ["WEBHOOK_URL", false],
-  ["WEBHOOK_SECRET", false],
-  ["WEBHOOK_ED25519_PRIVATE_KEY", false],
-  ["HF_TOKEN", false],
-  ["CIVITAI_TOKEN", false],
-  ["PYWORKER_REPO", false],
-  ["PROVISIONING_SCRIPT", false],
-  ["CONTAINER_ID", false],
-  ["SOME_NEW_SETTING", false],
-];
-
-test("npm's environment is an allow-list: npm's, Node's, the proxies' and the system's names, none shaped like a secret", () => {
-  const env = Object.fromEntries(NPM_ENV_TABLE.map(([name]) => [name, `value-of-${name}`]));
-  const seen = npmEnvironment(env);
-  expect(Object.keys(seen).sort()).toEqual(
-    NPM_ENV_TABLE.filter(([, allowed]) => allowed)
-      .map(([name]) => name)
-      .sort(),
-  );
-  for (const [name, value] of Object.entries(seen)) expect(value).toBe(env[name]);
-});
+// npm's environment allow-list is held by test/unit/bootstrap-secrets.test.ts (the secrets' tables live there).
 
 test("text is logged with each URL in it redacted; a source shows a path as it is and a URL redacted", () => {
   expect(redactText("fatal: unable to access 'https://u:tok@h.example/x.git?t=1': 403")).toBe(
