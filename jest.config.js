@@ -26,6 +26,7 @@ export default {
       testMatch: ["<rootDir>/test/integration/**/*.test.ts", "<rootDir>/test/conformance/**/*.test.ts"],
       globalSetup: "<rootDir>/test/harness/global-setup.mjs",
       globalTeardown: "<rootDir>/test/harness/global-teardown.mjs",
+      setupFilesAfterEnv: ["<rootDir>/test/harness/comfy-idle.ts"],
     },
   ],
   // Integration tests share one ComfyUI on 2 cores; run files one at a time so timings stay sane. A run-wide

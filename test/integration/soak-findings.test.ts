@@ -54,6 +54,13 @@ test("a retryable failure retried on another worker: both workers' /result answe
   );
   expect(polled.body).toMatchObject({ id, status: "completed" });
   expect((await getJson(`${b.api}/result/${id}`)).body).toMatchObject({ id, status: "completed" });
+
+  // The caller sends it again to the worker that failed it (a client retrying a lost answer): the retry's end is
+  // the answer, not a new run of the id there (it would fail again, or be refused 409 and then /result disagree).
+  const again = await postJson(`${down.api}/generate/sync`, body);
+  expect(again.status).toBe(200);
+  expect(again.body).toMatchObject({ id, status: "completed" });
+  expect((await getJson(`${down.api}/result/${id}`)).body).toMatchObject({ id, status: "completed" });
 });
 
 test("a webhook that failed is recorded on the job in the bucket: another worker's /result shows the cause", async () => {

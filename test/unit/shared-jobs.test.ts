@@ -1,6 +1,13 @@
 import { Job, type ResultDocument } from "../../worker/jobs/job.js";
 import { SharedJobs, type JobBinding, type SharedDocument } from "../../worker/jobs/shared.js";
-import { StorageUnavailableError } from "../../lib/errors.js";
+import { RemoteJobs } from "../../worker/jobs/endpoint-jobs.js";
+import {
+  ComfyUnavailableError,
+  ConflictError,
+  ExecutionError,
+  StorageUnavailableError,
+  type WorkerError,
+} from "../../lib/errors.js";
 import { FAKE_BUCKET, FakeObjectStorage, fakeClock, silentLogger } from "./fakes.js";
 
 const HEARTBEAT_MS = 1_000;
@@ -267,5 +274,47 @@ describe("SharedJobs while the bucket is unreachable", () => {
     const tries = a.requests.put;
     await new Promise((r) => setTimeout(r, 20));
     expect(a.requests.put).toBe(tries);
+  });
+});
+
+describe("RemoteJobs: a job of this worker that another worker's run of its id overtook", () => {
+  /** Worker a's job `r1`, ended with `err`; worker b then ran the id to completion and published it. */
+  async function overtaken(err: WorkerError) {
+    const { a, b } = endpoint();
+    const mine = job("r1");
+    mine.job.error = err;
+    mine.job.setStatus("failed", err.message);
+    const theirs = job("r1");
+    await b.claim(theirs.doc, theirs.binding);
+    theirs.job.setStatus("completed", "Completed with 0 output(s)");
+    b.write(theirs.job.result(), theirs.binding, 200, false);
+    await b.flush();
+    const remote = new RemoteJobs({ shared: a, local: (id) => (id === "r1" ? mine.job : undefined) });
+    return { a, remote, mine, theirs };
+  }
+
+  test("a retryable failure here answers the later run's document, on /result and to the same request again", async () => {
+    const { remote, mine, theirs } = await overtaken(new ComfyUnavailableError("not answering"));
+    await expect(remote.laterRun(mine.job)).resolves.toMatchObject({
+      status: "completed",
+      run_id: theirs.binding.runId,
+    });
+    const payload = { input: { request_id: "r1" } };
+    await expect(remote.holding(mine.job.input, payload)).resolves.toMatchObject({ status: "completed" });
+  });
+
+  test("a run refused because the other run held the id (409) answers that run's document", async () => {
+    const { remote, mine } = await overtaken(
+      new ConflictError("request_id r1 is already queued on another worker"),
+    );
+    await expect(remote.laterRun(mine.job)).resolves.toMatchObject({ status: "completed" });
+  });
+
+  test("a failure that is not retried is this worker's answer: the bucket is not read", async () => {
+    const { a, remote, mine } = await overtaken(new ExecutionError("a node raised"));
+    const reads = a.requests.get;
+    await expect(remote.laterRun(mine.job)).resolves.toBeUndefined();
+    await expect(remote.holding(mine.job.input, { input: { request_id: "r1" } })).resolves.toBeUndefined();
+    expect(a.requests.get).toBe(reads);
   });
 });

@@ -200,6 +200,16 @@ export interface RemoteJobsDeps {
   logger?: Logger;
 }
 
+/**
+ * Whether this worker's job may have been overtaken by another worker's run of its id: a retryable failure (the
+ * caller's retry may land elsewhere) or a run refused because another worker's run held the id.
+ */
+function superseded(job: Job): boolean {
+  return (
+    job.final && job.status === "failed" && (job.error?.retryable === true || job.error?.code === "conflict")
+  );
+}
+
 /** Other workers' jobs, read from the bucket for the callers who land on this worker. */
 export class RemoteJobs {
   constructor(private readonly deps: RemoteJobsDeps) {}
@@ -211,8 +221,10 @@ export class RemoteJobs {
    */
   async holding(input: ParsedInput, payload: unknown): Promise<SharedDocument | undefined> {
     const given = (payload as { input?: { request_id?: unknown } } | undefined)?.input?.request_id;
-    if (typeof given !== "string" || given.trim() === "" || this.deps.local(input.requestId))
-      return undefined;
+    if (typeof given !== "string" || given.trim() === "") return undefined;
+    // This worker's own job answers, unless it is superseded: a retry of its failure may have run elsewhere.
+    const mine = this.deps.local(input.requestId);
+    if (mine && !superseded(mine)) return undefined;
     // A bucket that cannot be read does not refuse work: the job runs here (its claim logs the problem).
     const doc = await this.deps.shared
       .read(input.requestId, AbortSignal.timeout(10_000))
@@ -224,11 +236,12 @@ export class RemoteJobs {
 
   /**
    * The bucket's document of a later run of this worker's job's id: only a retryable failure is run again (by a
-   * retry that may land on another worker), so only then is the bucket read. Undefined when there is none, or
+   * retry that may land on another worker), and a run refused because another worker's run held the id defers to
+   * it, so only then is the bucket read. Undefined when there is none, or
    * the bucket cannot be read (this worker's own document is the answer then).
    */
   async laterRun(job: Job): Promise<SharedDocument | undefined> {
-    if (!(job.final && job.status === "failed" && job.error?.retryable)) return undefined;
+    if (!superseded(job)) return undefined;
     const doc = await this.read(job.id).catch(() => undefined);
     return doc && doc.run_id !== job.runId ? doc : undefined;
   }
