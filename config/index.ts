@@ -1,7 +1,9 @@
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { DEFAULT_COMFYUI_PORT, parseComfyArgs } from "./comfyui-args.js";
 import { ConfigError, EnvReader, type Env } from "./env.js";
 import { launchComfyDir, planLaunch, type LaunchConfig, type LaunchHost } from "./launch.js";
+import { parseModelsList, shownReference, type ModelToWarm } from "./models.js";
 import { redactUrl } from "../lib/redact.js";
 
 export { ConfigError } from "./env.js";
@@ -115,6 +117,8 @@ export interface Config {
     /** Where hf://<org>/<repo>/<path> resolves (HF_ENDPOINT), with HF_TOKEN as its bearer token. */
     hfEndpoint: string;
     hfToken: string | undefined;
+    /** Models fetched at start, before the benchmark (MODELS); a failure is the worker's error_msg. */
+    warm: ModelToWarm[];
   };
   /** `routedMaxBodyBytes` bounds the routed port, open to anyone: smaller than the local API's `maxBodyBytes`. */
   limits: {
@@ -353,6 +357,7 @@ export function loadConfig(env: Env, root: string = process.cwd(), host: LaunchH
       timeoutMs: e.int("MODEL_DOWNLOAD_TIMEOUT_MS", 3_600_000, { min: 1 }),
       hfEndpoint: e.url("HF_ENDPOINT") ?? "https://huggingface.co",
       hfToken: e.optional("HF_TOKEN"),
+      warm: parseModelsList(e.optional("MODELS"), (path) => readFileSync(path, "utf8")),
     },
     limits: {
       maxBodyBytes: e.int("MAX_BODY_BYTES", 64 * 1024 * 1024, { min: 1024 }),
@@ -426,6 +431,12 @@ export function loadConfig(env: Env, root: string = process.cwd(), host: LaunchH
       ...(e.optional("LOG_FILE") !== undefined && { file: resolve(e.optional("LOG_FILE")!) }),
     },
   };
+  if (config.models.warm.length > 0 && config.models.dir === undefined) {
+    throw new ConfigError(
+      "MODELS",
+      "needs ComfyUI's models folder: set COMFYUI_MODELS_DIR or COMFYUI_BASE_DIR",
+    );
+  }
   if (!config.autoscaler.unsecured && config.autoscaler.reportAddrs.length === 0) {
     throw new ConfigError("REPORT_ADDR", "required unless UNSECURED=true (the public key comes from there)");
   }
@@ -445,7 +456,11 @@ export function describeConfig(config: FrozenConfig): unknown {
       signingKey: mask(config.webhook.signingKey),
     },
     autoscaler: { ...config.autoscaler, masterToken: mask(config.autoscaler.masterToken) },
-    models: { ...config.models, hfToken: mask(config.models.hfToken) },
+    models: {
+      ...config.models,
+      hfToken: mask(config.models.hfToken),
+      warm: config.models.warm.map((m) => `${m.folder}=${shownReference(m.ref)}`),
+    },
   };
 }
 

@@ -1,5 +1,6 @@
 import { mkdir } from "node:fs/promises";
 import type { FrozenConfig } from "../config/index.js";
+import { ModelPrefetch } from "../handlers/preprocess/model-prefetch.js";
 import type { ComfyBackend } from "../handlers/comfyui/pool.js";
 import type { InstallLayout } from "../lib/install.js";
 import type { Logger } from "../lib/logger.js";
@@ -77,13 +78,19 @@ export function createWorker(deps: WorkerDeps): Worker {
   const { config, logger } = deps;
   const now = deps.now ?? Date.now;
   const startedAt = now();
-  const { pool, downloader, storage, webhooks, jobs, events, metrics, shared } = createPipeline(
+  const { pool, downloader, models, storage, webhooks, jobs, events, metrics, shared } = createPipeline(
     config,
     logger,
     now,
     { scoreOf: (index) => capacity.scoreOf(index) },
   );
   const comfyUrls = config.comfyui.backends.map((b) => b.url).join(", ");
+  const prefetch = new ModelPrefetch({
+    fetcher: models,
+    modelsDir: config.models.dir,
+    hfEndpoint: config.models.hfEndpoint,
+    logger,
+  });
   const janitor = new Janitor(
     janitorOptions(config, {
       logger,
@@ -91,6 +98,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       pinnedInputs: () => downloader.pinnedFiles(),
       onRemoved: (files) => metrics.janitorRemoved.inc(files),
       onFreeBytes: (bytes) => metrics.diskFreeBytes.set(bytes),
+      ...(models && { evictModel: () => models.evictOne() }),
     }),
   );
   const startup = new Startup(logger, () => reporter?.poke());
@@ -112,6 +120,10 @@ export function createWorker(deps: WorkerDeps): Worker {
     score,
     maxPerf: () => capacity.reportedUnit(),
     onScore: (unit) => capacity.measured(unit),
+    ...(models && {
+      downloadSeconds: async (workflow: unknown, probe: boolean) =>
+        (await models.expectedDownload(workflow, { probe })).seconds,
+    }),
   });
   events.on("job.finished", (job) => load.completed(job));
   const admission = new Admission(
@@ -155,6 +167,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     janitor,
     metrics,
     storage,
+    prefetch,
     verifier: () => verifier,
     startedAt,
     now,
@@ -204,6 +217,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         jobs,
         load,
         benchmark: deps.benchmark,
+        warmModels: () => prefetch.warm(config.models.warm),
         publicKeyPem: deps.publicKeyPem,
         verified: (v) => (verifier = v),
         signal: lifecycle.signal,

@@ -1,6 +1,6 @@
 import type { FrozenConfig } from "../config/index.js";
 import type { ComfyBackend, ComfyPool } from "../handlers/comfyui/pool.js";
-import { delay } from "../lib/backoff.js";
+import { delay, untilAborted } from "../lib/backoff.js";
 import type { Logger } from "../lib/logger.js";
 import { SignatureVerifier } from "./auth/signature.js";
 import type { BootBenchmark } from "./boot-benchmark.js";
@@ -19,6 +19,8 @@ export interface BootDeps {
   jobs: JobManager;
   load: LoadSignal;
   benchmark: BootBenchmark;
+  /** Fetches MODELS (never throws): the error_msg when a model could not be had, else undefined. */
+  warmModels?: () => Promise<string | undefined>;
   /** Public key PEM to use instead of fetching it (tests). */
   publicKeyPem: string | undefined;
   /** The router's key, once loaded. */
@@ -30,11 +32,15 @@ export interface BootDeps {
 }
 
 /**
- * What happens after the ports listen: wait for ComfyUI, load the router's key, benchmark, then ready; each step
- * moves the start-up state machine, and a failure ends in its error phase.
+ * What happens after the ports listen: wait for ComfyUI, load the router's key, fetch MODELS, benchmark, then
+ * ready; each step moves the start-up state machine, and a failure ends in its error phase. MODELS' downloads start
+ * at once (they need no ComfyUI) and are waited for before the benchmark, which may use them: a model the operator
+ * listed that cannot be had is the worker's error (error_msg), as a failed benchmark is, rather than jobs failing
+ * one by one on a worker that says it is ready.
  */
 export async function boot(d: BootDeps): Promise<void> {
   const { config, logger, startup, pool } = d;
+  const warming = d.warmModels?.();
   if (!startup.waitForComfy() || !(await waitForComfy(d))) return;
   const answering = pool.backends.filter((b) => b.up).map((b) => b.url);
   logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${answering.join(", ")}`);
@@ -61,6 +67,15 @@ export async function boot(d: BootDeps): Promise<void> {
   }
 
   if (!startup.benchmarking()) return;
+  // A shutdown stops the waiting, not the downloads (they are the cache's).
+  const warmError = await untilAborted(warming ?? Promise.resolve(undefined), d.signal).catch(
+    () => undefined,
+  );
+  if (d.signal.aborted) return;
+  if (warmError !== undefined) {
+    startup.fail(warmError);
+    return;
+  }
   try {
     d.load.setBenchmark(await d.benchmark.workflow());
     if (config.benchmark.skip) d.capacity.skipBenchmark();

@@ -1,3 +1,4 @@
+import type { ModelPrefetch } from "../handlers/preprocess/model-prefetch.js";
 import type { ObjectStorage } from "../handlers/storage/s3.js";
 import { validateCallbackUrl } from "../handlers/webhook.js";
 import type { Logger } from "../lib/logger.js";
@@ -8,6 +9,7 @@ import { debugRoutes } from "./http/debug.js";
 import { docsRoutes, loadExample } from "./http/docs.js";
 import { generateRoutes } from "./http/generate-routes.js";
 import { healthRoutes } from "./http/health.js";
+import { modelRoutes } from "./http/models-routes.js";
 import { createLocalApp } from "./http/local.js";
 import { PLAIN_HTTP_ROUTES } from "./http/route-table.js";
 import { createRoutedApp, type SessionStore } from "./http/routed.js";
@@ -34,6 +36,8 @@ export interface AppsDeps extends ReadSources {
   janitor: Janitor;
   metrics: WorkerMetrics;
   storage: ObjectStorage;
+  /** POST /models/prefetch on both ports. */
+  prefetch: ModelPrefetch;
   /** The router's key, once loaded. */
   verifier(): SignatureVerifier | undefined;
   startedAt: number;
@@ -53,7 +57,10 @@ export function createApps(d: AppsDeps): Listeners {
     logger,
     maxWorkflowNodes: config.limits.maxWorkflowNodes,
     workloadOf: (input) => workloadOfWorkflow(input.workflow),
+    // The local API admits everything: no HEAD to delay the job (its first answer gives the size).
+    downloadOf: (input) => load.downloadPrice(input.workflow, false),
   });
+  const models = modelRoutes({ prefetch: d.prefetch });
   const routedDeps = {
     logger,
     maxBodyBytes: config.limits.routedMaxBodyBytes,
@@ -74,8 +81,14 @@ export function createApps(d: AppsDeps): Listeners {
     updateFlagFile: config.autoscaler.updateFlagFile,
     generate,
     health,
+    models,
     workloadOf: (payload: unknown) =>
       workloadOfWorkflow((payload as { input?: { workflow_json?: unknown } } | null)?.input?.workflow_json),
+    downloadOf: (payload: unknown) =>
+      load.downloadPrice(
+        (payload as { input?: { workflow_json?: unknown } } | null)?.input?.workflow_json,
+        true,
+      ),
   };
   const assets = d.assets ?? installLayout();
   const local = config.api.enabled
@@ -86,6 +99,7 @@ export function createApps(d: AppsDeps): Listeners {
         handlers: {
           ...generate,
           ...health,
+          ...models,
           ...docsRoutes(loadExample(d.root), assets.swaggerUi),
           ...debugRoutes({ load: () => load.state(), maxPerf: () => d.capacity.maxPerf() }),
           ...consoleRoutes({ feed: consoleFeed(d), root: d.root, page: assets.console }),

@@ -26,12 +26,19 @@ export interface JanitorOptions {
   onRemoved?: (files: number, bytes: number) => void;
   onFreeBytes?: (bytes: number) => void;
   now?: () => number;
+  /** ComfyUI's models folder, where `evictModel` deletes (absent: none known). */
+  modelsDir?: string | undefined;
+  /** Deletes the least recently used downloaded model no job uses (ModelFetcher.evictOne); undefined when none. */
+  evictModel?: () => Promise<{ file: string; bytes: number } | undefined>;
 }
 
 /** The folders and rules of FrozenConfig's `disk` and ComfyUI sections, with what only the running worker knows. */
 export function janitorOptions(
   config: FrozenConfig,
-  live: Pick<JanitorOptions, "logger" | "activeIds" | "pinnedInputs" | "onRemoved" | "onFreeBytes">,
+  live: Pick<
+    JanitorOptions,
+    "logger" | "activeIds" | "pinnedInputs" | "onRemoved" | "onFreeBytes" | "evictModel"
+  >,
 ): JanitorOptions {
   return {
     outputDir: config.outputDir,
@@ -40,6 +47,7 @@ export function janitorOptions(
     minFreeBytes: config.disk.minFreeBytes,
     maxAgeMs: config.disk.outputMaxAgeMs,
     intervalMs: config.disk.janitorIntervalMs,
+    modelsDir: config.models.dir,
     ...live,
   };
 }
@@ -53,7 +61,7 @@ export interface LastSweep {
 export interface SweepReport {
   freeBefore: number;
   freeAfter: number;
-  removed: { path: string; bytes: number; reason: "age" | "uploaded" }[];
+  removed: { path: string; bytes: number; reason: "age" | "uploaded" | "model" }[];
 }
 
 /**
@@ -62,7 +70,9 @@ export interface SweepReport {
  * 1. (the seed's rule) remove request output folders, cached URL inputs and what the other backends' output
  *    folders hold, older than `maxAgeMs`, oldest first, until free space is back above the bound;
  * 2. if it is still below, remove the oldest output folders whose files are all in storage (marked
- *    UPLOADED_MARKER), whatever their age: a busy worker fills its disk long before outputs get old.
+ *    UPLOADED_MARKER), whatever their age: a busy worker fills its disk long before outputs get old;
+ * 3. if it is still below, delete downloaded models (models on demand) no queued or running job uses, least
+ *    recently used first, when they are on the same file system: last, since each costs a download to get back.
  * A running job's folder, a folder whose upload failed (or was never asked for) and a pinned input are never
  * touched. What is removed is logged with the rule that removed it.
  */
@@ -108,6 +118,16 @@ export class Janitor {
   private async free(): Promise<number> {
     const s = await statfs(this.opts.outputDir);
     return s.bavail * s.bsize;
+  }
+
+  /** Whether deleting models frees space where free space is measured (the models folder may be another disk). */
+  private async modelsShareDisk(): Promise<boolean> {
+    if (this.opts.modelsDir === undefined || !this.opts.evictModel) return false;
+    const [models, outputs] = await Promise.all([
+      stat(this.opts.modelsDir).catch(() => undefined),
+      stat(this.opts.outputDir).catch(() => undefined),
+    ]);
+    return models !== undefined && outputs !== undefined && models.dev === outputs.dev;
   }
 
   private async pass(): Promise<SweepReport> {
@@ -156,11 +176,24 @@ export class Janitor {
         await remove(c, "uploaded");
       }
     }
+    if (free < this.opts.minFreeBytes && (await this.modelsShareDisk())) {
+      while (free < this.opts.minFreeBytes) {
+        const model = await this.opts.evictModel!();
+        if (!model) break;
+        report.removed.push({
+          path: join(this.opts.modelsDir!, model.file),
+          bytes: model.bytes,
+          reason: "model",
+        });
+        free = await this.free();
+      }
+    }
     report.freeAfter = free;
     if (report.removed.length > 0) {
       const bytes = report.removed.reduce((a, r) => a + r.bytes, 0);
       const byAge = report.removed.filter((r) => r.reason === "age");
       const byUpload = report.removed.filter((r) => r.reason === "uploaded");
+      const models = report.removed.filter((r) => r.reason === "model");
       this.opts.onRemoved?.(report.removed.length, bytes);
       this.opts.onFreeBytes?.(free);
       this.opts.logger.warn(
@@ -172,14 +205,17 @@ export class Janitor {
           free_after: free,
           older_than_max_age: byAge.map((r) => r.path),
           already_uploaded: byUpload.map((r) => r.path),
+          models_evicted: models.map((r) => r.path),
+          models_bytes: models.reduce((a, r) => a + r.bytes, 0),
         },
         `disk care: free space below DISK_MIN_FREE_MB; removed ${byAge.length} item(s) older than ` +
-          `OUTPUT_MAX_AGE_HOURS and ${byUpload.length} output folder(s) already uploaded to storage`,
+          `OUTPUT_MAX_AGE_HOURS, ${byUpload.length} output folder(s) already uploaded to storage and ` +
+          `${models.length} downloaded model(s) no job uses`,
       );
     } else {
       this.opts.logger.warn(
         { stage: "janitor", free_bytes: free, min_free_bytes: this.opts.minFreeBytes },
-        "free disk space is low and no output is old enough to remove",
+        "free disk space is low and no output is old enough to remove, nor a downloaded model unused",
       );
     }
     return report;

@@ -17,6 +17,17 @@ export interface LoadSignalOptions {
   onScore(maxPerf: number): void;
   model?: CostModel;
   score?: LiveScore;
+  /**
+   * Expected seconds of download of the models a workflow names and the worker lacks (ModelFetcher's
+   * expectedDownload); `probe` lets it ask a source for a size it does not know. Absent: no models folder.
+   */
+  downloadSeconds?: (workflow: unknown, probe: boolean) => Promise<number>;
+}
+
+/** A job's download time at admission, and the load it stands for (workload units, apart from `workload`). */
+export interface DownloadPrice {
+  seconds: number;
+  workload: number;
 }
 
 export interface Estimate {
@@ -87,6 +98,30 @@ export class LoadSignal {
   }
 
   /**
+   * The download part of a job's price: the expected download time of the models it names that the worker lacks,
+   * in the same units as workloads (seconds x the unit score: cur_load / max_perf stays the time to drain), so that
+   * a worker fetching a cold 6 GB file reports itself busy and admission refuses what would wait behind it.
+   *
+   * It is kept apart from the job's workload, on purpose: the workload is what the router counts as the request's
+   * work (new_load on arrival, cur_perf when it completes), what places and times the prompt on a backend (the stall
+   * watchdog reads it as predicted GPU seconds) and what the live score measures GPU speed against; download time
+   * in any of them would make a worker whose GPU idles on a download look as productive as one computing, and
+   * price the same job's warm runs as if they downloaded too. So the download part counts only in the load in flight (cur_load and
+   * admission's expected wait), shrinks as the bytes arrive and is gone once the job's models are on disk. The new
+   * job's own download is not part of its own admission (nor is its workload, as upstream): every worker lacks a
+   * model nobody asked for yet, and refusing it everywhere would run it nowhere. Before the worker has a score
+   * there is no unit to count in: 0.
+   */
+  async downloadPrice(workflow: unknown, probe: boolean): Promise<DownloadPrice> {
+    const seconds = this.opts.downloadSeconds
+      ? await this.opts.downloadSeconds(workflow, probe).catch(() => 0)
+      : 0;
+    const unit = this.opts.maxPerf();
+    const workload = unit > 0 ? Math.round(seconds * unit * 100) / 100 : 0;
+    return { seconds, workload };
+  }
+
+  /**
    * A finished job teaches the model and the score; only completed jobs count, and never the warm-up. The score's
    * measurement is the job's time turned into benchmark runs by the model's own proportions, predicted before the
    * job is learned: 100 x predicted(job) / predicted(benchmark) / seconds. For a benchmark run that is 100 /
@@ -96,6 +131,10 @@ export class LoadSignal {
    */
   completed(job: Job): void {
     if (job.status !== "completed" || job.input.internal?.warmup) return;
+    // A job that waited on a model download ran that model for the first time: its execution includes ComfyUI
+    // loading it from disk, a cost of the download (as the boot benchmark's warm-up run is discarded), not of the
+    // graph. Learned from, it would price the same job warm as if every run loaded the model, and move the score.
+    if (job.fetchedModels) return;
     const seconds = executionSeconds(job);
     if (seconds === undefined) return;
     const f = jobFeatures(job.input.workflow);

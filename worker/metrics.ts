@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { ModelObserver } from "../handlers/preprocess/models.js";
 import type { ShapeState } from "./cost-model.js";
 import type { WorkerEventEmitter } from "./events.js";
 import type { RouteHandlers } from "./http/route-table.js";
@@ -121,6 +122,24 @@ export class WorkerMetrics {
     registers: [this.registry],
   });
 
+  readonly modelBytes = new Counter({
+    name: "comfyui_worker_model_download_bytes_total",
+    help: "Bytes of model references downloaded (resumed attempts and failed downloads included)",
+    registers: [this.registry],
+  });
+  readonly modelDownloadSeconds = new Histogram({
+    name: "comfyui_worker_model_download_seconds",
+    help: "Time of each model download that ended with the file in place",
+    buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800],
+    registers: [this.registry],
+  });
+  readonly modelCache = new Counter({
+    name: "comfyui_worker_model_cache_lookups_total",
+    help: "Model references a job asked for: found downloaded (hit) or waited for a download (miss)",
+    labelNames: ["result"],
+    registers: [this.registry],
+  });
+
   constructor(opts: { collectDefault?: boolean } = {}) {
     if (opts.collectDefault ?? true)
       collectDefaultMetrics({ register: this.registry, prefix: "comfyui_worker_" });
@@ -148,6 +167,15 @@ export class WorkerMetrics {
   private upload(ok: boolean, bytes: number): void {
     if (ok) this.s3Bytes.inc(bytes);
     else this.s3Failures.inc();
+  }
+
+  /** What the model fetcher tells, counted. */
+  modelObserver(): ModelObserver {
+    return {
+      lookup: (hit) => this.modelCache.inc({ result: hit ? "hit" : "miss" }),
+      bytes: (n) => this.modelBytes.inc(n),
+      downloaded: (_bytes, seconds) => this.modelDownloadSeconds.observe(seconds),
+    };
   }
 
   /** The cost model's state, replaced as a whole (forgotten shapes disappear). */

@@ -79,6 +79,7 @@ export function createPipeline(
           dirs: MODEL_DIRS,
           allowPrivate: config.inputs.allowPrivate,
           logger,
+          observer: metrics.modelObserver(),
           // s3:// names an object of the operator's storage: resolveS3 refuses another bucket (the operator's keys
           // stay with its bucket). The URL outlives the download, resumed ranges included (S3 allows 7 days).
           ...(operatorBucket && {

@@ -10,7 +10,7 @@ import type { ObjectInfoNode, Workflow, WorkflowNode } from "../comfyui/types.js
 import type { InputDownloader } from "./downloads.js";
 import { fileNameProblem } from "./file-names.js";
 import { isModelReference, modelFolder, type ModelFolder } from "./model-folders.js";
-import type { ModelFetcher } from "./models.js";
+import type { ModelFetcher, ModelProgress } from "./models.js";
 import { seedRandomInts } from "./random-int.js";
 
 /** The input added to every output node so that ComfyUI's cache never skips saving this request's files. */
@@ -61,6 +61,8 @@ export async function prepareWorkflow(
     /** Downloads model references; absent, a reference is refused (no models folder known). */
     models?: ModelFetcher | undefined;
     signal?: AbortSignal | undefined;
+    /** Progress of the model downloads this workflow waits on (its own, or one under way it joined). */
+    onModelProgress?: ((p: ModelProgress) => void) | undefined;
   },
 ): Promise<PreparedWorkflow> {
   const seeded = seedRandomInts(workflow);
@@ -72,7 +74,7 @@ export async function prepareWorkflow(
   const modelFiles: string[] = [];
   const downloads = planned.map(({ nodeId, node, input, url, expectImage, model }) =>
     model
-      ? fetchModel(url, model, opts.models, opts.signal).then(
+      ? fetchModel(url, model, opts.models, opts.signal, opts.onModelProgress).then(
           ({ name, file }) => {
             node.inputs[input] = name;
             modelFiles.push(file);
@@ -107,6 +109,7 @@ function fetchModel(
   folder: ModelFolder,
   models: ModelFetcher | undefined,
   signal: AbortSignal | undefined,
+  onProgress: ((p: ModelProgress) => void) | undefined,
 ): Promise<{ name: string; file: string }> {
   if (!models) {
     return Promise.reject(
@@ -115,7 +118,7 @@ function fetchModel(
       ),
     );
   }
-  return models.fetch(value, folder, signal);
+  return models.fetch(value, folder, signal, onProgress);
 }
 
 /**

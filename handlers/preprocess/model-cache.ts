@@ -62,6 +62,11 @@ export class ModelCache {
     return entry;
   }
 
+  /** Whether `<dir>/<stem>` was downloaded and is still counted, without marking it used (a cost estimate's look). */
+  async has(dir: string, stem: string): Promise<boolean> {
+    return (await this.index()).has(`${dir}/${stem}`);
+  }
+
   /**
    * Holds `bytes` for a download about to start, evicting the least recently used unpinned files to make room.
    * Throws ModelTooLargeError when even then the cache cannot hold it.
@@ -101,6 +106,21 @@ export class ModelCache {
     const key = `${dir}/${stem}`;
     this.drop(index, key);
     this.put(index, key, entry);
+  }
+
+  /**
+   * Deletes the least recently used file no job pins, for disk care when the disk runs low whatever this bound
+   * says; undefined when every file is pinned or there is none.
+   */
+  async evictOne(): Promise<CachedModel | undefined> {
+    const index = await this.index();
+    for (const [key, entry] of index) {
+      if (this.opts.isPinned(entry.file)) continue;
+      this.drop(index, key);
+      await rm(join(this.opts.modelsDir, entry.file), { force: true });
+      return entry;
+    }
+    return undefined;
   }
 
   /** Files, bytes and reserved bytes now. */

@@ -1,13 +1,12 @@
 import { createHash } from "node:crypto";
+import { MODEL_FOLDER_DIRS, MODEL_REFERENCE } from "../../config/models.js";
 import { ModelReferenceError } from "../../lib/errors.js";
 
 /**
  * Which models folder an input chooses a file of. ComfyUI's /object_info gives an input's choices but not the folder
  * they were listed from, so the folder is declared here: by node class where a class departs from the usual name
  * (CLIPVisionLoader's `clip_name` is a clip_vision model), else by input name. `dir` is the sub-folder of ComfyUI's
- * models folder the file is written to: the first path ComfyUI's folder_paths lists for that folder in the versions
- * we run (0.3.x to 0.33), so that its loader finds it (`diffusion_models` reads models/unet first, `text_encoders`
- * models/text_encoders then models/clip).
+ * models folder the file is written to (config/models.ts MODEL_FOLDER_DIRS, which MODELS reads too).
  */
 export interface ModelFolder {
   /** ComfyUI's name for the folder (folder_paths' key). */
@@ -16,23 +15,7 @@ export interface ModelFolder {
   dir: string;
 }
 
-const FOLDERS: Record<string, string> = {
-  checkpoints: "checkpoints",
-  loras: "loras",
-  vae: "vae",
-  controlnet: "controlnet",
-  diffusion_models: "unet",
-  text_encoders: "text_encoders",
-  clip_vision: "clip_vision",
-  upscale_models: "upscale_models",
-  style_models: "style_models",
-  gligen: "gligen",
-  hypernetworks: "hypernetworks",
-  photomaker: "photomaker",
-  model_patches: "model_patches",
-  audio_encoders: "audio_encoders",
-  embeddings: "embeddings",
-};
+const FOLDERS = MODEL_FOLDER_DIRS;
 
 /** The sub-folders of the models folder that downloads go to. */
 export const MODEL_DIRS: readonly string[] = [...new Set(Object.values(FOLDERS))];
@@ -65,6 +48,11 @@ export function modelFolder(classType: string, input: string): ModelFolder | und
   return folder === undefined ? undefined : { folder, dir: FOLDERS[folder]! };
 }
 
+/** The models folder ComfyUI calls `name` (`loras`, `checkpoints`...), or undefined when downloads go to none. */
+export function modelFolderNamed(name: string): ModelFolder | undefined {
+  return Object.hasOwn(FOLDERS, name) ? { folder: name, dir: FOLDERS[name]! } : undefined;
+}
+
 /** The extensions ComfyUI lists in a models folder (folder_paths.supported_pt_extensions). */
 export const MODEL_EXTENSIONS: ReadonlySet<string> = new Set([
   ".ckpt",
@@ -79,7 +67,7 @@ export const MODEL_EXTENSIONS: ReadonlySet<string> = new Set([
 
 /** A value that names a model by where it is rather than by a file already in the folder. */
 export function isModelReference(value: string): boolean {
-  return /^(https?|s3|hf):\/\//i.test(value);
+  return MODEL_REFERENCE.test(value);
 }
 
 export type ModelSource =

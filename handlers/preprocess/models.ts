@@ -19,6 +19,12 @@ import { backoffDelay, delay, untilAborted } from "../../lib/backoff.js";
 import type { Logger } from "../../lib/logger.js";
 import { Pins } from "../../lib/pins.js";
 import { redactText } from "../../lib/redact.js";
+import {
+  DEFAULT_MODEL_BYTES,
+  SIZE_PROBE_TIMEOUT_MS,
+  Throughput,
+  referencedModels,
+} from "./download-estimate.js";
 import { BlockedAddressError, checkLiteralHost, safeLookup } from "./downloads.js";
 import { ModelCache, type CachedModel, type Reservation } from "./model-cache.js";
 import {
@@ -46,7 +52,60 @@ export interface ModelFetcherOptions {
   /** A pre-signed GET URL of an object of the operator's storage; absent without S3 settings (s3:// refused). */
   presignS3?: ((bucket: string, key: string) => Promise<string>) | undefined;
   logger?: Logger | undefined;
+  /** Told of every lookup, byte and download (the worker's metrics); it must not throw. */
+  observer?: ModelObserver | undefined;
 }
+
+/** What the fetcher tells its observer (Prometheus metrics in the worker). */
+export interface ModelObserver {
+  /** A fetch found the file downloaded (hit), or had to wait for a download, its own or one under way (miss). */
+  lookup(hit: boolean): void;
+  /** Bytes of a download written to disk (resumed attempts included). */
+  bytes(n: number): void;
+  /** A download that ended with the file in place: its size and its whole time. */
+  downloaded(bytes: number, seconds: number): void;
+}
+
+/**
+ * Where a download a job waits on stands: `total` is what the source's first answer declared (undefined before it,
+ * or when it declares none). Told when the download starts, at each whole percent (each 8 MiB when the total is
+ * unknown) and when the file is whole.
+ */
+export interface ModelProgress {
+  /** The reference as shown in logs (no query, no credentials). */
+  model: string;
+  folder: string;
+  received: number;
+  total: number | undefined;
+}
+
+/** A job's expected wait on downloads of the models it names (see `expectedDownload`). */
+export interface DownloadEstimate {
+  /** Seconds of download expected: the missing models' bytes at the measured throughput, capped by the deadline. */
+  seconds: number;
+  bytes: number;
+  /** Models neither downloaded nor being downloaded. */
+  models: number;
+  /** Of them, those whose size is not known (counted as DEFAULT_MODEL_BYTES). */
+  unknownSize: number;
+}
+
+/** Who hears a download's progress, and the last progress told (a caller joining late hears it at once). */
+interface Audience {
+  listeners: Set<(p: ModelProgress) => void>;
+  last: ModelProgress | undefined;
+}
+
+/** A download under way: whoever fetches the same reference meanwhile waits on it and hears its progress. */
+interface Flight {
+  done: Promise<CachedModel>;
+  audience: Audience;
+}
+
+/** Sizes remembered (per reference) at most; the oldest are forgotten first. */
+const MAX_KNOWN_SIZES = 1024;
+/** Without a declared total, progress is told every this many bytes. */
+const PROGRESS_STEP_BYTES = 8 * 1024 * 1024;
 
 /**
  * Attempts of one download: a dropped connection resumes from the bytes already on disk (a Range request), after a
@@ -73,7 +132,13 @@ export class ModelFetcher {
   /** For the operator's own storage (s3://): its endpoint is the operator's choice, no address policy. */
   private readonly unguarded: Got;
   private readonly cache: ModelCache;
-  private readonly inFlight = new Map<string, Promise<CachedModel>>();
+  private readonly inFlight = new Map<string, Flight>();
+  /** Sizes of references, from a HEAD or a download's first answer: what a cost estimate reads. */
+  private readonly sizes = new Map<string, number>();
+  /** HEADs under way, one per reference. */
+  private readonly probes = new Map<string, Promise<number | undefined>>();
+  /** Download throughput measured on the downloads that went to the network. */
+  readonly throughput = new Throughput();
   /** Files (`<dir>/<name>`) a queued or running job uses, with how many jobs: never evicted. */
   private readonly pinned = new Pins();
   /** Downloads that went to the network, for tests and metrics. */
@@ -99,29 +164,41 @@ export class ModelFetcher {
     value: string,
     folder: ModelFolder,
     signal?: AbortSignal,
+    onProgress?: (p: ModelProgress) => void,
   ): Promise<{ name: string; file: string }> {
     const ref = parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint });
     const key = `${folder.dir}/${ref.stem}`;
-    let shared = this.inFlight.get(key);
-    if (!shared) {
-      const started = this.resolve(ref, folder).finally(() => this.inFlight.delete(key));
-      this.inFlight.set(key, started);
-      shared = started;
+    let flight = this.inFlight.get(key);
+    if (flight) this.opts.observer?.lookup(false);
+    else {
+      const audience: Audience = { listeners: new Set(), last: undefined };
+      flight = {
+        audience,
+        done: this.resolve(ref, folder, audience).finally(() => this.inFlight.delete(key)),
+      };
+      this.inFlight.set(key, flight);
+    }
+    const { audience } = flight;
+    if (onProgress) {
+      audience.listeners.add(onProgress);
+      if (audience.last) onProgress(audience.last);
     }
     // Pinned in the same turn the download resolves: no other download's eviction runs in between.
-    const pinned = shared.then((entry) => {
+    const pinned = flight.done.then((entry) => {
       this.pin(entry.file);
       return entry;
     });
-    const entry = await untilAborted(pinned, signal).catch((err: unknown) => {
-      // A caller that stopped waiting leaves the pin its download took for it.
-      if (signal?.aborted)
-        void pinned.then(
-          (e) => this.unpin(e.file),
-          () => undefined,
-        );
-      throw err;
-    });
+    const entry = await untilAborted(pinned, signal)
+      .finally(() => onProgress && audience.listeners.delete(onProgress))
+      .catch((err: unknown) => {
+        // A caller that stopped waiting leaves the pin its download took for it.
+        if (signal?.aborted)
+          void pinned.then(
+            (e) => this.unpin(e.file),
+            () => undefined,
+          );
+        throw err;
+      });
     if (ref.sha256 !== undefined && entry.sha256 !== undefined && entry.sha256 !== ref.sha256) {
       this.unpin(entry.file);
       throw new ModelChecksumError(
@@ -144,8 +221,77 @@ export class ModelFetcher {
     return this.cache.size();
   }
 
-  private async resolve(ref: ModelReference, folder: ModelFolder): Promise<CachedModel> {
+  /**
+   * The download time a job naming these models would wait for: every model reference of `workflow` that is neither
+   * downloaded nor being downloaded (a download under way is counted by the job that started it, once), at its size
+   * over the measured throughput. A size comes from what earlier HEADs and downloads of the reference said; with
+   * `probe`, a reference never seen is asked with a HEAD (under the download's address policy, at most
+   * SIZE_PROBE_TIMEOUT_MS); else, or when the source does not say, it is DEFAULT_MODEL_BYTES. The models download
+   * side by side, sharing the link: their bytes add up. Never longer than a download may last
+   * (MODEL_DOWNLOAD_TIMEOUT_MS). A reference that does not parse weighs nothing: the job is refused for it.
+   */
+  async expectedDownload(workflow: unknown, opts: { probe?: boolean } = {}): Promise<DownloadEstimate> {
+    const refs: { ref: ModelReference; folder: ModelFolder }[] = [];
+    for (const { value, folder } of referencedModels(workflow)) {
+      try {
+        refs.push({ ref: parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint }), folder });
+      } catch {
+        /* refused when the job prepares its inputs */
+      }
+    }
+    const present = await Promise.all(refs.map(({ ref, folder }) => this.cache.has(folder.dir, ref.stem)));
+    const missing = refs.filter(
+      ({ ref, folder }, i) => !present[i] && !this.inFlight.has(`${folder.dir}/${ref.stem}`),
+    );
+    const sizes = await Promise.all(
+      missing.map(({ ref }) =>
+        this.sizes.has(ref.stem) || !opts.probe ? this.sizes.get(ref.stem) : this.probeSize(ref),
+      ),
+    );
+    const bytes = sizes.reduce<number>((sum, b) => sum + (b ?? DEFAULT_MODEL_BYTES), 0);
+    return {
+      seconds: Math.min(this.throughput.secondsFor(bytes), this.opts.timeoutMs / 1000),
+      bytes,
+      models: missing.length,
+      unknownSize: sizes.filter((b) => b === undefined).length,
+    };
+  }
+
+  private rememberSize(stem: string, bytes: number): void {
+    this.sizes.delete(stem);
+    this.sizes.set(stem, bytes);
+    if (this.sizes.size > MAX_KNOWN_SIZES) this.sizes.delete(this.sizes.keys().next().value as string);
+  }
+
+  /**
+   * A reference's size from a HEAD of its source (redirects followed, under the address policy), one at a time per
+   * reference; undefined when the source refuses, says nothing or does not answer in SIZE_PROBE_TIMEOUT_MS. An s3://
+   * reference is a pre-signed GET, which a HEAD cannot use: its size is known from its first download.
+   */
+  private probeSize(ref: ModelReference): Promise<number | undefined> {
+    if (ref.source.kind === "s3") return Promise.resolve(undefined);
+    let probe = this.probes.get(ref.stem);
+    if (probe) return probe;
+    probe = (async () => {
+      const { url, headers, guarded } = await this.source(ref);
+      const res = await (guarded ? this.http : this.unguarded).head(url, {
+        headers,
+        signal: AbortSignal.timeout(SIZE_PROBE_TIMEOUT_MS),
+      });
+      const bytes = Number(res.headers["content-length"]);
+      if (!(bytes > 0)) return undefined;
+      this.rememberSize(ref.stem, bytes);
+      return bytes;
+    })()
+      .catch(() => undefined)
+      .finally(() => this.probes.delete(ref.stem));
+    this.probes.set(ref.stem, probe);
+    return probe;
+  }
+
+  private async resolve(ref: ModelReference, folder: ModelFolder, audience: Audience): Promise<CachedModel> {
     const hit = await this.cache.lookup(folder.dir, ref.stem);
+    this.opts.observer?.lookup(hit !== undefined);
     if (hit) {
       // A file an earlier run left has no recorded digest: a reference that gives one is checked against it once
       // (pinned meanwhile: another download's eviction must not take it while it is read).
@@ -160,7 +306,10 @@ export class ModelFetcher {
       return hit;
     }
     const started = Date.now();
-    const entry = await this.download(ref, folder);
+    const entry = await this.download(ref, folder, audience);
+    const seconds = (Date.now() - started) / 1000;
+    this.throughput.observe(entry.bytes, seconds);
+    this.opts.observer?.downloaded(entry.bytes, seconds);
     this.opts.logger?.info(
       {
         stage: "model_download",
@@ -194,8 +343,23 @@ export class ModelFetcher {
     return { url, headers: {}, guarded: false };
   }
 
-  private async download(ref: ModelReference, folder: ModelFolder): Promise<CachedModel> {
+  private async download(ref: ModelReference, folder: ModelFolder, audience: Audience): Promise<CachedModel> {
     this.downloads++;
+    let told = -1;
+    const tell = (received: number, total: number | undefined, force = false) => {
+      const mark = total ? Math.floor((received / total) * 100) : Math.floor(received / PROGRESS_STEP_BYTES);
+      if (mark === told && !force) return;
+      told = mark;
+      audience.last = { model: ref.shown, folder: folder.folder, received, total };
+      // A listener's failure is its own: the download goes on for the others and the cache.
+      for (const listener of audience.listeners) {
+        try {
+          listener(audience.last);
+        } catch (err) {
+          this.opts.logger?.warn({ stage: "model_download", err }, "a download's progress listener failed");
+        }
+      }
+    };
     const signal = AbortSignal.timeout(this.opts.timeoutMs);
     const { url, headers, guarded } = await this.source(ref);
     const partialDir = join(this.opts.modelsDir, PARTIAL_DIR);
@@ -229,6 +393,7 @@ export class ModelFetcher {
             hash = createHash("sha256");
           }
           const total = received + Number(res.headers["content-length"] ?? NaN);
+          if (Number.isFinite(total)) this.rememberSize(ref.stem, total);
           if (total > this.opts.maxBytes) {
             throw new ModelTooLargeError(
               `${ref.shown} is ${total} bytes, above MODEL_MAX_BYTES=${this.opts.maxBytes}`,
@@ -242,6 +407,9 @@ export class ModelFetcher {
           const file = await open(tmp, received > 0 ? "a" : "w");
           const maxBytes = this.opts.maxBytes;
           const h = hash;
+          const observer = this.opts.observer;
+          const declared = Number.isFinite(total) ? total : undefined;
+          tell(received, declared, attempt === 0);
           const sink = new Writable({
             write(chunk: Buffer, _enc, cb) {
               if (received + chunk.length > maxBytes)
@@ -249,6 +417,8 @@ export class ModelFetcher {
               file.write(chunk).then(() => {
                 received += chunk.length;
                 h.update(chunk);
+                observer?.bytes(chunk.length);
+                tell(received, declared);
                 cb();
               }, cb);
             },
@@ -274,6 +444,7 @@ export class ModelFetcher {
           );
         }
       }
+      tell(received, received, true);
       const digest = hash.digest("hex");
       if (ref.sha256 !== undefined && digest !== ref.sha256) {
         throw new ModelChecksumError(
@@ -327,6 +498,21 @@ export class ModelFetcher {
         `${ref.shown}: the download took longer than MODEL_DOWNLOAD_TIMEOUT_MS=${this.opts.timeoutMs}`,
       );
     return new ModelUnreachableError(`${ref.shown}: ${redactText(e.code ?? e.message ?? String(err))}`);
+  }
+
+  /**
+   * Whether `value` is in `folder` already, downloaded and not under way (what a prefetch reports as `cached`);
+   * marks it as just used. Throws ModelReferenceError for a malformed reference.
+   */
+  async isCached(value: string, folder: ModelFolder): Promise<boolean> {
+    const ref = parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint });
+    if (this.inFlight.has(`${folder.dir}/${ref.stem}`)) return false;
+    return (await this.cache.lookup(folder.dir, ref.stem)) !== undefined;
+  }
+
+  /** Deletes the least recently used downloaded model no job pins (disk care); undefined when there is none. */
+  evictOne(): Promise<CachedModel | undefined> {
+    return this.cache.evictOne();
   }
 }
 

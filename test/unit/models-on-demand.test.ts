@@ -215,6 +215,7 @@ describe("the models settings", () => {
       timeoutMs: 3_600_000,
       hfEndpoint: "https://huggingface.co",
       hfToken: "hf_secret_token",
+      warm: [],
     });
     expect(JSON.stringify(describeConfig(c))).not.toContain("hf_secret_token");
     const own = loadConfig(

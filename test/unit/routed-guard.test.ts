@@ -61,6 +61,7 @@ function routedApp(overrides: Partial<RoutedDeps> = {}, routes: Routes = ROUTED_
     updateFlagFile: "/nonexistent/.force_update",
     generate: fakeHandlers,
     health: fakeHandlers,
+    models: fakeHandlers,
     workloadOf: () => 100,
     ...overrides,
   };

@@ -98,6 +98,27 @@ export function openApiDocument(example: unknown): Record<string, unknown> {
           responses: { "200": ok("The job") },
         },
       },
+      "/models/prefetch": {
+        post: {
+          summary: "Warm models into their folders (docs/api.md, Warming models)",
+          requestBody: {
+            required: true,
+            content: {
+              "application/json": {
+                example: { models: [{ folder: "loras", ref: "https://host/style.safetensors" }] },
+              },
+            },
+          },
+          responses: {
+            "200": { description: "Each model's name, bytes and whether it was cached" },
+            "400": {
+              description: "A malformed body, folder or reference (bad_request, model_bad_reference)",
+            },
+            "413": { description: "model_too_large" },
+            "424": { description: "model_unreachable, model_access_denied" },
+          },
+        },
+      },
       "/health": { get: { summary: "Liveness", responses: { "200": { description: "Alive" } } } },
       "/ready": {
         get: {

@@ -4,6 +4,7 @@ import type { Logger } from "../../lib/logger.js";
 import { RemoteJobs, isFinal, publicDocument } from "../jobs/endpoint-jobs.js";
 import type { Job, JobEvent, ResultDocument } from "../jobs/job.js";
 import type { JobManager } from "../jobs/manager.js";
+import type { DownloadPrice } from "../load-signal.js";
 import type { SharedDocument, SharedJobs } from "../jobs/shared.js";
 import { parseGenerateInput, type ParsedInput } from "../schema.js";
 import { sendError } from "./body.js";
@@ -14,6 +15,8 @@ export interface GenerateRoutesDeps {
   maxWorkflowNodes: number;
   /** Workload of a parsed request that admission did not count (the local API). */
   workloadOf: (input: ParsedInput) => number;
+  /** The download part of its price where admission did not count it (the local API); none without. */
+  downloadOf?: (input: ParsedInput) => Promise<DownloadPrice>;
   /** Job documents of the whole endpoint (S3); without it, only this worker's jobs are known. */
   shared?: SharedJobs;
   /** How long a caller waiting on another worker's job is kept waiting at most (the job deadline). */
@@ -28,6 +31,8 @@ export interface GenerateRoutesDeps {
 export interface Work {
   payload: unknown;
   workload?: number;
+  /** The expected download time of its missing models, as admission priced it (LoadSignal.downloadPrice). */
+  download?: DownloadPrice;
 }
 
 const works = new WeakMap<Request, Work>();
@@ -35,6 +40,11 @@ const works = new WeakMap<Request, Work>();
 /** Called by the app that mounts the routes (the body itself, or the envelope's `payload`), before them. */
 export function attachWork(req: Request, work: Work): void {
   works.set(req, work);
+}
+
+/** What `attachWork` handed over for `req` (other routes that take a payload read it too). */
+export function workOf(req: Request): Work | undefined {
+  return works.get(req);
 }
 
 /**
@@ -90,7 +100,8 @@ export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<Generate
     const input = parseGenerateInput(work?.payload, { maxWorkflowNodes: deps.maxWorkflowNodes });
     const held = await remote?.holding(input, work?.payload);
     if (held) return { remote: held };
-    return deps.jobs.submit(input, work?.workload ?? deps.workloadOf(input));
+    const download = work?.download ?? (await deps.downloadOf?.(input));
+    return deps.jobs.submit(input, work?.workload ?? deps.workloadOf(input), download);
   };
 
   const watch = (job: Job, res: Response) => {

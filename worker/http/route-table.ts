@@ -37,6 +37,8 @@ export const ROUTED_ROUTES = [
   { method: "POST", path: "/generate/stream", auth: "signed-envelope", work: true },
   { method: "POST", path: "/result/:id", auth: "signed-envelope", work: false },
   { method: "POST", path: "/cancel/:id", auth: "signed-envelope", work: false },
+  // Downloads, not GPU work: neither admitted nor counted in the load.
+  { method: "POST", path: "/models/prefetch", auth: "signed-envelope", work: false },
 ] as const satisfies readonly RoutedRoute[];
 
 /**
@@ -76,6 +78,7 @@ export const LOCAL_ROUTES = [
   { method: "GET", path: "/result/:id", auth: "operator", body: "none" },
   { method: "POST", path: "/result/:id", auth: "operator", body: "json" },
   { method: "POST", path: "/cancel/:id", auth: "operator", body: "json" },
+  { method: "POST", path: "/models/prefetch", auth: "operator", body: "json" },
   { method: "GET", path: "/openapi.json", auth: "operator", body: "none" },
   { method: "GET", path: "/docs", auth: "operator", body: "none" },
   { method: "GET", path: "/docs/", auth: "operator", body: "none" },

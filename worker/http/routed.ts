@@ -4,6 +4,7 @@ import type { Express, NextFunction, Request, RequestHandler, Response } from "e
 import type { Admission } from "../admission.js";
 import { isOwnUrl, type AuthData, type ReplayGuard, type SignatureVerifier } from "../auth/signature.js";
 import { bearerToken, sameAuth, tokenMatches } from "../auth/token.js";
+import type { DownloadPrice } from "../load-signal.js";
 import { DEFAULT_WORKLOAD } from "../workload.js";
 import type { Logger } from "../../lib/logger.js";
 import { asVerified, type RequestTracker, type VerifiedAuth } from "../reporter/tracker.js";
@@ -58,8 +59,12 @@ export interface RoutedDeps {
   /** Generation routes; they read what `attachWork` hands them. Reached only through ROUTED_ROUTES. */
   generate: RouteHandlers<GenerateRouteKey & RoutedRouteKey>;
   health: RouteHandlers<"GET /health" | "GET /ready">;
+  /** POST /models/prefetch: the local API's handler, behind the envelope's signature. */
+  models: RouteHandlers<"POST /models/prefetch">;
   /** Workload of a request's payload, before it is parsed in full (for admission and reports). */
   workloadOf: (payload: unknown) => number;
+  /** The download part of its price (sizes asked of the sources: LoadSignal.downloadPrice); none without. */
+  downloadOf?: (payload: unknown) => Promise<DownloadPrice>;
 }
 
 export interface Session {
@@ -287,6 +292,7 @@ export function createRoutedApp(
     "POST /generate/stream": deps.generate["POST /generate/stream"],
     "POST /result/:id": deps.generate["POST /result/:id"],
     "POST /cancel/:id": deps.generate["POST /cancel/:id"],
+    "POST /models/prefetch": deps.models["POST /models/prefetch"],
   };
 
   const body = jsonBody(deps.maxBodyBytes, deps.jsonShape, { anyContentType: true, closeEarly: true });
@@ -318,7 +324,13 @@ function exactMethod(method: string): RequestHandler {
   return (req, _res, next) => (req.method === method ? next() : next("route"));
 }
 
-function envelope(deps: RoutedDeps, isWork: boolean, req: Request, res: Response, next: NextFunction): void {
+async function envelope(
+  deps: RoutedDeps,
+  isWork: boolean,
+  req: Request,
+  res: Response,
+  next: NextFunction,
+): Promise<void> {
   const body = req.body as unknown;
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     res.status(422).json({ auth_data: "field missing", payload: "field missing" });
@@ -370,12 +382,14 @@ function envelope(deps: RoutedDeps, isWork: boolean, req: Request, res: Response
   const verified = asVerified(auth as AuthData);
   if (session) deps.sessions.extend(session, Date.now() / 1000);
   const workload = isWork ? deps.workloadOf(env.payload) : 0;
+  // Asked before admission (a HEAD for a model never seen, bounded): the job carries it in the load from its start.
+  const download = isWork ? await deps.downloadOf?.(env.payload) : undefined;
   if (isWork && !deps.admission.admits()) {
     deps.tracker.rejected(verified, workload, inSession);
     res.status(429).end();
     return;
   }
-  attachWork(req, { payload: env.payload, workload });
+  attachWork(req, { payload: env.payload, workload, ...(download && { download }) });
   if (isWork) deps.tracker.track(verified, workload, res, inSession);
   next();
 }

@@ -103,7 +103,22 @@ export type JobEvent =
   | { type: "executing"; node: string }
   | { type: "executed"; node: string; output: unknown }
   | { type: "cached"; nodes: string[] }
+  | DownloadEvent
   | PreviewEvent;
+
+/**
+ * A model the job waits on is being downloaded (before the prompt goes to ComfyUI, so no node runs): the reference
+ * as shown in logs (no query, no credentials), its models folder, the bytes on disk and the size its source declared
+ * (null when it declares none, and then `percent` is null too).
+ */
+export interface DownloadEvent {
+  type: "download";
+  model: string;
+  folder: string;
+  received: number;
+  total: number | null;
+  percent: number | null;
+}
 
 /**
  * A live preview (only for a request that asked for them): the image in base64 (`data`), its MIME type and size, the
@@ -135,6 +150,16 @@ export class Job extends EventEmitter {
   backend: number | undefined;
   /** The webhook delivery of the final document, once started. */
   webhook: DeliveryRecord | undefined;
+  /**
+   * Download time of the models the job names that were neither downloaded nor being downloaded when it was
+   * accepted (seconds, as priced then), and the part of its load that stands for it (workload units; what is left
+   * of it as the downloads progress, 0 once the job's models are on disk). Counted in the load in flight (cur_load,
+   * admission), never in the job's `workload` (see LoadSignal.downloadPrice).
+   */
+  downloadSeconds = 0;
+  downloadWorkload = 0;
+  /** It waited on a model download (its own or one it joined): its prompt was the model's first use. */
+  fetchedModels = false;
   /** The last preview sent, while it runs (for a request that asked for previews). */
   preview: PreviewEvent | undefined;
   /** The request's hash (`requestHash`), kept past `compact` so that a retry can be told from another request. */

@@ -95,20 +95,28 @@ export class JobManager {
     return this.registry.active();
   }
 
+  /** The load in flight: each active job's workload and what is left of its download part. */
   activeWorkload(): number {
-    return this.active().reduce((sum, j) => sum + j.workload, 0);
+    return this.active().reduce((sum, j) => sum + j.workload + j.downloadWorkload, 0);
   }
 
   /**
    * Returns the job for this request, creating and starting it unless one with the same id exists. An existing
    * job answers only the request that made it (the same hash): another request under its id is refused with 409.
    */
-  submit(input: ParsedInput, workload: number): { job: Job; created: boolean } {
+  submit(
+    input: ParsedInput,
+    workload: number,
+    /** The expected download time of its missing models (LoadSignal.downloadPrice); none by default. */
+    download: { seconds: number; workload: number } = { seconds: 0, workload: 0 },
+  ): { job: Job; created: boolean } {
     const existing = this.registry.answering(input);
     if (existing) return { job: existing, created: false };
     if (!this.accepting) throw new NotReadyError("the worker is shutting down");
     this.delivery.checkTargets(input);
     const job = new Job(input, workload, this.now());
+    job.downloadSeconds = download.seconds;
+    job.downloadWorkload = download.workload;
     this.registry.add(job);
     this.deps.events.emit("job.created", job);
     this.publisher?.claim(job);

@@ -8,7 +8,7 @@ import { shrinkJpeg } from "../../handlers/comfyui/preview-image.js";
 import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
-import type { ModelFetcher } from "../../handlers/preprocess/models.js";
+import type { ModelFetcher, ModelProgress } from "../../handlers/preprocess/models.js";
 import {
   CancelledError,
   DeviceFailedError,
@@ -82,6 +82,39 @@ function previewSender(
 }
 
 /**
+ * Turns the job's model downloads into a stage of the job: its message names the model and how far it is (what
+ * /result and the status shows), each step is a `download` event on its stream, and the download part of its load
+ * shrinks with what is left to fetch (in proportion to what admission priced: remaining bytes at the throughput now,
+ * over the seconds priced), never growing past it. A model whose source declares no size leaves the load as priced.
+ */
+function downloadStage(job: Job, models: ModelFetcher): (p: ModelProgress) => void {
+  const heard = new Map<string, ModelProgress>();
+  const priced = { seconds: job.downloadSeconds, workload: job.downloadWorkload };
+  return (p) => {
+    job.fetchedModels = true;
+    const first = !heard.has(p.model);
+    heard.set(p.model, p);
+    const percent = p.total ? Math.min(100, Math.floor((p.received / p.total) * 1000) / 10) : null;
+    const message = `Downloading model ${p.model}: ${percent === null ? `${(p.received / 1024 ** 2).toFixed(1)} MiB` : `${Math.floor(percent)}%`}`;
+    if (first) job.setStatus("processing", message);
+    else job.message = message;
+    job.emitEvent({
+      type: "download",
+      model: p.model,
+      folder: p.folder,
+      received: p.received,
+      total: p.total ?? null,
+      percent,
+    });
+    const all = [...heard.values()];
+    if (priced.seconds > 0 && all.every((h) => h.total !== undefined)) {
+      const left = models.throughput.secondsFor(all.reduce((sum, h) => sum + (h.total! - h.received), 0));
+      job.downloadWorkload = priced.workload * Math.min(1, left / priced.seconds);
+    }
+  };
+}
+
+/**
  * Runs a job: preprocess, a slot on the pool's best backend (at most `maxInFlightPrompts` prompts submitted to
  * each, so the next prompt is already queued in ComfyUI while the previous job uploads), the prompt, outputs,
  * storage, webhook. It never throws: every failure becomes the job's error (see `classify`).
@@ -113,7 +146,10 @@ export class JobRunner {
         downloader: this.deps.downloader,
         models: this.deps.models,
         signal,
+        onModelProgress: this.deps.models && downloadStage(job, this.deps.models),
       });
+      // The job's models are on disk: what is left of it is GPU work.
+      job.downloadWorkload = 0;
       inputFiles = prepared.inputFiles;
       modelFiles = prepared.modelFiles;
       job.timings.preprocess_ms = now() - t;
