@@ -23,6 +23,10 @@ import { eightRoundScore, measureSignal, signalSection, type SignalRun } from ".
 import { measureScaling, startScalingBackends, type ScalingRun } from "./scaling.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { coldStartSection } from "./cold-start.js";
+import { coldModelSection } from "./cold-model.js";
+import { hostileBodiesSection } from "./hostile-bodies.js";
+import { sectionOf, withSection } from "./sections.js";
+import { SOAK_HEADING } from "../soak/report.js";
 
 const run = promisify(execFile);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
@@ -34,8 +38,9 @@ const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 /**
  * BENCH_ONLY=memory (or overhead, retention) prints that part's raw figures and writes nothing; BENCH_ONLY=signal
  * (the load signal, BENCH_SIGNAL_REPEATS 5), shared (job documents, BENCH_SHARED_RUNS 100) or scaling (two
- * backends, BENCH_SCALING_JOBS 12) or cold (cold start beside upstream's worker, BENCH_COLD_REPEATS 3) measures that
- * part and replaces only its section of BENCHMARKS.md.
+ * backends, BENCH_SCALING_JOBS 12) or cold (cold start beside upstream's worker, BENCH_COLD_REPEATS 3) or hostile
+ * (/health and memory while hostile bodies arrive on the routed port) or models (a cold job against a warm one,
+ * BENCH_MODEL_REPEATS 3, BENCH_MODEL_MBPS 100) measures that part and replaces only its section of BENCHMARKS.md.
  */
 const only = process.env.BENCH_ONLY;
 const signalRepeats = Number(process.env.BENCH_SIGNAL_REPEATS ?? 5);
@@ -138,16 +143,9 @@ const sections: Record<string, (parts: BenchParts) => Promise<string>> = {
   shared: sharedCost,
   scaling,
   cold: coldStartSection,
+  hostile: hostileBodiesSection,
+  models: coldModelSection,
 };
-
-/** Replaces (or appends) the section with `section`'s heading, leaving the other figures as they were measured. */
-function withSection(doc: string, section: string): string {
-  const heading = section.slice(0, section.indexOf("\n"));
-  const start = doc.indexOf(`${heading}\n`);
-  if (start < 0) return `${doc.trimEnd()}\n\n${section}`;
-  const next = doc.indexOf("\n## ", start + 1);
-  return `${doc.slice(0, start)}${section}${next < 0 ? "" : doc.slice(next + 1)}`;
-}
 
 async function idleRss(parts: BenchParts): Promise<number> {
   const env = {
@@ -351,6 +349,9 @@ ${repeats} repetitions; the spread (min–max over the repetitions) follows it.
 `;
     let all = doc;
     for (const measure of Object.values(sections)) all = withSection(all, await measure(parts));
+    // The soak's section is written by `npm run soak -- --benchmarks`: kept as it is.
+    const soak = sectionOf(await readFile(join(repoRoot, "BENCHMARKS.md"), "utf8"), SOAK_HEADING);
+    if (soak !== undefined) all = withSection(all, soak);
     await writeFile(join(repoRoot, "BENCHMARKS.md"), all);
     process.stdout.write(doc);
   } finally {

@@ -1,9 +1,11 @@
 import { readdir, stat } from "node:fs/promises";
 import { extname, join } from "node:path";
 import { HeadObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import type { Fleet } from "./fleet.js";
-import { CLIENT_MISTAKES, type Doc, type LedgerEntry } from "./traffic.js";
-import type { Delivery } from "./webhooks.js";
+import { CACHE_PREFIX } from "../../handlers/preprocess/input-cache.js";
+import type { FaultRecord } from "./faults.js";
+import { INPUT_CACHE_MAX_FILES, type Fleet } from "./fleet.js";
+import { CLIENT_MISTAKES, SESSION_LIFETIME_S, type Doc, type LedgerEntry } from "./traffic.js";
+import type { CloseCall, Delivery } from "./webhooks.js";
 
 /** How much a worker's resident memory may grow between the start of the traffic (or its restart) and the end. */
 export const RSS_GROWTH_BOUND_BYTES = 192 * 1024 * 1024;
@@ -22,6 +24,13 @@ export interface CheckInput {
   fleet: Fleet;
   ledger: LedgerEntry[];
   deliveries: Delivery[];
+  /** The sessions' on_close calls the receiver heard. */
+  closes: CloseCall[];
+  /** The faults injected (their times are ms since `t0`). */
+  faults: FaultRecord[];
+  t0: number;
+  /** Requests in flight at once (jobs that held a cached input while the cache last evicted). */
+  concurrency: number;
   /** Resident memory (bytes) of each worker when the traffic started (or it restarted), and at the end. */
   rss: { start: (number | undefined)[]; end: (number | undefined)[] };
 }
@@ -241,9 +250,11 @@ export async function check(input: CheckInput): Promise<InvariantResult[]> {
       );
   });
 
-  // 7. Folders: no partial download or upload left in the input and output folders.
+  // 7. Folders: no partial download or upload left in the input and output folders; the downloaded-input cache
+  // within its file bound (the fleet sets it low, so that URL inputs make it evict). An eviction never removes a
+  // file a running job holds, so the bound is INPUT_CACHE_MAX_FILES plus the jobs in flight at the last eviction.
   const folders: InvariantResult = {
-    name: "no leftovers in input/output folders",
+    name: `no leftovers in input/output folders; input cache <= ${INPUT_CACHE_MAX_FILES} + in flight`,
     checked: 0,
     violations: [],
   };
@@ -252,6 +263,48 @@ export async function check(input: CheckInput): Promise<InvariantResult[]> {
       folders.checked++;
       if (f.endsWith(".part")) folders.violations.push(`worker ${w.index + 1}: ${f}`);
     }
+    const cached = (await readdir(w.inputDir).catch(() => [] as string[])).filter((n) =>
+      n.startsWith(CACHE_PREFIX),
+    );
+    if (cached.length > INPUT_CACHE_MAX_FILES + input.concurrency)
+      folders.violations.push(
+        `worker ${w.index + 1}: ${cached.length} cached inputs in ${w.inputDir}, above ` +
+          `INPUT_CACHE_MAX_FILES=${INPUT_CACHE_MAX_FILES} + ${input.concurrency} in flight`,
+      );
   }
-  return [terminal, once, stored, hooks, answers, memory, folders];
+
+  // 8. Every session the official client opened called its on_close_route once (closed, or expired when the close
+  // did not reach its worker), unless its worker stopped while it was open (sessions live in the worker's memory).
+  const sessions: InvariantResult = {
+    name: "on_close called once per session",
+    checked: 0,
+    violations: [],
+  };
+  for (const e of ledger) {
+    for (const s of e.sessions ?? []) {
+      if (s.id === undefined) continue;
+      sessions.checked++;
+      const calls = input.closes.filter((c) => c.session_id === s.id);
+      const where = `${e.request_id} session ${s.id} (worker ${s.worker === undefined ? "?" : s.worker + 1})`;
+      if (calls.length > 1) sessions.violations.push(`${where}: on_close called ${calls.length} times`);
+      else if (calls.length === 1 && calls[0]!.key !== e.request_id)
+        sessions.violations.push(`${where}: on_close called for ${calls[0]!.key}`);
+      else if (calls.length === 0) {
+        const lastsUntil = s.ended + (2 * SESSION_LIFETIME_S + 10) * 1000;
+        const stopped = input.faults.find(
+          (f) =>
+            (f.kind === "worker-kill" || f.kind === "worker-drain") &&
+            s.worker !== undefined &&
+            f.worker === s.worker + 1 &&
+            input.t0 + f.at <= lastsUntil &&
+            input.t0 + (f.ended ?? f.at) >= s.opened,
+        );
+        if (!stopped)
+          sessions.violations.push(
+            `${where}: no on_close call (${s.closed ? "closed" : `not closed: ${String(s.close_error)}`})`,
+          );
+      }
+    }
+  }
+  return [terminal, once, stored, hooks, answers, memory, folders, sessions];
 }

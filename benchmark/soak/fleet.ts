@@ -10,6 +10,9 @@ import { startS3, type S3Service } from "../../scripts/services/seaweedfs.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { OutageProxy } from "./outage.js";
 
+/** The fleet's bound of downloaded inputs per worker: low, so that the soak's URL inputs make the cache evict. */
+export const INPUT_CACHE_MAX_FILES = 8;
+
 /** One worker of the soak's fleet: its own Node process (so that SIGTERM, SIGKILL and RSS are its own). */
 export interface SoakWorker {
   readonly index: number;
@@ -104,6 +107,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
         CONTAINER_ID: String(i + 1),
         MASTER_TOKEN: "soak-master-token",
         INPUT_URL_ALLOW_PRIVATE: "true",
+        INPUT_CACHE_MAX_FILES: String(INPUT_CACHE_MAX_FILES),
         WEBHOOK_ALLOW_PRIVATE: "true",
         BENCHMARK_SKIP: "true",
         BENCHMARK_CACHE_FILE: join(opts.dir, `.has_benchmark-${i + 1}`),

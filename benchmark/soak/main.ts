@@ -1,5 +1,6 @@
 import { rm } from "node:fs/promises";
 import { Command, InvalidArgumentError } from "commander";
+import { soakSection, writeSoakSection } from "./report.js";
 import { runSoak } from "./run.js";
 
 const positive = (what: string) => (v: string) => {
@@ -22,22 +23,39 @@ const program = new Command()
     "--dir <path>",
     "where the fleet's folders, logs and ledger.json go (default: a new temporary folder)",
   )
-  .action(async (opts: { minutes: number; seed: number; concurrency: number; dir?: string }) => {
-    const started = Date.now();
-    const report = await runSoak(opts);
-    const took = `${((Date.now() - started) / 1000).toFixed(0)} s in all`;
-    process.stdout.write(`\n${report.table}\n\n`);
-    if (report.violations > 0) {
-      process.stdout.write(
-        `${report.violations} violation(s) (${took}); ledger.json and logs in ${report.dir}\n`,
-      );
-      process.exitCode = 1;
-    } else if (opts.dir === undefined) {
-      // A passing run in a temporary folder leaves nothing behind (its fleet's S3 data, outputs, logs).
-      await rm(report.dir, { recursive: true, force: true });
-      process.stdout.write(`no violations (${took})\n`);
-    } else process.stdout.write(`no violations (${took}); ledger.json and logs in ${report.dir}\n`);
-  });
+  .option(
+    "--benchmarks",
+    'write the tables into BENCHMARKS.md, as its section "Soak" (the other sections stay as they are)',
+  )
+  .action(
+    async (opts: {
+      minutes: number;
+      seed: number;
+      concurrency: number;
+      dir?: string;
+      benchmarks?: boolean;
+    }) => {
+      const started = Date.now();
+      const report = await runSoak(opts);
+      const seconds = (Date.now() - started) / 1000;
+      const took = `${seconds.toFixed(0)} s in all`;
+      process.stdout.write(`\n${report.table}\n\n`);
+      if (opts.benchmarks) {
+        const path = await writeSoakSection(soakSection(report, { ...opts, seconds }));
+        process.stdout.write(`wrote the section "Soak" of ${path}\n`);
+      }
+      if (report.violations > 0) {
+        process.stdout.write(
+          `${report.violations} violation(s) (${took}); ledger.json and logs in ${report.dir}\n`,
+        );
+        process.exitCode = 1;
+      } else if (opts.dir === undefined) {
+        // A passing run in a temporary folder leaves nothing behind (its fleet's S3 data, outputs, logs).
+        await rm(report.dir, { recursive: true, force: true });
+        process.stdout.write(`no violations (${took})\n`);
+      } else process.stdout.write(`no violations (${took}); ledger.json and logs in ${report.dir}\n`);
+    },
+  );
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
 await program.parseAsync(process.argv);

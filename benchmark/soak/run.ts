@@ -4,7 +4,9 @@ import { join } from "node:path";
 import { check, readRss, type InvariantResult } from "./check.js";
 import { inject, planFaults, type FaultRecord } from "./faults.js";
 import { startFleet } from "./fleet.js";
-import { KINDS, Traffic, type LedgerEntry } from "./traffic.js";
+import { InputServer } from "./inputs.js";
+import { KINDS, SESSION_LIFETIME_S, Traffic, type LedgerEntry } from "./traffic.js";
+import { VastCaller } from "./vast-caller.js";
 import { WebhookReceiver } from "./webhooks.js";
 
 /** How long after S3 is back a worker fault waits (the workers' final documents are tried again meanwhile). */
@@ -40,7 +42,18 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   log(`folder ${dir}; starting S3, the router emulator and 2 workers (each starts its ComfyUI)...`);
   const fleet = await startFleet({ dir, workers: 2, log });
   const receiver = await new WebhookReceiver().start();
-  const traffic = new Traffic({ fleet, receiver, seed: opts.seed, log });
+  const inputs = await new InputServer().start();
+  const vast = await new VastCaller({
+    autoscalerUrl: fleet.routerUrl,
+    apiKey: "soak",
+    logFile: join(dir, "logs", "vast-client.log"),
+  })
+    .start()
+    .catch(async (err: unknown) => {
+      await Promise.all([inputs.stop(), receiver.stop(), fleet.stop()]);
+      throw err;
+    });
+  const traffic = new Traffic({ fleet, receiver, vast, inputs, seed: opts.seed, log });
   const faults: FaultRecord[] = [];
   const rss = {
     start: await Promise.all(fleet.workers.map((w) => readRss(w.api))),
@@ -87,7 +100,16 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       fleet.workers.map((w) => w.api),
     );
     rss.end = await Promise.all(fleet.workers.map((w) => readRss(w.api)));
-    const invariants = await check({ fleet, ledger: traffic.ledger, deliveries: receiver.deliveries, rss });
+    const invariants = await check({
+      fleet,
+      ledger: traffic.ledger,
+      deliveries: receiver.deliveries,
+      closes: receiver.closes,
+      faults,
+      t0,
+      concurrency: opts.concurrency,
+      rss,
+    });
     const violations = invariants.reduce((n, i) => n + i.violations.length, 0);
     const report: SoakReport = {
       dir,
@@ -98,7 +120,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       rss,
       table: "",
     };
-    report.table = renderTable(report);
+    report.table = renderTable(report, receiver.closes.length);
     await writeFile(
       join(dir, "ledger.json"),
       JSON.stringify(
@@ -108,6 +130,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           ledger: traffic.ledger,
           faults,
           deliveries: receiver.deliveries,
+          closes: receiver.closes,
           invariants,
           rss,
         },
@@ -117,6 +140,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     );
     return report;
   } finally {
+    await vast.stop();
+    await inputs.stop();
     await receiver.stop();
     await fleet.stop();
   }
@@ -148,10 +173,16 @@ async function quiet(ledger: LedgerEntry[], receiver: WebhookReceiver, apis: str
     }
     if (pending.length > 0) await new Promise((r) => setTimeout(r, 1_000));
   }
+  // A session the client could not close expires (its lifetime, extended once by its request, plus the 5 s sweep);
+  // a session whose worker stopped never calls back (the checker knows which): wait up to that bound for the rest.
+  const sessions = ledger.flatMap((e) => e.sessions ?? []).filter((s) => s.id !== undefined);
+  const bound = Math.max(0, ...sessions.map((s) => s.ended)) + (2 * SESSION_LIFETIME_S + 15) * 1000;
+  while (Date.now() < bound && sessions.some((s) => !receiver.closes.some((c) => c.session_id === s.id)))
+    await new Promise((r) => setTimeout(r, 1_000));
   await new Promise((r) => setTimeout(r, 3_000));
 }
 
-function renderTable(r: SoakReport): string {
+function renderTable(r: SoakReport, closeCalls: number): string {
   const rows: string[] = [];
   const mib = (b: number | undefined) => (b === undefined ? "?" : `${(b / 2 ** 20).toFixed(0)} MiB`);
   rows.push(
@@ -176,6 +207,13 @@ function renderTable(r: SoakReport): string {
     rows.push(
       `| ${k} | ${fs.length} | ${fs.map((f) => `${(f.at / 1000).toFixed(0)}${f.error ? " (error)" : ""}`).join(", ")} |`,
     );
+  const sessions = r.ledger.flatMap((e) => e.sessions ?? []).filter((s) => s.id !== undefined);
+  rows.push(
+    "",
+    "| sessions (official client) | opened | closed by the client | on_close calls |",
+    "| --- | ---: | ---: | ---: |",
+    `| with on_close_route | ${sessions.length} | ${sessions.filter((s) => s.closed).length} | ${closeCalls} |`,
+  );
   rows.push("", "| invariant | checked | violations |", "| --- | ---: | ---: |");
   for (const i of r.invariants) rows.push(`| ${i.name} | ${i.checked} | ${i.violations.length} |`);
   rows.push("", "| worker | RSS at start | RSS at end |", "| --- | ---: | ---: |");

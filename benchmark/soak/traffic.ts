@@ -3,6 +3,8 @@ import { join } from "node:path";
 import { errorCatalogue } from "../../lib/errors.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import type { Fleet } from "./fleet.js";
+import { RED_PIXEL_PNG, type InputServer } from "./inputs.js";
+import type { VastAnswer, VastCaller, VastRequest } from "./vast-caller.js";
 import type { WebhookReceiver } from "./webhooks.js";
 
 /** A seeded PRNG (mulberry32): the same seed gives the same plan of requests and faults. */
@@ -25,6 +27,11 @@ export const KINDS = {
   retry: 10,
   webhook: 12,
   "data-input": 8,
+  "url-input": 6,
+  /** Through the official `vastai` client (sync, stream or async): a bounded share, its process is shared. */
+  "vast-client": 8,
+  /** A session opened with the official client (on_close_route set), used for one request, then closed. */
+  session: 3,
   cancel: 5,
   checkpoint: 3,
   "bad-workflow": 6,
@@ -35,9 +42,12 @@ export type Kind = keyof typeof KINDS;
 /** Kinds whose every request is the client's mistake: the answer must be a 4xx. */
 export const CLIENT_MISTAKES: readonly Kind[] = ["bad-workflow", "bad-data-uri", "bad-schema"];
 
+/** How a request reaches the fleet: a worker's local API, /route/ by hand, or the official client's /route/. */
+export type Via = "local" | "routed" | "vast";
+
 export interface Attempt {
   at: number;
-  via: "local" | "routed";
+  via: Via;
   worker: number | undefined;
   http: number | undefined;
   code: string | undefined;
@@ -56,6 +66,16 @@ export interface Doc {
   webhook?: { status?: string; error?: string; attempts?: number };
   [key: string]: unknown;
 }
+/** The document in the official client's answer (for a stream that began, its last line's result). */
+function vastBody(response: unknown, stream: boolean): Doc | undefined {
+  if (!stream || !Array.isArray(response))
+    return response && typeof response === "object" ? (response as Doc) : undefined;
+  const lines = response as Doc[];
+  const last = lines[lines.length - 1];
+  if (!last) return undefined;
+  return last.type === "result" ? ((last.result as Doc | undefined) ?? last) : last;
+}
+
 /** A ComfyUI API-format graph, as the soak builds them. */
 type Graph = Record<string, { class_type: string; inputs: Record<string, unknown> }>;
 type Nodes = Record<string, { inputs: Record<string, unknown> }>;
@@ -66,7 +86,7 @@ const errorCode = (d: Doc | undefined) =>
 export interface LedgerEntry {
   seq: number;
   kind: Kind;
-  via: "local" | "routed";
+  via: Via;
   request_id: string;
   started: number;
   ended: number;
@@ -84,14 +104,20 @@ export interface LedgerEntry {
   repeat?: { http: number | undefined; id: string | undefined; status: string | undefined };
   /** How often an async job's retryable failure was submitted again. */
   resubmits?: number;
+  /** Kind session: the sessions the official client opened (their ids and workers), and whether it closed them. */
+  sessions?: {
+    id: string | undefined;
+    worker: number | undefined;
+    opened: number;
+    ended: number;
+    closed: boolean;
+    close_error?: string;
+  }[];
   note?: string;
 }
 
-/** A 1x1 red PNG, for `data:` inputs. */
-const RED_PIXEL_PNG = Buffer.from(
-  "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC",
-  "base64",
-);
+/** A soak session's lifetime: one that was not closed (its worker was unreachable) expires this long after. */
+export const SESSION_LIFETIME_S = 30;
 /** The error codes the catalogue marks retryable: a caller sends the request again. */
 const retryableCodes = () =>
   new Set(
@@ -135,6 +161,10 @@ function loadImage(image: string): Graph {
 export interface TrafficDeps {
   fleet: Fleet;
   receiver: WebhookReceiver;
+  /** The official client's process (kinds vast-client and session). */
+  vast: VastCaller;
+  /** The server of URL inputs. */
+  inputs: InputServer;
   seed: number;
   log: (line: string) => void;
 }
@@ -155,7 +185,8 @@ export class Traffic {
   async one(seq: number): Promise<LedgerEntry> {
     const rand = prng(this.deps.seed * 1_000_003 + seq);
     const kind = this.pickKind(rand);
-    const via: "local" | "routed" = rand() < 0.5 ? "local" : "routed";
+    let via: Via = rand() < 0.5 ? "local" : "routed";
+    if (kind === "vast-client" || kind === "session") via = "vast";
     const id = `soak-${this.deps.seed}-${seq}`;
     const e: LedgerEntry = {
       seq,
@@ -188,6 +219,19 @@ export class Traffic {
             input(loadImage(`data:image/png;base64,${RED_PIXEL_PNG.toString("base64")}`)),
             rand,
           );
+          break;
+        case "url-input":
+          await this.submit(e, "/generate/sync", input(loadImage(this.deps.inputs.url(id))), rand);
+          break;
+        case "vast-client": {
+          const r = rand();
+          if (r < 0.6) await this.submit(e, "/generate/sync", input(modelFree(rand)), rand);
+          else if (r < 0.85) await this.submit(e, "/generate/stream", input(modelFree(rand)), rand);
+          else await this.asyncJob(e, input(modelFree(rand)), rand);
+          break;
+        }
+        case "session":
+          await this.inSession(e, input(modelFree(rand)), rand);
           break;
         case "checkpoint":
           await this.submit(e, "/generate/sync", input(tinyCheckpoint(rand, 2)), rand);
@@ -278,8 +322,81 @@ export class Traffic {
     }
   }
 
+  /**
+   * Kind session: the official client opens a session (lifetime 30 s, its on_close_route the receiver's), sends one
+   * request in it, and closes it. A retryable failure (the client gave up, a 5xx) is tried again as submit does,
+   * in a new session each time; every session opened is recorded for the checker.
+   */
+  private async inSession(e: LedgerEntry, input: unknown, rand: () => number): Promise<void> {
+    e.sessions = [];
+    for (let n = 1; n <= 5; n++) {
+      const at = Date.now();
+      const a = await this.viaClient({
+        route: "/generate/sync",
+        payload: { input },
+        timeout: 300,
+        session: {
+          lifetime: SESSION_LIFETIME_S,
+          on_close_route: this.deps.receiver.closeUrl(e.request_id),
+          on_close_payload: { soak: e.request_id },
+        },
+      });
+      const worker = this.workerAt(a.session?.url ?? a.url);
+      const body = a.error === undefined ? vastBody(a.response, false) : undefined;
+      const http = a.error === undefined ? a.status : undefined;
+      e.attempts.push({
+        at,
+        via: "vast",
+        worker,
+        http,
+        code: errorCode(body),
+        ...(a.error !== undefined && { error: a.error }),
+        ms: Date.now() - at,
+      });
+      e.http = http;
+      e.status = body?.status;
+      e.code = errorCode(body);
+      if (body?.id === e.request_id) {
+        e.accepted = true;
+        e.doc = body;
+      }
+      if (a.session)
+        e.sessions.push({
+          id: a.session.id,
+          worker,
+          opened: at,
+          ended: Date.now(),
+          closed: a.session.closed,
+          ...(a.session.close_error !== undefined && { close_error: a.session.close_error }),
+        });
+      if (a.error !== undefined) e.note = `client: ${a.error}`;
+      if (!RETRYABLE_HTTP(http)) return;
+      await pause(1_000 + rand() * 2_000);
+    }
+  }
+
+  /**
+   * A request through the official client. The client gives up at once when /route/ does not answer (the router
+   * down is a fault); a caller asks again, as route() does for the hand-made path, for up to 60 s.
+   */
+  private async viaClient(req: VastRequest): Promise<VastAnswer> {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const a = await this.deps.vast.request(req);
+      if (a.error === undefined || !/Failed to route endpoint/.test(a.error) || Date.now() > deadline)
+        return a;
+      await pause(500);
+    }
+  }
+
+  /** The fleet's worker whose routed URL the router handed out (the client may add a slash). */
+  private workerAt(url: string | undefined): number | undefined {
+    const u = url?.replace(/\/$/, "");
+    return this.deps.fleet.workers.find((w) => w.routed === u)?.index;
+  }
+
   private async call(
-    via: "local" | "routed",
+    via: Via,
     path: string,
     input: unknown,
     rand: () => number,
@@ -287,6 +404,26 @@ export class Traffic {
     const { workers } = this.deps.fleet;
     const at = Date.now();
     let worker: number | undefined;
+    if (via === "vast") {
+      const stream = path === "/generate/stream";
+      const a = await this.viaClient({ route: path, payload: { input }, timeout: 300, stream });
+      worker = this.workerAt(a.url);
+      const body = a.error === undefined ? vastBody(a.response, stream) : undefined;
+      const http = a.error === undefined ? a.status : undefined;
+      return {
+        http,
+        body,
+        attempt: {
+          at,
+          via,
+          worker,
+          http,
+          code: errorCode(body),
+          ...(a.error !== undefined && { error: a.error }),
+          ms: Date.now() - at,
+        },
+      };
+    }
     try {
       let url: string;
       let body: unknown;

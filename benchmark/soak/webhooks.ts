@@ -15,6 +15,15 @@ export interface Delivery {
 
 export type ReceiverMode = "ok" | "500" | "close";
 
+/** A session's on_close callback as it arrived (it is unsigned: upstream's callback carries no signature). */
+export interface CloseCall {
+  at: number;
+  /** The key the soak put in the route's path (its ledger's request_id). */
+  key: string;
+  session_id: string | undefined;
+  answered: "200" | "500" | "closed";
+}
+
 /**
  * The soak's webhook receiver: verifies each delivery's Standard Webhooks signature (`v1,<HMAC-SHA256>` of
  * `${webhook-id}.${webhook-timestamp}.${body}`) and records it; in a fault window it answers 500 or drops the
@@ -22,6 +31,8 @@ export type ReceiverMode = "ok" | "500" | "close";
  */
 export class WebhookReceiver {
   readonly deliveries: Delivery[] = [];
+  /** The sessions' on_close calls (to closeUrl()). */
+  readonly closes: CloseCall[] = [];
   /** The secret every soak request names (`whsec_` + base64, as Standard Webhooks writes them). */
   readonly secret = `whsec_${randomBytes(24).toString("base64")}`;
   mode: ReceiverMode = "ok";
@@ -35,20 +46,24 @@ export class WebhookReceiver {
       req.on("end", () => {
         const body = Buffer.concat(chunks).toString("utf8");
         const requestId = decodeURIComponent((req.url ?? "").split("/").pop() ?? "");
-        let status: string | undefined;
+        let parsed: { status?: string; session_id?: string } | undefined;
         try {
-          status = (JSON.parse(body) as { status?: string }).status;
+          parsed = JSON.parse(body) as { status?: string; session_id?: string };
         } catch {
-          status = undefined;
+          parsed = undefined;
         }
+        const status = parsed?.status;
         const answered = this.mode === "ok" ? "200" : this.mode === "500" ? "500" : "closed";
-        this.deliveries.push({
-          at: Date.now(),
-          request_id: requestId,
-          valid: this.verify(req.headers, body),
-          answered,
-          status,
-        });
+        if ((req.url ?? "").startsWith("/on-close/")) {
+          this.closes.push({ at: Date.now(), key: requestId, session_id: parsed?.session_id, answered });
+        } else
+          this.deliveries.push({
+            at: Date.now(),
+            request_id: requestId,
+            valid: this.verify(req.headers, body),
+            answered,
+            status,
+          });
         if (answered === "closed") return void req.socket.destroy();
         res.statusCode = answered === "500" ? 500 : 200;
         res.end(answered === "500" ? "soak fault: 500" : "ok");
@@ -77,6 +92,11 @@ export class WebhookReceiver {
 
   url(requestId: string): string {
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hook/${encodeURIComponent(requestId)}`;
+  }
+
+  /** A session's on_close_route: its calls are recorded in `closes` under `key`. */
+  closeUrl(key: string): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/on-close/${encodeURIComponent(key)}`;
   }
 
   async start(): Promise<this> {

@@ -210,8 +210,10 @@ describe("cheap requests that would cost much", () => {
   })();
 
   /**
-   * Sends `bodies` to the routed port at once and meanwhile asks /health again and again: the slowest /health
-   * answer, the most heap used above the start, and the answers.
+   * Sends `bodies` to the routed port at once and meanwhile asks /health again and again: the answers, the status
+   * of every /health answer, and the most heap used above the start. How fast /health answers meanwhile is a
+   * figure, not a claim of this test (it depends on the machine and its load): `BENCH_ONLY=hostile npm run bench`
+   * measures it, with the worker's heap and RSS, in BENCHMARKS.md ("Hostile bodies on the routed port").
    */
   async function underAttack(bodies: Buffer[], base = w.routed) {
     global.gc?.();
@@ -228,31 +230,24 @@ describe("cheap requests that would cost much", () => {
         }),
       ),
     ).finally(() => (done = true));
-    const latencies: number[] = [];
+    // The first /health request goes out before any body is answered (`done` turns true in a later turn at the
+    // earliest), so there is at least one, and every one was sent while the attack was in flight.
+    const health: number[] = [];
     while (!done) {
-      const t0 = performance.now();
-      expect((await send(base, "/health", { timeoutMs: 30_000 })).status).toBe(200);
-      latencies.push(performance.now() - t0);
+      health.push((await send(base, "/health", { timeoutMs: 30_000 })).status);
       heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
     }
-    return {
-      answers: await attacks,
-      slowestHealthMs: Math.max(...latencies),
-      heapGrowth: heapPeak - heapBefore,
-    };
+    return { answers: await attacks, health, heapGrowth: heapPeak - heapBefore };
   }
 
-  /**
-   * Asked for: 100 ms. Measured here (a 2-core machine at load 6 from other test runs): most answers in 1-20 ms,
-   * the first one (sent while this same process pushes the 64 MiB out) and a rare GC pause up to about 170 ms. The
-   * test process is both client and worker, so its own work counts too: 500 ms keeps the test from flaking on a
-   * busy machine and is still far under what parsing did (each body blocked for seconds; a 15 MiB auth_data.url,
-   * 14 s).
-   */
-  const HEALTH_BOUND_MS = 500;
+  /** /health answered, and answered 200, every time it was asked while the bodies arrived. */
+  function expectHealthKeptAnswering(health: number[]) {
+    expect(health.length).toBeGreaterThan(0);
+    expect(health.filter((s) => s !== 200)).toEqual([]);
+  }
 
-  test("four concurrent 16 MiB `[{},{},...]` bodies are 413 before auth, /health stays responsive, the heap stays small", async () => {
-    const { answers, slowestHealthMs, heapGrowth } = await underAttack([
+  test("four concurrent 16 MiB `[{},{},...]` bodies are 413 before auth, /health keeps answering, nothing is parsed", async () => {
+    const { answers, health, heapGrowth } = await underAttack([
       emptyObjects,
       emptyObjects,
       emptyObjects,
@@ -260,33 +255,39 @@ describe("cheap requests that would cost much", () => {
     ]);
     for (const a of answers) {
       expect(a.status).toBe(413);
+      // Only the byte scanner says this, and a body it refused never reaches the parse.
       expect(errorOf(a)).toMatch(/MAX_JSON_VALUES=250000/);
     }
-    expect(slowestHealthMs).toBeLessThan(HEALTH_BOUND_MS);
-    // Each parse held about 360 MB; the scan holds nothing but counters (the bytes are Buffers, outside the heap).
+    expectHealthKeptAnswering(health);
+    // Not a memory target (the bench has the worker's heap and RSS under these bodies): a proof that none was
+    // materialised, from the gap between the two ways of handling them. A parse of one such body holds its 5.6
+    // million objects, about 340 MB of heap (measured: Node 20, 341 MiB); the scan holds a few counters, and the bytes
+    // are Buffers, outside the V8 heap. 100 MiB is far from both: a loaded machine changes how many /health requests
+    // go out meanwhile (a few KB of short-lived garbage each), not what a parse or a scan holds.
     expect(heapGrowth).toBeLessThan(100 * 1024 * 1024);
   });
 
   test("a body nested deeper than MAX_JSON_DEPTH is 400 naming the limit", async () => {
     const deep = Buffer.from(`${"[".repeat(100_000)}${"]".repeat(100_000)}`);
-    const { answers } = await underAttack([deep]);
+    const { answers, health } = await underAttack([deep]);
     expect(answers[0]!.status).toBe(400);
     expect(errorOf(answers[0]!)).toMatch(/MAX_JSON_DEPTH=64/);
+    expectHealthKeptAnswering(health);
   });
 
-  test("a 15 MiB auth_data.url is checked without blocking /health", async () => {
+  test("a 15 MiB auth_data.url is 401 while /health keeps answering", async () => {
     const body = Buffer.from(
       JSON.stringify({
         auth_data: { ...router.authData(w.routed), url: `${w.routed}/${"\u00e9x".repeat(5 * 1024 * 1024)}` },
         payload: { input: { workflow_json: "nope" } },
       }),
     );
-    const { answers, slowestHealthMs } = await underAttack([body, body]);
+    const { answers, health } = await underAttack([body, body]);
     for (const a of answers) expect(a.status).toBe(401);
-    expect(slowestHealthMs).toBeLessThan(HEALTH_BOUND_MS);
+    expectHealthKeptAnswering(health);
   });
 
-  test("under SIGNATURE_LEGACY, a nested or unknown auth_data field is refused before it is rendered", async () => {
+  test("under SIGNATURE_LEGACY, a nested or unknown auth_data field is 401 while /health keeps answering", async () => {
     const legacy = await startTestWorker(
       { UNSECURED: "false", REPORT_ADDR: router.url, SIGNATURE_LEGACY: "true" },
       { publicKeyPem: router.publicKeyPem },
@@ -302,9 +303,9 @@ describe("cheap requests that would cost much", () => {
       ].map((a) =>
         Buffer.from(JSON.stringify({ auth_data: a, payload: { input: { workflow_json: "nope" } } })),
       );
-      const { answers, slowestHealthMs } = await underAttack(bodies, legacy.routed);
+      const { answers, health } = await underAttack(bodies, legacy.routed);
       for (const a of answers) expect(a.status).toBe(401);
-      expect(slowestHealthMs).toBeLessThan(HEALTH_BOUND_MS);
+      expectHealthKeptAnswering(health);
     } finally {
       await legacy.stop();
     }

@@ -2,6 +2,8 @@ import { signatureHeaders } from "../../handlers/webhook.js";
 import { FAULT_KINDS, WORKER_FAULTS, planFaults } from "../../benchmark/soak/faults.js";
 import { prng } from "../../benchmark/soak/traffic.js";
 import { WebhookReceiver } from "../../benchmark/soak/webhooks.js";
+import { SOAK_HEADING, soakSection } from "../../benchmark/soak/report.js";
+import { sectionOf, withSection } from "../../benchmark/bench/sections.js";
 
 // The soak's own parts (benchmark/soak/): a run is reproducible from its seed, and its receiver checks exactly the
 // signature the worker sends.
@@ -41,4 +43,62 @@ test("the receiver accepts the worker's Standard Webhooks signature, and nothing
   const other = signatureHeaders("msg_1", 1_700_000_000, body, { secret: "whsec_b3RoZXI=" });
   expect(receiver.verify(other, body)).toBe(false);
   expect(receiver.verify({}, body)).toBe(false);
+});
+
+test("the soak's section of BENCHMARKS.md replaces only itself, and is appended when missing", () => {
+  const doc = "# Benchmarks\n\nintro\n\n## Load signal\n\nold signal\n\n## Cold start\n\ncold\n";
+  const soak = `${SOAK_HEADING}\n\nfirst\n`;
+  const added = withSection(doc, soak);
+  expect(added).toBe(`${doc}\n${soak}`);
+  expect(sectionOf(added, SOAK_HEADING)).toBe(soak);
+  const replaced = withSection(added, `${SOAK_HEADING}\n\nsecond\n`);
+  expect(replaced).toBe(`${doc}\n${SOAK_HEADING}\n\nsecond\n`);
+  // A section in the middle: the ones after it stay.
+  const middle = withSection(doc, "## Load signal\n\nnew signal\n\n");
+  expect(middle).toBe("# Benchmarks\n\nintro\n\n## Load signal\n\nnew signal\n\n## Cold start\n\ncold\n");
+  // However the new section ends, one blank line parts it from the next heading.
+  expect(withSection(doc, "## Load signal\n\nnew signal\n")).toBe(middle);
+  expect(sectionOf(doc, "## Cold start")).toBe("## Cold start\n\ncold\n");
+  expect(sectionOf(doc, SOAK_HEADING)).toBeUndefined();
+});
+
+test("the receiver keeps sessions' on_close calls apart from webhook deliveries", async () => {
+  const receiver = await new WebhookReceiver().start();
+  try {
+    const res = await fetch(receiver.closeUrl("soak-1-9"), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ soak: "soak-1-9", session_id: "abc" }),
+    });
+    expect(res.status).toBe(200);
+    expect(receiver.closes).toEqual([
+      expect.objectContaining({ key: "soak-1-9", session_id: "abc", answered: "200" }),
+    ]);
+    expect(receiver.deliveries).toEqual([]);
+  } finally {
+    await receiver.stop();
+  }
+});
+
+test("the soak's section names how to reproduce it, the run's facts and its tables", () => {
+  const report = {
+    dir: "/tmp/x",
+    ledger: [],
+    faults: [],
+    invariants: [],
+    violations: 0,
+    rss: { start: [], end: [] },
+    table: "| requests by kind | sent |\n| --- | ---: |\n| all | 9 |",
+  };
+  const section = soakSection(report, { minutes: 60, seed: 3, concurrency: 3, seconds: 3900 });
+  expect(section.startsWith(`${SOAK_HEADING}\n\n`)).toBe(true);
+  expect(section).toContain("`npm run soak -- --minutes 60 --seed 3 --benchmarks`");
+  expect(section).toContain(
+    "60 min of traffic,\nseed 3, 3 requests in flight, 3900 s in all. **0 violation(s).**",
+  );
+  expect(section).toContain(`${report.table}\n`);
+  expect(section.endsWith("\n")).toBe(true);
+  expect(soakSection(report, { minutes: 1.5, seed: 1, concurrency: 4, seconds: 1 })).toContain(
+    "`npm run soak -- --minutes 1.5 --seed 1 --concurrency 4 --benchmarks`",
+  );
 });
