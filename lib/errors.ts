@@ -243,6 +243,17 @@ export class UploadError extends WorkerError {
   override readonly retryable = true;
 }
 
+/**
+ * The storage answered an upload with a refusal (4xx: access denied, no such bucket, bad keys): the same upload
+ * would be refused again, so it is not retried; a client mistake when the request chose the storage or its keys.
+ */
+export class UploadRejectedError extends WorkerError {
+  static readonly meaning =
+    "The storage refused an output's upload (access denied, no such bucket, bad keys): the job fails, not retried.";
+  readonly code = "upload_rejected";
+  readonly httpStatus = 424;
+}
+
 /** The storage could not be read or written (unreachable, refused): another attempt may succeed. */
 export class StorageUnavailableError extends WorkerError {
   static readonly meaning =
@@ -317,6 +328,7 @@ export const ERROR_CLASSES = [
   DeviceFailedError,
   CancelledError,
   UploadError,
+  UploadRejectedError,
   StorageUnavailableError,
   OwnerLostError,
   InternalError,

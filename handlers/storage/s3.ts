@@ -15,8 +15,13 @@ import {
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { S3Settings } from "../../config/index.js";
-import { BadRequestError, StorageUnavailableError, UploadError } from "../../lib/errors.js";
-import { checkCallbackUrl, policyLookup } from "../preprocess/address-policy.js";
+import {
+  BadRequestError,
+  StorageUnavailableError,
+  UploadError,
+  UploadRejectedError,
+} from "../../lib/errors.js";
+import { CallbackAddressError, checkCallbackUrl, policyLookup } from "../preprocess/address-policy.js";
 import { contentTypeFor } from "./content-type.js";
 
 /** Parts of one multipart upload in flight at once. */
@@ -150,7 +155,8 @@ export interface StoredObject {
 /**
  * S3-compatible object storage. One client per distinct target (endpoint, bucket, credentials), reused, in a bounded
  * LRU: callers bringing their own keys cannot grow it without limit. A client in use is never dropped.
- * Failure contract: `put` rejects with UploadError (never resolves on a failed upload).
+ * Failure contract: `put` rejects with UploadRejectedError (the storage refused it: 4xx) or UploadError (anything
+ * else: retryable); it never resolves on a failed upload.
  */
 export class ObjectStorage {
   private readonly clients = new Map<string, { client: S3Client; inUse: number }>();
@@ -266,9 +272,15 @@ export class ObjectStorage {
       return { key, url, bytes: size };
     } catch (err) {
       const why = err instanceof Error ? err.message || err.name : String(err);
-      throw new UploadError(`upload of ${key} to bucket ${target.bucketName} failed: ${why}`, undefined, {
-        cause: err,
-      });
+      const message = `upload of ${key} to bucket ${target.bucketName} failed: ${why}`;
+      // A refusal is refused again (the storage's 4xx, or the address policy refusing a caller-chosen endpoint at
+      // connect time): not retried. Anything else (unreachable, 5xx, a timeout) may pass next time.
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status !== undefined && status >= 400 && status < 500)
+        throw new UploadRejectedError(message, { storage_status: status }, { cause: err });
+      if (err instanceof CallbackAddressError)
+        throw new UploadRejectedError(message, undefined, { cause: err });
+      throw new UploadError(message, undefined, { cause: err });
     }
   }
 

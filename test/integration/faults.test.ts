@@ -97,7 +97,7 @@ test("S3 port closed during upload: upload_error; once it reopens, uploads succe
   try {
     await proxy.close();
     const down = await send();
-    expect(down.body.status).toBe("failed");
+    expect([down.status, down.body.status, down.body.error?.code]).toEqual([502, "failed", "upload_failed"]);
     expect(down.body.output.every((o: any) => typeof o.upload_error === "string" && !o.url)).toBe(true);
     const reopened = await startSlowProxy(new URL(s.s3Endpoint), 0, port);
     try {

@@ -210,9 +210,26 @@ test("S3 unreachable: each output carries upload_error, the job is failed, files
       secret_access_key: s.s3SecretAccessKey,
     },
   });
-  expect(status).toBe(200);
+  // Retryable (the storage may answer next time): a 5xx, so the Vast client sends it again.
+  expect(status).toBe(502);
   expect(body.status).toBe("failed");
+  expect(body.error.code).toBe("upload_failed");
   expect(body.message).toMatch(/upload\(s\) failed/);
+  for (const o of body.output) {
+    expect(o.url).toBeUndefined();
+    expect(o.upload_error).toMatch(/upload of .* failed/);
+  }
+});
+
+test("storage that refuses the upload (the request's keys are wrong): 424 upload_rejected, not retried", async () => {
+  const s = stack();
+  const { status, body } = await generate({
+    workflow_json: modelFree(),
+    s3: { access_key_id: s.s3AccessKeyId, secret_access_key: `${s.s3SecretAccessKey}-wrong` },
+  });
+  expect(status).toBe(424);
+  expect(body.status).toBe("failed");
+  expect(body.error).toMatchObject({ code: "upload_rejected", storage_status: 403 });
   for (const o of body.output) {
     expect(o.url).toBeUndefined();
     expect(o.upload_error).toMatch(/upload of .* failed/);

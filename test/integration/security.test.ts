@@ -353,8 +353,10 @@ describe("hole 5: caller-chosen webhook and callback URLs (SSRF)", () => {
         `${own}/generate/sync`,
         envelope(router.authData(own), { workflow_json: modelFree(), s3: { endpoint_url: byName, ...keys } }),
       );
-      expect(r.status).toBe(200);
+      // The caller's endpoint is refused at connect time: a client mistake (4xx), never retried.
+      expect(r.status).toBe(424);
       expect(r.body.status).toBe("failed");
+      expect(r.body.error.code).toBe("upload_rejected");
       for (const o of r.body.output) expect(o.upload_error).toMatch(/resolves to .*not allowed/);
       expect(evil.received).toEqual([]);
     } finally {

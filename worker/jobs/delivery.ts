@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { FrozenConfig } from "../../config/index.js";
 import { resolveS3, s3FromRequest, type ObjectStorage } from "../../handlers/storage/s3.js";
 import { validateCallbackUrl, type WebhookSender } from "../../handlers/webhook.js";
-import { BadRequestError, asWorkerError } from "../../lib/errors.js";
+import { BadRequestError, asWorkerError, type WorkerError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import type { ParsedInput } from "../schema.js";
 import { UPLOADED_MARKER } from "../janitor.js";
@@ -42,12 +42,17 @@ export class ResultDelivery {
     }
   }
 
-  /** Uploads every file output in parallel; returns how many failed (each carries its upload_error). */
-  async upload(job: Job, signal: AbortSignal): Promise<number> {
-    if (job.input.internal?.skipStorage) return 0;
+  /**
+   * Uploads every file output in parallel; returns how many failed (each carries its upload_error) and the first
+   * failure's error, the job's error then.
+   */
+  async upload(job: Job, signal: AbortSignal): Promise<{ failed: number; error?: WorkerError }> {
+    const none = { failed: 0 };
+    if (job.input.internal?.skipStorage) return none;
     const target = resolveS3(this.deps.config.s3, s3FromRequest(job.input.s3));
-    if (!target) return 0;
-    if (job.output.length === 0) return 0;
+    if (!target) return none;
+    if (job.output.length === 0) return none;
+    let error: WorkerError | undefined;
     const uploaded = (ok: boolean, bytes: number) => this.deps.events.emit("job.upload", { job, ok, bytes });
     const results = await Promise.all(
       job.output.map(async (entry) => {
@@ -63,7 +68,9 @@ export class ResultDelivery {
           return true;
         } catch (err) {
           if (signal.aborted) throw signal.reason;
-          entry.upload_error = asWorkerError(err).message;
+          const failure = asWorkerError(err);
+          error ??= failure;
+          entry.upload_error = failure.message;
           uploaded(false, 0);
           return false;
         }
@@ -79,7 +86,7 @@ export class ResultDelivery {
         ),
       );
     }
-    return failed;
+    return error ? { failed, error } : { failed };
   }
 
   /** Sends the final document to the request's webhook, else WEBHOOK_URL, in the background. */

@@ -212,14 +212,16 @@ export class JobRunner {
         client: backend.client,
         signal,
       });
-      const failedUploads = await delivery.upload(job, signal);
+      const uploads = await delivery.upload(job, signal);
       job.timings.postprocess_ms = now() - t;
       stage("postprocess", job.timings.postprocess_ms);
+      // The first failed upload's error is the job's: its code, and its status (502 retryable, or a refusal's 424).
+      if (uploads.error) job.error = uploads.error;
       outcome =
-        failedUploads > 0
+        uploads.failed > 0
           ? {
               status: "failed",
-              message: `Generated ${job.output.length} output(s) but ${failedUploads} upload(s) failed`,
+              message: `Generated ${job.output.length} output(s) but ${uploads.failed} upload(s) failed`,
             }
           : {
               status: "completed",
