@@ -80,16 +80,17 @@ export function createPipeline(
           allowPrivate: config.inputs.allowPrivate,
           logger,
           observer: metrics.modelObserver(),
-          // s3:// names an object of the operator's storage: resolveS3 refuses another bucket (the operator's keys
-          // stay with its bucket). The URL outlives the download, resumed ranges included (S3 allows 7 days).
-          ...(operatorBucket && {
-            presignS3: async (bucket: string, key: string) =>
+          // s3:// reads the storage the fetcher resolves (the request's s3 settings, else the operator's bucket). The
+          // URL outlives the download, resumed ranges included (S3 allows 7 days).
+          s3: {
+            env: config.s3,
+            presignGet: (target, key) =>
               storage.presignGet(
-                resolveS3(config.s3, { bucketName: bucket })!,
+                target,
                 key,
                 Math.min(604_800, Math.ceil(config.models.timeoutMs / 1000) + 60),
               ),
-          }),
+          },
         });
   const shared =
     config.jobs.shared && operatorBucket

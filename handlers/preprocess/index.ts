@@ -1,3 +1,4 @@
+import type { S3Settings } from "../../config/index.js";
 import {
   InputError,
   InvalidWorkflowError,
@@ -63,6 +64,8 @@ export async function prepareWorkflow(
     signal?: AbortSignal | undefined;
     /** Progress of the model downloads this workflow waits on (its own, or one under way it joined). */
     onModelProgress?: ((p: ModelProgress) => void) | undefined;
+    /** The request's `s3` settings: the storage its s3:// model references read (ModelFetcher.fetch). */
+    s3?: S3Settings | undefined;
   },
 ): Promise<PreparedWorkflow> {
   const seeded = seedRandomInts(workflow);
@@ -74,7 +77,7 @@ export async function prepareWorkflow(
   const modelFiles: string[] = [];
   const downloads = planned.map(({ nodeId, node, input, url, expectImage, model }) =>
     model
-      ? fetchModel(url, model, opts.models, opts.signal, opts.onModelProgress).then(
+      ? fetchModel(url, model, opts.models, opts.signal, opts.onModelProgress, opts.s3).then(
           ({ name, file }) => {
             node.inputs[input] = name;
             modelFiles.push(file);
@@ -110,6 +113,7 @@ function fetchModel(
   models: ModelFetcher | undefined,
   signal: AbortSignal | undefined,
   onProgress: ((p: ModelProgress) => void) | undefined,
+  s3: S3Settings | undefined,
 ): Promise<{ name: string; file: string }> {
   if (!models) {
     return Promise.reject(
@@ -118,7 +122,7 @@ function fetchModel(
       ),
     );
   }
-  return models.fetch(value, folder, signal, onProgress);
+  return models.fetch(value, folder, signal, onProgress, s3);
 }
 
 /**

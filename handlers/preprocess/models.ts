@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { got, type Got } from "got";
+import type { S3Settings } from "../../config/index.js";
 import {
   ModelAccessDeniedError,
   ModelChecksumError,
@@ -19,6 +20,7 @@ import { backoffDelay, delay, untilAborted } from "../../lib/backoff.js";
 import type { Logger } from "../../lib/logger.js";
 import { Pins } from "../../lib/pins.js";
 import { redactText } from "../../lib/redact.js";
+import { resolveS3, type ResolvedS3 } from "../storage/s3.js";
 import {
   DEFAULT_MODEL_BYTES,
   SIZE_PROBE_TIMEOUT_MS,
@@ -28,6 +30,7 @@ import {
 import { BlockedAddressError, checkLiteralHost, safeLookup } from "./downloads.js";
 import { ModelCache, type CachedModel, type Reservation } from "./model-cache.js";
 import {
+  MODEL_PREFIX,
   modelFileName,
   parseModelReference,
   type ModelFolder,
@@ -49,8 +52,11 @@ export interface ModelFetcherOptions {
   allowPrivate: boolean;
   hfEndpoint: string;
   hfToken?: string | undefined;
-  /** A pre-signed GET URL of an object of the operator's storage; absent without S3 settings (s3:// refused). */
-  presignS3?: ((bucket: string, key: string) => Promise<string>) | undefined;
+  /**
+   * For s3:// references: the operator's S3 settings (S3_*, possibly none) and a pre-signed GET URL of an object of
+   * a resolved target (valid for the whole download, resumed ranges included). Absent, s3:// is refused.
+   */
+  s3?: { env: S3Settings; presignGet(target: ResolvedS3, key: string): Promise<string> } | undefined;
   logger?: Logger | undefined;
   /** Told of every lookup, byte and download (the worker's metrics); it must not throw. */
   observer?: ModelObserver | undefined;
@@ -102,6 +108,9 @@ interface Flight {
   audience: Audience;
 }
 
+/** A parsed reference and, for s3://, the storage it reads (`ModelFetcher.reference` decides which). */
+type Resolved = ModelReference & { s3?: ResolvedS3 };
+
 /** Sizes remembered (per reference) at most; the oldest are forgotten first. */
 const MAX_KNOWN_SIZES = 1024;
 /** Without a declared total, progress is told every this many bytes. */
@@ -129,7 +138,7 @@ const PARTIAL_DIR = ".downloads";
  */
 export class ModelFetcher {
   private readonly http: Got;
-  /** For the operator's own storage (s3://): its endpoint is the operator's choice, no address policy. */
+  /** For s3:// at the operator's own endpoint: its address is the operator's choice, no address policy. */
   private readonly unguarded: Got;
   private readonly cache: ModelCache;
   private readonly inFlight = new Map<string, Flight>();
@@ -158,15 +167,17 @@ export class ModelFetcher {
 
   /**
    * The file name (relative to the folder) that replaces `value` in the workflow, pinned for the caller: call
-   * `unpin(<dir>/<name>)` (the `file` returned) when the job ends.
+   * `unpin(<dir>/<name>)` (the `file` returned) when the job ends. `s3` is the request's `s3` settings: an s3://
+   * reference reads the storage they name, with their keys (`reference`).
    */
   async fetch(
     value: string,
     folder: ModelFolder,
     signal?: AbortSignal,
     onProgress?: (p: ModelProgress) => void,
+    s3?: S3Settings,
   ): Promise<{ name: string; file: string }> {
-    const ref = parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint });
+    const ref = this.reference(value, s3);
     const key = `${folder.dir}/${ref.stem}`;
     let flight = this.inFlight.get(key);
     if (flight) this.opts.observer?.lookup(false);
@@ -289,7 +300,51 @@ export class ModelFetcher {
     return probe;
   }
 
-  private async resolve(ref: ModelReference, folder: ModelFolder, audience: Audience): Promise<CachedModel> {
+  /**
+   * The reference parsed and, for `s3://<bucket>/<key>`, the one decision of which storage it reads: the request's
+   * `s3` settings over the operator's, with the reference's bucket, by the rules of uploads (resolveS3). Without the
+   * request's own keys that is the operator's endpoint and bucket only: another bucket or endpoint needs both of the
+   * request's keys, so the operator's keys never sign for a bucket they were not given for. A caller's endpoint is
+   * checked by the address policy here and downloaded through the guarded client (`source`), DNS and redirects
+   * included. Throws ModelReferenceError.
+   *
+   * The cached file's identity (its stem: the in-flight key, the cache's key and the file's name) is whose storage
+   * it is, endpoint + bucket + key: the bytes are that storage's. The bucket and key are in the reference; the
+   * endpoint is added when it is the caller's, so that naming `s3://<the operator's bucket>/<key>` with one's own
+   * endpoint can neither be served the operator's cached file nor put its own bytes where the operator's
+   * reference (or another caller's storage) will find them. At the operator's endpoint the stem stays the plain
+   * reference's, whoever's keys read it (the files of earlier runs stay valid). The keys are left out on purpose:
+   * the same object is the same bytes whoever reads it, and a downloaded file is in ComfyUI's models folder, which
+   * every caller of this worker can name (ComfyUI lists its choices), so a per-key identity would download a file
+   * twice while keeping nothing from anyone; credentials decide only whether a download is allowed.
+   */
+  private reference(value: string, request?: S3Settings): Resolved {
+    const ref = parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint });
+    if (ref.source.kind !== "s3") return ref;
+    if (!this.opts.s3)
+      throw new ModelReferenceError(`${ref.shown}: s3:// references need the worker's S3 settings`);
+    let target: ResolvedS3 | undefined;
+    try {
+      target = resolveS3(
+        this.opts.s3.env,
+        { ...request, bucketName: ref.source.bucket },
+        { allowPrivate: this.opts.allowPrivate },
+      );
+    } catch (err) {
+      throw new ModelReferenceError(`${ref.shown}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (!target) {
+      throw new ModelReferenceError(
+        `${ref.shown}: s3:// references need the worker's S3 settings or the request's s3 keys`,
+      );
+    }
+    if (!target.callerEndpoint) return { ...ref, s3: target };
+    const identity = JSON.stringify([ref.stem, target.endpointUrl]);
+    const stem = `${MODEL_PREFIX}${createHash("sha256").update(identity).digest("hex").slice(0, 16)}-`;
+    return { ...ref, stem, s3: target };
+  }
+
+  private async resolve(ref: Resolved, folder: ModelFolder, audience: Audience): Promise<CachedModel> {
     const hit = await this.cache.lookup(folder.dir, ref.stem);
     this.opts.observer?.lookup(hit !== undefined);
     if (hit) {
@@ -324,7 +379,7 @@ export class ModelFetcher {
   }
 
   private async source(
-    ref: ModelReference,
+    ref: Resolved,
   ): Promise<{ url: string; headers: Record<string, string>; guarded: boolean }> {
     const s = ref.source;
     if (s.kind === "url") return { url: s.url, headers: {}, guarded: true };
@@ -332,18 +387,17 @@ export class ModelFetcher {
       const token = this.opts.hfToken;
       return { url: s.url, headers: token ? { authorization: `Bearer ${token}` } : {}, guarded: true };
     }
-    if (!this.opts.presignS3)
-      throw new ModelReferenceError(`${ref.shown}: s3:// references need the worker's S3 settings`);
-    // The operator's own endpoint: its address is the operator's choice, as for outputs. Another bucket than the
-    // operator's is refused there (the operator's keys stay with its bucket).
-    const presign = this.opts.presignS3;
-    const url = await presign(s.bucket, s.key).catch((err: unknown) => {
+    const target = ref.s3;
+    if (!target || !this.opts.s3) throw new ModelReferenceError(`${ref.shown}: no storage resolved`);
+    const url = await this.opts.s3.presignGet(target, s.key).catch((err: unknown) => {
       throw new ModelReferenceError(`${ref.shown}: ${err instanceof Error ? err.message : String(err)}`);
     });
-    return { url, headers: {}, guarded: false };
+    // The operator's endpoint is the operator's choice, as for outputs; a caller's is under the address policy at
+    // connect time, redirects included.
+    return { url, headers: {}, guarded: target.callerEndpoint === true };
   }
 
-  private async download(ref: ModelReference, folder: ModelFolder, audience: Audience): Promise<CachedModel> {
+  private async download(ref: Resolved, folder: ModelFolder, audience: Audience): Promise<CachedModel> {
     this.downloads++;
     let told = -1;
     const tell = (received: number, total: number | undefined, force = false) => {
@@ -505,7 +559,7 @@ export class ModelFetcher {
    * marks it as just used. Throws ModelReferenceError for a malformed reference.
    */
   async isCached(value: string, folder: ModelFolder): Promise<boolean> {
-    const ref = parseModelReference(value, { hfEndpoint: this.opts.hfEndpoint });
+    const ref = this.reference(value);
     if (this.inFlight.has(`${folder.dir}/${ref.stem}`)) return false;
     return (await this.cache.lookup(folder.dir, ref.stem)) !== undefined;
   }

@@ -9,6 +9,7 @@ import { collectOutputs } from "../../handlers/outputs.js";
 import { prepareWorkflow } from "../../handlers/preprocess/index.js";
 import type { InputDownloader } from "../../handlers/preprocess/downloads.js";
 import type { ModelFetcher, ModelProgress } from "../../handlers/preprocess/models.js";
+import { s3FromRequest } from "../../handlers/storage/s3.js";
 import {
   CancelledError,
   DeviceFailedError,
@@ -147,6 +148,7 @@ export class JobRunner {
         models: this.deps.models,
         signal,
         onModelProgress: this.deps.models && downloadStage(job, this.deps.models),
+        s3: s3FromRequest(job.input.s3),
       });
       // The job's models are on disk: what is left of it is GPU work.
       job.downloadWorkload = 0;
