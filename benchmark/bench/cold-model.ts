@@ -16,9 +16,17 @@ import { cpus } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
+import { SD15_CHECKPOINT } from "../../scripts/services/comfyui.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import type { Worker } from "../../worker/app.js";
-import { startParts, startWorker, workerEnv, type BenchParts } from "./parts.js";
+import {
+  benchmarkingEnv,
+  reportingEnv,
+  startParts,
+  startWorker,
+  workerEnv,
+  type BenchParts,
+} from "./parts.js";
 import { fmt } from "./stats.js";
 
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
@@ -138,9 +146,7 @@ async function runOne(
 }
 
 export async function measureColdModel(parts: BenchParts): Promise<{ runs: ModelRun[]; bytes: number }> {
-  const checkpoint = await realpath(
-    join(parts.comfyBaseDir, "models", "checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"),
-  );
+  const checkpoint = await realpath(join(parts.comfyBaseDir, "models", "checkpoints", SD15_CHECKPOINT));
   const bytes = (await stat(checkpoint)).size;
   const files = await throttledFileServer(checkpoint, mbps * 1e6);
   const router = new RouterEmulator({ port: 0 });
@@ -149,15 +155,8 @@ export async function measureColdModel(parts: BenchParts): Promise<{ runs: Model
   const containerId = 300;
   const { worker } = await startWorker(
     workerEnv(parts, {
-      OUTPUT_DIR: join(dir, "output"),
-      BENCHMARK_SKIP: "false",
-      BENCHMARK_TEST_WIDTH: "64",
-      BENCHMARK_TEST_HEIGHT: "64",
-      BENCHMARK_TEST_STEPS: "1",
-      BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
-      REPORT_ADDR: router.url,
-      CONTAINER_ID: String(containerId),
-      MASTER_TOKEN: "bench",
+      ...benchmarkingEnv(dir, 1),
+      ...reportingEnv(router.url, containerId),
       REPORT_INTERVAL_MS: "100",
       MAX_QUEUE_TIME: "1000",
       INPUT_URL_ALLOW_PRIVATE: "true",

@@ -3,17 +3,14 @@
  * For each attack, a fresh compiled worker (`node dist/worker/cli.js start`, signatures checked against the router
  * emulator's key) receives the attack's bodies, sent again and again for at least WINDOW_MS, while a client asks
  * its /health one request after another; the figures are those answers' latencies and the worker's heap and RSS
- * above what they were just before. The attacks are those of test/integration/security-http.test.ts, which checks
- * the answers and that /health keeps answering; how fast it answers is measured here.
+ * above what they were just before. The attacks (hostile-requests.ts) are those test/integration/security-http.test.ts
+ * sends, checking the answers and that /health keeps answering; how fast it answers is measured here.
  *
  * Part of `npm run bench` (this section alone: BENCH_ONLY=hostile); `tsx benchmark/bench/hostile-bodies.ts` runs it
  * on parts of its own and prints the section (it runs dist/: `npm run build` first). BENCH_REPEATS (3)
  * repetitions, each on fresh workers.
  */
-import { spawn } from "node:child_process";
-import { once } from "node:events";
-import { readFile, writeFile } from "node:fs/promises";
-import { request as httpRequest } from "node:http";
+import { writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -21,14 +18,28 @@ import { loadConfig, type FrozenConfig } from "../../config/index.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { freePort } from "../../scripts/services/child.js";
 import { repoRoot } from "../../scripts/services/paths.js";
-import { startParts, workerEnv, type BenchParts } from "./parts.js";
+import {
+  deepArrays,
+  emptyObjects,
+  jsonHeaders,
+  legacyNestedAuth,
+  longSignedUrl,
+  sendRaw,
+} from "./hostile-requests.js";
+import {
+  procMb,
+  reportingEnv,
+  spawnCompiledWorker,
+  startParts,
+  workerEnv,
+  type BenchParts,
+} from "./parts.js";
 import { fmt, median, quantile, spread } from "./stats.js";
 
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
 /** How long each attack goes on (its bodies are sent again until this passed), and the idle row's length. */
 const WINDOW_MS = 3_000;
-const READY_TIMEOUT_MS = 120_000;
 /** What /health should answer within while an attack arrives (asked for when these defences were made). */
 const TARGET_MS = 100;
 const MB = 1024 * 1024;
@@ -51,106 +62,34 @@ async function spawnWorker(
   extra: Record<string, string>,
 ): Promise<Spawned> {
   const [port, apiPort] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, [join(repoRoot, "dist/worker/cli.js"), "start"], {
-    env: {
-      ...process.env,
-      ...workerEnv(parts, {
-        WORKER_PORT: String(port),
-        PUBLIC_IPADDR: "127.0.0.1",
-        [`VAST_TCP_PORT_${port}`]: String(port),
-        WORKER_HTTP_PORT: "0",
-        API_PORT: String(apiPort),
-        OUTPUT_DIR: join(parts.dir, `hostile-${id}`),
-        UNSECURED: "false",
-        REPORT_ADDR: router.url,
-        CONTAINER_ID: String(id),
-        MASTER_TOKEN: "bench",
-        // As production logs: each refused request's line is part of what it costs.
-        LOG_LEVEL: "info",
-        ...extra,
-      }),
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = once(child, "exit");
-    child.kill("SIGTERM");
-    const kill = setTimeout(() => child.kill("SIGKILL"), 30_000);
-    await exited;
-    clearTimeout(kill);
-  };
+  const w = await spawnCompiledWorker(
+    workerEnv(parts, {
+      WORKER_PORT: String(port),
+      PUBLIC_IPADDR: "127.0.0.1",
+      [`VAST_TCP_PORT_${port}`]: String(port),
+      WORKER_HTTP_PORT: "0",
+      API_PORT: String(apiPort),
+      OUTPUT_DIR: join(parts.dir, `hostile-${id}`),
+      UNSECURED: "false",
+      ...reportingEnv(router.url, id),
+      // As production logs: each refused request's line is part of what it costs.
+      LOG_LEVEL: "info",
+      ...extra,
+    }),
+  );
   try {
-    let out = "";
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`worker not ready within ${READY_TIMEOUT_MS} ms: ${out.slice(-2_000)}`)),
-        READY_TIMEOUT_MS,
-      );
-      child.stdout.on("data", (d: Buffer) => {
-        if (out.length < 1_000_000) out += d.toString();
-        if (out.includes('"msg":"ready')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.once("exit", () => {
-        clearTimeout(timer);
-        reject(new Error(`worker exited: ${out.slice(-2_000)}`));
-      });
-    });
     const routed = `http://127.0.0.1:${port}`;
     await router.waitFor(() => router.workers.has(routed), 30_000);
-    return { pid: child.pid!, routed, api: `http://127.0.0.1:${apiPort}`, stop };
+    return { pid: w.pid, routed, api: `http://127.0.0.1:${apiPort}`, stop: w.stop };
   } catch (err) {
-    await stop();
+    await w.stop();
     throw err;
   }
 }
 
-/** One request with exactly these headers, on its own connection; its status and body. */
-function send(
-  base: string,
-  path: string,
-  opts: { method?: string; body?: Buffer; timeoutMs: number },
-): Promise<{ status: number; text: string }> {
-  const url = new URL(path, base);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: url.hostname,
-        port: url.port,
-        path: url.pathname,
-        method: opts.method ?? "GET",
-        headers: opts.body
-          ? { "content-type": "application/json", "content-length": String(opts.body.length) }
-          : {},
-        agent: false,
-        timeout: opts.timeoutMs,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }),
-        );
-        res.on("error", reject);
-      },
-    );
-    req.on("error", reject);
-    req.on("timeout", () => req.destroy(new Error(`no answer to ${path} within ${opts.timeoutMs} ms`)));
-    req.end(opts.body);
-  });
-}
-
-async function procStatus(pid: number, field: "VmRSS" | "VmHWM"): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, "utf8");
-  return (Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024) / MB;
-}
-
 /** The worker's V8 heap in use, MB, as its /metrics reports it (prom-client's default metrics). */
 async function heapMb(api: string): Promise<number> {
-  const text = (await send(api, "/metrics", { timeoutMs: 10_000 })).text;
+  const text = (await sendRaw(api, "/metrics", { timeoutMs: 10_000 })).text;
   return Number(/^comfyui_worker_nodejs_heap_size_used_bytes (\d+)/m.exec(text)?.[1] ?? NaN) / MB;
 }
 
@@ -162,54 +101,31 @@ interface Attack {
   bodies(router: RouterEmulator, routed: string): Buffer[];
 }
 
-/** `[{},{},...]` just under the routed port's body limit: millions of objects from 16 MiB. */
-function emptyObjects(limits: Limits): Buffer {
-  const n = Math.floor((limits.routedMaxBodyBytes - 2) / 3);
-  return Buffer.from(`[${"{},".repeat(n - 1)}{}]`);
-}
-
 /** The attacks of test/integration/security-http.test.ts, after a reference row with none. */
 const attacks = (limits: Limits): Attack[] => [
   { name: "none (reference)", bodies: () => [] },
   {
     name: `4 at once: \`[{},{},...]\` of ${fmt(limits.routedMaxBodyBytes / MB, 0)} MiB`,
     bodies: () => {
-      const body = emptyObjects(limits);
+      const body = emptyObjects(limits.routedMaxBodyBytes);
       return [body, body, body, body];
     },
   },
   {
     name: `1: 100,000 \`[\` then 100,000 \`]\` (deeper than MAX_JSON_DEPTH=${limits.jsonShape.maxDepth})`,
-    bodies: () => [Buffer.from(`${"[".repeat(100_000)}${"]".repeat(100_000)}`)],
+    bodies: () => [deepArrays()],
   },
   {
     name: "2 at once: signed auth_data with a 15 MiB url",
     bodies: (router, routed) => {
-      const body = Buffer.from(
-        JSON.stringify({
-          auth_data: { ...router.authData(routed), url: `${routed}/${"\u00e9x".repeat(5 * MB)}` },
-          payload: { input: { workflow_json: "nope" } },
-        }),
-      );
+      const body = longSignedUrl(router.authData(routed), routed);
       return [body, body];
     },
   },
   {
     name: "2 at once, SIGNATURE_LEGACY=true: auth_data.endpoint (or an unknown field) of 3,000 arrays 58 deep",
     env: { SIGNATURE_LEGACY: "true" },
-    bodies: (router, routed) => {
-      // Within MAX_JSON_DEPTH and MAX_JSON_VALUES; rendered with Python's indentation, about 45 million
-      // characters, twice (cost as int and as float), for one 350 KB request.
-      const nest = `${"[".repeat(58)}${"]".repeat(58)}`;
-      const nested = () => JSON.parse(`[${Array(3_000).fill(nest).join(",")}]`) as unknown;
-      const auth = { ...router.authData(routed), signature: "QUJD" };
-      return [
-        { ...auth, endpoint: nested() },
-        { ...auth, extra: nested() },
-      ].map((a) =>
-        Buffer.from(JSON.stringify({ auth_data: a, payload: { input: { workflow_json: "nope" } } })),
-      );
-    },
+    bodies: (router, routed) => legacyNestedAuth(router.authData(routed)),
   },
 ];
 
@@ -238,14 +154,14 @@ async function runAttack(
   try {
     const bodies = attack.bodies(router, w.routed);
     // Settle: a few /health answers and one /metrics read, so that the first ones' costs are not the attack's.
-    for (let i = 0; i < 20; i++) await send(w.routed, "/health", { timeoutMs: 30_000 });
+    for (let i = 0; i < 20; i++) await sendRaw(w.routed, "/health", { timeoutMs: 30_000 });
     const heapBefore = await heapMb(w.api);
-    const rssBefore = await procStatus(w.pid, "VmRSS");
+    const rssBefore = await procMb(w.pid, "VmRSS");
     await writeFile(`/proc/${w.pid}/clear_refs`, "5");
     let heapPeak = heapBefore;
     let rssPeak = rssBefore;
     const rssTimer = setInterval(() => {
-      void procStatus(w.pid, "VmRSS").then(
+      void procMb(w.pid, "VmRSS").then(
         (mb) => (rssPeak = Math.max(rssPeak, mb)),
         () => undefined,
       );
@@ -270,7 +186,14 @@ async function runAttack(
         do {
           if (bodies.length === 0) await new Promise((r) => setTimeout(r, WINDOW_MS));
           const answers = await Promise.all(
-            bodies.map((body) => send(w.routed, "/generate", { method: "POST", body, timeoutMs: 120_000 })),
+            bodies.map((body) =>
+              sendRaw(w.routed, "/generate", {
+                method: "POST",
+                headers: jsonHeaders(body),
+                body,
+                timeoutMs: 120_000,
+              }),
+            ),
           );
           for (const a of answers) statuses.set(a.status, (statuses.get(a.status) ?? 0) + 1);
         } while (performance.now() - started < WINDOW_MS);
@@ -279,12 +202,12 @@ async function runAttack(
       let healthNot200 = 0;
       while (!done) {
         const t0 = performance.now();
-        const { status } = await send(w.routed, "/health", { timeoutMs: 60_000 });
+        const { status } = await sendRaw(w.routed, "/health", { timeoutMs: 60_000 });
         healthMs.push(performance.now() - t0);
         if (status !== 200) healthNot200++;
       }
       await attacking;
-      rssPeak = Math.max(rssPeak, await procStatus(w.pid, "VmHWM"));
+      rssPeak = Math.max(rssPeak, await procMb(w.pid, "VmHWM"));
       heapPeak = Math.max(heapPeak, await heapMb(w.api));
       return {
         statuses,

@@ -15,7 +15,7 @@ import { loadBenchmarkPayload } from "../payload.js";
 import { readFileSync } from "node:fs";
 import { ComfyClient } from "../../handlers/comfyui/client.js";
 import type { BenchParts } from "./parts.js";
-import { workerEnv, startWorker } from "./parts.js";
+import { benchmarkingEnv, reportingEnv, workerEnv, startWorker } from "./parts.js";
 import { fmt, median, spread } from "./stats.js";
 
 export interface SignalRun {
@@ -87,15 +87,8 @@ export async function measureSignal(
   const containerId = 100 + rep;
   const { worker } = await startWorker(
     workerEnv(parts, {
-      OUTPUT_DIR: join(dir, "output"),
-      BENCHMARK_SKIP: "false",
-      BENCHMARK_TEST_WIDTH: "64",
-      BENCHMARK_TEST_HEIGHT: "64",
-      BENCHMARK_TEST_STEPS: "4",
-      BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
-      REPORT_ADDR: router.url,
-      CONTAINER_ID: String(containerId),
-      MASTER_TOKEN: "bench",
+      ...benchmarkingEnv(dir, 4),
+      ...reportingEnv(router.url, containerId),
       MAX_QUEUE_TIME: "1000",
     }),
   );

@@ -1,4 +1,6 @@
-import { mkdtemp } from "node:fs/promises";
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, type Service } from "../../scripts/services/child.js";
@@ -68,6 +70,23 @@ export function workerEnv(parts: BenchParts, extra: Record<string, string> = {})
   };
 }
 
+/** A worker of its own under `dir` that runs its boot benchmark on the tiny graph (64x64, `steps` steps). */
+export function benchmarkingEnv(dir: string, steps: number): Record<string, string> {
+  return {
+    OUTPUT_DIR: join(dir, "output"),
+    BENCHMARK_SKIP: "false",
+    BENCHMARK_TEST_WIDTH: "64",
+    BENCHMARK_TEST_HEIGHT: "64",
+    BENCHMARK_TEST_STEPS: String(steps),
+    BENCHMARK_CACHE_FILE: join(dir, ".has_benchmark"),
+  };
+}
+
+/** A worker that reports to the router emulator at `reportAddr` as instance `containerId`. */
+export function reportingEnv(reportAddr: string, containerId: number): Record<string, string> {
+  return { REPORT_ADDR: reportAddr, CONTAINER_ID: String(containerId), MASTER_TOKEN: "bench" };
+}
+
 export function s3Env(parts: BenchParts): Record<string, string> {
   return {
     S3_ACCESS_KEY_ID: parts.s3.accessKeyId,
@@ -90,6 +109,74 @@ export async function startWorker(
   });
   await worker.start();
   return { worker, config };
+}
+
+export interface CompiledWorker {
+  child: ChildProcess;
+  pid: number;
+  /** SIGTERM, then SIGKILL after 30 s; resolves once it exited (at once if it had). */
+  stop(): Promise<void>;
+}
+
+/**
+ * The compiled worker (`node dist/worker/cli.js start`, as production runs it: `npm run build` first) with `env`
+ * over this process's environment, once it logged that it is ready (it must log at info level or more). A worker
+ * that exits or is not ready within `readyTimeoutMs` is stopped and an error with its last output thrown.
+ */
+export async function spawnCompiledWorker(
+  env: Record<string, string>,
+  readyTimeoutMs = 120_000,
+): Promise<CompiledWorker> {
+  const child = spawn(process.execPath, [join(repoRoot, "dist/worker/cli.js"), "start"], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, "exit");
+    child.kill("SIGTERM");
+    const kill = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    await exited;
+    clearTimeout(kill);
+  };
+  let out = "";
+  const onData = (d: Buffer) => {
+    if (out.length < 1_000_000) out += d.toString();
+  };
+  child.stdout.on("data", onData);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        child.stdout.off("data", check);
+        child.off("exit", exited);
+        if (err) reject(err);
+        else resolve();
+      };
+      const timer = setTimeout(
+        () => done(new Error(`worker not ready within ${readyTimeoutMs} ms: ${out.slice(-2_000)}`)),
+        readyTimeoutMs,
+      );
+      const check = () => void (out.includes('"msg":"ready') && done());
+      const exited = () => done(new Error(`worker exited: ${out.slice(-2_000)}`));
+      child.stdout.on("data", check);
+      child.once("exit", exited);
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  } finally {
+    child.stdout.off("data", onData);
+  }
+  // Its later output is not kept, but read, so that the pipe never fills.
+  child.stdout.resume();
+  return { child, pid: child.pid!, stop };
+}
+
+/** A figure of /proc/<pid>/status in MB: the resident set (VmRSS) or its high-water mark (VmHWM). */
+export async function procMb(pid: number, field: "VmRSS" | "VmHWM" = "VmRSS"): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) / 1024;
 }
 
 /** What /generate/sync answers, as far as the benchmarks read it. */

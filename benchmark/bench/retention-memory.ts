@@ -3,16 +3,11 @@
  * carrying its own 1 MB PNG as a data: URI, `concurrency` at a time; its RSS is read from /proc before the first
  * request and after the last one answered (after a settle). The target: within 100 MB of the start.
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { once } from "node:events";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { crc32, deflateSync } from "node:zlib";
 import { got } from "got";
 import { freePort } from "../../scripts/services/child.js";
-import { repoRoot } from "../../scripts/services/paths.js";
-import { workerEnv, type BenchParts } from "./parts.js";
+import { procMb, spawnCompiledWorker, workerEnv, type BenchParts } from "./parts.js";
 
 export interface RetentionResult {
   requests: number;
@@ -53,33 +48,16 @@ function noisePngHead(side: number): Buffer {
   ]);
 }
 
-async function rssMb(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, "utf8");
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
-}
-
 export async function measureRetention(
   parts: BenchParts,
   count = 150,
   concurrency = 4,
 ): Promise<RetentionResult> {
   const apiPort = await freePort();
-  const child = spawn(process.execPath, [join(repoRoot, "dist/worker/cli.js"), "start"], {
-    env: {
-      ...process.env,
-      ...workerEnv(parts, { API_PORT: String(apiPort), LOG_LEVEL: "info" }),
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const worker = await spawnCompiledWorker(
+    workerEnv(parts, { API_PORT: String(apiPort), LOG_LEVEL: "info" }),
+  );
   try {
-    let out = "";
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.on("data", (d: Buffer) => {
-        if (out.length < 1_000_000) out += d.toString();
-        if (out.includes('"msg":"ready')) resolve();
-      });
-      child.once("exit", () => reject(new Error(`worker exited: ${out}`)));
-    });
     const api = `http://127.0.0.1:${apiPort}`;
     // One request first, so that the start figure includes what the first job loads once (the node catalog...).
     const head = noisePngHead(580);
@@ -111,11 +89,11 @@ export async function measureRetention(
     };
     await request(1_000_000);
     await new Promise((r) => setTimeout(r, 2_000));
-    const pid = child.pid!;
-    const startMb = await rssMb(pid);
+    const pid = worker.pid;
+    const startMb = await procMb(pid);
     let peakMb = startMb;
     const sampler = setInterval(() => {
-      void rssMb(pid).then(
+      void procMb(pid).then(
         (mb) => (peakMb = Math.max(peakMb, mb)),
         () => undefined,
       );
@@ -129,7 +107,7 @@ export async function measureRetention(
     );
     clearInterval(sampler);
     await new Promise((r) => setTimeout(r, 3_000));
-    const endMb = await rssMb(pid);
+    const endMb = await procMb(pid);
     return {
       requests: count,
       completed,
@@ -140,7 +118,6 @@ export async function measureRetention(
       growthMb: endMb - startMb,
     };
   } finally {
-    child.kill("SIGTERM");
-    await once(child, "exit");
+    await worker.stop();
   }
 }

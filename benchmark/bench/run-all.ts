@@ -5,8 +5,7 @@
  *   BENCH_OVERHEAD_RUNS (200), BENCH_JOBS (20), BENCH_UPLOAD_MB (1024), BENCH_RETENTION_REQUESTS (150),
  *   BENCH_SCALING_JOBS (12)
  */
-import { execFile, spawn } from "node:child_process";
-import { once } from "node:events";
+import { execFile } from "node:child_process";
 import { open, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
@@ -15,7 +14,7 @@ import { freePort } from "../../scripts/services/child.js";
 import { repoRoot } from "../../scripts/services/paths.js";
 import { measureOverhead, type OverheadResult } from "./overhead.js";
 import { measureRetention, type RetentionResult } from "./retention-memory.js";
-import { startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
+import { procMb, spawnCompiledWorker, startParts, workerEnv, s3Env, type BenchParts } from "./parts.js";
 import { fmt, median, quantile, spread } from "./stats.js";
 import { measureThroughput, type ThroughputResult } from "./throughput.js";
 import { measureSharedCost, type SharedCostResult } from "./shared-cost.js";
@@ -148,27 +147,15 @@ const sections: Record<string, (parts: BenchParts) => Promise<string>> = {
 };
 
 async function idleRss(parts: BenchParts): Promise<number> {
-  const env = {
-    ...process.env,
-    ...workerEnv(parts, { API_PORT: String(await freePort()), LOG_LEVEL: "info" }),
-  };
-  const child = spawn(process.execPath, [join(repoRoot, "dist/worker/cli.js"), "start"], {
-    env,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('"msg":"ready')) resolve();
-    });
-    child.once("exit", () => reject(new Error(`worker exited: ${out}`)));
-  });
-  await new Promise((r) => setTimeout(r, 3_000));
-  const status = await readFile(`/proc/${child.pid}/status`, "utf8");
-  child.kill("SIGTERM");
-  await once(child, "exit");
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
+  const w = await spawnCompiledWorker(
+    workerEnv(parts, { API_PORT: String(await freePort()), LOG_LEVEL: "info" }),
+  );
+  try {
+    await new Promise((r) => setTimeout(r, 3_000));
+    return await procMb(w.pid);
+  } finally {
+    await w.stop();
+  }
 }
 
 async function uploadGrowth(

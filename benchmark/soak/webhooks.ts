@@ -1,7 +1,6 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { once } from "node:events";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo, Socket } from "node:net";
+import { createServer } from "node:http";
+import { LoopbackServer } from "./loopback.js";
 
 export interface Delivery {
   at: number;
@@ -36,11 +35,10 @@ export class WebhookReceiver {
   /** The secret every soak request names (`whsec_` + base64, as Standard Webhooks writes them). */
   readonly secret = `whsec_${randomBytes(24).toString("base64")}`;
   mode: ReceiverMode = "ok";
-  private readonly sockets = new Set<Socket>();
-  private readonly server: Server;
+  private readonly http: LoopbackServer;
 
   constructor() {
-    this.server = createServer((req, res) => {
+    const server = createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("end", () => {
@@ -69,10 +67,7 @@ export class WebhookReceiver {
         res.end(answered === "500" ? "soak fault: 500" : "ok");
       });
     });
-    this.server.on("connection", (s: Socket) => {
-      this.sockets.add(s);
-      s.on("close", () => this.sockets.delete(s));
-    });
+    this.http = new LoopbackServer(server);
   }
 
   verify(headers: Record<string, string | string[] | undefined>, body: string): boolean {
@@ -91,22 +86,20 @@ export class WebhookReceiver {
   }
 
   url(requestId: string): string {
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hook/${encodeURIComponent(requestId)}`;
+    return `${this.http.origin}/hook/${encodeURIComponent(requestId)}`;
   }
 
   /** A session's on_close_route: its calls are recorded in `closes` under `key`. */
   closeUrl(key: string): string {
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/on-close/${encodeURIComponent(key)}`;
+    return `${this.http.origin}/on-close/${encodeURIComponent(key)}`;
   }
 
   async start(): Promise<this> {
-    this.server.listen(0, "127.0.0.1");
-    await once(this.server, "listening");
+    await this.http.start();
     return this;
   }
 
-  async stop(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise<void>((r) => this.server.close(() => r()));
+  stop(): Promise<void> {
+    return this.http.stop();
   }
 }

@@ -16,6 +16,20 @@ export function tinyText2Image(steps = 4): Record<string, any> {
   return w;
 }
 
+/** The tiny SD1.5 graph, one step, with `lora` (a LoraLoader) between its checkpoint (`ckpt`, if given) and its sampler. */
+export function withLora(lora: string, ckpt?: string): Record<string, any> {
+  const w = tinyText2Image(1);
+  if (ckpt !== undefined) w["4"].inputs.ckpt_name = ckpt;
+  w["10"] = {
+    class_type: "LoraLoader",
+    inputs: { model: ["4", 0], clip: ["4", 1], lora_name: lora, strength_model: 0.5, strength_clip: 0.5 },
+  };
+  w["3"].inputs.model = ["10", 0];
+  w["6"].inputs.clip = ["10", 1];
+  w["7"].inputs.clip = ["10", 1];
+  return w;
+}
+
 /** EmptyImage -> ImageBlur -> SaveImage + SaveAnimatedWEBP: runs in milliseconds. */
 export function modelFree(): Record<string, any> {
   return loadWorkflow("test/fixtures/workflows/model-free.json");

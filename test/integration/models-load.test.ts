@@ -3,9 +3,9 @@ import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { DEFAULT_BYTES_PER_SECOND } from "../../handlers/preprocess/download-estimate.js";
 import { RecordingServer } from "../harness/http-fixtures.js";
-import { stack } from "../harness/stack.js";
 import { getJson, pollUntil, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { tinyText2Image } from "../harness/workflows.js";
+import { modelsDir, tinyLora } from "../harness/models.js";
+import { withLora } from "../harness/workflows.js";
 
 /**
  * A model download is priced and shown as what it is, on the real stack: a job whose model is cold carries the
@@ -15,30 +15,6 @@ import { tinyText2Image } from "../harness/workflows.js";
  */
 
 const MiB = 1024 * 1024;
-
-/** A LoRA with no tensors (ComfyUI loads it and patches nothing): a real safetensors file of about `size` bytes. */
-function tinyLora(tag: string, size: number): Buffer {
-  let header = Buffer.from(
-    JSON.stringify({ __metadata__: { tag, pad: "x".repeat(Math.max(0, size - 40)) } }),
-  );
-  header = Buffer.concat([header, Buffer.alloc((8 - (header.length % 8)) % 8, 0x20)]);
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([length, header]);
-}
-
-/** The tiny SD1.5 graph, one step, with a LoraLoader naming `lora` between its checkpoint and its sampler. */
-function withLora(lora: string): Record<string, any> {
-  const w = tinyText2Image(1);
-  w["10"] = {
-    class_type: "LoraLoader",
-    inputs: { model: ["4", 0], clip: ["4", 1], lora_name: lora, strength_model: 0.5, strength_clip: 0.5 },
-  };
-  w["3"].inputs.model = ["10", 0];
-  w["6"].inputs.clip = ["10", 1];
-  w["7"].inputs.clip = ["10", 1];
-  return w;
-}
 
 let files: RecordingServer;
 const bodies = new Map<string, Buffer>();
@@ -85,7 +61,7 @@ afterAll(async () => {
   for (const g of gates.values()) g.arrived();
   await w?.stop();
   await files?.stop();
-  const loras = join(stack().comfyBaseDir, "models", "loras");
+  const loras = join(modelsDir(), "loras");
   for (const name of await readdir(loras).catch(() => [] as string[])) {
     if (/^od-[0-9a-f]{16}-(priced|streamed)-/.test(name)) await rm(join(loras, name), { force: true });
   }

@@ -1,11 +1,10 @@
-import { createReadStream } from "node:fs";
-import { readdir, realpath, rm, stat } from "node:fs/promises";
+import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { captureLog } from "../harness/log-capture.js";
 import { RecordingServer, type Received } from "../harness/http-fixtures.js";
-import { stack } from "../harness/stack.js";
 import { getJson, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import { downloaded, modelsDir, sendFile, tinyCheckpointPath, tinyLora } from "../harness/models.js";
 import { tinyText2Image } from "../harness/workflows.js";
 
 /**
@@ -13,23 +12,6 @@ import { tinyText2Image } from "../harness/workflows.js";
  * POST /models/prefetch on the local API and (signed) on the routed port, through the same downloads and cache as
  * a job's loader inputs. The tiny checkpoint and a tiny LoRA are served by a local HTTP server.
  */
-
-/** A LoRA with no tensors: a real safetensors file. */
-function tinyLora(tag: string): Buffer {
-  let header = Buffer.from(JSON.stringify({ __metadata__: { tag } }));
-  header = Buffer.concat([header, Buffer.alloc((8 - (header.length % 8)) % 8, 0x20)]);
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([length, header]);
-}
-
-const models = () => join(stack().comfyBaseDir, "models");
-
-/** The worker's downloads in the stack's models folder (`<dir>/od-...`). */
-async function downloaded(dir: string): Promise<string[]> {
-  const names = await readdir(join(models(), dir)).catch(() => [] as string[]);
-  return names.filter((n) => n.startsWith("od-")).sort();
-}
 
 let files: RecordingServer;
 let router: RouterEmulator;
@@ -42,19 +24,11 @@ let before: { checkpoints: string[]; loras: string[] };
 
 beforeAll(async () => {
   before = { checkpoints: await downloaded("checkpoints"), loras: await downloaded("loras") };
-  const checkpointPath = await realpath(
-    join(models(), "checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"),
-  );
+  const checkpointPath = await tinyCheckpointPath();
   files = await new RecordingServer().start();
   files.handler = (req, res) => {
     const path = req.url.split("?")[0]!;
-    if (path === "/warm-checkpoint.safetensors") {
-      void stat(checkpointPath).then((s) => {
-        res.writeHead(200, { "content-length": s.size });
-        createReadStream(checkpointPath).pipe(res);
-      });
-      return;
-    }
+    if (path === "/warm-checkpoint.safetensors") return sendFile(res, checkpointPath);
     if (path === "/loras/warm.safetensors") {
       res.writeHead(200, { "content-length": lora.length });
       return void res.end(lora);
@@ -82,7 +56,7 @@ afterAll(async () => {
   // What this file downloaded goes with it (the stack's models folder is shared).
   for (const dir of ["checkpoints", "loras"] as const) {
     for (const name of await downloaded(dir)) {
-      if (!before[dir].includes(name)) await rm(join(models(), dir, name), { force: true });
+      if (!before[dir].includes(name)) await rm(join(modelsDir(), dir, name), { force: true });
     }
   }
 });
@@ -103,7 +77,7 @@ test("MODELS is in its folder before the worker is ready, and the first job usin
   expect(ready).toBeGreaterThan(fetched);
   expect(all[fetched]).toMatchObject({
     model: checkpointUrl,
-    bytes: (await stat(join(models(), "checkpoints", names[0]!))).size,
+    bytes: (await stat(join(modelsDir(), "checkpoints", names[0]!))).size,
     cached: false,
     ms: expect.any(Number),
   });
@@ -169,7 +143,7 @@ test("a bad reference is a 4xx with its code, and nothing is left half-written",
     const res = await postJson(`${w.api}/models/prefetch`, { models: [entry] });
     expect([entry, res.status, res.body?.code]).toEqual([entry, status, code]);
   }
-  expect(await readdir(join(models(), ".downloads")).catch(() => [])).toEqual([]);
+  expect(await readdir(join(modelsDir(), ".downloads")).catch(() => [])).toEqual([]);
 });
 
 test("a MODELS entry that cannot be had is the worker's error (error_msg), never ready", async () => {

@@ -1,13 +1,13 @@
 import { createHash, randomUUID } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { mkdir, readdir, realpath, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rm, stat, utimes, writeFile } from "node:fs/promises";
 import type { ServerResponse } from "node:http";
 import { join } from "node:path";
 import { ObjectStorage, type ResolvedS3 } from "../../handlers/storage/s3.js";
 import { RED_PIXEL_PNG, RecordingServer, type Received } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import { getJson, pollUntil, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
-import { tinyText2Image } from "../harness/workflows.js";
+import { downloaded, modelsDir, sendFile, tinyCheckpointPath, tinyLora } from "../harness/models.js";
+import { tinyText2Image, withLora } from "../harness/workflows.js";
 
 /**
  * Models named by reference in a loader's input, on the real stack: the tiny checkpoint and tiny LoRAs served by a
@@ -15,36 +15,11 @@ import { tinyText2Image } from "../harness/workflows.js";
  * restart, once per reference, bounded, verified, evicted only when no job uses them.
  */
 
-/** A LoRA with no tensors (ComfyUI loads it and patches nothing): a real safetensors file of about `size` bytes. */
-function tinyLora(tag: string, size = 256): Buffer {
-  let header = Buffer.from(
-    JSON.stringify({ __metadata__: { tag, pad: "x".repeat(Math.max(0, size - 40)) } }),
-  );
-  header = Buffer.concat([header, Buffer.alloc((8 - (header.length % 8)) % 8, 0x20)]);
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([length, header]);
-}
-
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-
-/** The tiny SD1.5 graph, one step, with `lora` (a LoraLoader) between its checkpoint and its sampler. */
-function withLora(lora: string, ckpt?: string): Record<string, any> {
-  const w = tinyText2Image(1);
-  if (ckpt !== undefined) w["4"].inputs.ckpt_name = ckpt;
-  w["10"] = {
-    class_type: "LoraLoader",
-    inputs: { model: ["4", 0], clip: ["4", 1], lora_name: lora, strength_model: 0.5, strength_clip: 0.5 },
-  };
-  w["3"].inputs.model = ["10", 0];
-  w["6"].inputs.clip = ["10", 1];
-  w["7"].inputs.clip = ["10", 1];
-  return w;
-}
 
 /** Bytes in the downloads under way (`<models>/.downloads/*.partial`). */
 async function partialBytes(): Promise<number> {
-  const dir = join(stack().comfyBaseDir, "models", ".downloads");
+  const dir = join(modelsDir(), ".downloads");
   const names = await readdir(dir).catch(() => [] as string[]);
   const sizes = await Promise.all(
     names.map((n) =>
@@ -55,12 +30,6 @@ async function partialBytes(): Promise<number> {
     ),
   );
   return sizes.reduce((a, b) => a + b, 0);
-}
-
-/** The worker's downloads in the stack's models folder (`<dir>/od-...`). */
-async function downloaded(dir: string): Promise<string[]> {
-  const names = await readdir(join(stack().comfyBaseDir, "models", dir)).catch(() => [] as string[]);
-  return names.filter((n) => n.startsWith("od-")).sort();
 }
 
 const HF_TOKEN = "hf_TESTTOKEN0123456789";
@@ -76,19 +45,11 @@ let w: TestWorker;
 const requestsFor = (path: string): Received[] => files.received.filter((r) => r.url.split("?")[0] === path);
 
 beforeAll(async () => {
-  checkpointPath = await realpath(
-    join(stack().comfyBaseDir, "models", "checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"),
-  );
+  checkpointPath = await tinyCheckpointPath();
   files = await new RecordingServer().start();
   files.handler = (req, res) => {
     const path = req.url.split("?")[0]!;
-    if (path === "/tiny-checkpoint.safetensors") {
-      void stat(checkpointPath).then((s) => {
-        res.writeHead(200, { "content-length": s.size });
-        createReadStream(checkpointPath).pipe(res);
-      });
-      return;
-    }
+    if (path === "/tiny-checkpoint.safetensors") return sendFile(res, checkpointPath);
     if (path === "/loras/huge.safetensors") {
       // Declares 2 GiB: refused from its headers, its body never read.
       res.writeHead(200, { "content-length": 2 * 1024 ** 3 });
@@ -137,7 +98,7 @@ afterAll(async () => {
   // What this file downloaded into the stack's models folder (about a checkpoint or two) goes with it.
   for (const dir of ["checkpoints", "loras"]) {
     for (const name of await downloaded(dir)) {
-      await rm(join(stack().comfyBaseDir, "models", dir, name), { force: true });
+      await rm(join(modelsDir(), dir, name), { force: true });
     }
   }
 });
@@ -151,7 +112,7 @@ const codeOf = (body: any): string | undefined => body?.code ?? body?.error?.cod
 test("a checkpoint named by an http URL is downloaded into models/checkpoints and the job completes", async () => {
   const url = `${files.url}/tiny-checkpoint.safetensors`;
   // What a killed earlier run left under way, older than a download may last: swept at the first download.
-  const partials = join(stack().comfyBaseDir, "models", ".downloads");
+  const partials = join(modelsDir(), ".downloads");
   await mkdir(partials, { recursive: true });
   await writeFile(join(partials, "od-0000000000000000-left.partial"), "x");
   const old = new Date(Date.now() - 2 * 3_600_000);
@@ -162,7 +123,7 @@ test("a checkpoint named by an http URL is downloaded into models/checkpoints an
   expect([res.status, res.body.status, res.body.message]).toEqual([200, "completed", expect.any(String)]);
   const names = await downloaded("checkpoints");
   expect(names).toEqual([expect.stringMatching(/^od-[0-9a-f]{16}-tiny-checkpoint\.safetensors$/)]);
-  expect((await stat(join(stack().comfyBaseDir, "models", "checkpoints", names[0]!))).size).toBe(
+  expect((await stat(join(modelsDir(), "checkpoints", names[0]!))).size).toBe(
     (await stat(checkpointPath)).size,
   );
   // Never a partial file where ComfyUI lists models, and none left behind.
@@ -284,7 +245,7 @@ test("errors name their cause: checksum, size, 403, 404, not a models input", as
     expect(JSON.stringify(body)).not.toContain("SECRET");
   }
   // Nothing half-written is left where ComfyUI lists models.
-  expect(await readdir(join(stack().comfyBaseDir, "models", ".downloads"))).toEqual([]);
+  expect(await readdir(join(modelsDir(), ".downloads"))).toEqual([]);
   expect((await downloaded("loras")).some((n) => n.includes("checked") || n.includes("huge"))).toBe(false);
   // A reference in LoadImage's input is refused, not fetched.
   const { status, body } = await generate(w, {

@@ -1,4 +1,12 @@
-import { request as httpRequest } from "node:http";
+import {
+  deepArrays,
+  emptyObjects,
+  jsonHeaders,
+  legacyNestedAuth,
+  longSignedUrl,
+  sendRaw as send,
+  type RawAnswer,
+} from "../../benchmark/bench/hostile-requests.js";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { startTestWorker, type TestWorker } from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
@@ -30,59 +38,7 @@ afterAll(async () => {
   await router?.close();
 });
 
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-}
-
-/**
- * One HTTP request with exactly the headers given (Host and Origin included, which fetch will not let a caller
- * set). An event stream is not read: its status and headers are the answer.
- */
-function send(
-  base: string,
-  path: string,
-  opts: {
-    method?: string;
-    headers?: Record<string, string>;
-    body?: string | Buffer;
-    timeoutMs?: number;
-  } = {},
-): Promise<Answer> {
-  const url = new URL(path, base);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: url.hostname,
-        port: url.port,
-        path: url.pathname,
-        method: opts.method ?? "GET",
-        headers: opts.headers,
-        agent: false,
-        timeout: opts.timeoutMs ?? 60_000,
-      },
-      (res) => {
-        const answer = { status: res.statusCode ?? 0, headers: res.headers, text: "" };
-        if (String(res.headers["content-type"]).startsWith("text/event-stream")) {
-          res.destroy();
-          return resolve(answer);
-        }
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => resolve({ ...answer, text: Buffer.concat(chunks).toString("utf8") }));
-        res.on("error", reject);
-      },
-    );
-    req.on("error", reject);
-    req.on("timeout", () =>
-      req.destroy(new Error(`no answer to ${path} within ${opts.timeoutMs ?? 60_000} ms`)),
-    );
-    req.end(opts.body);
-  });
-}
-
-const errorOf = (a: Answer): string => (JSON.parse(a.text) as { error: string }).error;
+const errorOf = (a: RawAnswer): string => (JSON.parse(a.text) as { error: string }).error;
 
 describe("the local API answers its operator only", () => {
   const job = (requestId: string) =>
@@ -202,12 +158,8 @@ describe("the local API answers its operator only", () => {
 });
 
 describe("cheap requests that would cost much", () => {
-  const routedMax = 16 * 1024 * 1024;
-  /** `[{},{},...]` just under the routed port's body limit: millions of objects from 16 MiB. */
-  const emptyObjects = (() => {
-    const n = Math.floor((routedMax - 2) / 3);
-    return Buffer.from(`[${"{},".repeat(n - 1)}{}]`);
-  })();
+  /** `[{},{},...]` just under the routed port's 16 MiB body limit. */
+  const hugeEmptyObjects = emptyObjects(16 * 1024 * 1024);
 
   /**
    * Sends `bodies` to the routed port at once and meanwhile asks /health again and again: the answers, the status
@@ -224,7 +176,7 @@ describe("cheap requests that would cost much", () => {
       bodies.map((body) =>
         send(base, "/generate", {
           method: "POST",
-          headers: { "content-type": "application/json", "content-length": String(body.length) },
+          headers: jsonHeaders(body),
           body,
           timeoutMs: 60_000,
         }),
@@ -248,10 +200,10 @@ describe("cheap requests that would cost much", () => {
 
   test("four concurrent 16 MiB `[{},{},...]` bodies are 413 before auth, /health keeps answering, nothing is parsed", async () => {
     const { answers, health, heapGrowth } = await underAttack([
-      emptyObjects,
-      emptyObjects,
-      emptyObjects,
-      emptyObjects,
+      hugeEmptyObjects,
+      hugeEmptyObjects,
+      hugeEmptyObjects,
+      hugeEmptyObjects,
     ]);
     for (const a of answers) {
       expect(a.status).toBe(413);
@@ -268,20 +220,14 @@ describe("cheap requests that would cost much", () => {
   });
 
   test("a body nested deeper than MAX_JSON_DEPTH is 400 naming the limit", async () => {
-    const deep = Buffer.from(`${"[".repeat(100_000)}${"]".repeat(100_000)}`);
-    const { answers, health } = await underAttack([deep]);
+    const { answers, health } = await underAttack([deepArrays()]);
     expect(answers[0]!.status).toBe(400);
     expect(errorOf(answers[0]!)).toMatch(/MAX_JSON_DEPTH=64/);
     expectHealthKeptAnswering(health);
   });
 
   test("a 15 MiB auth_data.url is 401 while /health keeps answering", async () => {
-    const body = Buffer.from(
-      JSON.stringify({
-        auth_data: { ...router.authData(w.routed), url: `${w.routed}/${"\u00e9x".repeat(5 * 1024 * 1024)}` },
-        payload: { input: { workflow_json: "nope" } },
-      }),
-    );
+    const body = longSignedUrl(router.authData(w.routed), w.routed);
     const { answers, health } = await underAttack([body, body]);
     for (const a of answers) expect(a.status).toBe(401);
     expectHealthKeptAnswering(health);
@@ -293,16 +239,8 @@ describe("cheap requests that would cost much", () => {
       { publicKeyPem: router.publicKeyPem },
     );
     try {
-      // 3,000 arrays nested 58 deep (within MAX_JSON_DEPTH and MAX_JSON_VALUES): rendered with Python's indentation
-      // that is about 45 million characters, twice (cost as int and as float), for one 350 KB request.
-      const nest = `${"[".repeat(58)}${"]".repeat(58)}`;
-      const auth = { ...router.authData(legacy.routed), signature: "QUJD" };
-      const bodies = [
-        { ...auth, endpoint: JSON.parse(`[${Array(3_000).fill(nest).join(",")}]`) as unknown },
-        { ...auth, extra: JSON.parse(`[${Array(3_000).fill(nest).join(",")}]`) as unknown },
-      ].map((a) =>
-        Buffer.from(JSON.stringify({ auth_data: a, payload: { input: { workflow_json: "nope" } } })),
-      );
+      // 3,000 arrays nested 58 deep, as auth_data.endpoint and as an unknown field: costly to render, not to send.
+      const bodies = legacyNestedAuth(router.authData(legacy.routed));
       const { answers, health } = await underAttack(bodies, legacy.routed);
       for (const a of answers) expect(a.status).toBe(401);
       expectHealthKeptAnswering(health);

@@ -1,5 +1,6 @@
 import { join, resolve } from "node:path";
-import { ConfigError, describeConfig, loadConfig } from "../../config/index.js";
+import { describeConfig, loadConfig } from "../../config/index.js";
+import { configError } from "../harness/config-error.js";
 
 const ROOT = "/srv/worker";
 const BASE = { COMFYUI_BASE_DIR: "/opt/comfy", REPORT_ADDR: "https://report.example" } as const;
@@ -9,16 +10,6 @@ function oneComfy(c: ReturnType<typeof loadConfig>) {
   expect(c.comfyui.backends).toHaveLength(1);
   const [{ url, outputDir }] = c.comfyui.backends as [{ url: string; outputDir: string }];
   return { url, outputDir, inputDir: c.comfyui.inputDir };
-}
-
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ConfigError);
-    return e as ConfigError;
-  }
-  throw new Error("expected a ConfigError, nothing was thrown");
 }
 
 describe("loadConfig", () => {

@@ -1,5 +1,6 @@
 import { join } from "node:path";
-import { ConfigError, loadConfig, type LaunchHost } from "../../config/index.js";
+import { loadConfig, type LaunchHost } from "../../config/index.js";
+import { configError } from "../harness/config-error.js";
 import { cliFlags } from "../../config/comfyui-args.js";
 import { instanceSpec } from "../../worker/launcher/fleet.js";
 
@@ -48,16 +49,6 @@ const ENV = {
 function plan(env: Record<string, string>, host: LaunchHost = machine()) {
   const config = loadConfig({ ...ENV, ...env }, "/srv/worker", host);
   return { config, launch: config.launch! };
-}
-
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ConfigError);
-    return e as ConfigError;
-  }
-  throw new Error("expected a ConfigError, nothing was thrown");
 }
 
 const words = (args: string | undefined) => (args ?? "").split(" ").filter(Boolean);

@@ -1,7 +1,8 @@
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ConfigError, describeConfig, loadConfig } from "../../config/index.js";
+import { describeConfig, loadConfig } from "../../config/index.js";
+import { configError } from "../harness/config-error.js";
 import { MODEL_FOLDER_DIRS, parseModelsList } from "../../config/models.js";
 import { MODEL_DIRS } from "../../handlers/preprocess/model-folders.js";
 import { ModelPrefetch, parsePrefetchRequest } from "../../handlers/preprocess/model-prefetch.js";
@@ -13,16 +14,6 @@ import { silentLogger } from "./fakes.js";
 const noFile = (path: string): string => {
   throw Object.assign(new Error(`ENOENT ${path}`), { code: "ENOENT" });
 };
-
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ConfigError);
-    return e as ConfigError;
-  }
-  throw new Error("expected a ConfigError, nothing was thrown");
-}
 
 describe("MODELS", () => {
   test("entries are <folder>=<reference>, separated by newlines or commas; duplicates once", () => {
