@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
-import { mkdir, mkdtemp, readFile, watch } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { freePort } from "../../scripts/services/child.js";
 import { startHeldImage } from "../harness/http-fixtures.js";
@@ -15,21 +15,19 @@ import { loadImageWorkflow } from "../harness/workflows.js";
  * worker must drain regardless, and what it logs from then on must land in LOG_FILE.
  */
 
-/** Resolves once `path` holds text matching `pattern` (watching it; a finite wait). */
+/**
+ * Resolves once `path` holds text matching `pattern`, reading it every 100 ms up to `timeoutMs`. Not fs.watch: its
+ * promise iterator can miss a write made between two of its events, and a missed "draining" line kept this test
+ * from releasing the held input until the drain window ran out (the job then ended cancelled, in 59 s).
+ */
 async function fileMatches(path: string, pattern: RegExp, timeoutMs = 120_000): Promise<string> {
-  const read = () => readFile(path, "utf8").catch(() => "");
-  const signal = AbortSignal.timeout(timeoutMs);
-  // Watch the folder: the file may not exist yet.
-  const changes = watch(dirname(path), { signal });
-  let text = await read();
-  if (pattern.test(text)) return text;
-  try {
-    for await (const _ of changes) {
-      text = await read();
-      if (pattern.test(text)) return text;
-    }
-  } catch (err) {
-    if ((err as Error).name !== "AbortError") throw err;
+  const deadline = Date.now() + timeoutMs;
+  let text = "";
+  for (;;) {
+    text = await readFile(path, "utf8").catch(() => "");
+    if (pattern.test(text)) return text;
+    if (Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${path} did not match ${pattern} within ${timeoutMs} ms; it holds:\n${text.slice(-3000)}`);
 }
