@@ -3,8 +3,8 @@ import { join, resolve } from "node:path";
 import { DEFAULT_COMFYUI_PORT, parseComfyArgs } from "./comfyui-args.js";
 import { ConfigError, EnvReader, type Env } from "./env.js";
 import { launchComfyDir, planLaunch, type LaunchConfig, type LaunchHost } from "./launch.js";
-import { parseModelsList, shownReference, type ModelToWarm } from "./models.js";
-import { redactUrl } from "../lib/redact.js";
+import { parseModelsList, type ModelToWarm } from "./models.js";
+import { redactUrl, redactUrlKeepingPath } from "../lib/redact.js";
 
 export { ConfigError } from "./env.js";
 export type { LaunchConfig, LaunchedInstance, LaunchHost } from "./launch.js";
@@ -459,7 +459,7 @@ export function describeConfig(config: FrozenConfig): unknown {
     models: {
       ...config.models,
       hfToken: mask(config.models.hfToken),
-      warm: config.models.warm.map((m) => `${m.folder}=${shownReference(m.ref)}`),
+      warm: config.models.warm.map((m) => `${m.folder}=${redactUrlKeepingPath(m.ref)}`),
     },
   };
 }

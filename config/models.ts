@@ -98,13 +98,3 @@ export function parseModelsList(
   }
   return out;
 }
-
-/** A reference as the start-up banner shows it: without credentials, query or fragment. */
-export function shownReference(ref: string): string {
-  try {
-    const u = new URL(ref);
-    return `${u.protocol}//${u.host}${u.pathname}`;
-  } catch {
-    return "(not a URL)";
-  }
-}

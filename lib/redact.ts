@@ -12,6 +12,19 @@ export function redactUrl(url: string | undefined): string | undefined {
   }
 }
 
+/**
+ * A URL that names a file (a model reference) as logs and errors show it: its scheme, host and path, without
+ * credentials, query or fragment (a pre-signed URL's signature, a token); "(not a URL)" when it does not parse.
+ */
+export function redactUrlKeepingPath(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname}`;
+  } catch {
+    return "(not a URL)";
+  }
+}
+
 // A URL in running text: scheme:// up to the next blank; the punctuation that ends a sentence or a quote is not
 // part of it.
 const URL_IN_TEXT = /[A-Za-z][A-Za-z0-9+.-]*:\/\/\S*/g;

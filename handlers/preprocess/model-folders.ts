@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { MODEL_FOLDER_DIRS, MODEL_REFERENCE } from "../../config/models.js";
 import { ModelReferenceError } from "../../lib/errors.js";
+import { redactUrlKeepingPath } from "../../lib/redact.js";
 
 /**
  * Which models folder an input chooses a file of. ComfyUI's /object_info gives an input's choices but not the folder
@@ -118,7 +119,7 @@ export function parseModelReference(value: string, opts: { hfEndpoint: string })
       throw new ModelReferenceError("the model URL carries credentials: use a signed URL or HF_TOKEN");
     source = { kind: "url", url: u.href };
     path = decodeURIComponentSafe(u.pathname);
-    shown = `${u.protocol}//${u.host}${u.pathname}`;
+    shown = redactUrlKeepingPath(u.href);
   } else if (scheme === "s3") {
     const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])\/(.+)$/.exec(bare);
     if (!m) throw new ModelReferenceError("an s3 reference is s3://<bucket>/<key>");

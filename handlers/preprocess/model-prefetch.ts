@@ -1,8 +1,9 @@
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
-import { MODEL_FOLDER_DIRS, shownReference } from "../../config/models.js";
+import { MODEL_FOLDER_DIRS } from "../../config/models.js";
 import { asWorkerError, BadRequestError, ModelReferenceError, type WorkerError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
+import { redactUrlKeepingPath } from "../../lib/redact.js";
 import { modelFolderNamed, parseModelReference, type ModelFolder } from "./model-folders.js";
 import type { ModelFetcher } from "./models.js";
 
@@ -123,7 +124,7 @@ export class ModelPrefetch {
         ref = parseModelReference(request.ref, { hfEndpoint: this.d.hfEndpoint });
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
-        throw new ModelReferenceError(`${request.folder}=${shownReference(request.ref)}: ${message}`);
+        throw new ModelReferenceError(`${request.folder}=${redactUrlKeepingPath(request.ref)}: ${message}`);
       }
       const key = `${folder.dir}/${ref.stem}`;
       if (seen.has(key)) continue;
