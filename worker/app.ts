@@ -117,6 +117,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   });
   // Workloads and the live score are in units of one backend's benchmark run.
   const load = new LoadSignal({
+    logger,
     score,
     maxPerf: () => capacity.reportedUnit(),
     onScore: (unit) => capacity.measured(unit),

@@ -1,4 +1,5 @@
 import type { Workflow } from "../handlers/comfyui/types.js";
+import type { Logger } from "../lib/logger.js";
 import {
   CostModel,
   jobFeatures,
@@ -22,6 +23,8 @@ export interface LoadSignalOptions {
    * expectedDownload); `probe` lets it ask a source for a size it does not know. Absent: no models folder.
    */
   downloadSeconds?: (workflow: unknown, probe: boolean) => Promise<number>;
+  /** Where a failed download estimate is told (the job is then priced without it). */
+  logger?: Logger;
 }
 
 /** A job's download time at admission, and the load it stands for (workload units, apart from `workload`). */
@@ -114,7 +117,13 @@ export class LoadSignal {
    */
   async downloadPrice(workflow: unknown, probe: boolean): Promise<DownloadPrice> {
     const seconds = this.opts.downloadSeconds
-      ? await this.opts.downloadSeconds(workflow, probe).catch(() => 0)
+      ? await this.opts.downloadSeconds(workflow, probe).catch((err: unknown) => {
+          this.opts.logger?.warn(
+            { stage: "admission", err },
+            "could not estimate a job's model downloads: priced without them",
+          );
+          return 0;
+        })
       : 0;
     const unit = this.opts.maxPerf();
     const workload = unit > 0 ? Math.round(seconds * unit * 100) / 100 : 0;

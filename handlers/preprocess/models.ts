@@ -237,7 +237,8 @@ export class ModelFetcher {
    * downloaded nor being downloaded (a download under way is counted by the job that started it, once), at its size
    * over the measured throughput. A size comes from what earlier HEADs and downloads of the reference said; with
    * `probe`, a reference never seen is asked with a HEAD (under the download's address policy, at most
-   * SIZE_PROBE_TIMEOUT_MS); else, or when the source does not say, it is DEFAULT_MODEL_BYTES. The models download
+   * SIZE_PROBE_TIMEOUT_MS); else, or when the source does not say, it is DEFAULT_MODEL_BYTES; never more than
+   * MODEL_MAX_BYTES. The models download
    * side by side, sharing the link: their bytes add up. Never longer than a download may last
    * (MODEL_DOWNLOAD_TIMEOUT_MS). A reference that does not parse weighs nothing: the job is refused for it.
    */
@@ -259,7 +260,12 @@ export class ModelFetcher {
         this.sizes.has(ref.stem) || !opts.probe ? this.sizes.get(ref.stem) : this.probeSize(ref),
       ),
     );
-    const bytes = sizes.reduce<number>((sum, b) => sum + (b ?? DEFAULT_MODEL_BYTES), 0);
+    // A source's claim counts at most MODEL_MAX_BYTES: a larger file is refused at its first answer, so a
+    // caller's server cannot make this worker report more load than a download may bring.
+    const bytes = sizes.reduce<number>(
+      (sum, b) => sum + Math.min(b ?? DEFAULT_MODEL_BYTES, this.opts.maxBytes),
+      0,
+    );
     return {
       seconds: Math.min(this.throughput.secondsFor(bytes), this.opts.timeoutMs / 1000),
       bytes,

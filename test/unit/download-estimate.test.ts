@@ -1,3 +1,4 @@
+import { captureLog } from "../harness/log-capture.js";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -80,6 +81,11 @@ describe("ModelFetcher.expectedDownload", () => {
       if (req.url === "/sized.safetensors") {
         res.writeHead(200, { "content-length": 30e6 });
         return void res.end(req.method === "HEAD" ? undefined : Buffer.alloc(0));
+      }
+      // A source that claims more than any download may hold (a caller's server inflating the load).
+      if (req.url === "/huge.safetensors" && req.method === "HEAD") {
+        res.writeHead(200, { "content-length": 1e15 });
+        return void res.end();
       }
       // No size declared (chunked), as some servers answer a HEAD.
       if (req.url === "/unsized.safetensors") {
@@ -171,6 +177,12 @@ describe("ModelFetcher.expectedDownload", () => {
     expect(heads).toEqual([]);
   });
 
+  test("a declared size counts at most MODEL_MAX_BYTES: a larger file is refused, never downloaded", async () => {
+    const e = await fetcher().expectedDownload(lora(`${base}/huge.safetensors`), { probe: true });
+    expect(e.bytes).toBe(10 * 1024 ** 3);
+    expect(heads).toEqual(["/huge.safetensors"]);
+  });
+
   test("never longer than a download may last", async () => {
     const e = await fetcher(5_000).expectedDownload(lora("https://h.example/a.safetensors"));
     expect(e.seconds).toBe(5);
@@ -245,6 +257,19 @@ describe("LoadSignal.downloadPrice", () => {
       }),
     ).toEqual({ seconds: 0, workload: 0 });
   });
+});
+
+test("a failed download estimate is logged with its cause, and the job is priced without it", async () => {
+  const log = captureLog();
+  const load = new LoadSignal({
+    maxPerf: () => 2,
+    onScore: () => {},
+    logger: log.logger,
+    downloadSeconds: () => Promise.reject(new Error("models folder unreadable")),
+  });
+  expect(await load.downloadPrice({}, true)).toEqual({ seconds: 0, workload: 0 });
+  await log.waitFor(/could not estimate a job's model downloads/);
+  expect(log.lines.find((l) => l.includes("could not estimate"))).toContain("models folder unreadable");
 });
 
 test("a job that waited on a model download teaches the cost model nothing (its run loaded the model first)", () => {
