@@ -54,7 +54,9 @@ interface Planned {
  * Warms the models folder: MODELS at start (`warm`) and POST /models/prefetch (`prefetch`), through the same
  * ModelFetcher as a job's loader inputs (one download per reference, the cache, sha256, the address policy). The
  * models of one warm-up stay pinned until all of its downloads ended, so that a list does not evict its own first
- * models to make room for its last ones (it fails with model_too_large instead); then nothing stays pinned. No
+ * models to make room for its last ones (it fails with model_too_large instead). MODELS then stay pinned for the
+ * worker's life: the operator's list is never evicted by what callers fetch (their downloads and prefetches,
+ * which are unpinned once fetched, or disk care). No
  * caller's signal reaches a download: a caller that goes away leaves it to finish for the cache and for others.
  */
 export class ModelPrefetch {
@@ -70,7 +72,7 @@ export class ModelPrefetch {
     let failed: PrefetchFailure[];
     let fetched: PrefetchedModel[] = [];
     try {
-      ({ fetched, failed } = await this.run(this.plan(models), "error"));
+      ({ fetched, failed } = await this.run(this.plan(models), "error", true));
     } catch (err) {
       const error = asWorkerError(err);
       failed = [{ folder: "", model: "", error }];
@@ -98,7 +100,7 @@ export class ModelPrefetch {
    * throws before anything is fetched; a download's failure throws its error once all have ended.
    */
   async prefetch(models: readonly ModelRequest[]): Promise<PrefetchedModel[]> {
-    const { fetched, failed } = await this.run(this.plan(models), "warn");
+    const { fetched, failed } = await this.run(this.plan(models), "warn", false);
     if (failed.length > 0) throw failed[0]!.error;
     return fetched;
   }
@@ -137,6 +139,8 @@ export class ModelPrefetch {
   private async run(
     planned: readonly Planned[],
     failureLevel: "error" | "warn",
+    /** The fetched models stay pinned (MODELS): never evicted. */
+    keepPinned: boolean,
   ): Promise<{ fetched: PrefetchedModel[]; failed: PrefetchFailure[] }> {
     const fetcher = this.d.fetcher!;
     const pinned: string[] = [];
@@ -175,7 +179,7 @@ export class ModelPrefetch {
         }),
       );
     } finally {
-      for (const file of pinned) fetcher.unpin(file);
+      if (!keepPinned) for (const file of pinned) fetcher.unpin(file);
     }
     return {
       fetched: results.flatMap((r) => ("ok" in r ? [r.ok] : [])),

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describeConfig, loadConfig } from "../../config/index.js";
 import { configError } from "../harness/config-error.js";
 import { MODEL_FOLDER_DIRS, parseModelsList } from "../../config/models.js";
-import { MODEL_DIRS } from "../../handlers/preprocess/model-folders.js";
+import { MODEL_DIRS, parseModelReference } from "../../handlers/preprocess/model-folders.js";
 import { ModelPrefetch, parsePrefetchRequest } from "../../handlers/preprocess/model-prefetch.js";
 import { ModelFetcher } from "../../handlers/preprocess/models.js";
 import { BadRequestError, ModelReferenceError } from "../../lib/errors.js";
@@ -169,6 +169,27 @@ describe("ModelPrefetch", () => {
     );
     expect(msg).not.toContain("SECRET");
     expect(await readdir(dir)).toEqual([]);
+  });
+
+  test("MODELS stay pinned after the warm-up: disk care and callers' downloads never evict them; a prefetch's do", async () => {
+    const models = join(dir, "models");
+    const ref = (name: string) => `https://models.example/${name}.safetensors`;
+    for (const name of ["operator", "caller"]) {
+      const { stem } = parseModelReference(ref(name), { hfEndpoint: "https://hub.example" });
+      await mkdir(join(models, "loras"), { recursive: true });
+      await writeFile(join(models, "loras", `${stem}${name}.safetensors`), Buffer.alloc(10));
+    }
+    const f = fetcher(models);
+    const p = new ModelPrefetch({
+      fetcher: f,
+      modelsDir: models,
+      hfEndpoint: "https://hub.example",
+      logger: silentLogger(),
+    });
+    expect(await p.warm([{ folder: "loras", ref: ref("operator") }])).toBeUndefined();
+    expect(await p.prefetch([{ folder: "loras", ref: ref("caller") }])).toMatchObject([{ cached: true }]);
+    expect((await f.evictOne())?.file).toMatch(/caller\.safetensors$/);
+    expect(await f.evictOne()).toBeUndefined();
   });
 
   test("without a models folder every reference is refused", async () => {
