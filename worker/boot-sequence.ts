@@ -41,6 +41,9 @@ export interface BootDeps {
 export async function boot(d: BootDeps): Promise<void> {
   const { config, logger, startup, pool } = d;
   const warming = d.warmModels?.();
+  // The key needs no ComfyUI: fetched meanwhile, so that a restarted worker the router still routes to checks
+  // signatures from its first seconds (until then routed requests get 503, retried by the caller).
+  const keying = config.autoscaler.unsecured ? Promise.resolve(undefined) : loadRouterKey(d);
   if (!startup.waitForComfy() || !(await waitForComfy(d))) return;
   const answering = pool.backends.filter((b) => b.up).map((b) => b.url);
   logger.info({ stage: "lifecycle" }, `ComfyUI answers at ${answering.join(", ")}`);
@@ -54,16 +57,10 @@ export async function boot(d: BootDeps): Promise<void> {
   d.jobs.start();
   watch(pool, startup, d.signal);
 
-  if (!config.autoscaler.unsecured) {
-    try {
-      const pem =
-        d.publicKeyPem ?? (await fetchPublicKey(config.autoscaler.reportAddrs, { logger, signal: d.signal }));
-      d.verified(new SignatureVerifier(pem));
-      logger.info({ stage: "lifecycle" }, "router public key loaded");
-    } catch (err) {
-      startup.fail(err instanceof Error ? err.message : String(err));
-      return;
-    }
+  const keyError = await keying;
+  if (keyError !== undefined) {
+    startup.fail(keyError);
+    return;
   }
 
   if (!startup.benchmarking()) return;
@@ -90,6 +87,20 @@ export async function boot(d: BootDeps): Promise<void> {
     { stage: "lifecycle", max_perf: maxPerf, loadtime_s: startup.loadtime },
     `ready: max_perf ${maxPerf}`,
   );
+}
+
+/** Loads the router's key (never throws): the error_msg when it could not be had, else undefined. */
+async function loadRouterKey(d: BootDeps): Promise<string | undefined> {
+  const { config, logger } = d;
+  try {
+    const pem =
+      d.publicKeyPem ?? (await fetchPublicKey(config.autoscaler.reportAddrs, { logger, signal: d.signal }));
+    d.verified(new SignatureVerifier(pem));
+    logger.info({ stage: "lifecycle" }, "router public key loaded");
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
 }
 
 /**

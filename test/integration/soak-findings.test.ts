@@ -1,7 +1,16 @@
 import { randomUUID } from "node:crypto";
+import { got } from "got";
+import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { RecordingServer, startSlowProxy, type SlowProxy } from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
-import { getJson, pollUntil, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
+import {
+  freePort,
+  getJson,
+  pollUntil,
+  postJson,
+  startTestWorker,
+  type TestWorker,
+} from "../harness/worker.js";
 import { modelFree } from "../harness/workflows.js";
 
 /**
@@ -80,3 +89,51 @@ test("a webhook that failed is recorded on the job in the bucket: another worker
     webhook: { status: "failed", attempts: 1, http_status: 500, error: expect.stringContaining("500") },
   });
 });
+
+test("a worker routed to before it has the router's key answers 503 not_ready (retried), then serves the same request", async () => {
+  // The autoscaler as a restarted worker finds it: reachable, but its /pubkey/ not answering yet (a fault the
+  // router emulator cannot hold on demand). The router itself still routes to the worker, which it saw ready.
+  const router = new RouterEmulator({ port: 0 });
+  await router.listen();
+  let keyWasAsked!: () => void;
+  const keyAsked = new Promise<void>((resolve) => (keyWasAsked = resolve));
+  let keyServed = false;
+  const autoscaler = await new RecordingServer().start();
+  autoscaler.handler = (req, res) => {
+    if (!req.url.startsWith("/pubkey/")) return void res.end("{}");
+    keyWasAsked();
+    if (keyServed) res.end(router.publicKeyPem);
+    else res.writeHead(503).end("not yet");
+  };
+  const port = String(await freePort());
+  const starting = startTestWorker({ UNSECURED: "false", REPORT_ADDR: autoscaler.url, WORKER_PORT: port });
+  try {
+    // The key is asked for once the ports listen.
+    await keyAsked;
+    const url = `http://127.0.0.1:${port}`;
+    const body = () => ({
+      auth_data: router.authData(url),
+      payload: { input: { request_id: `keyless-${randomUUID()}`, workflow_json: modelFree() } },
+    });
+    const refused = await got.post(`${url}/generate/sync`, {
+      json: body(),
+      throwHttpErrors: false,
+      retry: { limit: 0 },
+      timeout: { request: 30_000 },
+    });
+    expect(refused.statusCode).toBe(503);
+    expect(refused.headers["retry-after"]).toBe("1");
+    expect(JSON.parse(refused.body)).toMatchObject({ code: "not_ready" });
+
+    keyServed = true;
+    await starting;
+    const served = await postJson(`${url}/generate/sync`, body());
+    expect(served.status).toBe(200);
+    expect(served.body).toMatchObject({ status: "completed" });
+  } finally {
+    keyServed = true;
+    await (await starting).stop();
+    await autoscaler.stop();
+    await router.close();
+  }
+}, 120_000);

@@ -233,9 +233,11 @@ describe("the routed guard", () => {
     expect(tracker.finished).toMatchObject([{ request_idx: 7, status: "Rejected", success: false }]);
   });
 
-  test("before the router's key is known, signed requests are 401 too", async () => {
+  test("before the router's key is known, signed routes answer 503 not_ready (retried), reaching nothing", async () => {
     const { url, reached } = await serve({ verifier: () => undefined });
-    expect((await send(url, "POST", "/generate", envelope())).status).toBe(401);
+    const res = await send(url, "POST", "/generate", envelope());
+    expect(res.status).toBe(503);
+    expect(JSON.parse(res.body)).toMatchObject({ code: "not_ready" });
     expect(reached).toEqual([]);
   });
 

@@ -9,7 +9,7 @@ import { DEFAULT_WORKLOAD } from "../workload.js";
 import type { Logger } from "../../lib/logger.js";
 import { asVerified, type RequestTracker, type VerifiedAuth } from "../reporter/tracker.js";
 import { numeric } from "../../lib/numbers.js";
-import { BadRequestError } from "../../lib/errors.js";
+import { BadRequestError, NotReadyError } from "../../lib/errors.js";
 import { errorHandler, jsonBody, sendError, strictApp, type JsonShapeLimits } from "./body.js";
 import { attachWork, type GenerateRouteKey } from "./generate-routes.js";
 import {
@@ -45,7 +45,10 @@ export interface RoutedDeps {
   checkUrl: boolean;
   /** Refuses (throws a 400 error) a caller-chosen callback URL that the address policy forbids. */
   checkCallbackUrl: (url: string) => void;
-  /** Undefined until the public key is fetched: signed requests get 401 meanwhile (as upstream). */
+  /**
+   * Undefined until the public key is fetched. Meanwhile a routed request gets 503 not_ready (upstream answers 401):
+   * the router may still route to a worker it saw ready before a restart, and the client never retries a 401.
+   */
   verifier: () => SignatureVerifier | undefined;
   replay: ReplayGuard;
   admission: Admission;
@@ -193,6 +196,7 @@ export function createRoutedApp(
       }
       // Upstream creates sessions for anyone; unsigned callers could then hold every slot (and choose callbacks).
       if (!deps.unsecured) {
+        if (refusedBeforeKey(deps, req, res)) return;
         const refusal = authRefusal(deps, auth, true);
         if (refusal !== undefined) {
           deps.logger.warn({ stage: "auth", path: req.path }, `refused: ${refusal}`);
@@ -362,6 +366,7 @@ async function envelope(
     return;
   }
   if (!deps.unsecured) {
+    if (refusedBeforeKey(deps, req, res)) return;
     const refusal = authRefusal(deps, auth as AuthData, inSession);
     if (refusal !== undefined) {
       const authData = auth as AuthData;
@@ -392,6 +397,18 @@ async function envelope(
   attachWork(req, { payload: env.payload, workload, ...(download && { download }) });
   if (isWork) deps.tracker.track(verified, workload, res, inSession);
   next();
+}
+
+/**
+ * A signed route before the router's key is loaded: 503 not_ready, which the caller retries, rather than 401, which
+ * it never does (a signature cannot be checked yet, not found bad). Counted nowhere, as a 401.
+ */
+function refusedBeforeKey(deps: RoutedDeps, req: Request, res: Response): boolean {
+  if (deps.verifier() !== undefined) return false;
+  deps.logger.warn({ stage: "auth", path: req.path }, "not ready: the router's public key is not loaded yet");
+  res.setHeader("Retry-After", "1");
+  sendError(res, new NotReadyError("the worker is starting: the router's public key is not loaded yet"));
+  return true;
 }
 
 /**
