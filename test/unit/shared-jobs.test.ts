@@ -6,6 +6,7 @@ import {
   ConflictError,
   ExecutionError,
   StorageUnavailableError,
+  UploadError,
   type WorkerError,
 } from "../../lib/errors.js";
 import { FAKE_BUCKET, FakeObjectStorage, fakeClock, silentLogger } from "./fakes.js";
@@ -226,18 +227,25 @@ describe("SharedJobs cancel requests", () => {
 });
 
 describe("SharedJobs while the bucket is unreachable", () => {
-  /** A worker of the endpoint whose final documents are tried again every few ms. */
-  function quickRetries(storage: FakeObjectStorage, attempts = 50) {
+  /** A worker of the endpoint whose final documents are tried again every few ms (or every `baseMs`). */
+  function quickRetries(
+    storage: FakeObjectStorage,
+    attempts = 50,
+    opts: { owner?: string; baseMs?: number; now?: () => number } = {},
+  ) {
     return new SharedJobs({
       storage: storage.asStorage(),
       target: FAKE_BUCKET,
       prefix: "jobs/",
-      owner: "worker-a",
+      owner: opts.owner ?? "worker-a",
       heartbeatMs: HEARTBEAT_MS,
       logger: silentLogger(),
-      finalWriteRetry: { baseMs: 1, capMs: 5, attempts },
+      finalWriteRetry: { baseMs: opts.baseMs ?? 1, capMs: opts.baseMs ?? 5, attempts },
+      ...(opts.now && { now: opts.now }),
     });
   }
+  /** S3 requests made, whatever they were (a write held back reads before it tries again). */
+  const tries = (w: SharedJobs) => w.requests.put + w.requests.get;
   const until = async (test: () => boolean) => {
     for (let i = 0; i < 2_000 && !test(); i++) await new Promise((r) => setTimeout(r, 1));
   };
@@ -249,7 +257,7 @@ describe("SharedJobs while the bucket is unreachable", () => {
     storage.down = new StorageUnavailableError("connect ECONNREFUSED");
     j.setStatus("completed", "Completed with 0 output(s)");
     a.write(j.result(), binding, 200, false);
-    await until(() => a.requests.put >= 3);
+    await until(() => tries(a) >= 3);
     expect(storage.objects.has("jobs/r1/job.json")).toBe(false);
     storage.down = undefined;
     await until(() => storage.objects.has("jobs/r1/job.json"));
@@ -269,11 +277,83 @@ describe("SharedJobs while the bucket is unreachable", () => {
     const done = job("r2");
     done.job.setStatus("failed", "a node raised");
     a.write(done.job.result(), done.binding, 200, false);
-    await until(() => a.requests.put >= 3);
+    await until(() => tries(a) >= 3);
     await a.flush();
-    const tries = a.requests.put;
+    const made = tries(a);
     await new Promise((r) => setTimeout(r, 20));
-    expect(a.requests.put).toBe(tries);
+    expect(tries(a)).toBe(made);
+  });
+
+  test("a final document held back by an outage never lands over a later run of the id (another worker's retry)", async () => {
+    const storage = new FakeObjectStorage();
+    const clock = fakeClock();
+    // Tries again only after a minute, or at flush: the other worker's run happens in between.
+    const a = quickRetries(storage, 50, { baseMs: 60_000, now: clock.now });
+    const b = quickRetries(storage, 50, { owner: "worker-b", now: clock.now });
+    const first = job("r1");
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    first.job.error = new UploadError("Generated 3 output(s) but 3 upload(s) failed");
+    first.job.setStatus("failed", first.job.error.message);
+    a.write(first.job.result(), first.binding, 502, true);
+    await until(() => a.requests.put >= 1);
+
+    storage.down = undefined;
+    clock.advance(1_000);
+    const retry = job("r1");
+    await expect(b.claim(retry.doc, retry.binding)).resolves.toEqual({ claimed: true });
+    retry.job.setStatus("completed", "Completed with 3 output(s)");
+    b.write(retry.job.result(), retry.binding, 200, false);
+    await b.flush();
+
+    clock.advance(1_000);
+    await a.flush(); // its held-back write's last try: it reads first
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({
+      status: "completed",
+      owner: "worker-b",
+      run_id: retry.binding.runId,
+    });
+  });
+
+  test("a run whose claim failed still replaces an earlier run's retryable failure, but not a later run's", async () => {
+    const storage = new FakeObjectStorage();
+    const clock = fakeClock();
+    const a = quickRetries(storage, 50, { now: clock.now });
+    const b = quickRetries(storage, 50, { owner: "worker-b", now: clock.now });
+    const earlier = job("r1");
+    await b.claim(earlier.doc, earlier.binding);
+    earlier.job.error = new ComfyUnavailableError("ComfyUI went away");
+    earlier.job.setStatus("failed", earlier.job.error.message);
+    b.write(earlier.job.result(), earlier.binding, 503, true);
+    await b.flush();
+
+    // The caller's retry lands on a, which cannot claim the id while the bucket is down, and runs it anyway.
+    const retry = job("r1");
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    await expect(a.claim(retry.doc, retry.binding)).rejects.toBeInstanceOf(StorageUnavailableError);
+    storage.down = undefined;
+    clock.advance(1_000);
+    retry.job.setStatus("completed", "Completed with 0 output(s)");
+    a.write(retry.job.result(), retry.binding, 200, false);
+    await a.flush();
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({
+      status: "completed",
+      run_id: retry.binding.runId,
+    });
+
+    // A heartbeat of a run whose claim failed, after another worker's run took the id, leaves that run's document.
+    const lost = job("r2");
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    await expect(a.claim(lost.doc, lost.binding)).rejects.toBeInstanceOf(StorageUnavailableError);
+    storage.down = undefined;
+    const taken = job("r2");
+    await b.claim(taken.doc, taken.binding);
+    clock.advance(HEARTBEAT_MS);
+    a.write(lost.job.result(), lost.binding, 202, false);
+    await a.flush();
+    expect(stored(storage, "jobs/r2/job.json")).toMatchObject({
+      owner: "worker-b",
+      run_id: taken.binding.runId,
+    });
   });
 });
 

@@ -46,6 +46,18 @@ export interface SharedJobsOptions {
 
 const FINAL_WRITE_RETRY = { baseMs: 1_000, capMs: 30_000, attempts: 12 };
 
+/**
+ * The document of another run of the id that a write of `mine` must not replace, or undefined when it may land:
+ * none there, this run's own, or an earlier run's retryable failure (what a retry replaces). Another run that is
+ * live, or ended otherwise, or failed after this document was stamped, is later than this one.
+ */
+function overtaken(current: SharedDocument | undefined, mine: SharedDocument): SharedDocument | undefined {
+  if (current === undefined || current.run_id === mine.run_id) return undefined;
+  const earlierRetryable =
+    current.status === "failed" && current.retryable && Number(current.heartbeat_at) < mine.heartbeat_at;
+  return earlierRetryable ? undefined : current;
+}
+
 /** What a claim found: the id is ours now, or another worker's live (or finished) job holds it. */
 export type ClaimResult = { claimed: true } | { claimed: false; existing: SharedDocument };
 
@@ -64,6 +76,12 @@ export class SharedJobs {
   private readonly now: () => number;
   /** Writes in flight per id, chained so that a later document never lands before an earlier one. */
   private readonly writes = new Map<string, Promise<void>>();
+  /**
+   * Ids whose document this worker could not write (or claim) when it meant to: while the bucket was unreachable,
+   * another worker may have run the id (a caller's retry, or a reader that saw this run's heartbeats stop), so the
+   * next write of the id looks first (`overtaken`).
+   */
+  private readonly doubtful = new Set<string>();
   /** Aborted by `flush`: the final documents waiting to be tried again stop waiting (one last try each). */
   private stopping = new AbortController();
   /** S3 requests made, by kind (for the benchmark and /metrics). */
@@ -111,6 +129,20 @@ export class SharedJobs {
    * retryable failure, or a job whose owner went silent) is overwritten; any other means the job is another's.
    */
   async claim(doc: ResultDocument, binding: JobBinding, signal?: AbortSignal): Promise<ClaimResult> {
+    try {
+      return await this.claimOnce(doc, binding, signal);
+    } catch (err) {
+      // The run goes on unclaimed: what it writes later must not land over a run another worker made meanwhile.
+      this.doubtful.add(doc.id);
+      throw err;
+    }
+  }
+
+  private async claimOnce(
+    doc: ResultDocument,
+    binding: JobBinding,
+    signal?: AbortSignal,
+  ): Promise<ClaimResult> {
     const body = JSON.stringify(this.stamp(doc, binding, 202, false));
     this.requests.put++;
     if (
@@ -136,7 +168,8 @@ export class SharedJobs {
    * one last try).
    */
   write(doc: ResultDocument, binding: JobBinding, httpStatus: number, retryable: boolean): void {
-    const body = JSON.stringify(this.stamp(doc, binding, httpStatus, retryable));
+    const stamped = this.stamp(doc, binding, httpStatus, retryable);
+    const body = JSON.stringify(stamped);
     const key = this.docKey(doc.id);
     const final = doc.status === "completed" || doc.status === "failed" || doc.status === "cancelled";
     const retry = this.opts.finalWriteRetry ?? FINAL_WRITE_RETRY;
@@ -146,9 +179,21 @@ export class SharedJobs {
     const next: Promise<void> = previous.then(async () => {
       let last = false;
       for (let attempt = 1; ; attempt++) {
-        this.requests.put++;
         try {
+          if (attempt > 1 || this.doubtful.has(doc.id)) {
+            const later = overtaken(await this.read(doc.id), stamped);
+            if (later !== undefined) {
+              if (final) this.doubtful.delete(doc.id);
+              this.opts.logger.info(
+                { request_id: doc.id, stage: "shared", attempt, later_run_status: later.status },
+                "a later run of this request_id holds its shared document: this run's is not written over it",
+              );
+              return;
+            }
+          }
+          this.requests.put++;
           await this.opts.storage.putDocument(this.opts.target, key, body);
+          this.doubtful.delete(doc.id);
           if (attempt > 1)
             this.opts.logger.info(
               { request_id: doc.id, stage: "shared", attempt },
@@ -156,12 +201,17 @@ export class SharedJobs {
             );
           return;
         } catch (err) {
+          this.doubtful.add(doc.id);
           const again = final && !last && attempt < retry.attempts && this.writes.get(doc.id) === next;
           this.opts.logger.warn(
             { request_id: doc.id, stage: "shared", err, attempt },
             `could not write the shared job document${again ? "; trying again" : ""}`,
           );
-          if (!again) return;
+          if (!again) {
+            // Given up: nothing of this run is written after a final document.
+            if (final) this.doubtful.delete(doc.id);
+            return;
+          }
           // Shutdown (flush) does not wait out the backoff: one last try, now.
           if (stopping.aborted) last = true;
           else
