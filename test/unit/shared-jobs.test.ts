@@ -314,6 +314,55 @@ describe("SharedJobs while the bucket is unreachable", () => {
     });
   });
 
+  test("two runs of one id here during an outage: the later one's document is not held behind the earlier's retries, and neither lands over another worker's run", async () => {
+    const storage = new FakeObjectStorage();
+    const clock = fakeClock();
+    const a = quickRetries(storage, 50, { baseMs: 60_000, now: clock.now });
+    const b = quickRetries(storage, 50, { owner: "worker-b", now: clock.now });
+    const failedRun = async () => {
+      const r = job("r1");
+      await expect(a.claim(r.doc, r.binding)).rejects.toBeInstanceOf(StorageUnavailableError);
+      r.job.error = new UploadError("Generated 3 output(s) but 3 upload(s) failed");
+      r.job.setStatus("failed", r.job.error.message);
+      a.write(r.job.result(), r.binding, 502, true);
+      return r;
+    };
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    await failedRun();
+    await until(() => tries(a) >= 2);
+    const second = await failedRun();
+    await until(() => tries(a) >= 4);
+
+    storage.down = undefined;
+    clock.advance(1_000);
+    const retry = job("r1");
+    await expect(b.claim(retry.doc, retry.binding)).resolves.toEqual({ claimed: true });
+    retry.job.setStatus("completed", "Completed with 3 output(s)");
+    b.write(retry.job.result(), retry.binding, 200, false);
+    await b.flush();
+    await a.flush();
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({
+      status: "completed",
+      run_id: retry.binding.runId,
+    });
+
+    // A later write of the id, the bucket answering: it lands now, not after the earlier one's minute of backoff.
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    const held = job("r3");
+    held.job.setStatus("completed", "Completed with 0 output(s)");
+    const before = tries(a);
+    a.write(held.job.result(), held.binding, 200, false);
+    await until(() => tries(a) > before);
+    storage.down = undefined;
+    const later = job("r3");
+    later.job.setStatus("completed", "Completed with 1 output(s)");
+    a.write(later.job.result(), later.binding, 200, false);
+    await until(() => storage.objects.has("jobs/r3/job.json"));
+    expect(stored(storage, "jobs/r3/job.json")).toMatchObject({ message: "Completed with 1 output(s)" });
+    expect(second.binding.runId).not.toBe(retry.binding.runId);
+    await a.flush();
+  });
+
   test("a run whose claim failed still replaces an earlier run's retryable failure, but not a later run's", async () => {
     const storage = new FakeObjectStorage();
     const clock = fakeClock();

@@ -58,6 +58,9 @@ function overtaken(current: SharedDocument | undefined, mine: SharedDocument): S
   return earlierRetryable ? undefined : current;
 }
 
+/** A run of an id, as `doubtful` keys it. */
+const runKey = (id: string, runId: string): string => `${id}\n${runId}`;
+
 /** What a claim found: the id is ours now, or another worker's live (or finished) job holds it. */
 export type ClaimResult = { claimed: true } | { claimed: false; existing: SharedDocument };
 
@@ -77,11 +80,14 @@ export class SharedJobs {
   /** Writes in flight per id, chained so that a later document never lands before an earlier one. */
   private readonly writes = new Map<string, Promise<void>>();
   /**
-   * Ids whose document this worker could not write (or claim) when it meant to: while the bucket was unreachable,
-   * another worker may have run the id (a caller's retry, or a reader that saw this run's heartbeats stop), so the
-   * next write of the id looks first (`overtaken`).
+   * Runs (`runKey`) whose document this worker could not write (or claim) when it meant to: while the bucket was
+   * unreachable, another worker may have run the id (a caller's retry, or a reader that saw this run's heartbeats
+   * stop), so the run's next write looks first (`overtaken`). Per run: a later run of the id here is doubtful on
+   * its own account.
    */
   private readonly doubtful = new Set<string>();
+  /** Per id, the backoff of a final document waiting to be tried again: a later write of the id ends the wait. */
+  private readonly backoffs = new Map<string, AbortController>();
   /** Aborted by `flush`: the final documents waiting to be tried again stop waiting (one last try each). */
   private stopping = new AbortController();
   /** S3 requests made, by kind (for the benchmark and /metrics). */
@@ -133,7 +139,7 @@ export class SharedJobs {
       return await this.claimOnce(doc, binding, signal);
     } catch (err) {
       // The run goes on unclaimed: what it writes later must not land over a run another worker made meanwhile.
-      this.doubtful.add(doc.id);
+      this.doubtful.add(runKey(doc.id, binding.runId));
       throw err;
     }
   }
@@ -164,8 +170,8 @@ export class SharedJobs {
   /**
    * Writes the document in the background, in order per id; a failure is logged. A final document is tried again
    * with backoff while the bucket cannot be reached (else a job that ended during an outage would be known only to
-   * this worker's memory, and lost with it), until a later write of the id supersedes it or `flush` (shutdown:
-   * one last try).
+   * this worker's memory, and lost with it), until a later write of the id supersedes it (its wait ends at once,
+   * so the later document is not held behind it) or `flush` (shutdown: one last try).
    */
   write(doc: ResultDocument, binding: JobBinding, httpStatus: number, retryable: boolean): void {
     const stamped = this.stamp(doc, binding, httpStatus, retryable);
@@ -175,15 +181,21 @@ export class SharedJobs {
     const retry = this.opts.finalWriteRetry ?? FINAL_WRITE_RETRY;
     // A flush after this write was made ends its retries (one made later has retries of its own).
     const stopping = this.stopping.signal;
+    const run = runKey(doc.id, binding.runId);
+    this.backoffs.get(doc.id)?.abort();
+    const backoff = new AbortController();
+    this.backoffs.set(doc.id, backoff);
     const previous = this.writes.get(doc.id) ?? Promise.resolve();
     const next: Promise<void> = previous.then(async () => {
       let last = false;
       for (let attempt = 1; ; attempt++) {
+        // Superseded while it waited: the later write of the id carries the newer document.
+        if (attempt > 1 && this.writes.get(doc.id) !== next) return;
         try {
-          if (attempt > 1 || this.doubtful.has(doc.id)) {
+          if (attempt > 1 || this.doubtful.has(run)) {
             const later = overtaken(await this.read(doc.id), stamped);
             if (later !== undefined) {
-              if (final) this.doubtful.delete(doc.id);
+              if (final) this.doubtful.delete(run);
               this.opts.logger.info(
                 { request_id: doc.id, stage: "shared", attempt, later_run_status: later.status },
                 "a later run of this request_id holds its shared document: this run's is not written over it",
@@ -193,7 +205,7 @@ export class SharedJobs {
           }
           this.requests.put++;
           await this.opts.storage.putDocument(this.opts.target, key, body);
-          this.doubtful.delete(doc.id);
+          this.doubtful.delete(run);
           if (attempt > 1)
             this.opts.logger.info(
               { request_id: doc.id, stage: "shared", attempt },
@@ -201,7 +213,7 @@ export class SharedJobs {
             );
           return;
         } catch (err) {
-          this.doubtful.add(doc.id);
+          this.doubtful.add(run);
           const again = final && !last && attempt < retry.attempts && this.writes.get(doc.id) === next;
           this.opts.logger.warn(
             { request_id: doc.id, stage: "shared", err, attempt },
@@ -209,21 +221,23 @@ export class SharedJobs {
           );
           if (!again) {
             // Given up: nothing of this run is written after a final document.
-            if (final) this.doubtful.delete(doc.id);
+            if (final) this.doubtful.delete(run);
             return;
           }
           // Shutdown (flush) does not wait out the backoff: one last try, now.
           if (stopping.aborted) last = true;
           else
-            await delay(backoffDelay(attempt - 1, retry.baseMs, retry.capMs), stopping).catch(
-              () => (last = true),
-            );
+            await delay(
+              backoffDelay(attempt - 1, retry.baseMs, retry.capMs),
+              AbortSignal.any([stopping, backoff.signal]),
+            ).catch(() => (last = !backoff.signal.aborted));
         }
       }
     });
     this.writes.set(doc.id, next);
     void next.then(() => {
       if (this.writes.get(doc.id) === next) this.writes.delete(doc.id);
+      if (this.backoffs.get(doc.id) === backoff) this.backoffs.delete(doc.id);
     });
   }
 
