@@ -4,7 +4,13 @@ import { HeadObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { CACHE_PREFIX } from "../../handlers/preprocess/input-cache.js";
 import type { FaultRecord } from "./faults.js";
 import { INPUT_CACHE_MAX_FILES, type Fleet } from "./fleet.js";
-import { CLIENT_MISTAKES, SESSION_LIFETIME_S, type Doc, type LedgerEntry } from "./traffic.js";
+import {
+  CLIENT_MISTAKES,
+  RETRYABLE_HTTP,
+  SESSION_LIFETIME_S,
+  type Doc,
+  type LedgerEntry,
+} from "./traffic.js";
 import type { CloseCall, Delivery } from "./webhooks.js";
 
 /** How much a worker's resident memory may grow between the start of the traffic (or its restart) and the end. */
@@ -88,7 +94,11 @@ export async function check(input: CheckInput): Promise<InvariantResult[]> {
   for (const e of accepted) {
     terminal.checked++;
     const seen = docs.get(e.request_id)!.map((d) => d?.status as string | undefined);
-    const told = e.doc?.status as string | undefined;
+    // A retryable failure is not an end: the same request again (the client's retry) runs it anew, and what that
+    // answered is what the client was told last.
+    const retriedFailure =
+      e.repeat !== undefined && e.doc?.status === "failed" && e.http !== undefined && RETRYABLE_HTTP(e.http);
+    const told = (retriedFailure ? e.repeat!.status : e.doc?.status) as string | undefined;
     if (!seen.every((s) => s !== undefined && TERMINAL.has(s)) || new Set(seen).size !== 1) {
       terminal.violations.push(
         `${e.request_id} (${e.kind}): workers say ` +
@@ -103,7 +113,7 @@ export async function check(input: CheckInput): Promise<InvariantResult[]> {
       );
     }
     if (e.repeat && e.doc && TERMINAL.has(String(e.doc.status))) {
-      if (e.repeat.id !== e.request_id || e.repeat.status !== e.doc.status)
+      if (e.repeat.id !== e.request_id || (!retriedFailure && e.repeat.status !== e.doc.status))
         terminal.violations.push(
           `${e.request_id} (retry): first ${String(e.doc.status)}, the same request again answered ` +
             `${String(e.repeat.http)} ${String(e.repeat.id)} ${String(e.repeat.status)}`,
