@@ -246,6 +246,23 @@ describe("SharedJobs while the bucket is unreachable", () => {
   }
   /** S3 requests made, whatever they were (a write held back reads before it tries again). */
   const tries = (w: SharedJobs) => w.requests.put + w.requests.get;
+  /** A run of `id` on `w` whose outputs could not be uploaded: its retryable failure, written in the background. */
+  const uploadFailed = (w: SharedJobs, id: string) => {
+    const r = job(id);
+    r.job.error = new UploadError("Generated 3 output(s) but 3 upload(s) failed");
+    r.job.setStatus("failed", r.job.error.message);
+    w.write(r.job.result(), r.binding, 502, true);
+    return r;
+  };
+  /** The caller's retry of `id`, claimed and completed on `w`; resolves once its document is in the bucket. */
+  const completedOn = async (w: SharedJobs, id: string) => {
+    const r = job(id);
+    await expect(w.claim(r.doc, r.binding)).resolves.toEqual({ claimed: true });
+    r.job.setStatus("completed", "Completed with 3 output(s)");
+    w.write(r.job.result(), r.binding, 200, false);
+    await w.flush();
+    return r;
+  };
   const until = async (test: () => boolean) => {
     for (let i = 0; i < 2_000 && !test(); i++) await new Promise((r) => setTimeout(r, 1));
   };
@@ -290,20 +307,13 @@ describe("SharedJobs while the bucket is unreachable", () => {
     // Tries again only after a minute, or at flush: the other worker's run happens in between.
     const a = quickRetries(storage, 50, { baseMs: 60_000, now: clock.now });
     const b = quickRetries(storage, 50, { owner: "worker-b", now: clock.now });
-    const first = job("r1");
     storage.down = new StorageUnavailableError("connect ECONNREFUSED");
-    first.job.error = new UploadError("Generated 3 output(s) but 3 upload(s) failed");
-    first.job.setStatus("failed", first.job.error.message);
-    a.write(first.job.result(), first.binding, 502, true);
+    uploadFailed(a, "r1");
     await until(() => a.requests.put >= 1);
 
     storage.down = undefined;
     clock.advance(1_000);
-    const retry = job("r1");
-    await expect(b.claim(retry.doc, retry.binding)).resolves.toEqual({ claimed: true });
-    retry.job.setStatus("completed", "Completed with 3 output(s)");
-    b.write(retry.job.result(), retry.binding, 200, false);
-    await b.flush();
+    const retry = await completedOn(b, "r1");
 
     clock.advance(1_000);
     await a.flush(); // its held-back write's last try: it reads first
@@ -319,13 +329,14 @@ describe("SharedJobs while the bucket is unreachable", () => {
     const clock = fakeClock();
     const a = quickRetries(storage, 50, { baseMs: 60_000, now: clock.now });
     const b = quickRetries(storage, 50, { owner: "worker-b", now: clock.now });
+    /** A run whose claim fails (the bucket down) and which ends in an upload failure. */
     const failedRun = async () => {
-      const r = job("r1");
-      await expect(a.claim(r.doc, r.binding)).rejects.toBeInstanceOf(StorageUnavailableError);
-      r.job.error = new UploadError("Generated 3 output(s) but 3 upload(s) failed");
-      r.job.setStatus("failed", r.job.error.message);
-      a.write(r.job.result(), r.binding, 502, true);
-      return r;
+      const claimed = job("r1");
+      await expect(a.claim(claimed.doc, claimed.binding)).rejects.toBeInstanceOf(StorageUnavailableError);
+      claimed.job.error = new UploadError("Generated 3 output(s) but 3 upload(s) failed");
+      claimed.job.setStatus("failed", claimed.job.error.message);
+      a.write(claimed.job.result(), claimed.binding, 502, true);
+      return claimed;
     };
     storage.down = new StorageUnavailableError("connect ECONNREFUSED");
     await failedRun();
@@ -335,11 +346,7 @@ describe("SharedJobs while the bucket is unreachable", () => {
 
     storage.down = undefined;
     clock.advance(1_000);
-    const retry = job("r1");
-    await expect(b.claim(retry.doc, retry.binding)).resolves.toEqual({ claimed: true });
-    retry.job.setStatus("completed", "Completed with 3 output(s)");
-    b.write(retry.job.result(), retry.binding, 200, false);
-    await b.flush();
+    const retry = await completedOn(b, "r1");
     await a.flush();
     expect(stored(storage, "jobs/r1/job.json")).toMatchObject({
       status: "completed",
