@@ -14,7 +14,11 @@ import { isModelReference, modelFolder, type ModelFolder } from "./model-folders
 import type { ModelFetcher, ModelProgress } from "./models.js";
 import { seedRandomInts } from "./random-int.js";
 
-/** The input added to every output node so that ComfyUI's cache never skips saving this request's files. */
+/**
+ * The input added to every output node so that ComfyUI's cache never skips saving a run's files: its value is unique
+ * per run, since a run of the same request_id again (a retry) would otherwise hit the cache of the last one, whose
+ * files that run moved away.
+ */
 export const REQUEST_NONCE_INPUT = "worker_request_id";
 
 export interface PreparedWorkflow {
@@ -56,7 +60,8 @@ interface PlannedDownload {
 export async function prepareWorkflow(
   workflow: Workflow,
   opts: {
-    requestId: string;
+    /** The output nodes' nonce (REQUEST_NONCE_INPUT): unique per run of a request. */
+    nonce: string;
     nodes: Record<string, ObjectInfoNode>;
     downloader: InputDownloader;
     /** Downloads model references; absent, a reference is refused (no models folder known). */
@@ -71,7 +76,7 @@ export async function prepareWorkflow(
   const seeded = seedRandomInts(workflow);
   const planned = planDownloads(seeded, opts.nodes, opts.downloader.maxPerJob);
   for (const [, node] of Object.entries(seeded)) {
-    if (opts.nodes[node.class_type]?.output_node) node.inputs[REQUEST_NONCE_INPUT] = opts.requestId;
+    if (opts.nodes[node.class_type]?.output_node) node.inputs[REQUEST_NONCE_INPUT] = opts.nonce;
   }
   const inputFiles: string[] = [];
   const modelFiles: string[] = [];

@@ -137,3 +137,19 @@ test("a worker routed to before it has the router's key answers 503 not_ready (r
     await router.close();
   }
 }, 120_000);
+
+test("the same request run again on one worker after its upload failed runs its output nodes again (no cached run's files)", async () => {
+  // Storage that refuses connections: the run ends in upload_failed (retryable) after ComfyUI saved its files.
+  const s3 = {
+    endpoint_url: `http://127.0.0.1:${await freePort()}`,
+    access_key_id: stack().s3AccessKeyId,
+    secret_access_key: stack().s3SecretAccessKey,
+  };
+  const id = `rerun-${randomUUID()}`;
+  const body = { input: { request_id: id, workflow_json: modelFree(), s3 } };
+  for (let run = 1; run <= 3; run++) {
+    const answer = await postJson(`${a.api}/generate/sync`, body);
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({ id, status: "failed", error: { code: "upload_failed" } });
+  }
+});

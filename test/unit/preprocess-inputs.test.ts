@@ -135,7 +135,7 @@ describe("prepareWorkflow", () => {
     const wf: Workflow = Object.fromEntries(
       [0, 1, 2].map((i) => [`${i}`, { class_type: "LoadImage", inputs: { image: dataUri(`${i}`) } }]),
     );
-    await expect(prepareWorkflow(wf, { requestId: "r", nodes: NODES, downloader: d })).rejects.toThrow(
+    await expect(prepareWorkflow(wf, { nonce: "r", nodes: NODES, downloader: d })).rejects.toThrow(
       /MAX_INPUT_URLS=2/,
     );
     expect(fetch).not.toHaveBeenCalled();
@@ -148,7 +148,7 @@ describe("prepareWorkflow", () => {
       "1": { class_type: "LoadImage", inputs: { image: dataUri("a") } },
       "2": { class_type: "SaveImage", inputs: { filename_prefix: "x" } },
     };
-    const prepared = await prepareWorkflow(wf, { requestId: "req", nodes: NODES, downloader: d });
+    const prepared = await prepareWorkflow(wf, { nonce: "req", nodes: NODES, downloader: d });
     expect(prepared.workflow["1"]!.inputs.image).toMatch(/^url_[0-9a-f]{32}\.png$/);
     expect(prepared.workflow["2"]!.inputs.worker_request_id).toBe("req");
     expect(prepared.inputFiles).toEqual([prepared.workflow["1"]!.inputs.image]);

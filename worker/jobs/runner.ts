@@ -142,7 +142,7 @@ export class JobRunner {
       job.setStatus("processing", "Preparing inputs");
       const nodes = await pool.catalog.get(signal);
       const prepared = await prepareWorkflow(job.input.workflow, {
-        requestId: job.id,
+        nonce: `${job.id}:${job.runId}`,
         nodes,
         downloader: this.deps.downloader,
         models: this.deps.models,
