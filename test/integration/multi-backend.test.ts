@@ -76,12 +76,15 @@ test("the benchmark scores each backend, max_perf is their sum, and the cache is
   expect(result.cached).toBe(false);
   expect(result.perBackend).toHaveLength(2);
   for (const perf of result.perBackend) expect(perf).toBeGreaterThan(0);
-  const sum = Math.round((result.perBackend[0]! + result.perBackend[1]!) * 1000) / 1000;
+  // What each backend counts for: its measured score held to the band around the benchmark's rounds (the same as
+  // measured unless the machine was noisy enough to put one backend outside it).
+  const sum = Math.round((w.worker.capacity.scoreOf(0) + w.worker.capacity.scoreOf(1)) * 1000) / 1000;
   expect(w.worker.admission.maxPerf).toBe(sum);
   await router.waitFor(() => lastStatus()?.max_perf === sum);
   const cache = JSON.parse(await readFile(join(w.dir, ".has_benchmark"), "utf8"));
   expect(cache.backends).toEqual(result.perBackend);
-  expect(cache.max_perf).toBe(sum);
+  // The cache keeps what was measured.
+  expect(cache.max_perf).toBe(Math.round((result.perBackend[0]! + result.perBackend[1]!) * 1000) / 1000);
 
   // The same cache file with one of the two backends is other hardware: measured again, not reused.
   const single = await startTestWorker({
@@ -117,7 +120,7 @@ test("a burst is spread over both backends, and every output, from either, is th
 });
 
 test("a backend killed mid-burst: only its running jobs fail (retryable), max_perf drops to the others', and it rejoins when back", async () => {
-  const perBackend = w.worker.benchmark()!.perBackend;
+  const first = Math.round(w.worker.capacity.scoreOf(0) * 1000) / 1000;
   const sum = w.worker.admission.maxPerf;
   // The moment a job starts running on the backend to kill (an event, not a poll).
   const runningOnOwn = new Promise<Job>((resolve) => {
@@ -156,7 +159,7 @@ test("a backend killed mid-burst: only its running jobs fail (retryable), max_pe
   }
 
   // The autoscaler hears the smaller capacity, with no error: the worker still serves.
-  await router.waitFor(() => lastStatus()?.max_perf === perBackend[0]);
+  await router.waitFor(() => lastStatus()?.max_perf === first);
   expect(lastStatus()?.error_msg).toBe("");
   const ready = await fetch(`${w.api}/ready`, { signal: AbortSignal.timeout(10_000) });
   expect(ready.status).toBe(200);
