@@ -10,6 +10,7 @@ import type { Job } from "../worker/jobs/job.js";
 import type { JobManager } from "../worker/jobs/manager.js";
 import { DEFAULT_WORKLOAD } from "../worker/workload.js";
 import type { BenchmarkPayload } from "./payload.js";
+import { round3 } from "../lib/numbers.js";
 
 export type { BenchmarkResult };
 
@@ -255,5 +256,3 @@ function median(xs: number[]): number {
   const m = s.length >> 1;
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
-
-const round3 = (n: number) => Math.round(n * 1000) / 1000;

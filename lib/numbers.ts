@@ -4,3 +4,6 @@ export function numeric(v: unknown): number {
   if (typeof v === "string" && v.trim() !== "") return Number(v);
   return NaN;
 }
+
+/** Rounded to 3 decimals: how scores and max_perf are reported and cached. */
+export const round3 = (n: number): number => Math.round(n * 1000) / 1000;

@@ -2,6 +2,7 @@ import type { BenchmarkResult } from "./boot-benchmark.js";
 import { median } from "./cost-model.js";
 import type { LiveScore } from "./live-score.js";
 import type { Logger } from "../lib/logger.js";
+import { round3 } from "../lib/numbers.js";
 
 /** What Capacity reads of the ComfyUI pool: each backend's health, and taking one out of the rotation. */
 export interface CapacityBackend {
@@ -28,8 +29,6 @@ export interface CapacityDeps<B extends CapacityBackend> {
   changed(maxPerf: number): void;
   logger: Logger;
 }
-
-const round3 = (n: number) => Math.round(n * 1000) / 1000;
 
 /**
  * The worker's capacity, owned here only: each backend's score (benchmark runs per 100 s), the boot benchmark's

@@ -96,9 +96,10 @@ export async function check(input: CheckInput): Promise<InvariantResult[]> {
     const seen = docs.get(e.request_id)!.map((d) => d?.status as string | undefined);
     // A retryable failure is not an end: the same request again (the client's retry) runs it anew, and what that
     // answered is what the client was told last.
-    const retriedFailure =
-      e.repeat !== undefined && e.doc?.status === "failed" && e.http !== undefined && RETRYABLE_HTTP(e.http);
-    const told = (retriedFailure ? e.repeat!.status : e.doc?.status) as string | undefined;
+    const retry =
+      e.doc?.status === "failed" && e.http !== undefined && RETRYABLE_HTTP(e.http) ? e.repeat : undefined;
+    const retriedFailure = retry !== undefined;
+    const told = (retry ? retry.status : e.doc?.status) as string | undefined;
     if (!seen.every((s) => s !== undefined && TERMINAL.has(s)) || new Set(seen).size !== 1) {
       terminal.violations.push(
         `${e.request_id} (${e.kind}): workers say ` +

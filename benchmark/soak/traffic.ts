@@ -127,7 +127,6 @@ const retryableCodes = () =>
   );
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 /** What the Vast client sends again: no answer, a 5xx, or 429 (overloaded: admission control). */
-/** An answer the client tries again (the vastai client retries 5xx and 429; no answer at all too). */
 export const RETRYABLE_HTTP = (s: number | undefined) => s === undefined || s >= 500 || s === 429;
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A workflow file of the repository, read once (on first use). */

@@ -10,6 +10,7 @@ import type { Job } from "../../worker/jobs/job.js";
 import { stack } from "../harness/stack.js";
 import { firstConsoleStatus, postJson, startTestWorker, type TestWorker } from "../harness/worker.js";
 import { fastBenchmarkFile, modelFree } from "../harness/workflows.js";
+import { round3 } from "../../lib/numbers.js";
 
 /**
  * One worker, two real ComfyUI backends (as on a machine of two GPUs): the shared test ComfyUI and one of this
@@ -78,13 +79,13 @@ test("the benchmark scores each backend, max_perf is their sum, and the cache is
   for (const perf of result.perBackend) expect(perf).toBeGreaterThan(0);
   // What each backend counts for: its measured score held to the band around the benchmark's rounds (the same as
   // measured unless the machine was noisy enough to put one backend outside it).
-  const sum = Math.round((w.worker.capacity.scoreOf(0) + w.worker.capacity.scoreOf(1)) * 1000) / 1000;
+  const sum = round3(w.worker.capacity.scoreOf(0) + w.worker.capacity.scoreOf(1));
   expect(w.worker.admission.maxPerf).toBe(sum);
   await router.waitFor(() => lastStatus()?.max_perf === sum);
   const cache = JSON.parse(await readFile(join(w.dir, ".has_benchmark"), "utf8"));
   expect(cache.backends).toEqual(result.perBackend);
   // The cache keeps what was measured.
-  expect(cache.max_perf).toBe(Math.round((result.perBackend[0]! + result.perBackend[1]!) * 1000) / 1000);
+  expect(cache.max_perf).toBe(round3(result.perBackend[0]! + result.perBackend[1]!));
 
   // The same cache file with one of the two backends is other hardware: measured again, not reused.
   const single = await startTestWorker({
@@ -120,7 +121,7 @@ test("a burst is spread over both backends, and every output, from either, is th
 });
 
 test("a backend killed mid-burst: only its running jobs fail (retryable), max_perf drops to the others', and it rejoins when back", async () => {
-  const first = Math.round(w.worker.capacity.scoreOf(0) * 1000) / 1000;
+  const first = round3(w.worker.capacity.scoreOf(0));
   const sum = w.worker.admission.maxPerf;
   // The moment a job starts running on the backend to kill (an event, not a poll).
   const runningOnOwn = new Promise<Job>((resolve) => {

@@ -111,10 +111,9 @@ test("a worker routed to before it has the router's key answers 503 not_ready (r
     // The key is asked for once the ports listen.
     await keyAsked;
     const url = `http://127.0.0.1:${port}`;
-    const body = () => ({
-      auth_data: router.authData(url),
-      payload: { input: { request_id: `keyless-${randomUUID()}`, workflow_json: modelFree() } },
-    });
+    // The client's retry sends the same payload under a fresh route's auth_data.
+    const payload = { input: { request_id: `keyless-${randomUUID()}`, workflow_json: modelFree() } };
+    const body = () => ({ auth_data: router.authData(url), payload });
     const refused = await got.post(`${url}/generate/sync`, {
       json: body(),
       throwHttpErrors: false,

@@ -86,8 +86,11 @@ export class SharedJobs {
    * its own account.
    */
   private readonly doubtful = new Set<string>();
-  /** Per id, the backoff of a final document waiting to be tried again: a later write of the id ends the wait. */
-  private readonly backoffs = new Map<string, AbortController>();
+  /**
+   * Per id, the latest write's run and the backoff it may wait in (a final document tried again): a later write of
+   * the id ends the wait.
+   */
+  private readonly backoffs = new Map<string, { run: string; wait: AbortController }>();
   /** Aborted by `flush`: the final documents waiting to be tried again stop waiting (one last try each). */
   private stopping = new AbortController();
   /** S3 requests made, by kind (for the benchmark and /metrics). */
@@ -182,15 +185,19 @@ export class SharedJobs {
     // A flush after this write was made ends its retries (one made later has retries of its own).
     const stopping = this.stopping.signal;
     const run = runKey(doc.id, binding.runId);
-    this.backoffs.get(doc.id)?.abort();
-    const backoff = new AbortController();
+    this.backoffs.get(doc.id)?.wait.abort();
+    const backoff = { run, wait: new AbortController() };
     this.backoffs.set(doc.id, backoff);
     const previous = this.writes.get(doc.id) ?? Promise.resolve();
     const next: Promise<void> = previous.then(async () => {
       let last = false;
       for (let attempt = 1; ; attempt++) {
-        // Superseded while it waited: the later write of the id carries the newer document.
-        if (attempt > 1 && this.writes.get(doc.id) !== next) return;
+        // Superseded while it waited: the later write of the id carries the newer document (another run's: nothing
+        // of this one is written any more).
+        if (attempt > 1 && this.writes.get(doc.id) !== next) {
+          if (final && this.backoffs.get(doc.id)?.run !== run) this.doubtful.delete(run);
+          return;
+        }
         try {
           if (attempt > 1 || this.doubtful.has(run)) {
             const later = overtaken(await this.read(doc.id), stamped);
@@ -229,8 +236,8 @@ export class SharedJobs {
           else
             await delay(
               backoffDelay(attempt - 1, retry.baseMs, retry.capMs),
-              AbortSignal.any([stopping, backoff.signal]),
-            ).catch(() => (last = !backoff.signal.aborted));
+              AbortSignal.any([stopping, backoff.wait.signal]),
+            ).catch(() => (last = !backoff.wait.signal.aborted));
         }
       }
     });
