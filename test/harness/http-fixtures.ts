@@ -1,5 +1,5 @@
 import { once } from "node:events";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from "node:net";
 
 export interface Received {
@@ -173,6 +173,60 @@ export async function startSlowProxy(
     },
     close: async () => {
       for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** An HTTP proxy to a real server; see startLaggingProxy(). */
+export interface LaggingProxy {
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTP proxy to a real server that forwards each request whose path `lags` picks only after `lagMs`, the others
+ * at once, headers as they came (a signed S3 request stays valid): one kind of request made slow on demand, which
+ * a real S3 cannot be asked for.
+ */
+export async function startLaggingProxy(
+  target: URL,
+  lagMs: number,
+  lags: (path: string) => boolean,
+): Promise<LaggingProxy> {
+  const timers = new Set<NodeJS.Timeout>();
+  const server = createServer((req, res) => {
+    const forward = () => {
+      const upstream = request(
+        {
+          host: target.hostname,
+          port: target.port,
+          method: req.method,
+          path: req.url,
+          headers: req.headers,
+        },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      upstream.on("error", () => res.destroy());
+      req.pipe(upstream);
+    };
+    if (!lags(req.url ?? "")) return forward();
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      forward();
+    }, lagMs);
+    timers.add(timer);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: async () => {
+      for (const t of timers) clearTimeout(t);
+      server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
     },
   };

@@ -1,7 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { got } from "got";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
-import { RecordingServer, startSlowProxy, type SlowProxy } from "../harness/http-fixtures.js";
+import {
+  RecordingServer,
+  startLaggingProxy,
+  startSlowProxy,
+  type LaggingProxy,
+  type SlowProxy,
+} from "../harness/http-fixtures.js";
 import { stack } from "../harness/stack.js";
 import {
   freePort,
@@ -22,8 +28,10 @@ const prefix = `soak-findings-${randomUUID().slice(0, 8)}/`;
 let a: TestWorker;
 let b: TestWorker;
 let down: TestWorker;
+let lagging: TestWorker;
 let receiver: RecordingServer;
 let comfyPath: SlowProxy;
+let slowDocuments: LaggingProxy;
 
 beforeAll(async () => {
   const env = { SHARED_JOBS_PREFIX: prefix, WEBHOOK_MAX_ATTEMPTS: "1" };
@@ -32,16 +40,24 @@ beforeAll(async () => {
   // A worker that reaches ComfyUI through a proxy, closed once the worker is up: its jobs then fail with
   // comfyui_unavailable (retryable).
   comfyPath = await startSlowProxy(new URL(stack().comfyUrl), 0);
-  [a, b, down] = await Promise.all([
+  // A worker whose job documents reach the bucket a second late (each request for a job.json is held), its uploads
+  // at once: an answer sent before its document landed shows as another worker's /result disagreeing, as the
+  // soak's worker killed just after answering left it.
+  slowDocuments = await startLaggingProxy(new URL(stack().s3Endpoint), 1_000, (path) =>
+    path.split("?")[0]!.endsWith("/job.json"),
+  );
+  [a, b, down, lagging] = await Promise.all([
     startTestWorker(env),
     startTestWorker(env),
     startTestWorker({ ...env, COMFYUI_URL: comfyPath.url }),
+    startTestWorker({ ...env, S3_ENDPOINT_URL: slowDocuments.url }),
   ]);
   await comfyPath.close();
 }, 120_000);
 
 afterAll(async () => {
-  await Promise.all([a?.stop(), b?.stop(), down?.stop(), receiver?.stop()]);
+  await Promise.all([a?.stop(), b?.stop(), down?.stop(), lagging?.stop(), receiver?.stop()]);
+  await slowDocuments?.close();
 });
 
 test("a retryable failure retried on another worker: both workers' /result answer the retry's end", async () => {
@@ -151,4 +167,37 @@ test("the same request run again on one worker after its upload failed runs its 
     expect(answer.status).toBe(502);
     expect(answer.body).toMatchObject({ id, status: "failed", error: { code: "upload_failed" } });
   }
+});
+
+test("a job's end is in the bucket when its caller hears it: the sync answer and the webhook wait for its document", async () => {
+  const id = `told-${randomUUID()}`;
+  const hooks = await new RecordingServer().start();
+  // What another worker says of the job at the moment the webhook arrives.
+  let atWebhook: Promise<{ status: number; body: any }> | undefined;
+  hooks.handler = (_req, res) => {
+    atWebhook ??= getJson(`${b.api}/result/${id}`);
+    res.end("ok");
+  };
+  try {
+    const answer = await postJson(`${lagging.api}/generate/sync`, {
+      input: { request_id: id, workflow_json: modelFree(), webhook: { url: `${hooks.url}/hook` } },
+    });
+    expect(answer.body).toMatchObject({ id, status: "completed" });
+    expect((await getJson(`${b.api}/result/${id}`)).body).toMatchObject({ id, status: "completed" });
+    await hooks.waitFor(1);
+    expect((await atWebhook!).body).toMatchObject({ id, status: "completed" });
+  } finally {
+    await hooks.stop();
+  }
+});
+
+test("an async job is in the bucket when its 202 is sent: every worker knows it, even if this one dies next", async () => {
+  const id = `accepted-${randomUUID()}`;
+  const accepted = await postJson(`${lagging.api}/generate`, {
+    input: { request_id: id, workflow_json: modelFree() },
+  });
+  expect(accepted.status).toBe(202);
+  const elsewhere = await getJson(`${b.api}/result/${id}`);
+  expect(elsewhere.status).toBe(200);
+  expect(elsewhere.body).toMatchObject({ id });
 });

@@ -267,6 +267,25 @@ describe("SharedJobs while the bucket is unreachable", () => {
     for (let i = 0; i < 2_000 && !test(); i++) await new Promise((r) => setTimeout(r, 1));
   };
 
+  test("a write resolves with its first try, written or failed; the retries go on behind it", async () => {
+    const storage = new FakeObjectStorage();
+    const a = quickRetries(storage, 1_000_000, { baseMs: 60_000 });
+    const written = job("r1");
+    written.job.setStatus("completed", "Completed with 0 output(s)");
+    await a.write(written.job.result(), written.binding, 200, false);
+    expect(stored(storage, "jobs/r1/job.json")).toMatchObject({ id: "r1", status: "completed" });
+
+    const held = job("r2");
+    held.job.setStatus("completed", "Completed with 0 output(s)");
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    // Its next try is a minute away: resolving now is the first try's doing.
+    await a.write(held.job.result(), held.binding, 200, false);
+    expect(a.requests.put).toBe(2);
+    storage.down = undefined;
+    await a.flush();
+    expect(stored(storage, "jobs/r2/job.json")).toMatchObject({ id: "r2", status: "completed" });
+  });
+
   test("a final document written during an outage lands once the bucket answers again", async () => {
     const storage = new FakeObjectStorage();
     const a = quickRetries(storage);

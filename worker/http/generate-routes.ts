@@ -59,6 +59,12 @@ function sendResult(res: Response, job: Job): void {
   res.status(statusFor(job)).json(job.result());
 }
 
+/** The job's end, once the bucket was given it (Job.published): what an answer that tells the end waits for. */
+async function ended(job: Job): Promise<void> {
+  await job.done;
+  await job.published;
+}
+
 /** The generation routes: the same handlers on both ports (a job is the same job whichever port it came through). */
 export type GenerateRouteKey =
   | "POST /generate/sync"
@@ -153,7 +159,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<Generate
       return;
     }
     const { job, leave } = watched;
-    await job.done;
+    await ended(job);
     leave();
     if (!res.destroyed) sendResult(res, job);
   };
@@ -166,7 +172,9 @@ export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<Generate
       const w = watchers.get(job) ?? { count: 0, detached: true };
       w.detached = true;
       watchers.set(job, w);
-      res.status(created ? 202 : 200).json(job.result());
+      await job.recorded;
+      // A job that ended while it was being recorded (or whose id another worker's job holds) answers its end.
+      res.status(job.final ? statusFor(job) : created ? 202 : 200).json(job.result());
     } catch (err) {
       sendError(res, err);
     }
@@ -192,7 +200,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<Generate
     const onEvent = (event: JobEvent) => write({ id: job.id, ...event });
     write({ id: job.id, type: "status", status: job.status, message: job.message });
     job.on("event", onEvent);
-    await job.done;
+    await ended(job);
     job.off("event", onEvent);
     leave();
     const doc: ResultDocument & { type: string; http_status: number } = {
@@ -243,7 +251,7 @@ export function generateRoutes(deps: GenerateRoutesDeps): RouteHandlers<Generate
       return void res.status(200).json(publicDocument(doc));
     }
     // A queued job settles at once; a running one once ComfyUI stopped it. Answer with its state either way.
-    void job.done.then(() => res.status(200).json(job.result()));
+    void ended(job).then(() => res.status(200).json(job.result()));
   };
 
   return {

@@ -89,7 +89,11 @@ export class ResultDelivery {
     return error ? { failed, error } : { failed };
   }
 
-  /** Sends the final document to the request's webhook, else WEBHOOK_URL, in the background. */
+  /**
+   * Sends the final document to the request's webhook, else WEBHOOK_URL, in the background, once the bucket was
+   * given it (Job.published): a worker killed after sending leaves /result saying what the receiver was told
+   * (unless the bucket could not be reached either).
+   */
   notify(job: Job): void {
     const { config } = this.deps;
     const callerUrl = job.input.webhook?.url?.trim();
@@ -98,29 +102,30 @@ export class ResultDelivery {
     const callerSecret = job.input.webhook?.secret?.trim() || undefined;
     const doc = job.result();
     job.webhook = { status: "pending", attempts: 0 };
-    void this.deps.webhooks
-      .send({
-        // The operator's keys go only with the operator's URL (the destination type allows nothing else).
-        to: callerUrl
-          ? { kind: "caller", url: callerUrl, secret: callerSecret }
-          : {
-              kind: "operator",
-              url: operatorUrl!,
-              signing: {
-                secret: callerSecret ?? config.webhook.secret,
-                signingKey: config.webhook.signingKey,
-              },
+    const message: Parameters<WebhookSender["send"]>[0] = {
+      // The operator's keys go only with the operator's URL (the destination type allows nothing else).
+      to: callerUrl
+        ? { kind: "caller", url: callerUrl, secret: callerSecret }
+        : {
+            kind: "operator",
+            url: operatorUrl!,
+            signing: {
+              secret: callerSecret ?? config.webhook.secret,
+              signingKey: config.webhook.signingKey,
             },
-        requestId: job.id,
-        body: {
-          id: doc.id,
-          status: doc.status,
-          message: doc.message,
-          output: doc.output,
-          timings: doc.timings,
-          extra: job.input.webhook?.extra_params ?? {},
-        },
-      })
+          },
+      requestId: job.id,
+      body: {
+        id: doc.id,
+        status: doc.status,
+        message: doc.message,
+        output: doc.output,
+        timings: doc.timings,
+        extra: job.input.webhook?.extra_params ?? {},
+      },
+    };
+    void job.published
+      .then(() => this.deps.webhooks.send(message))
       .then((record) => {
         job.webhook = record;
         this.deps.onWebhookSettled?.(job);

@@ -69,7 +69,7 @@ export class JobPublisher {
    * Claims the job's id in the bucket, in the background: the claim runs while the job preprocesses and generates,
    * so it costs the answer nothing. Resolves false when another worker's live job holds the id: this one is then
    * aborted with 409 (the caller polls `/result/{id}`), and its document is never written over the other's. A
-   * bucket that cannot be reached leaves the job local (logged), not failed.
+   * bucket that cannot be reached leaves the job local (logged), not failed. `job.recorded` settles with it.
    */
   claim(job: Job): void {
     if (job.input.internal) return;
@@ -98,6 +98,7 @@ export class JobPublisher {
       },
     );
     this.claims.set(job.id, claimed);
+    job.recorded = claimed.then(() => undefined);
   }
 
   /** Whether the job holds its id (false: another worker's job does); undefined when it was never claimed. */
@@ -105,7 +106,10 @@ export class JobPublisher {
     return this.claims.get(job.id);
   }
 
-  /** Writes the final document once the claim settled (never over another worker's job); heartbeats stop. */
+  /**
+   * Writes the final document once the claim settled (never over another worker's job); heartbeats stop.
+   * `job.published` settles with the write's first try.
+   */
   settled(job: Job): void {
     this.lastWritten.delete(job.id);
     const claimed = this.claims.get(job.id);
@@ -114,9 +118,10 @@ export class JobPublisher {
     const doc = job.result();
     const status = job.httpStatus();
     const retryable = job.error?.retryable ?? false;
-    const published = claimed.then((ours) => {
-      if (ours) this.deps.shared.write(doc, bindingOf(job), status, retryable);
-    });
+    const published = claimed.then((ours) =>
+      ours ? this.deps.shared.write(doc, bindingOf(job), status, retryable) : undefined,
+    );
+    job.published = published;
     this.publishing.add(published);
     void published.then(() => this.publishing.delete(published));
   }
@@ -132,7 +137,7 @@ export class JobPublisher {
       .read(job.id, AbortSignal.timeout(10_000))
       .then((doc) => {
         if (doc?.run_id === job.runId)
-          this.deps.shared.write(job.result(), bindingOf(job), job.httpStatus(), false);
+          void this.deps.shared.write(job.result(), bindingOf(job), job.httpStatus(), false);
       })
       .catch((err: unknown) =>
         this.deps.logger.warn(
@@ -184,7 +189,7 @@ export class JobPublisher {
         }
         if (now() - writtenAt >= shared.heartbeatMs) {
           this.lastWritten.set(id, now());
-          shared.write(job.result(), bindingOf(job), 202, false);
+          void shared.write(job.result(), bindingOf(job), 202, false);
         }
       }),
     );

@@ -168,6 +168,18 @@ export class Job extends EventEmitter {
   readonly runId = randomUUID();
   /** Settles when the job reaches a final status. Never rejects. */
   readonly done: Promise<void>;
+  /**
+   * Settles once the endpoint's bucket was asked to record the job (its claim settled: written, refused or
+   * unreachable); at once where there is no bucket. Never rejects. An accepted-but-not-finished answer (202) waits
+   * for it: a worker killed after answering leaves a job that every worker knows.
+   */
+  recorded: Promise<void> = Promise.resolve();
+  /**
+   * Settles once the final document's first write to the bucket settled (written, or failed and left to its
+   * retries); at once where there is no bucket. Never rejects. An answer that tells the end, and the webhook, wait
+   * for it: a worker killed after answering leaves the bucket saying what the caller was told.
+   */
+  published: Promise<void> = Promise.resolve();
   private resolveDone!: () => void;
 
   constructor(

@@ -250,7 +250,8 @@ export class JobRunner {
       job.setStatus(outcome.status, outcome.message);
       events.emit("job.finished", job);
       // Order matters: the bucket's copy is taken before the webhook adds its (this worker's) delivery record, and
-      // both before `retain` compacts the job.
+      // both before `retain` compacts the job; and in the same tick as the final status, so that whoever awaited
+      // `done` finds `published` set.
       publisher?.settled(job);
       const level = job.status === "completed" ? "info" : "warn";
       log[level](

@@ -174,9 +174,10 @@ export class SharedJobs {
    * Writes the document in the background, in order per id; a failure is logged. A final document is tried again
    * with backoff while the bucket cannot be reached (else a job that ended during an outage would be known only to
    * this worker's memory, and lost with it), until a later write of the id supersedes it (its wait ends at once,
-   * so the later document is not held behind it) or `flush` (shutdown: one last try).
+   * so the later document is not held behind it) or `flush` (shutdown: one last try). Resolves (never rejects) once
+   * its first try settled, written or not: the retries go on behind it.
    */
-  write(doc: ResultDocument, binding: JobBinding, httpStatus: number, retryable: boolean): void {
+  write(doc: ResultDocument, binding: JobBinding, httpStatus: number, retryable: boolean): Promise<void> {
     const stamped = this.stamp(doc, binding, httpStatus, retryable);
     const body = JSON.stringify(stamped);
     const key = this.docKey(doc.id);
@@ -189,6 +190,8 @@ export class SharedJobs {
     const backoff = { run, wait: new AbortController() };
     this.backoffs.set(doc.id, backoff);
     const previous = this.writes.get(doc.id) ?? Promise.resolve();
+    let firstTried!: () => void;
+    const firstTry = new Promise<void>((resolve) => (firstTried = resolve));
     const next: Promise<void> = previous.then(async () => {
       let last = false;
       for (let attempt = 1; ; attempt++) {
@@ -226,6 +229,8 @@ export class SharedJobs {
             { request_id: doc.id, stage: "shared", err, attempt },
             `could not write the shared job document${again ? "; trying again" : ""}`,
           );
+          // Whoever waits on the first try goes on; the retries are this worker's to finish.
+          firstTried();
           if (!again) {
             // Given up: nothing of this run is written after a final document.
             if (final) this.doubtful.delete(run);
@@ -243,9 +248,11 @@ export class SharedJobs {
     });
     this.writes.set(doc.id, next);
     void next.then(() => {
+      firstTried();
       if (this.writes.get(doc.id) === next) this.writes.delete(doc.id);
       if (this.backoffs.get(doc.id) === backoff) this.backoffs.delete(doc.id);
     });
+    return firstTry;
   }
 
   /**
