@@ -20,6 +20,7 @@ import { promisify } from "node:util";
 import { RouterEmulator } from "../../scripts/router-emulator/emulator.js";
 import { freePort } from "../../scripts/services/child.js";
 import { repoRoot } from "../../scripts/services/paths.js";
+import { codeVersion } from "./sections.js";
 import { s3Env, startParts, startWorker, workerEnv, type BenchParts } from "./parts.js";
 import { oldestPython } from "../../scripts/services/python.js";
 import { fmt, median, spread } from "./stats.js";
@@ -369,8 +370,7 @@ async function measureUpstream(
 
 /** Measures both sides `repeats` times (alternating which goes first) and returns the section for BENCHMARKS.md. */
 export async function coldStartSection(parts: BenchParts): Promise<string> {
-  const { stdout: head } = await run("git", ["rev-parse", "--short", "HEAD"], { cwd: repoRoot });
-  const { stdout: dirty } = await run("git", ["status", "--porcelain"], { cwd: repoRoot });
+  const code = await codeVersion();
   const router = new RouterEmulator({ port: 0 });
   await router.listen();
   try {
@@ -393,9 +393,9 @@ export async function coldStartSection(parts: BenchParts): Promise<string> {
     return section(runs, {
       python: python.trim(),
       source:
-        overlayWorktree && dirty.trim() !== ""
-          ? `HEAD ${head.trim()} with the working tree's uncommitted files on top, bundle/ rebuilt from them by \`npm run bundle\``
-          : `HEAD ${head.trim()}`,
+        overlayWorktree && code.dirty
+          ? `HEAD ${code.head} with the working tree's uncommitted files on top, bundle/ rebuilt from them by \`npm run bundle\``
+          : `HEAD ${code.head}`,
     });
   } finally {
     await router.close();

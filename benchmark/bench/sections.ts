@@ -1,3 +1,7 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { repoRoot } from "../../scripts/services/paths.js";
+
 /**
  * BENCHMARKS.md is written by scripts, each owning sections that start with a `## ` heading. `withSection`
  * replaces the section whose heading is `section`'s first line (up to the next `## `), or appends it.
@@ -17,4 +21,14 @@ export function sectionOf(doc: string, heading: string): string | undefined {
   if (start < 0) return undefined;
   const next = doc.indexOf("\n## ", start + 1);
   return doc.slice(start, next < 0 ? undefined : next + 1);
+}
+
+/** The code a measurement ran: HEAD's short hash, and whether the working tree had uncommitted changes. */
+export async function codeVersion(): Promise<{ head: string; dirty: boolean }> {
+  const git = (...args: string[]) => promisify(execFile)("git", args, { cwd: repoRoot });
+  const [{ stdout: head }, { stdout: status }] = await Promise.all([
+    git("rev-parse", "--short", "HEAD"),
+    git("status", "--porcelain"),
+  ]);
+  return { head: head.trim(), dirty: status.trim() !== "" };
 }

@@ -1,5 +1,6 @@
 import { rm } from "node:fs/promises";
 import { Command, InvalidArgumentError } from "commander";
+import { codeVersion } from "../bench/sections.js";
 import { soakSection, writeSoakSection } from "./report.js";
 import { runSoak } from "./run.js";
 
@@ -36,12 +37,14 @@ const program = new Command()
       benchmarks?: boolean;
     }) => {
       const started = Date.now();
+      // Read before the run: the code it measures is what was loaded at its start.
+      const code = await codeVersion();
       const report = await runSoak(opts);
       const seconds = (Date.now() - started) / 1000;
       const took = `${seconds.toFixed(0)} s in all`;
       process.stdout.write(`\n${report.table}\n\n`);
       if (opts.benchmarks) {
-        const path = await writeSoakSection(soakSection(report, { ...opts, seconds }));
+        const path = await writeSoakSection(soakSection(report, { ...opts, seconds, code }));
         process.stdout.write(`wrote the section "Soak" of ${path}\n`);
       }
       if (report.violations > 0) {

@@ -14,6 +14,8 @@ export interface SoakRunFacts {
   concurrency: number;
   /** The whole run's wall time (start of the fleet to the checker's end). */
   seconds: number;
+  /** The code the run loaded (codeVersion's, read at its start). */
+  code: { head: string; dirty: boolean };
 }
 
 /** The soak's section of BENCHMARKS.md: how it was run, on what, and its tables (renderTable's). */
@@ -22,9 +24,10 @@ export function soakSection(report: SoakReport, run: SoakRunFacts): string {
     `npm run soak -- --minutes ${run.minutes} --seed ${run.seed}` +
     `${run.concurrency === 3 ? "" : ` --concurrency ${run.concurrency}`} --benchmarks`;
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "unknown CPU"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+  const code = `code at \`${run.code.head}\`${run.code.dirty ? " with uncommitted changes" : ""}`;
   return `${SOAK_HEADING}
 
-Written by \`${command}\` on ${new Date().toISOString().slice(0, 10)}: ${machine}; ${run.minutes} min of traffic,
+Written by \`${command}\` on ${new Date().toISOString().slice(0, 10)}, ${code}: ${machine}; ${run.minutes} min of traffic,
 seed ${run.seed}, ${run.concurrency} requests in flight, ${run.seconds.toFixed(0)} s in all. **${report.violations} violation(s).**
 
 Two workers (each its own process and its own ComfyUI on the CPU), one SeaweedFS S3 reached through a proxy that a

@@ -90,15 +90,23 @@ test("the soak's section names how to reproduce it, the run's facts and its tabl
     rss: { start: [], end: [] },
     table: "| requests by kind | sent |\n| --- | ---: |\n| all | 9 |",
   };
-  const section = soakSection(report, { minutes: 60, seed: 3, concurrency: 3, seconds: 3900 });
+  const code = { head: "abc1234", dirty: false };
+  const section = soakSection(report, { minutes: 60, seed: 3, concurrency: 3, seconds: 3900, code });
   expect(section.startsWith(`${SOAK_HEADING}\n\n`)).toBe(true);
+  expect(section).toContain(", code at `abc1234`: ");
   expect(section).toContain("`npm run soak -- --minutes 60 --seed 3 --benchmarks`");
   expect(section).toContain(
     "60 min of traffic,\nseed 3, 3 requests in flight, 3900 s in all. **0 violation(s).**",
   );
   expect(section).toContain(`${report.table}\n`);
   expect(section.endsWith("\n")).toBe(true);
-  expect(soakSection(report, { minutes: 1.5, seed: 1, concurrency: 4, seconds: 1 })).toContain(
-    "`npm run soak -- --minutes 1.5 --seed 1 --concurrency 4 --benchmarks`",
-  );
+  const short = soakSection(report, {
+    minutes: 1.5,
+    seed: 1,
+    concurrency: 4,
+    seconds: 1,
+    code: { head: "abc1234", dirty: true },
+  });
+  expect(short).toContain("`npm run soak -- --minutes 1.5 --seed 1 --concurrency 4 --benchmarks`");
+  expect(short).toContain(", code at `abc1234` with uncommitted changes: ");
 });
