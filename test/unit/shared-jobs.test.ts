@@ -3,6 +3,7 @@ import { SharedJobs, type JobBinding, type SharedDocument } from "../../worker/j
 import { RemoteJobs } from "../../worker/jobs/endpoint-jobs.js";
 import {
   ComfyUnavailableError,
+  BadRequestError,
   ConflictError,
   ExecutionError,
   StorageUnavailableError,
@@ -471,5 +472,24 @@ describe("RemoteJobs: a job of this worker that another worker's run of its id o
     await expect(remote.laterRun(mine.job)).resolves.toBeUndefined();
     await expect(remote.holding(mine.job.input, { input: { request_id: "r1" } })).resolves.toBeUndefined();
     expect(a.requests.get).toBe(reads);
+  });
+});
+
+describe("RemoteJobs following another worker's job", () => {
+  test("a bucket that cannot be read while following is waited out: the answer is the other run's end", async () => {
+    const { storage, a, b } = endpoint();
+    const theirs = job("r1");
+    await b.claim(theirs.doc, theirs.binding);
+    const remote = new RemoteJobs({ shared: a, local: () => undefined, logger: silentLogger() });
+    const queued = (await a.read("r1"))!;
+    storage.down = new StorageUnavailableError("connect ECONNREFUSED");
+    const followed = remote.follow(queued, () => false);
+    // Two reads refused (one every 500 ms), then the bucket answers with the other run's end.
+    await new Promise((r) => setTimeout(r, 1_200));
+    storage.down = undefined;
+    theirs.job.error = new BadRequestError("Cannot execute because node NoSuchNode does not exist.");
+    theirs.job.setStatus("failed", theirs.job.error.message);
+    await b.write(theirs.job.result(), theirs.binding, 400, false);
+    await expect(followed).resolves.toMatchObject({ id: "r1", status: "failed", http_status: 400 });
   });
 });

@@ -266,9 +266,26 @@ export class RemoteJobs {
       );
     }
     let current = doc;
+    let unreadable = false;
     while (!isFinal(current) && !gone() && Date.now() < until) {
       await delay(500);
-      current = (await this.read(doc.id)) ?? current;
+      // A bucket that cannot be read (an outage) tells nothing of the job yet: keep waiting, as for a running
+      // job; answering 503 would turn the other run's end (a 400 for a bad request, say) into a retry.
+      const read = await this.read(doc.id).then(
+        (d) => ({ doc: d }),
+        (err: unknown) => ({ err }),
+      );
+      if ("err" in read) {
+        if (!unreadable)
+          this.deps.logger?.warn(
+            { stage: "shared", request_id: doc.id, err: read.err },
+            "cannot read another worker's job from the bucket: waiting until it answers again",
+          );
+        unreadable = true;
+        continue;
+      }
+      unreadable = false;
+      current = read.doc ?? current;
     }
     return current;
   }
