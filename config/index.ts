@@ -17,6 +17,21 @@ export interface S3Settings {
   region?: string;
 }
 
+/** How a job's URL and data: inputs are fetched and cached. */
+export interface InputSettings {
+  /** INPUT_URL_ALLOW_PRIVATE: input URLs may reach private and loopback addresses. */
+  allowPrivate: boolean;
+  maxBytes: number;
+  timeoutMs: number;
+  cacheMaxBytes: number;
+  /** Cached input files kept at most, whatever their size. */
+  cacheMaxFiles: number;
+  /** URL and data: inputs one job may have fetched (MAX_INPUT_URLS); more is a 400 before anything is fetched. */
+  maxPerJob: number;
+  /** Downloads running at once, worker-wide (INPUT_DOWNLOAD_CONCURRENCY); the others wait for a slot. */
+  concurrency: number;
+}
+
 export interface ComfyBackendConfig {
   url: string;
   outputDir: string;
@@ -92,18 +107,7 @@ export interface Config {
     /** How often a running job's document is rewritten; silent for 3 of these, its owner is taken as lost. */
     heartbeatMs: number;
   };
-  inputs: {
-    allowPrivate: boolean;
-    maxBytes: number;
-    timeoutMs: number;
-    cacheMaxBytes: number;
-    /** Cached input files kept at most, whatever their size. */
-    cacheMaxFiles: number;
-    /** URL and data: inputs one job may have fetched; more is a 400 before anything is fetched. */
-    maxPerJob: number;
-    /** Downloads running at once, worker-wide; the others wait for a slot. */
-    concurrency: number;
-  };
+  inputs: InputSettings;
   /** Models named by reference (https://, s3://, hf://) in a loader's input, downloaded on demand. */
   models: {
     /** ComfyUI's models folder (`<base directory>/models`, or COMFYUI_MODELS_DIR); undefined: references refused. */

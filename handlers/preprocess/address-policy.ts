@@ -74,15 +74,23 @@ export function checkCallbackUrl(url: string, allowPrivate: boolean, field = "we
   } catch {
     throw new CallbackAddressError(`${field} is not a URL`);
   }
-  const reason = refusedHost(u, allowPrivate);
+  const reason = refusedTarget(u, { allowPrivate, allowCredentials: false });
   if (reason !== undefined) throw new CallbackAddressError(`${field}: ${reason}`);
 }
 
-/** Why a URL may not be called under the policy, or undefined. */
-function refusedHost(u: URL, allowPrivate: boolean): string | undefined {
+/** What the policy lets a URL be: an input's may carry the caller's own credentials, a callback's may not. */
+export interface TargetPolicy {
+  /** Private, loopback, link-local and reserved addresses and `localhost` may be reached. */
+  allowPrivate: boolean;
+  allowCredentials: boolean;
+}
+
+/** Why a URL may not be fetched or called under the policy, or undefined. */
+function refusedTarget(u: URL, policy: TargetPolicy): string | undefined {
   if (u.protocol !== "http:" && u.protocol !== "https:") return `unsupported scheme ${u.protocol}`;
-  if (u.username !== "" || u.password !== "") return "credentials in the URL are not allowed";
-  if (allowPrivate) return undefined;
+  if (!policy.allowCredentials && (u.username !== "" || u.password !== ""))
+    return "credentials in the URL are not allowed";
+  if (policy.allowPrivate) return undefined;
   // A trailing dot is the same name to DNS ("localhost." is localhost).
   const host = u.hostname
     .replace(/^\[|\]$/g, "")
@@ -126,21 +134,29 @@ export function blockingLookup(refuse: (message: string) => Error) {
 export const policyLookup = blockingLookup((message) => new CallbackAddressError(message));
 
 /**
- * got options that enforce the policy at connect time: the DNS answer and every redirect's target are checked,
- * so a public name that resolves to (or redirects to) a private address is refused. Nothing when `allowPrivate`.
+ * got options that enforce the policy at connect time: every request's and every redirect's URL is checked, and
+ * unless private addresses are allowed the DNS answer too, so that a public name that resolves to (or redirects
+ * to) a private address is refused. `refuse` makes the error, each caller's own class (and so its status).
  */
-export function callbackGuards(allowPrivate: boolean) {
-  if (allowPrivate) return {};
+export function addressGuards(policy: TargetPolicy, refuse: (message: string) => Error) {
   const check = (url: URL | string | undefined) => {
     if (url === undefined) return;
-    const reason = refusedHost(typeof url === "string" ? new URL(url) : url, false);
-    if (reason !== undefined) throw new CallbackAddressError(reason);
+    const reason = refusedTarget(typeof url === "string" ? new URL(url) : url, policy);
+    if (reason !== undefined) throw refuse(reason);
   };
   return {
-    dnsLookup: policyLookup,
+    dnsLookup: policy.allowPrivate ? undefined : blockingLookup(refuse),
     hooks: {
       beforeRequest: [(options: { url?: URL | string | undefined }) => check(options.url)],
       beforeRedirect: [(options: { url?: URL | string | undefined }) => check(options.url)],
     },
   };
+}
+
+/** The guards of caller-chosen callbacks (webhooks, on_close_route): refusals are 400s. */
+export function callbackGuards(allowPrivate: boolean) {
+  return addressGuards(
+    { allowPrivate, allowCredentials: false },
+    (message) => new CallbackAddressError(message),
+  );
 }

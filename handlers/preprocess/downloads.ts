@@ -7,23 +7,15 @@ import { pipeline } from "node:stream/promises";
 import { got, type Got } from "got";
 import { InputError, PayloadTooLargeError } from "../../lib/errors.js";
 import { Pins } from "../../lib/pins.js";
-import { blockingLookup, isBlockedAddress } from "./address-policy.js";
+import type { InputSettings } from "../../config/index.js";
+import { addressGuards } from "./address-policy.js";
 import { CACHE_PREFIX, InputCache } from "./input-cache.js";
 import { Slots } from "./slots.js";
 
 export { CACHE_PREFIX } from "./input-cache.js";
 
-export interface DownloaderOptions {
+export interface DownloaderOptions extends InputSettings {
   inputDir: string;
-  allowPrivate: boolean;
-  maxBytes: number;
-  timeoutMs: number;
-  cacheMaxBytes: number;
-  cacheMaxFiles: number;
-  /** URL and data: inputs one job may have fetched (MAX_INPUT_URLS). */
-  maxPerJob: number;
-  /** Downloads at once, worker-wide (INPUT_DOWNLOAD_CONCURRENCY). */
-  concurrency: number;
 }
 
 const IMAGE_MAGIC: [string, (b: Buffer) => boolean][] = [
@@ -67,17 +59,12 @@ export class InputDownloader {
       maxFiles: opts.cacheMaxFiles,
       isPinned: (name) => this.pinned.has(name),
     });
-    const allowPrivate = opts.allowPrivate;
     this.http = got.extend({
       timeout: { request: opts.timeoutMs },
       retry: { limit: 1, statusCodes: [502, 503, 504], methods: ["GET"] },
       followRedirect: true,
       maxRedirects: 5,
-      dnsLookup: allowPrivate ? undefined : safeLookup,
-      hooks: {
-        beforeRequest: [(options) => checkLiteralHost(options.url, allowPrivate)],
-        beforeRedirect: [(options) => checkLiteralHost(options.url, allowPrivate)],
-      },
+      ...inputGuards(opts.allowPrivate),
     }) as Got;
   }
 
@@ -278,23 +265,16 @@ function extFromMime(mime: string): string | undefined {
 
 export class BlockedAddressError extends InputError {}
 
-export function checkLiteralHost(url: URL | string | undefined, allowPrivate: boolean): void {
-  if (url === undefined) return;
-  const u = typeof url === "string" ? new URL(url) : url;
-  if (u.protocol !== "http:" && u.protocol !== "https:")
-    throw new BlockedAddressError(`unsupported scheme ${u.protocol}`);
-  if (allowPrivate) return;
-  const host = u.hostname.replace(/^\[|\]$/g, "");
-  if (host === "localhost" || host.endsWith(".localhost"))
-    throw new BlockedAddressError(`address ${host} is not allowed`);
-  if (/^[\d.]+$/.test(host) || host.includes(":")) {
-    if (isBlockedAddress(host))
-      throw new BlockedAddressError(`address ${host} is not allowed (private or reserved)`);
-  }
+/**
+ * got options under the address policy for a caller's URLs (inputs, models): the URL, every redirect and the DNS
+ * answer are checked; a refusal is a BlockedAddressError (400).
+ */
+export function inputGuards(allowPrivate: boolean) {
+  return addressGuards(
+    { allowPrivate, allowCredentials: true },
+    (message) => new BlockedAddressError(message),
+  );
 }
-
-/** dns.lookup that refuses names resolving to blocked addresses: checked on the address actually connected to. */
-export const safeLookup = blockingLookup((message) => new BlockedAddressError(message));
 
 function describeDownloadError(err: unknown, timeoutMs: number): string {
   const e = err as { name?: string; code?: string; message?: string; response?: { statusCode?: number } };

@@ -27,7 +27,7 @@ import {
   Throughput,
   referencedModels,
 } from "./download-estimate.js";
-import { BlockedAddressError, checkLiteralHost, safeLookup } from "./downloads.js";
+import { BlockedAddressError, inputGuards } from "./downloads.js";
 import { ModelCache, type CachedModel, type Reservation } from "./model-cache.js";
 import {
   MODEL_PREFIX,
@@ -582,11 +582,7 @@ function makeHttp(allowPrivate: boolean): Got {
     retry: { limit: 0 },
     followRedirect: true,
     maxRedirects: 5,
-    dnsLookup: allowPrivate ? undefined : safeLookup,
-    hooks: {
-      beforeRequest: [(options) => checkLiteralHost(options.url, allowPrivate)],
-      beforeRedirect: [(options) => checkLiteralHost(options.url, allowPrivate)],
-    },
+    ...inputGuards(allowPrivate),
   }) as Got;
 }
 

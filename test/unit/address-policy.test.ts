@@ -1,4 +1,9 @@
-import { isBlockedAddress } from "../../handlers/preprocess/address-policy.js";
+import {
+  CallbackAddressError,
+  callbackGuards,
+  isBlockedAddress,
+} from "../../handlers/preprocess/address-policy.js";
+import { BlockedAddressError, inputGuards } from "../../handlers/preprocess/downloads.js";
 
 describe("isBlockedAddress", () => {
   test.each([
@@ -102,5 +107,62 @@ describe("isBlockedAddress", () => {
     "gggg::1",
   ])("blocks a string that is not an IP address: %j", (address) => {
     expect(isBlockedAddress(address)).toBe(true);
+  });
+});
+
+describe("one address policy for every caller-chosen URL", () => {
+  const inputs = inputGuards(false);
+  const callbacks = callbackGuards(false);
+  const refusal = (guards: ReturnType<typeof inputGuards>, url: string, stage: "request" | "redirect") => {
+    const hook = stage === "request" ? guards.hooks.beforeRequest[0]! : guards.hooks.beforeRedirect[0]!;
+    try {
+      hook({ url: new URL(url) });
+      return undefined;
+    } catch (err) {
+      return err;
+    }
+  };
+
+  test.each([
+    "http://127.0.0.1/x",
+    "http://localhost/x",
+    "http://localhost./x",
+    "http://api.localhost/x",
+    "http://[::1]/x",
+    "http://[::ffff:7f00:1]/x",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://2130706433/x",
+    "http://0x7f000001/x",
+    "file:///etc/passwd",
+    "ftp://example.com/x",
+  ])(
+    "refuses %s for inputs (400 BlockedAddressError) and callbacks (400 CallbackAddressError), on requests and redirects",
+    (url) => {
+      for (const stage of ["request", "redirect"] as const) {
+        expect(refusal(inputs, url, stage)).toBeInstanceOf(BlockedAddressError);
+        expect(refusal(callbacks, url, stage)).toBeInstanceOf(CallbackAddressError);
+      }
+    },
+  );
+
+  test("an input URL may carry the caller's credentials; a callback's may not", () => {
+    const url = "https://user:secret@example.com/x";
+    expect(refusal(inputs, url, "redirect")).toBeUndefined();
+    expect(refusal(callbacks, url, "redirect")).toBeInstanceOf(CallbackAddressError);
+  });
+
+  test("public names pass the literal check (their DNS answer is checked at connect time)", () => {
+    for (const guards of [inputs, callbacks]) {
+      expect(refusal(guards, "https://example.com/x", "request")).toBeUndefined();
+      expect(guards.dnsLookup).toBeInstanceOf(Function);
+    }
+  });
+
+  test("allowing private addresses still refuses other schemes and drops the DNS check", () => {
+    for (const guards of [inputGuards(true), callbackGuards(true)]) {
+      expect(refusal(guards, "http://127.0.0.1/x", "redirect")).toBeUndefined();
+      expect(refusal(guards, "file:///etc/passwd", "redirect")).toBeInstanceOf(Error);
+      expect(guards.dnsLookup).toBeUndefined();
+    }
   });
 });
