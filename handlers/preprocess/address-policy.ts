@@ -1,6 +1,6 @@
 import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { BlockList, isIP } from "node:net";
-import { BadRequestError } from "../../lib/errors.js";
+import { BadRequestError, InputError } from "../../lib/errors.js";
 
 /**
  * Addresses a URL input may not reach unless INPUT_URL_ALLOW_PRIVATE=true: private, loopback, link-local
@@ -60,6 +60,9 @@ export function isBlockedAddress(address: string): boolean {
 
 /** A caller-chosen URL (webhook, session callback) that the address policy refuses. Client error: 400. */
 export class CallbackAddressError extends BadRequestError {}
+
+/** A URL input or model reference that the address policy refuses: an input error (400) naming it. */
+export class BlockedAddressError extends InputError {}
 
 /**
  * Submission-time check of a caller-chosen callback URL (a request's `webhook.url`, a session's `on_close_route`):
@@ -158,5 +161,16 @@ export function callbackGuards(allowPrivate: boolean) {
   return addressGuards(
     { allowPrivate, allowCredentials: false },
     (message) => new CallbackAddressError(message),
+  );
+}
+
+/**
+ * got options under the address policy for a caller's URLs to fetch (inputs, models): the URL, every redirect and
+ * the DNS answer are checked; a refusal is a BlockedAddressError (400).
+ */
+export function inputGuards(allowPrivate: boolean) {
+  return addressGuards(
+    { allowPrivate, allowCredentials: true },
+    (message) => new BlockedAddressError(message),
   );
 }

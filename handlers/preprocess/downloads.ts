@@ -8,7 +8,7 @@ import { got, type Got } from "got";
 import { InputError, PayloadTooLargeError } from "../../lib/errors.js";
 import { Pins } from "../../lib/pins.js";
 import type { InputSettings } from "../../config/index.js";
-import { addressGuards } from "./address-policy.js";
+import { BlockedAddressError, inputGuards } from "./address-policy.js";
 import { CACHE_PREFIX, InputCache } from "./input-cache.js";
 import { Slots } from "./slots.js";
 
@@ -261,19 +261,6 @@ function extFromMime(mime: string): string | undefined {
     "application/json": ".json",
   };
   return table[m];
-}
-
-export class BlockedAddressError extends InputError {}
-
-/**
- * got options under the address policy for a caller's URLs (inputs, models): the URL, every redirect and the DNS
- * answer are checked; a refusal is a BlockedAddressError (400).
- */
-export function inputGuards(allowPrivate: boolean) {
-  return addressGuards(
-    { allowPrivate, allowCredentials: true },
-    (message) => new BlockedAddressError(message),
-  );
 }
 
 function describeDownloadError(err: unknown, timeoutMs: number): string {

@@ -27,7 +27,7 @@ import {
   Throughput,
   referencedModels,
 } from "./download-estimate.js";
-import { BlockedAddressError, inputGuards } from "./downloads.js";
+import { BlockedAddressError, inputGuards } from "./address-policy.js";
 import { ModelCache, type CachedModel, type Reservation } from "./model-cache.js";
 import {
   MODEL_PREFIX,

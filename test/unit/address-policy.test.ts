@@ -1,9 +1,10 @@
 import {
+  BlockedAddressError,
   CallbackAddressError,
   callbackGuards,
+  inputGuards,
   isBlockedAddress,
 } from "../../handlers/preprocess/address-policy.js";
-import { BlockedAddressError, inputGuards } from "../../handlers/preprocess/downloads.js";
 
 describe("isBlockedAddress", () => {
   test.each([

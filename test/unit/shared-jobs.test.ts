@@ -49,6 +49,11 @@ function job(id: string, workflowSeed = 1): { doc: ResultDocument; binding: JobB
 const stored = (storage: FakeObjectStorage, key: string) =>
   JSON.parse(storage.objects.get(key)!) as SharedDocument;
 
+/** Waits (a few seconds at most) until `test` holds: for what a background loop does on its own clock. */
+const until = async (test: () => boolean) => {
+  for (let i = 0; i < 2_000 && !test(); i++) await new Promise((r) => setTimeout(r, 1));
+};
+
 describe("SharedJobs claims", () => {
   test("a free id is claimed with one conditional create, stamped with owner, heartbeat, hash and run", async () => {
     const { storage, clock, a } = endpoint();
@@ -263,9 +268,6 @@ describe("SharedJobs while the bucket is unreachable", () => {
     w.write(r.job.result(), r.binding, 200, false);
     await w.flush();
     return r;
-  };
-  const until = async (test: () => boolean) => {
-    for (let i = 0; i < 2_000 && !test(); i++) await new Promise((r) => setTimeout(r, 1));
   };
 
   test("a write resolves with its first try, written or failed; the retries go on behind it", async () => {
@@ -482,10 +484,12 @@ describe("RemoteJobs following another worker's job", () => {
     await b.claim(theirs.doc, theirs.binding);
     const remote = new RemoteJobs({ shared: a, local: () => undefined, logger: silentLogger() });
     const queued = (await a.read("r1"))!;
+    const reads = a.requests.get;
     storage.down = new StorageUnavailableError("connect ECONNREFUSED");
     const followed = remote.follow(queued, () => false);
     // Two reads refused (one every 500 ms), then the bucket answers with the other run's end.
-    await new Promise((r) => setTimeout(r, 1_200));
+    await until(() => a.requests.get >= reads + 2);
+    expect(a.requests.get).toBeGreaterThanOrEqual(reads + 2);
     storage.down = undefined;
     theirs.job.error = new BadRequestError("Cannot execute because node NoSuchNode does not exist.");
     theirs.job.setStatus("failed", theirs.job.error.message);
